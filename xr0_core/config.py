@@ -1,0 +1,312 @@
+"""Run configuration: frozen dataclasses built once from Flower's flat run config.
+
+Flower run configs are flat scalar mappings (``"train.batch-size" = 32``); nested TOML tables arrive
+flattened with ``.``. :func:`from_flat` turns such a mapping into an :class:`XR0Config`, starting from a
+preset (``preset = "cpu-tiny" | "vit-s" | "vit-b"``) and overriding field by field. Unknown keys and
+wrongly typed values are errors that name the key and list the known ones. Defaults live here and nowhere
+else; no config object is mutated after it is built (use :func:`dataclasses.replace`).
+
+Key spelling: ``<section>.<field-with-hyphens>``, e.g. ``ssl.koleo-weight``, ``federation.rounds``.
+Top-level keys: ``preset`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+Scalar = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A run-config key or value is wrong; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and SSL heads.
+
+    ``backbone`` names an entry of :data:`xr0_core.models.backbone.BACKBONES`.
+    """
+
+    backbone: str = "vit-tiny-p8"
+    img_size: int = 64  # global crop side (pixels); the backbone is built for it
+    drop_path: float = 0.0
+    head_out_dim: int = 1024  # DINO prototypes
+    head_hidden_dim: int = 256
+    head_bottleneck_dim: int = 64
+    head_layers: int = 3
+    ibot_out_dim: int = 1024  # iBOT patch prototypes (separate head, as DINOv2)
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """XR-0 self-supervision: DINO on CLS, iBOT on masked patches, KoLeo optional (D5)."""
+
+    objective: str = "dino-ibot"
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.0  # batch-coupled; refused under sample-level DP
+    n_local_crops: int = 4
+    local_size: int = 32
+    global_scale_min: float = 0.35
+    local_scale_max: float = 0.35
+    local_scale_min: float = 0.08
+    mask_ratio_min: float = 0.1
+    mask_ratio_max: float = 0.5
+    mask_probability: float = 0.5  # share of global views that get masked
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    teacher_temp_warmup: float = 0.04
+    teacher_temp_warmup_frac: float = 0.3
+    momentum_start: float = 0.992
+    momentum_end: float = 1.0
+    center_momentum: float = 0.9
+    # "ema": DINO's center updated every step from the teacher batch (batch-coupled);
+    # "frozen-per-round": center updated only between rounds (per-sample targets within a round, D3/D5).
+    centering: str = "ema"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation at one site (or in ``xr0 pretrain``)."""
+
+    batch_size: int = 16
+    lr: float = 5e-4  # peak, for batch 256 scaled linearly (DINO rule)
+    min_lr: float = 1e-6
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    grad_clip: float = 3.0  # non-private global-norm clipping; 0 disables
+    local_steps: int = 20  # optimizer steps per federated round
+    steps: int = 200  # steps of `xr0 pretrain`
+    device: str = "auto"  # auto | cuda | cpu
+    precision: str = "auto"  # auto | fp32 | bf16 (bf16 autocast on CUDA only)
+    num_workers: int = 0
+    load_size: int = 96  # images are decoded once and cached with this shorter side
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 3
+    min_replies: int = 1  # a round with fewer valid replies keeps the previous global weights
+    fraction_train: float = 1.0
+    server_optimizer: str = "fedavg"  # fedavg | fedavgm | fedadam
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    max_update_norm: float = 0.0  # reject replies whose update L2 norm exceeds this; 0 disables
+    round_timeout: float = 3600.0  # seconds to wait for replies
+    checkpoint_dir: str = ""  # empty: no checkpoints (server decides in simulation)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    target_delta: float = 1e-5
+    accountant: str = "rdp"
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    enabled: bool = False
+    num_neighbours: int = 0  # 0: all-to-all
+    threshold: int = 0  # 0: derived from the number of clients
+    quant_bits: int = 32
+    quant_range: float = 8.0
+    stage_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0  # federated evaluation every K rounds (0: after the last round only)
+    knn_k: int = 10
+
+
+@dataclass(frozen=True)
+class XR0Config:
+    preset: str = "cpu-tiny"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """The config as Flower-style flat scalar keys (inverse of :func:`from_flat`)."""
+        flat: dict[str, Scalar] = {"preset": self.preset, "seed": self.seed}
+        for section in _SECTIONS:
+            sub = getattr(self, section)
+            for f in fields(sub):
+                flat[f"{section}.{_dash(f.name)}"] = getattr(sub, f.name)
+        return flat
+
+    def hash(self, exclude: tuple[str, ...] = ("federation.rounds", "train.device", "train.num-workers")) -> str:
+        """SHA-256 over the flat config, minus keys that may change on resume (e.g. more rounds)."""
+        flat = {k: v for k, v in self.to_flat().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval")
+
+# Preset overrides, applied on top of the dataclass defaults (which are the cpu-tiny values).
+PRESETS: dict[str, dict[str, Scalar]] = {
+    "cpu-tiny": {},
+    "vit-s": {
+        "model.backbone": "vit-s-p16",
+        "model.img_size": 224,
+        "model.drop_path": 0.1,
+        "model.head_out_dim": 16384,
+        "model.head_hidden_dim": 2048,
+        "model.head_bottleneck_dim": 256,
+        "model.ibot_out_dim": 16384,
+        "ssl.n_local_crops": 8,
+        "ssl.local_size": 96,
+        "train.batch_size": 64,
+        "train.load_size": 256,
+        "train.local_steps": 100,
+    },
+    "vit-b": {
+        "model.backbone": "vit-b-p16",
+        "model.img_size": 224,
+        "model.drop_path": 0.1,
+        "model.head_out_dim": 65536,
+        "model.head_hidden_dim": 2048,
+        "model.head_bottleneck_dim": 256,
+        "model.ibot_out_dim": 65536,
+        "ssl.n_local_crops": 8,
+        "ssl.local_size": 96,
+        "train.batch_size": 64,
+        "train.load_size": 256,
+        "train.local_steps": 100,
+    },
+}
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the default; ints are accepted where floats are expected."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}") from None
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key {key!r}: unsupported value {value!r}")
+
+
+def known_keys() -> list[str]:
+    return sorted(XR0Config().to_flat())
+
+
+def from_flat(flat: Mapping[str, Scalar] | None = None, **overrides: Scalar) -> XR0Config:
+    """Build a validated config from flat keys.
+
+    Parameters
+    ----------
+    flat : mapping of str to scalar, optional
+        Flower run config or CLI overrides. Keys may use ``-`` or ``_`` inside field names.
+        Keys that do not start with a known section or top-level name are errors.
+    **overrides
+        Extra flat keys (``from_flat(preset="vit-s")``).
+
+    Returns
+    -------
+    XR0Config
+    """
+    merged: dict[str, Scalar] = dict(flat or {})
+    merged.update(overrides)
+    preset = str(merged.pop("preset", "cpu-tiny"))
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    top: dict[str, Any] = {"preset": preset}
+    base = XR0Config()
+    known = set(known_keys())
+
+    def put(key: str, value: Scalar) -> None:
+        norm = key.strip()
+        if norm == "seed":
+            top["seed"] = _coerce(norm, value, base.seed)
+            return
+        section, _, name = norm.partition(".")
+        name = name.replace("-", "_")
+        if section not in values or not name or not hasattr(getattr(base, section), name):
+            raise ConfigError(
+                f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}"
+            )
+        default = getattr(getattr(base, section), name)
+        values[section][name] = _coerce(key, value, default)
+
+    for key, value in PRESETS[preset].items():
+        put(key, value)
+    for key, value in merged.items():
+        put(key, value)
+    cfg = XR0Config(
+        preset=preset,
+        seed=top.get("seed", base.seed),
+        **{s: replace(getattr(base, s), **values[s]) for s in _SECTIONS},
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: XR0Config) -> None:
+    """Cross-field checks; raise :class:`ConfigError` saying what to change."""
+    t, s, m, f = cfg.train, cfg.ssl, cfg.model, cfg.federation
+    checks = [
+        (t.batch_size >= 2, "train.batch-size must be >= 2"),
+        (t.local_steps >= 1, "train.local-steps must be >= 1"),
+        (t.steps >= 1, "train.steps must be >= 1"),
+        (t.device in ("auto", "cuda", "cpu"), "train.device must be auto, cuda or cpu"),
+        (t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
+        (f.rounds >= 1, "federation.rounds must be >= 1"),
+        (f.min_replies >= 1, "federation.min-replies must be >= 1"),
+        (0 < f.fraction_train <= 1, "federation.fraction-train must be in (0, 1]"),
+        (f.server_optimizer in ("fedavg", "fedavgm", "fedadam"),
+         "federation.server-optimizer must be fedavg, fedavgm or fedadam"),
+        (0.0 <= s.mask_ratio_min <= s.mask_ratio_max < 1.0,
+         "ssl.mask-ratio-min <= ssl.mask-ratio-max < 1 required"),
+        (s.centering in ("ema", "frozen-per-round"), "ssl.centering must be ema or frozen-per-round"),
+        (s.local_size <= m.img_size, "ssl.local-size must not exceed model.img-size"),
+        (t.load_size >= m.img_size, "train.load-size must be >= model.img-size"),
+        (s.dino_weight + s.ibot_weight + s.koleo_weight > 0, "at least one SSL loss weight must be > 0"),
+        (cfg.privacy.noise_multiplier >= 0, "privacy.noise-multiplier must be >= 0"),
+        (0 < cfg.privacy.target_delta < 1, "privacy.target-delta must be in (0, 1)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def as_dict(cfg: XR0Config) -> dict[str, Any]:
+    """Nested plain dict (for JSON reports and model cards)."""
+    return dataclasses.asdict(cfg)
