@@ -99,7 +99,8 @@ class FederationConfig:
     server_momentum: float = 0.9
     max_update_norm: float = 0.0  # reject replies whose update L2 norm exceeds this; 0 disables
     round_timeout: float = 3600.0  # seconds to wait for replies
-    checkpoint_dir: str = ""  # empty: no checkpoints (server decides in simulation)
+    out_dir: str = "xr0-out"  # coordinator's folder: checkpoints, metrics, report, exported backbone
+    resume: bool = False  # continue from the last complete round in out_dir (refused if the config differs)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,14 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SimulationConfig:
+    """Where a simulated federation finds its hospitals (ignored in deployment, where node config rules)."""
+
+    data_root: str = ""  # one sub-folder per hospital; partition i takes the i-th sorted sub-folder
+    state_root: str = ""  # site state directories (ledgers, local SSL state) as <state_root>/<site>
+
+
+@dataclass(frozen=True)
 class XR0Config:
     preset: str = "cpu-tiny"
     seed: int = 0
@@ -138,6 +147,7 @@ class XR0Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_flat(self) -> dict[str, Scalar]:
         """The config as Flower-style flat scalar keys (inverse of :func:`from_flat`)."""
@@ -148,13 +158,24 @@ class XR0Config:
                 flat[f"{section}.{_dash(f.name)}"] = getattr(sub, f.name)
         return flat
 
-    def hash(self, exclude: tuple[str, ...] = ("federation.rounds", "train.device", "train.num-workers")) -> str:
-        """SHA-256 over the flat config, minus keys that may change on resume (e.g. more rounds)."""
-        flat = {k: v for k, v in self.to_flat().items() if k not in exclude}
+    def hash(self) -> str:
+        """SHA-256 over the flat config, minus keys that may change on resume without changing the result
+        (more rounds, device, where files live)."""
+        flat = {k: v for k, v in self.to_flat().items() if k not in HASH_EXCLUDED and not k.startswith("simulation.")}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval")
+_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval", "simulation")
+
+HASH_EXCLUDED = frozenset(
+    {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
+     "train.num-workers", "eval.every"}
+)
+
+# A run-config value equal to this string means "whatever the preset says". pyproject.toml uses it for
+# preset-dependent keys so that `flwr run . --run-config 'preset="vit-s"'` is not overridden by cpu-tiny
+# numbers written there, while every key still exists (Flower rejects overrides of undeclared keys).
+PRESET_DEFAULT = "preset"
 
 # Preset overrides, applied on top of the dataclass defaults (which are the cpu-tiny values).
 PRESETS: dict[str, dict[str, Scalar]] = {
@@ -255,7 +276,8 @@ def from_flat(flat: Mapping[str, Scalar] | None = None, **overrides: Scalar) -> 
     def put(key: str, value: Scalar) -> None:
         norm = key.strip()
         if norm == "seed":
-            top["seed"] = _coerce(norm, value, base.seed)
+            if value != PRESET_DEFAULT:
+                top["seed"] = _coerce(norm, value, base.seed)
             return
         section, _, name = norm.partition(".")
         name = name.replace("-", "_")
@@ -264,6 +286,8 @@ def from_flat(flat: Mapping[str, Scalar] | None = None, **overrides: Scalar) -> 
                 f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}"
             )
         default = getattr(getattr(base, section), name)
+        if value == PRESET_DEFAULT:
+            return  # keep the preset's value
         values[section][name] = _coerce(key, value, default)
 
     for key, value in PRESETS[preset].items():
@@ -310,3 +334,30 @@ def validate(cfg: XR0Config) -> None:
 def as_dict(cfg: XR0Config) -> dict[str, Any]:
     """Nested plain dict (for JSON reports and model cards)."""
     return dataclasses.asdict(cfg)
+
+
+def pyproject_section() -> str:
+    """The ``[tool.flwr.app.config]`` table declaring every key (``python -m xr0_core.config`` prints it).
+
+    Flower only accepts ``--run-config`` overrides of declared keys, so pyproject.toml must list them all;
+    keys that a preset sets are declared with the :data:`PRESET_DEFAULT` sentinel.
+    """
+    preset_keys = {k.split(".", 1)[0] + "." + _dash(k.split(".", 1)[1]) for p in PRESETS.values() for k in p}
+
+    def toml(v: Scalar) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return repr(v) if isinstance(v, (int, float)) else f'"{v}"'
+
+    lines = [
+        "[tool.flwr.app.config]",
+        "# Every XR-0 run-config key; regenerate with `python -m xr0_core.config` (defaults: xr0_core/config.py).",
+        f'# "{PRESET_DEFAULT}" = take the value of the chosen preset (cpu-tiny | vit-s | vit-b).',
+    ]
+    for key, value in sorted(XR0Config().to_flat().items()):
+        lines.append(f'"{key}" = {toml(PRESET_DEFAULT if key in preset_keys else value)}')
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(pyproject_section())

@@ -1,0 +1,82 @@
+"""Flower records <-> typed objects for the client (thin: no training logic here).
+
+What a reply may carry is decided here, in one place: the shared weights as float32 tensors and scalar
+metrics. :func:`train_reply_content` refuses anything else, so a bug elsewhere cannot put pixels, text
+or identifiers into a message (D4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from xr0_core import keys
+
+
+class RecordError(ValueError):
+    """An incoming message does not follow the XR-0 contract (see strategies/fedavg_ssl.py)."""
+
+
+@dataclass(frozen=True)
+class RoundInstruction:
+    server_round: int
+    global_step: int
+    total_steps: int
+    local_steps: int
+    run_seed: int
+    run_key: str
+    config_hash: str
+
+
+def parse_instruction(content: RecordDict) -> tuple[dict[str, torch.Tensor], RoundInstruction]:
+    """Global shared weights and the round's instruction from a train / evaluate message."""
+    if keys.ARRAYS not in content.array_records or keys.CONFIG not in content.config_records:
+        raise RecordError(f"message must carry ArrayRecord {keys.ARRAYS!r} and ConfigRecord {keys.CONFIG!r}")
+    weights = content.array_records[keys.ARRAYS].to_torch_state_dict()
+    cfg: ConfigRecord = content.config_records[keys.CONFIG]
+    try:
+        instruction = RoundInstruction(
+            server_round=int(cfg[keys.SERVER_ROUND]),
+            global_step=int(cfg[keys.GLOBAL_STEP]),
+            total_steps=int(cfg[keys.TOTAL_STEPS]),
+            local_steps=int(cfg[keys.LOCAL_STEPS]),
+            run_seed=int(cfg[keys.RUN_SEED]),
+            run_key=str(cfg["run-key"]),
+            config_hash=str(cfg[keys.CONFIG_HASH]),
+        )
+    except KeyError as exc:
+        raise RecordError(f"round config lacks {exc.args[0]!r}; is the server an XR-0 coordinator?") from None
+    return weights, instruction
+
+
+def scalar_metrics(metrics: Mapping[str, float | int]) -> MetricRecord:
+    """A MetricRecord of finite scalars only (bools and strings are refused)."""
+    out: dict[str, float | int] = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecordError(f"metric {name!r} is not a number ({type(value).__name__}); only scalars may leave")
+        out[name] = value if isinstance(value, int) else float(value)
+    return MetricRecord(out)
+
+
+def train_reply_content(shared: Mapping[str, torch.Tensor], metrics: Mapping[str, float | int]) -> RecordDict:
+    """The only thing a hospital sends after training: float weights of the shared set + scalars."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in shared.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise RecordError(f"shared parameter {name!r} is not a floating-point tensor")
+        # fp32 on the wire: bf16 is not representable in an ArrayRecord, fp64 would double the upload.
+        tensors[name] = t.detach().to("cpu", torch.float32).contiguous()
+    return RecordDict({keys.ARRAYS: ArrayRecord(tensors), keys.METRICS: scalar_metrics(metrics)})
+
+
+def metrics_reply_content(metrics: Mapping[str, float | int]) -> RecordDict:
+    return RecordDict({keys.METRICS: scalar_metrics(metrics)})
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,70 @@
+"""Who and where this hospital is: name, data folder, state folder (node config in deployment, partition
+in simulation).
+
+Deployment node config (``flower-supernode --node-config '...'``; strings need TOML quotes):
+
+====================  =========================================================================
+``data-path``         folder of DICOM / PNG files, or with a ``manifest.csv`` (required)
+``manifest``          explicit manifest path (optional)
+``state-dir``         where the site keeps what outlives a run: local SSL state, privacy ledger
+                      (default: ``<data-path>/../xr0-state/<site-name>``)
+``site-name``         label for logs (default: the data folder's name); never sent to the server
+====================  =========================================================================
+
+Simulation: Flower gives ``partition-id``; hospital ``i`` is the ``i``-th sorted sub-folder of
+``simulation.data-root`` and keeps its state in ``simulation.state-root/<name>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from xr0_core.config import XR0Config
+
+PARTITION_ID = "partition-id"
+
+
+class SiteConfigError(ValueError):
+    """The node config does not say where the hospital's data is; the message says what to pass."""
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    data_dir: Path
+    state_dir: Path
+    manifest: Path | None = None
+    partition_id: int | None = None  # simulation only
+
+
+def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
+    """Site identity and folders from the node config (deployment) or the partition id (simulation)."""
+    if "data-path" in node_config:
+        data_dir = Path(str(node_config["data-path"])).expanduser().resolve()
+        name = str(node_config.get("site-name") or data_dir.name)
+        default_state = data_dir.parent / "xr0-state" / name
+        state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser().resolve()
+        manifest = node_config.get("manifest")
+        return Site(name, data_dir, state_dir, Path(str(manifest)).expanduser().resolve() if manifest else None)
+    if PARTITION_ID in node_config:
+        pid = int(node_config[PARTITION_ID])  # type: ignore[arg-type]
+        root = Path(cfg.simulation.data_root).expanduser()
+        if not cfg.simulation.data_root or not root.is_dir():
+            raise SiteConfigError(
+                f"simulated partition {pid}: run config simulation.data-root {str(root)!r} is not a folder"
+            )
+        sites = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if pid >= len(sites):
+            raise SiteConfigError(
+                f"simulated partition {pid} has no hospital folder: {root} holds {len(sites)} sub-folders; "
+                "run with as many supernodes as hospital folders"
+            )
+        data_dir = sites[pid].resolve()
+        state_root = Path(cfg.simulation.state_root or (root.parent / "state")).expanduser().resolve()
+        return Site(data_dir.name, data_dir, state_root / data_dir.name, None, pid)
+    raise SiteConfigError(
+        "node config has no data-path: start the SuperNode with "
+        "--node-config 'data-path=\"/path/to/xrays\" state-dir=\"/path/to/xr0-state\"'"
+    )

@@ -1,0 +1,125 @@
+"""Server checkpoints (D9): one folder per completed round, written atomically, plus a ``latest`` pointer.
+
+Layout under ``<dir>``::
+
+    round-0003/weights.safetensors     global shared weights (float32)
+    round-0003/server_opt.safetensors  server-optimizer state (may be empty)
+    round-0003/state.json              round, run key, config hash, flat config, optimizer steps, history
+    latest.json                        {"round": 3, "path": "round-0003"}   (replaced last: the commit point)
+
+A crash mid-write leaves at most an unreferenced temporary folder; ``latest.json`` only ever names a complete
+round. Weights load through safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from xr0_core.atomic import _fsync_dir, atomic_write_json
+
+KEEP_LAST = 3
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (missing, corrupt, or from another configuration)."""
+
+
+@dataclass
+class ServerCheckpoint:
+    round: int
+    run_key: str
+    config_hash: str
+    config_flat: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    optimizer_steps: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata=metadata)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def save_checkpoint(ckpt_dir: Path | str, ckpt: ServerCheckpoint) -> Path:
+    """Write round ``ckpt.round`` and move the ``latest`` pointer to it; prune older rounds."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"round-{ckpt.round:04d}"
+    tmp = ckpt_dir / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _write_safetensors(tmp / "weights.safetensors", ckpt.weights, {"round": str(ckpt.round)})
+    _write_safetensors(tmp / "server_opt.safetensors", ckpt.optimizer)
+    state = {
+        "round": ckpt.round,
+        "run_key": ckpt.run_key,
+        "config_hash": ckpt.config_hash,
+        "config": ckpt.config_flat,
+        "optimizer_steps": ckpt.optimizer_steps,
+        "history": ckpt.history,
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
+    final = ckpt_dir / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_dir)
+    atomic_write_json(ckpt_dir / "latest.json", {"round": ckpt.round, "path": name})
+    _prune(ckpt_dir, keep=KEEP_LAST)
+    return final
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    rounds = sorted(p for p in ckpt_dir.glob("round-*") if p.is_dir())
+    for old in rounds[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_latest(ckpt_dir: Path | str) -> ServerCheckpoint | None:
+    """The last complete round's checkpoint, or ``None`` when the folder holds none."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / "latest.json"
+    if not pointer.exists():
+        return None
+    try:
+        latest = json.loads(pointer.read_text())
+        folder = ckpt_dir / latest["path"]
+        state = json.loads((folder / "state.json").read_text())
+        weights = load_file(str(folder / "weights.safetensors"))
+        opt_path = folder / "server_opt.safetensors"
+        optimizer = load_file(str(opt_path)) if opt_path.exists() else {}
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"checkpoint in {ckpt_dir} is unreadable ({exc}); remove it or start a new --out") from exc
+    return ServerCheckpoint(
+        round=int(state["round"]),
+        run_key=str(state["run_key"]),
+        config_hash=str(state["config_hash"]),
+        config_flat=dict(state["config"]),
+        weights=weights,
+        optimizer=optimizer,
+        optimizer_steps=int(state.get("optimizer_steps", 0)),
+        history=list(state.get("history", [])),
+    )
+
+
+def describe_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str]) -> list[str]:
+    """Human-readable list of config keys whose values differ (for the refusal message on resume)."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore or key.startswith("simulation."):
+            continue
+        if saved.get(key) != current.get(key):
+            diffs.append(f"{key}: checkpoint {saved.get(key)!r} != now {current.get(key)!r}")
+    return diffs

@@ -1,0 +1,222 @@
+"""The coordinator's run: initial weights or resume, rounds through :class:`XR0FedAvg`, checkpoint after
+every round, export and report at the end.
+
+Files under ``cfg.federation.out_dir``::
+
+    checkpoints/            atomic per-round checkpoints (server/checkpoint.py)
+    metrics.json            every round: aggregate and per-site metrics, dropped/failed sites with reasons
+    tensorboard/            scalars per round (aggregate and per site)
+    backbone.safetensors    final backbone, timm-compatible (+ backbone.json: how to create it with timm)
+    run.json                summary: rounds completed, sites, final checkpoint, report
+    report.html             curves and tables (xr0_core/report.py)
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from strategies.aggregate import ServerOptimizer
+from strategies.fedavg_ssl import RoundOutcome, XR0FedAvg, numpy_to_arrays
+from xr0_core import keys
+from xr0_core.atomic import atomic_write_json
+from xr0_core.config import HASH_EXCLUDED, XR0Config
+
+from .checkpoint import CheckpointError, ServerCheckpoint, describe_mismatch, load_latest, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def simulated_site_names(cfg: XR0Config) -> list[str]:
+    """Hospital names in a simulation: the sorted sub-folders of ``simulation.data-root``."""
+    root = Path(cfg.simulation.data_root) if cfg.simulation.data_root else None
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class Coordinator:
+    """Runs one federation (fresh or resumed) and writes everything the coordinator keeps."""
+
+    def __init__(self, cfg: XR0Config) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.federation.out_dir).expanduser().resolve()
+        self.ckpt_dir = self.out / "checkpoints"
+        self.site_names = simulated_site_names(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.weights: dict[str, np.ndarray] = {}
+        self.run_key = ""
+        self.server_opt = ServerOptimizer(
+            kind=cfg.federation.server_optimizer, lr=cfg.federation.server_lr, momentum=cfg.federation.server_momentum
+        )
+        self._round_started = time.monotonic()
+        self._tb = None
+
+    # ---- start / resume --------------------------------------------------------------------------
+
+    def _start_state(self) -> int:
+        """Load the checkpoint when resuming, else fresh weights; return the rounds already done."""
+        ckpt = load_latest(self.ckpt_dir)
+        if ckpt is not None and not self.cfg.federation.resume:
+            raise CheckpointError(
+                f"{self.ckpt_dir} already holds a run (last complete round {ckpt.round}); resume it with "
+                "--resume (run config federation.resume=true) or choose another output folder"
+            )
+        if ckpt is None:
+            if self.cfg.federation.resume:
+                log.warning("resume requested but %s holds no checkpoint: starting a new run", self.ckpt_dir)
+            from xr0_core.train.federated import initial_shared_state
+
+            self.weights = {k: v.numpy() for k, v in initial_shared_state(self.cfg).items()}
+            self.run_key = secrets.token_hex(8)
+            return 0
+        if ckpt.config_hash != self.cfg.hash():
+            diffs = describe_mismatch(ckpt.config_flat, self.cfg.to_flat(), HASH_EXCLUDED)
+            raise CheckpointError(
+                "the configuration differs from the checkpoint's, so resuming would mix two experiments: "
+                + "; ".join(diffs[:8])
+                + ". Use the original settings, or start a new run in another output folder."
+            )
+        self.weights = ckpt.weights
+        self.run_key = ckpt.run_key
+        self.history = ckpt.history
+        self.server_opt.load_state_arrays(ckpt.optimizer, ckpt.optimizer_steps)
+        log.info("resuming run %s after round %d", self.run_key, ckpt.round)
+        return ckpt.round
+
+    # ---- per-round bookkeeping -------------------------------------------------------------------
+
+    def site_name(self, node_id: int, metrics: dict[str, float]) -> str:
+        pid = metrics.get("partition-id")
+        if pid is not None and 0 <= int(pid) < len(self.site_names):
+            return self.site_names[int(pid)]
+        return f"node-{node_id}"
+
+    def on_round_end(self, outcome: RoundOutcome) -> None:
+        entry = outcome.to_json()
+        for site in entry["sites"]:
+            site["name"] = self.site_name(site["node_id"], site["metrics"])
+        entry["seconds"] = round(time.monotonic() - self._round_started, 3)
+        self.history.append(entry)
+        if outcome.kind == "train":
+            if outcome.arrays is not None:
+                self.weights = {k: a.numpy() for k, a in outcome.arrays.items()}
+            save_checkpoint(
+                self.ckpt_dir,
+                ServerCheckpoint(
+                    round=outcome.server_round,
+                    run_key=self.run_key,
+                    config_hash=self.cfg.hash(),
+                    config_flat=self.cfg.to_flat(),
+                    weights=self.weights,
+                    optimizer=self.server_opt.state_arrays(),
+                    optimizer_steps=self.server_opt.steps,
+                    history=self.history,
+                ),
+            )
+        atomic_write_json(self.out / "metrics.json", {"run_key": self.run_key, "rounds": self.history})
+        self._log_tensorboard(entry)
+        self._print_progress(entry)
+        self._round_started = time.monotonic()
+
+    def _print_progress(self, entry: dict[str, Any]) -> None:
+        status = {s["name"]: s["status"] for s in entry["sites"]}
+        ok = sum(v == "ok" for v in status.values())
+        parts = [f"[xr0] round {entry['round']}/{self.cfg.federation.rounds} {entry['kind']}:",
+                 f"{ok}/{len(status)} sites ok"]
+        m = entry["metrics"]
+        for key in ("loss", "knn-anatomy", "knn-anatomy-random"):
+            if key in m:
+                parts.append(f"{key} {m[key]:.4f}")
+        parts.append(f"({entry['seconds']:.1f} s)")
+        bad = [f"{s['name']} {s['status']}: {s['reason']}" for s in entry["sites"] if s["status"] != "ok"]
+        print(" ".join(parts), file=sys.stderr, flush=True)
+        for line in bad:
+            print(f"[xr0]   {line}", file=sys.stderr, flush=True)
+
+    def _log_tensorboard(self, entry: dict[str, Any]) -> None:
+        try:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        except ImportError:  # tensorboard is a declared dependency; a broken install must not stop a run
+            return
+        step = entry["round"]
+        for name, value in entry["metrics"].items():
+            self._tb.add_scalar(f"{entry['kind']}/{name}", value, step)
+        for site in entry["sites"]:
+            for name, value in site["metrics"].items():
+                self._tb.add_scalar(f"{entry['kind']}-{site['name']}/{name}", value, step)
+        self._tb.flush()
+
+    # ---- the run ---------------------------------------------------------------------------------
+
+    def run(self, grid: Grid) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        done = self._start_state()
+        cfg = self.cfg
+        remaining = cfg.federation.rounds - done
+        if remaining > 0:
+            strategy = XR0FedAvg(
+                round_offset=done,
+                local_steps=cfg.train.local_steps,
+                total_rounds=cfg.federation.rounds,
+                run_seed=cfg.seed,
+                run_key=self.run_key,
+                config_hash=cfg.hash(),
+                server_optimizer=self.server_opt,
+                min_replies=cfg.federation.min_replies,
+                max_update_norm=cfg.federation.max_update_norm,
+                fraction_train=cfg.federation.fraction_train,
+                evaluate_every=cfg.eval.every,
+                on_round_end=self.on_round_end,
+            )
+            self._round_started = time.monotonic()
+            strategy.start(
+                grid=grid,
+                initial_arrays=numpy_to_arrays(self.weights),
+                num_rounds=remaining,
+                timeout=cfg.federation.round_timeout,
+                train_config=ConfigRecord(),
+                evaluate_config=ConfigRecord(),
+            )
+        else:
+            log.info("all %d rounds already complete; only exporting", cfg.federation.rounds)
+        if self._tb is not None:
+            self._tb.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Export the backbone, write run.json and report.html; return the run summary."""
+        from xr0_core.export import export_shared_backbone
+        from xr0_core.report import write_report
+
+        latest = load_latest(self.ckpt_dir)
+        rounds_completed = latest.round if latest else 0
+        export = export_shared_backbone(
+            {k: np.asarray(v) for k, v in self.weights.items()}, self.cfg, self.out / "backbone.safetensors"
+        )
+        summary = {
+            "run_key": self.run_key,
+            "rounds_completed": rounds_completed,
+            "final_checkpoint": str(self.ckpt_dir / f"round-{rounds_completed:04d}") if latest else None,
+            "backbone": export,
+            "metrics": str(self.out / "metrics.json"),
+            "report": str(self.out / "report.html"),
+            "config": self.cfg.to_flat(),
+        }
+        write_report(self.out, summary, self.history)
+        atomic_write_json(self.out / "run.json", summary)
+        return summary
+
+
+__all__ = ["Coordinator", "simulated_site_names", "keys"]

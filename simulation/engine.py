@@ -1,0 +1,128 @@
+"""Run a federation on Flower's Simulation Engine (Ray backend) inside this process (D12).
+
+Why not ``flwr run``: it starts a background SuperLink that nothing stops but killing it, keeps state under
+``FLWR_HOME`` and builds a FAB from a project folder, which a pip-installed ``xr0`` does not have. We call
+the same engine that the ``flwr-simulation`` process calls (``flwr.simulation.run_simulation._run_simulation``
+with ``is_app=True``), so ServerApp, ClientApps, Ray actors and message routing are exactly those of
+``flwr run``; only the SuperLink process is left out. The run config travels the way Flower expects: the
+ServerApp context gets it directly, and every SuperNode reads it from a generated app folder holding a
+``pyproject.toml`` whose ``[tool.flwr.app.config]`` is the full flat config. This relies on a private flwr
+function, hence the pin ``flwr>=1.42,<1.43``; ``tests/simulation`` exercises it end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from xr0_core.config import XR0Config
+
+log = logging.getLogger(__name__)
+
+# No outbound calls, no dependency installation at run time (D13); set before Ray starts its workers,
+# which inherit this process's environment.
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
+    """A minimal Flower app folder whose pyproject carries ``run_config`` (read by every SuperNode)."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[project]",
+        'name = "xr0-simulation"',
+        'version = "0.1.0"',
+        "",
+        "[tool.flwr.app]",
+        'publisher = "xr0"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "server.app:app"',
+        'clientapp = "client.app:app"',
+        "",
+        "[tool.flwr.app.config]",
+    ]
+    lines += [f'"{k}" = {_toml_value(v)}' for k, v in sorted(run_config.items())]
+    (app_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return app_dir
+
+
+def run_federation(
+    cfg: XR0Config,
+    num_sites: int,
+    *,
+    app_dir: Path,
+    server_app: Any = None,
+    client_app: Any = None,
+    cpus_per_client: int = 1,
+    total_cpus: int | None = None,
+    verbose: bool = False,
+) -> None:
+    """Run ``cfg.federation.rounds`` rounds with ``num_sites`` simulated hospitals.
+
+    Parameters
+    ----------
+    cfg : XR0Config
+        Full configuration; ``simulation.data-root`` must hold ``num_sites`` hospital folders.
+    num_sites : int
+        Number of SuperNodes (one per hospital).
+    app_dir : Path
+        Folder for the generated app ``pyproject.toml`` (inside the run's output folder).
+    server_app, client_app : flwr ServerApp / ClientApp, optional
+        Defaults to :data:`server.app.app` and :data:`client.app.app`; tests pass wrapped apps.
+    cpus_per_client : int
+        Ray CPU resources per ClientApp: ``total_cpus // cpus_per_client`` hospitals train at once.
+    total_cpus : int, optional
+        CPUs Ray may use (default: all).
+    """
+    os.environ.update(FLOWER_ENV)
+    from flwr.app import Context, RecordDict
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    if server_app is None:
+        from server.app import app as server_app
+    if client_app is None:
+        from client.app import app as client_app
+
+    flat = cfg.to_flat()
+    write_app_dir(app_dir, flat)
+    init_args: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    if total_cpus:
+        init_args["num_cpus"] = int(total_cpus)
+    backend_config = {
+        "client_resources": {"num_cpus": int(cpus_per_client), "num_gpus": 0.0},
+        "init_args": init_args,
+    }
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
+    _run_simulation(
+        num_supernodes=num_sites,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config,
+        server_app_context=context,
+        app_dir=str(app_dir),
+        is_app=True,
+        verbose_logging=verbose,
+    )

@@ -1,0 +1,117 @@
+"""``xr0 simulate``: a whole federation of hospitals on this machine (the project's main job).
+
+Output folder (``--out``, default ``./xr0-sim``)::
+
+    hospitals/<site>/      synthetic hospitals (unless --data is given)
+    sites/<site>/          each hospital's state folder (local SSL state; privacy ledger)
+    checkpoints/ metrics.json tensorboard/ backbone.safetensors run.json report.html   (coordinator)
+    flower-app/            generated app folder carrying the run config to the SuperNodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from xr0_core.cli import CLIError, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a federation of simulated hospitals on Flower's Simulation Engine",
+        description="Simulate N hospitals pretraining one XR-0 backbone together (Flower + Ray, CPU or GPU).",
+    )
+    p.add_argument("--sites", type=int, default=3, help="number of hospitals (default 3)")
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds (default: config, 3)")
+    p.add_argument("--preset", default="cpu-tiny", help="cpu-tiny | vit-s | vit-b")
+    p.add_argument("--data", type=Path, default=None, help="folder with one sub-folder per hospital (default: synthetic)")
+    p.add_argument("--out", type=Path, default=Path("xr0-sim"), help="output folder (default ./xr0-sim)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete round")
+    p.add_argument("--images-per-site", type=int, default=48, help="synthetic images per hospital (default 48)")
+    p.add_argument("--image-size", type=int, default=128, help="synthetic image side in pixels (default 128)")
+    p.add_argument("--local-steps", type=int, default=None, help="local SSL steps per round (default: preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpus-per-client", type=int, default=1, help="CPU cores per simulated hospital (default 1)")
+    p.add_argument("--compare-pooled", action="store_true",
+                   help="also pretrain on the pooled data with the same total steps and compare on held-out images")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.set_defaults(func=run)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from xr0_core.config import ConfigError, from_flat
+
+    from .sites import SimulationDataError, check_given, describe_sites, ensure_synthetic
+
+    if args.sites < 1:
+        raise CLIError("--sites must be >= 1")
+    out: Path = args.out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    flat: dict[str, Any] = {"preset": args.preset, "seed": args.seed}
+    flat.update(parse_sets(args.set))
+    if args.rounds is not None:
+        flat["federation.rounds"] = args.rounds
+    if args.local_steps is not None:
+        flat["train.local-steps"] = args.local_steps
+    data_root = args.data.expanduser().resolve() if args.data else out / "hospitals"
+    flat.update({
+        "federation.out-dir": str(out),
+        "federation.resume": bool(args.resume),
+        "simulation.data-root": str(data_root),
+        "simulation.state-root": str(out / "sites"),
+    })
+    try:
+        cfg = from_flat(flat)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        if args.data:
+            dirs = check_given(data_root)
+        else:
+            dirs = ensure_synthetic(data_root, args.sites, args.images_per_site, args.seed, args.image_size)
+    except SimulationDataError as exc:
+        raise CLIError(str(exc)) from None
+    if args.data and args.sites != len(dirs):
+        print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", flush=True)
+    sites = describe_sites(dirs, out / "sites")
+
+    from server.checkpoint import CheckpointError
+
+    from .engine import run_federation
+
+    try:
+        run_federation(cfg, len(dirs), app_dir=out / "flower-app", cpus_per_client=args.cpus_per_client)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    run_json = out / "run.json"
+    if not run_json.exists():
+        raise CLIError(f"the federation ended without writing {run_json}; see the log above")
+    summary = json.loads(run_json.read_text())
+    summary["sites"] = sites
+    if args.compare_pooled:
+        from .compare import compare_backbones
+
+        summary["comparison"] = compare_backbones(cfg, dirs, out, n_sites=len(dirs))
+    from xr0_core.report import rewrite_outputs
+
+    rewrite_outputs(out, summary)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"[xr0] done: {summary['rounds_completed']} rounds; report {summary['report']}")
+    return 0

@@ -1,0 +1,74 @@
+"""Hospitals of a simulated federation: synthetic ones written on demand, or given folders checked first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SYNTH_MARKER = "federation.json"
+
+
+class SimulationDataError(ValueError):
+    """The hospitals folder cannot be used; the message says what to fix."""
+
+
+def hospital_dirs(root: Path) -> list[Path]:
+    """Sorted hospital sub-folders (partition ``i`` is the ``i``-th), hidden folders ignored."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def ensure_synthetic(root: Path, n_sites: int, images_per_site: int, seed: int, image_size: int) -> list[Path]:
+    """Write synthetic hospitals into ``root`` unless the same ones (same parameters) are already there."""
+    wanted = {"sites": n_sites, "images_per_site": images_per_site, "seed": seed, "image_size": image_size}
+    marker = root / SYNTH_MARKER
+    if marker.exists():
+        try:
+            existing = json.loads(marker.read_text()).get("parameters", {})
+        except ValueError:
+            existing = {}
+        if existing == wanted and len(hospital_dirs(root)) == n_sites:
+            return hospital_dirs(root)
+        if any(root.iterdir()):
+            raise SimulationDataError(
+                f"{root} holds synthetic hospitals made with {existing}, not {wanted}; "
+                "use another --out or delete that folder"
+            )
+    from xr0_core.data.synthetic import write_federation
+
+    dirs = write_federation(root, n_sites, images_per_site, seed, image_size=image_size)
+    # Record the parameters next to the generator's own description so a rerun can reuse the files.
+    meta = json.loads(marker.read_text()) if marker.exists() else {}
+    meta["parameters"] = wanted
+    marker.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return [Path(d) for d in dirs]
+
+
+def describe_sites(dirs: list[Path], state_root: Path) -> list[dict[str, Any]]:
+    """Per hospital: name, folders, image count, anatomy mix and scanner settings (for the report)."""
+    from xr0_core.data.index import index_site
+
+    out = []
+    for d in dirs:
+        summary = index_site(d, verify_pixels=False).summary()
+        out.append(
+            {
+                "name": d.name,
+                "data_dir": str(d),
+                "state_dir": str(state_root / d.name),
+                "images": summary["usable"],
+                "skipped": len(summary["skipped"]),
+                "by_anatomy": summary["by_anatomy"],
+            }
+        )
+    return out
+
+
+def check_given(root: Path) -> list[Path]:
+    """Hospital folders under a user-given ``--data`` root, each with at least one usable image."""
+    if not root.is_dir():
+        raise SimulationDataError(f"--data {root} is not a folder; it must hold one sub-folder per hospital")
+    dirs = hospital_dirs(root)
+    if not dirs:
+        raise SimulationDataError(f"--data {root} has no sub-folders; put each hospital's images in its own folder")
+    return dirs

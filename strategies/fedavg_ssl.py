@@ -1,0 +1,276 @@
+"""XR-0 federated strategy: FedAvg over the shared SSL parameter set, with reply validation, a server
+optimizer, resumable round numbering and per-site bookkeeping.
+
+Client-side contract (what a ClientApp must do to take part):
+
+- ``train`` messages carry ``ArrayRecord "arrays"`` (the shared set: student backbone + DINO/iBOT heads +
+  mask token, float32) and ``ConfigRecord "config"`` with ``server-round`` (global round, 1-based, continues
+  after a resume), ``global-step`` (first SSL step of this round), ``total-steps`` (schedule length),
+  ``local-steps``, ``run-seed``, ``run-key`` and ``config-hash``.
+- A reply carries exactly one ``ArrayRecord "arrays"`` with the same keys, shapes and dtypes, and one
+  ``MetricRecord "metrics"`` holding ``num-examples`` (weight of the site in the mean) and scalar metrics.
+  A site that refuses (e.g. privacy budget spent) replies with an error message whose reason says why.
+- ``evaluate`` messages carry the same arrays; replies hold a ``MetricRecord`` only.
+
+Replies that fail validation (keys, shapes, dtype, non-finite values, optional update-norm bound) are
+dropped with a logged reason; a round with fewer than ``min_replies`` valid replies keeps the previous
+global weights (Flower's ``Strategy.start`` keeps ``arrays`` when ``aggregate_train`` returns ``None``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from xr0_core import keys
+
+from .aggregate import ServerOptimizer, weighted_mean
+from .validate import check_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteOutcome:
+    """What one site did in one round, as the server saw it."""
+
+    node_id: int
+    status: str  # "ok" | "dropped" | "failed"
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RoundOutcome:
+    """One finished round: aggregate metrics, per-site outcomes, and whether the global model moved."""
+
+    server_round: int
+    kind: str  # "train" | "evaluate"
+    sites: list[SiteOutcome]
+    metrics: dict[str, float]
+    updated: bool
+    arrays: ArrayRecord | None = None  # new global weights (train rounds that updated)
+
+    def to_json(self) -> dict:
+        return {
+            "round": self.server_round,
+            "kind": self.kind,
+            "updated": self.updated,
+            "metrics": self.metrics,
+            "sites": [s.__dict__ for s in self.sites],
+        }
+
+
+def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: arr.numpy() for name, arr in record.items()}
+
+
+def numpy_to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def _scalar_metrics(record: MetricRecord | None) -> dict[str, float]:
+    if record is None:
+        return {}
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def weighted_metrics(sites: list[SiteOutcome], weight_key: str = keys.NUM_EXAMPLES) -> dict[str, float]:
+    """Example-weighted mean of every metric the ok sites reported (``num-examples`` is summed)."""
+    ok = [s for s in sites if s.status == "ok"]
+    total = sum(s.metrics.get(weight_key, 0.0) for s in ok)
+    out: dict[str, float] = {weight_key: total}
+    names = sorted({k for s in ok for k in s.metrics} - {weight_key, "partition-id"})
+    for name in names:
+        pairs = [(s.metrics[name], s.metrics.get(weight_key, 0.0)) for s in ok if name in s.metrics]
+        wsum = sum(w for _, w in pairs)
+        if wsum > 0:
+            out[name] = sum(v * w for v, w in pairs) / wsum
+    return out
+
+
+class XR0FedAvg(FedAvg):
+    """FedAvg for XR-0 pretraining (see module docstring for the client contract).
+
+    Parameters
+    ----------
+    round_offset : int
+        Rounds already completed before this ``start`` (resume); Flower's local round ``r`` is global
+        round ``round_offset + r``.
+    local_steps, total_rounds : int
+        Define ``global-step = (round - 1) * local_steps`` and ``total-steps = total_rounds * local_steps``.
+    run_seed : int
+    run_key : str
+        Identifies the run across resumes (sites key their local SSL state by it).
+    config_hash : str
+    server_optimizer : ServerOptimizer
+    min_replies : int
+        Fewer valid replies than this and the global weights stay as they were.
+    max_update_norm : float
+        Optional L2 bound on ``reply - global`` (0 disables).
+    evaluate_every : int
+        Federated evaluation after every K-th round and after the last (0: last only).
+    on_round_end : callable, optional
+        Called with each :class:`RoundOutcome` (train and evaluate): the server app checkpoints there.
+    """
+
+    def __init__(
+        self,
+        *,
+        round_offset: int,
+        local_steps: int,
+        total_rounds: int,
+        run_seed: int,
+        run_key: str,
+        config_hash: str,
+        server_optimizer: ServerOptimizer,
+        min_replies: int = 1,
+        max_update_norm: float = 0.0,
+        fraction_train: float = 1.0,
+        evaluate_every: int = 0,
+        on_round_end: Callable[[RoundOutcome], None] | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=1.0,
+            min_train_nodes=min_replies,
+            min_evaluate_nodes=min_replies,
+            min_available_nodes=min_replies,
+            weighted_by_key=keys.NUM_EXAMPLES,
+            arrayrecord_key=keys.ARRAYS,
+            configrecord_key=keys.CONFIG,
+        )
+        self.round_offset = round_offset
+        self.local_steps = local_steps
+        self.total_rounds = total_rounds
+        self.run_seed = run_seed
+        self.run_key = run_key
+        self.config_hash = config_hash
+        self.server_optimizer = server_optimizer
+        self.min_replies = min_replies
+        self.max_update_norm = max_update_norm
+        self.evaluate_every = evaluate_every
+        self.on_round_end = on_round_end
+        self._sent: dict[str, np.ndarray] | None = None
+
+    def global_round(self, server_round: int) -> int:
+        return self.round_offset + server_round
+
+    def round_config(self, global_round: int, base: ConfigRecord) -> ConfigRecord:
+        """A fresh ConfigRecord for ``global_round`` (never mutates the caller's ``base``)."""
+        cfg = ConfigRecord(dict(base))
+        cfg[keys.SERVER_ROUND] = global_round
+        cfg[keys.GLOBAL_STEP] = (global_round - 1) * self.local_steps
+        cfg[keys.TOTAL_STEPS] = self.total_rounds * self.local_steps
+        cfg[keys.LOCAL_STEPS] = self.local_steps
+        cfg[keys.RUN_SEED] = self.run_seed
+        cfg["run-key"] = self.run_key
+        cfg[keys.CONFIG_HASH] = self.config_hash
+        return cfg
+
+    # ---- training --------------------------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        g = self.global_round(server_round)
+        self._sent = arrays_to_numpy(arrays)
+        return super().configure_train(g, arrays, self.round_config(g, config), grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        g = self.global_round(server_round)
+        if self._sent is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        sites: list[SiteOutcome] = []
+        accepted: list[tuple[dict[str, np.ndarray], float]] = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                sites.append(SiteOutcome(node, "failed", msg.error.reason or f"error code {msg.error.code}"))
+                continue
+            outcome, update = self._check_reply(node, msg)
+            sites.append(outcome)
+            if update is not None:
+                accepted.append((update, outcome.metrics[keys.NUM_EXAMPLES]))
+        for s in sites:
+            if s.status != "ok":
+                log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
+        metrics = weighted_metrics(sites)
+        metrics.update(
+            {
+                "replies-ok": float(len(accepted)),
+                "replies-dropped": float(sum(s.status == "dropped" for s in sites)),
+                "replies-failed": float(sum(s.status == "failed" for s in sites)),
+            }
+        )
+        new_arrays: ArrayRecord | None = None
+        if len(accepted) >= self.min_replies:
+            mean = weighted_mean([u for u, _ in accepted], [n for _, n in accepted])
+            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
+        else:
+            log.warning(
+                "round %d: %d valid replies < federation.min-replies %d; global weights unchanged",
+                g, len(accepted), self.min_replies,
+            )
+        outcome = RoundOutcome(g, "train", sites, metrics, updated=new_arrays is not None, arrays=new_arrays)
+        if self.on_round_end is not None:
+            self.on_round_end(outcome)
+        return new_arrays, MetricRecord(metrics)
+
+    def _check_reply(self, node: int, msg: Message) -> tuple[SiteOutcome, dict[str, np.ndarray] | None]:
+        content = msg.content
+        array_records = list(content.array_records.values())
+        metric_records = list(content.metric_records.values())
+        if len(array_records) != 1 or len(metric_records) != 1:
+            return SiteOutcome(node, "dropped", "reply must hold exactly one ArrayRecord and one MetricRecord"), None
+        metrics = _scalar_metrics(metric_records[0])
+        n = metrics.get(keys.NUM_EXAMPLES, float("nan"))
+        if not (math.isfinite(n) and n > 0):
+            return SiteOutcome(node, "dropped", f"num-examples must be a positive number, got {n}", metrics), None
+        update = arrays_to_numpy(array_records[0])
+        reason = check_update(update, self._sent or {}, self.max_update_norm)
+        if reason is not None:
+            return SiteOutcome(node, "dropped", reason, metrics), None
+        return SiteOutcome(node, "ok", "", metrics), update
+
+    # ---- evaluation ------------------------------------------------------------------------------
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        g = self.global_round(server_round)
+        last = g == self.total_rounds
+        periodic = self.evaluate_every > 0 and g % self.evaluate_every == 0
+        if not (last or periodic):
+            return []
+        return super().configure_evaluate(g, arrays, self.round_config(g, config), grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        g = self.global_round(server_round)
+        sites: list[SiteOutcome] = []
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():
+                sites.append(SiteOutcome(node, "failed", msg.error.reason or f"error code {msg.error.code}"))
+                continue
+            metric_records = list(msg.content.metric_records.values())
+            metrics = _scalar_metrics(metric_records[0]) if metric_records else {}
+            if metrics.get(keys.NUM_EXAMPLES, 0) <= 0:
+                sites.append(SiteOutcome(node, "dropped", "evaluation reply without positive num-examples", metrics))
+                continue
+            sites.append(SiteOutcome(node, "ok", "", metrics))
+        if not sites:
+            return None
+        metrics = weighted_metrics(sites)
+        if self.on_round_end is not None:
+            self.on_round_end(RoundOutcome(g, "evaluate", sites, metrics, updated=False))
+        return MetricRecord(metrics)

@@ -1,0 +1,47 @@
+"""Checks on one client's reply before it may enter the aggregate.
+
+A reply that fails is dropped with a one-line reason; the round goes on with the others.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .aggregate import global_norm, subtract
+
+
+def check_update(
+    update: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    max_update_norm: float = 0.0,
+) -> str | None:
+    """Return ``None`` when ``update`` may be aggregated, else the reason it may not.
+
+    Parameters
+    ----------
+    update : mapping name -> array
+        The client's returned shared parameters.
+    reference : mapping name -> array
+        The global parameters sent this round (keys, shapes and dtypes to match).
+    max_update_norm : float
+        Reject when ``||update - reference||_2`` exceeds this; ``0`` disables the bound.
+    """
+    missing = sorted(set(reference) - set(update))
+    extra = sorted(set(update) - set(reference))
+    if missing or extra:
+        return f"parameter keys differ from the global model (missing {missing[:3]}, extra {extra[:3]})"
+    for name, ref in reference.items():
+        arr = update[name]
+        if arr.shape != ref.shape:
+            return f"{name}: shape {tuple(arr.shape)} != {tuple(ref.shape)}"
+        if arr.dtype != ref.dtype:
+            return f"{name}: dtype {arr.dtype} != {ref.dtype}"
+        if not np.all(np.isfinite(arr)):
+            return f"{name}: non-finite values (NaN or inf)"
+    if max_update_norm > 0:
+        norm = global_norm(subtract(update, reference))
+        if norm > max_update_norm:
+            return f"update norm {norm:.3g} exceeds federation.max-update-norm {max_update_norm:.3g}"
+    return None

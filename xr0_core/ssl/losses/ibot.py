@@ -1,0 +1,73 @@
+"""iBOT masked-patch self-distillation loss (D5)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xr0_core.ssl.losses import LOSSES
+from xr0_core.ssl.losses.centering import TeacherCentering
+
+
+@LOSSES.register("ibot")
+class iBOTPatchLoss(nn.Module):  # noqa: N801 (the paper's spelling)
+    """Cross-entropy between teacher and student patch-prototype distributions on masked patch tokens.
+
+    The student sees a global view with some patch embeddings replaced by a mask token; the teacher sees the
+    same view unmasked. Only masked tokens are scored. Tokens arrive *gathered* (masked tokens of all samples
+    concatenated, M in total) so the heads never run on unmasked tokens; ``token_sample`` says which sample
+    each token belongs to. Each sample's loss is the mean over its own masked tokens (across its global views);
+    a sample without masked tokens gets 0.
+
+    Shapes:
+        student_logits ``[M, K]``, teacher_probs ``[M, K]``, token_sample ``[M]`` (long, in [0, B)),
+        batch_size B -> loss ``[B]``.
+
+    Coupling: per-sample (each token's term and the per-sample mean read only that sample's tokens). The
+    targets are batch-coupled with ``centering = "ema"`` (see :attr:`target_coupling`).
+
+    References:
+        Zhou et al., "iBOT: Image BERT Pre-Training with Online Tokenizer" (2022);
+        ``dinov2/loss/ibot_patch_loss.py`` (per-image mean over masked tokens).
+    """
+
+    coupling = "per-sample"
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema") -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.centering = TeacherCentering(out_dim, center_momentum, centering)
+
+    @property
+    def target_coupling(self) -> str:
+        return self.centering.target_coupling
+
+    @torch.no_grad()
+    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Teacher targets ``[M, K]`` (float32, no grad)."""
+        return self.centering.softmax_center_teacher(teacher_logits, teacher_temp)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        self.centering.update_center(teacher_logits)
+
+    @torch.no_grad()
+    def accumulate_center_stats(self, teacher_logits: torch.Tensor) -> None:
+        self.centering.accumulate_center_stats(teacher_logits)
+
+    @torch.no_grad()
+    def commit_center(self, mean: torch.Tensor | None = None) -> None:
+        self.centering.commit_center(mean)
+
+    def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, token_sample: torch.Tensor,
+                batch_size: int) -> torch.Tensor:
+        if student_logits.shape != teacher_probs.shape or student_logits.shape[0] != token_sample.shape[0]:
+            raise ValueError(f"iBOTPatchLoss: shapes {tuple(student_logits.shape)}, {tuple(teacher_probs.shape)}, "
+                             f"{tuple(token_sample.shape)} do not match")
+        log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        ce = -(teacher_probs.float() * log_p).sum(dim=-1)  # [M]
+        total = ce.new_zeros(batch_size).index_add(0, token_sample, ce)
+        count = ce.new_zeros(batch_size).index_add(0, token_sample, torch.ones_like(ce))
+        return total / count.clamp(min=1.0)

@@ -1,0 +1,112 @@
+"""The training step: the ONLY place that calls ``backward``, steps the optimizer, updates the EMA teacher
+and the loss centers (STYLE 1).
+
+A step is a pure function of (model state, optimizer state, batch, schedules[step]) plus a torch RNG seeded
+from (seed, site, step) for stochastic layers (drop-path), so the same start state and step range give
+bitwise identical results on CPU whatever happened before -- what makes resume and federation exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from xr0_core.runtime import autocast, derive_seed
+from xr0_core.ssl.method import MASK_TOKEN, XR0SSL
+from xr0_core.ssl.schedules import Schedules
+
+
+def trainable_parameters(model: XR0SSL) -> dict[str, nn.Parameter]:
+    """Student parameters and the mask token, by name (``backbone.*``, ``dino_head.*``, ``ibot_head.*``,
+    ``mask_token``): the names used in the shared state dict and in the flattened optimizer state."""
+    params = {k: p for k, p in model.student.named_parameters() if p.requires_grad}
+    params[MASK_TOKEN] = model.mask_token
+    return params
+
+
+def no_weight_decay(name: str, param: torch.Tensor, model: XR0SSL) -> bool:
+    """Biases, norms (1-D), position embedding, CLS and mask tokens are not decayed (timm / DINO practice)."""
+    if param.ndim <= 1 or name == MASK_TOKEN:
+        return True
+    skip = getattr(model.student["backbone"], "no_weight_decay", lambda: set())()
+    return name.startswith("backbone.") and name[len("backbone."):] in skip
+
+
+def build_optimizer(model: XR0SSL) -> torch.optim.AdamW:
+    """AdamW with two groups; each group's ``wd_scale`` (0 or 1) multiplies the scheduled weight decay."""
+    decay, no_decay = [], []
+    for name, p in trainable_parameters(model).items():
+        (no_decay if no_weight_decay(name, p, model) else decay).append(p)
+    groups = [{"params": decay, "wd_scale": 1.0}, {"params": no_decay, "wd_scale": 0.0}]
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=(0.9, 0.999))
+
+
+@contextlib.contextmanager
+def _step_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Fork the global torch RNG, seed it for this step, restore it afterwards (no global side effect)."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+
+
+def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
+               schedules: Schedules, step: int, *, device: torch.device, precision: str = "auto",
+               grad_clip: float = 0.0, rng_seed: int = 0) -> dict[str, float]:
+    """One optimisation step at global step ``step``.
+
+    Order: set lr / wd from ``schedules[step]``; forward under autocast (teacher temperature of the step);
+    ``loss.mean().backward()``; clip the global gradient norm (``grad_clip > 0``); ``optimizer.step()``;
+    ``zero_grad``; EMA update of the teacher with ``momentum[step]``; center update (EMA mode) or center
+    statistics (frozen-per-round mode).
+
+    Returns
+    -------
+    dict
+        ``loss`` and ``loss-<part>`` (batch means), ``lr``, ``wd``, ``momentum``, ``teacher-temp``,
+        ``grad-norm`` (before clipping; NaN when not clipping).
+    """
+    hp = schedules.at(step)
+    for group in optimizer.param_groups:
+        group["lr"] = hp["lr"]
+        group["weight_decay"] = hp["wd"] * group.get("wd_scale", 1.0)
+    model.train()
+    batch = to_device(batch, device)
+    with _step_rng(device, rng_seed):
+        with autocast(device, precision):
+            out = model(batch, hp["teacher_temp"])
+        loss = out.loss.float().mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite SSL loss at step {step}: {float(loss)}; lower train.lr or "
+                                     "check the input images")
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = float("nan")
+    if grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.update_teacher(hp["momentum"])
+    model.update_centers(out)
+    metrics = {"loss": float(loss.detach())}
+    for name, part in out.parts.items():
+        metrics[f"loss-{name}"] = float(part.detach().float().mean())
+    metrics.update({"lr": hp["lr"], "wd": hp["wd"], "momentum": hp["momentum"],
+                    "teacher-temp": hp["teacher_temp"], "grad-norm": grad_norm})
+    return metrics
+
+
+def step_seed(seed: int, site: str, step: int) -> int:
+    """Seed of the stochastic layers (drop-path) at ``step`` of ``site``."""
+    return derive_seed(seed, "step-rng", site, step)

@@ -1,0 +1,228 @@
+"""What a site keeps, and the trainer the federation (and ``xr0 pretrain``) drives (D4, D5; STYLE 3).
+
+:class:`SiteTrainer` owns one site's SSL model, optimizer and decoded images. Its state is split by where
+it lives:
+
+- :meth:`SiteTrainer.shared_state_dict` -- student weights (float32 CPU): the only tensors that leave;
+- :meth:`SiteTrainer.site_state_dict` -- teacher, centers, flattened optimizer state, next step: stays on
+  the site's disk (:meth:`SiteTrainer.save_site_state`, safetensors with a small JSON header).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from xr0_core.config import XR0Config
+from xr0_core.data.dataset import BatchMaker, ImageCache, StepDataset, ssl_records
+from xr0_core.runtime import derive_seed, resolve_device
+from xr0_core.ssl.method import XR0SSL
+from xr0_core.ssl.schedules import Schedules
+from xr0_core.train.loop import build_optimizer, step_seed, train_step, trainable_parameters
+
+log = logging.getLogger(__name__)
+
+SITE_STATE_FORMAT = "xr0-site-state/1"
+_OPTIM_PREFIX = "optim."
+_META_KEY = "xr0"
+
+
+def build_model(cfg: XR0Config) -> XR0SSL:
+    """The SSL model with initial weights from torch seed ``derive_seed(cfg.seed, "init")``: every site and the
+    server build the same start. The global torch RNG is forked, so callers' random state is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        return XR0SSL(cfg)
+
+
+class SiteTrainer:
+    """Local SSL training at one site.
+
+    Parameters
+    ----------
+    cfg : XR0Config
+    records : sequence of SiteRecord
+        The site's usable records; those with ``split == "test"`` are not trained on.
+    site : str
+        Site name (part of every batch seed).
+    device : torch.device, optional
+        Default: ``cfg.train.device`` through :func:`xr0_core.runtime.resolve_device`.
+    reader : callable, optional
+        Image reader for the cache (default ``read_image``); tests pass in-memory readers.
+    cache : ImageCache, optional
+        A prepared cache (skips ``records`` decoding; benchmarks and tests).
+    """
+
+    def __init__(self, cfg: XR0Config, records: Sequence[Any], *, site: str, device: torch.device | None = None,
+                 reader: Callable[[Any], Any] | None = None, cache: ImageCache | None = None) -> None:
+        self.cfg = cfg
+        self.site = str(site)
+        self.device = device or resolve_device(cfg.train.device)
+        self.records = ssl_records(records) if cache is None else list(cache.kept)
+        self.cache = cache or ImageCache(self.records, cfg.train.load_size, reader=reader, progress=True)
+        self.model = build_model(cfg).to(self.device)
+        self.optimizer = build_optimizer(self.model)
+        self.step = 0  # next global step to run
+        self.teacher_ready = False  # False until the first shared weights are loaded or trained from
+        self._maker: BatchMaker | None = None
+
+    @property
+    def num_examples(self) -> int:
+        """Number of SSL records (``split != "test"``): Flower's weighting key."""
+        return len(self.records)
+
+    # ------------------------------------------------------------------ shared weights
+    def shared_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.shared_state_dict()
+
+    def load_shared_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Load global weights into the student; before any local history the teacher starts as a copy."""
+        self.model.load_shared_state_dict(sd, strict=True)
+        if not self.teacher_ready:
+            self.model.reset_teacher_from_student()
+            self.teacher_ready = True
+
+    # ------------------------------------------------------------------ training
+    def _batches(self, start: int, n: int):
+        if self._maker is None:
+            self._maker = BatchMaker(self.cache, self.cfg, site=self.site, patch_size=self.model.patch_size)
+        workers = self.cfg.train.num_workers
+        if workers <= 0:
+            return (self._maker(start + i) for i in range(n))
+        return iter(torch.utils.data.DataLoader(
+            StepDataset(self._maker, start, n), batch_size=None, shuffle=False, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False))
+
+    def train(self, num_steps: int, *, start_step: int, total_steps: int, progress: bool = False,
+              on_step: Callable[[int, dict], None] | None = None, commit_centers: bool = True) -> dict[str, float]:
+        """Run global steps ``start_step .. start_step + num_steps - 1`` with schedules of ``total_steps``.
+
+        Parameters
+        ----------
+        num_steps, start_step, total_steps : int
+        progress : bool
+            Progress bar on stderr.
+        on_step : callable, optional
+            ``on_step(step, metrics)`` after every step (metrics of that step).
+        commit_centers : bool
+            With ``ssl.centering = "frozen-per-round"``: at the end, set the centers from this call's
+            teacher statistics. Pass False when the federation aggregates them instead.
+
+        Returns
+        -------
+        dict
+            ``loss`` (mean over the steps), ``loss-<part>`` (means), ``loss-first`` (first step's loss),
+            ``num-examples``, ``train-seconds``, ``lr`` (last step).
+        """
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if start_step < 0 or total_steps < 1:
+            raise ValueError(f"bad step range: start_step={start_step}, total_steps={total_steps}")
+        len(self.cache)  # decode now (progress bar), before the clock and any DataLoader fork
+        if len(self.cache) == 0:
+            raise ValueError(f"site {self.site!r} has no decodable training images "
+                             f"({len(self.cache.skipped)} failed to decode)")
+        if not self.teacher_ready:
+            self.model.reset_teacher_from_student()
+            self.teacher_ready = True
+        schedules = Schedules.build(self.cfg, total_steps)
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        first_loss = float("nan")
+        last: dict[str, float] = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
+        for i, batch in enumerate(self._batches(start_step, num_steps)):
+            step = start_step + i
+            batch.pop("index", None)
+            last = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
+                              precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
+                              rng_seed=step_seed(self.cfg.seed, self.site, step))
+            self.step = step + 1
+            if i == 0:
+                first_loss = last["loss"]
+            for k, v in last.items():
+                if k.startswith("loss"):
+                    sums[k] = sums.get(k, 0.0) + v
+            if on_step is not None:
+                on_step(step, last)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.3f}")
+        if bar is not None:
+            bar.close()
+        if commit_centers and self.cfg.ssl.centering == "frozen-per-round":
+            self.model.commit_centers()
+        metrics = {k: v / num_steps for k, v in sums.items()}
+        metrics.update({"loss-first": first_loss, "num-examples": float(self.num_examples),
+                        "train-seconds": time.perf_counter() - t0, "lr": last.get("lr", 0.0)})
+        return metrics
+
+    # ------------------------------------------------------------------ site state
+    def site_state_dict(self) -> dict[str, torch.Tensor]:
+        """Teacher + centers (``teacher.*``, ``*_loss.*``), optimizer moments (``optim.<param>.<slot>``),
+        ``step`` and ``teacher_ready`` (int64 scalars). All CPU tensors."""
+        sd = self.model.site_state_dict()
+        names = {id(p): n for n, p in trainable_parameters(self.model).items()}
+        for p, slots in self.optimizer.state.items():
+            for slot, value in slots.items():
+                if torch.is_tensor(value):
+                    sd[f"{_OPTIM_PREFIX}{names[id(p)]}.{slot}"] = value.detach().cpu().clone()
+        sd["step"] = torch.tensor(self.step, dtype=torch.int64)
+        sd["teacher_ready"] = torch.tensor(int(self.teacher_ready), dtype=torch.int64)
+        return sd
+
+    def load_site_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        model_sd = {k: v for k, v in sd.items() if not k.startswith(_OPTIM_PREFIX) and k not in ("step", "teacher_ready")}
+        self.model.load_site_state_dict(model_sd)
+        params = trainable_parameters(self.model)
+        self.optimizer.state.clear()
+        for key, value in sd.items():
+            if not key.startswith(_OPTIM_PREFIX):
+                continue
+            name, _, slot = key[len(_OPTIM_PREFIX):].rpartition(".")
+            if name not in params:
+                raise ValueError(f"site state has optimizer state for unknown parameter {name!r}")
+            p = params[name]
+            # AdamW keeps ``step`` on CPU (non-capturable); moments live with the parameter.
+            target = value.clone() if slot == "step" else value.to(p.device, p.dtype).clone()
+            self.optimizer.state[p][slot] = target
+        self.step = int(sd["step"])
+        self.teacher_ready = bool(int(sd["teacher_ready"]))
+
+    def save_site_state(self, path: str | Path) -> Path:
+        """Write the site state atomically as safetensors; non-tensor facts go in its JSON metadata."""
+        from safetensors.torch import save_file
+
+        from xr0_core.atomic import atomic_write
+
+        sd = {k: v.contiguous() for k, v in self.site_state_dict().items()}
+        meta = {_META_KEY: json.dumps({"format": SITE_STATE_FORMAT, "site": self.site,
+                                       "config_hash": self.cfg.hash(), "step": self.step})}
+        return atomic_write(Path(path), lambda tmp: save_file(sd, str(tmp), metadata=meta))
+
+    def load_site_state(self, path: str | Path) -> None:
+        """Load a file written by :meth:`save_site_state`; refuses another format or a different config."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no site state at {path}")
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+        if meta.get("format") != SITE_STATE_FORMAT:
+            raise ValueError(f"{path} is not an XR-0 site state ({meta.get('format')!r})")
+        if meta.get("config_hash") != self.cfg.hash():
+            raise ValueError(f"{path} was written with another config (hash {meta.get('config_hash')}, now "
+                             f"{self.cfg.hash()}); use the same preset and overrides, or start fresh")
+        self.load_site_state_dict(load_file(str(path)))
