@@ -26,7 +26,6 @@ from flwr.serverapp import Grid
 
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import RoundOutcome, XR0FedAvg, numpy_to_arrays
-from xr0_core import keys
 from xr0_core.atomic import atomic_write_json
 from xr0_core.config import HASH_EXCLUDED, XR0Config
 
@@ -197,14 +196,14 @@ class Coordinator:
 
     def finish(self) -> dict[str, Any]:
         """Export the backbone, write run.json and report.html; return the run summary."""
-        from xr0_core.export import export_shared_backbone
+        from xr0_core.eval.anatomy import backbone_from_shared
+        from xr0_core.export import export_backbone
         from xr0_core.report import write_report
 
         latest = load_latest(self.ckpt_dir)
         rounds_completed = latest.round if latest else 0
-        export = export_shared_backbone(
-            {k: np.asarray(v) for k, v in self.weights.items()}, self.cfg, self.out / "backbone.safetensors"
-        )
+        backbone = backbone_from_shared(self.cfg, {k: np.asarray(v) for k, v in self.weights.items()})
+        export = export_backbone(backbone, self.cfg.model, self.out / "backbone.safetensors")
         summary = {
             "run_key": self.run_key,
             "rounds_completed": rounds_completed,
@@ -218,5 +217,3 @@ class Coordinator:
         atomic_write_json(self.out / "run.json", summary)
         return summary
 
-
-__all__ = ["Coordinator", "simulated_site_names", "keys"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -74,6 +75,19 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def numpy_to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_reason(text: str, limit: int = 300) -> str:
+    """One line from a client error: Flower / Ray wrap the site's exception in pages of traceback."""
+    text = _ANSI.sub("", text or "").strip()
+    if "Message:" in text:
+        text = text.rsplit("Message:", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = (lines[-1] if lines else "no reason given").rstrip("'>").strip()
+    return line[:limit]
 
 
 def _scalar_metrics(record: MetricRecord | None) -> dict[str, float]:
@@ -195,7 +209,7 @@ class XR0FedAvg(FedAvg):
         for msg in replies:
             node = int(msg.metadata.src_node_id)
             if msg.has_error():
-                sites.append(SiteOutcome(node, "failed", msg.error.reason or f"error code {msg.error.code}"))
+                sites.append(SiteOutcome(node, "failed", short_reason(msg.error.reason or f"error code {msg.error.code}")))
                 continue
             outcome, update = self._check_reply(node, msg)
             sites.append(outcome)
@@ -260,7 +274,7 @@ class XR0FedAvg(FedAvg):
         for msg in replies:
             node = int(msg.metadata.src_node_id)
             if msg.has_error():
-                sites.append(SiteOutcome(node, "failed", msg.error.reason or f"error code {msg.error.code}"))
+                sites.append(SiteOutcome(node, "failed", short_reason(msg.error.reason or f"error code {msg.error.code}")))
                 continue
             metric_records = list(msg.content.metric_records.values())
             metrics = _scalar_metrics(metric_records[0]) if metric_records else {}

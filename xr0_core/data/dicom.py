@@ -274,7 +274,7 @@ def _meta(ds: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _dcmread(path: str | os.PathLike, *, stop_before_pixels: bool, force: bool) -> tuple[Any, bool]:
+def _dcmread(path: Any, *, stop_before_pixels: bool, force: bool) -> tuple[Any, bool]:
     """``pydicom.dcmread`` with its warnings silenced (real archives warn on every file) and every
     failure turned into :class:`UnusableImage`. A file cut inside encapsulated pixel data is read by
     pydicom without its Pixel Data and only a warning: that warning is what tells us it was truncated."""
@@ -284,7 +284,8 @@ def _dcmread(path: str | os.PathLike, *, stop_before_pixels: bool, force: bool) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=stop_before_pixels, force=force)
+            source = path if hasattr(path, "read") else os.fspath(path)
+            ds = pydicom.dcmread(source, stop_before_pixels=stop_before_pixels, force=force)
         except InvalidDicomError:
             raise UnusableImage("not DICOM: no 'DICM' marker at byte 128 and no DICOM file meta") from None
         except (OSError, EOFError) as exc:
@@ -298,7 +299,7 @@ def _dcmread(path: str | os.PathLike, *, stop_before_pixels: bool, force: bool) 
 
 
 def read_dicom_header(path: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
-    """Whitelisted metadata only, without reading pixel data (fast indexing).
+    """Whitelisted metadata only, reading up to (not including) the pixel data (fast indexing).
 
     Parameters
     ----------
@@ -310,18 +311,58 @@ def read_dicom_header(path: str | os.PathLike, *, force: bool = False) -> dict[s
     Returns
     -------
     dict
-        :data:`META_KEYS` plus ``frames`` (NumberOfFrames, 1 when absent) and ``samples_per_pixel``.
+        :data:`META_KEYS` plus ``frames`` (NumberOfFrames, 1 when absent), ``samples_per_pixel`` and
+        ``pixel_data``: ``"present"``, ``"missing"`` or ``"truncated"`` (the Pixel Data element's
+        declared length runs past the end of the file, or its encapsulated fragments never end).
 
     Raises
     ------
     UnusableImage
         When the file is not a readable DICOM.
     """
-    ds, _ = _dcmread(path, stop_before_pixels=True, force=force)
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise UnusableImage(f"unreadable file: {exc.strerror or exc}") from None
+    with fh:
+        ds, _ = _dcmread(fh, stop_before_pixels=True, force=force)
+        # pydicom stops with the file positioned at the Pixel Data tag: its length is checkable
+        # against the file size without reading the (large) value.
+        pixel_data = _pixel_data_status(fh, ds, os.fstat(fh.fileno()).st_size)
     meta = _meta(ds)
     meta["frames"] = _int(ds, "NumberOfFrames") or 1
     meta["samples_per_pixel"] = _int(ds, "SamplesPerPixel") or 1
+    meta["pixel_data"] = pixel_data
     return meta
+
+
+_PIXEL_TAGS_LE = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")
+_PIXEL_TAGS_BE = (b"\x7f\xe0\x00\x10", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09")
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
+_TAIL_BYTES = 1 << 20
+
+
+def _pixel_data_status(fh: Any, ds: Any, size: int) -> str:
+    """``present`` / ``missing`` / ``truncated`` for the element at the current file position."""
+    if getattr(_transfer_syntax(ds), "is_deflated", False):
+        return "present"  # the file position is in the deflated stream: decoding will tell
+    start = fh.tell()
+    head = fh.read(12)
+    implicit, little = getattr(ds, "original_encoding", (False, True))
+    little = little is not False
+    if len(head) < 8 or head[:4] not in (_PIXEL_TAGS_LE if little else _PIXEL_TAGS_BE):
+        return "missing"
+    if implicit:
+        length, header = int.from_bytes(head[4:8], "little" if little else "big"), 8
+    elif len(head) < 12:
+        return "truncated"
+    else:
+        length, header = int.from_bytes(head[8:12], "little" if little else "big"), 12
+    if length != 0xFFFFFFFF:
+        return "present" if start + header + length <= size else "truncated"
+    # Encapsulated: the fragments end with a Sequence Delimitation Item near the end of the file.
+    fh.seek(max(start + header, size - _TAIL_BYTES))
+    return "present" if _SEQUENCE_DELIMITER in fh.read() else "truncated"
 
 
 def check_header(meta: dict[str, Any]) -> None:
@@ -335,8 +376,13 @@ def check_header(meta: dict[str, Any]) -> None:
     Raises
     ------
     UnusableImage
-        Wrong modality, multi-frame, tiny, palette / unknown photometric, or no decoder installed.
+        Wrong modality, multi-frame, tiny, palette / unknown photometric, missing or truncated
+        pixel data (when ``meta`` has ``pixel_data``), or no decoder installed.
     """
+    if meta.get("pixel_data") == "missing":
+        raise UnusableImage("no pixel data")
+    if meta.get("pixel_data") == "truncated":
+        raise UnusableImage("truncated pixel data: the file ends inside the Pixel Data element")
     modality = meta.get("modality")
     if modality and modality not in ACCEPTED_MODALITIES:
         raise UnusableImage(

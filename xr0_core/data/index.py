@@ -219,11 +219,12 @@ def index_site(
             skipped.append(Skipped(shown, f"unexpected error while reading: {type(exc).__name__}: {exc}"))
             continue
         if record.mask_path is not None and not record.mask_path.is_file():
-            skipped.append(Skipped(_display(record.mask_path, root), "mask file not found (image kept without its mask)"))
+            lost_mask = Skipped(_display(record.mask_path, root), "mask file not found (image kept without its mask)")
+            skipped.append(lost_mask)
             record = dataclasses.replace(record, mask_path=None)
-        usable.append(
-            dataclasses.replace(record, anatomy=record.anatomy or meta.get("anatomy"), view=record.view or meta.get("view"))
-        )
+        # The manifest wins; DICOM tags fill what it left empty.
+        anatomy, view = record.anatomy or meta.get("anatomy"), record.view or meta.get("view")
+        usable.append(dataclasses.replace(record, anatomy=anatomy, view=view))
         sizes.append((int(size[0]), int(size[1])))
 
     if not usable:

@@ -235,7 +235,8 @@ def load_manifest(csv_path: str | os.PathLike, root: Path | None = None) -> list
     except FileNotFoundError:
         raise ManifestError([f"file not found: {csv_path}"], csv_path) from None
     except UnicodeDecodeError as exc:
-        raise ManifestError([f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV"], csv_path) from None
+        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV"
+        raise ManifestError([problem], csv_path) from None
     except (OSError, csv.Error) as exc:
         raise ManifestError([f"unreadable: {exc}"], csv_path) from None
 

@@ -76,7 +76,7 @@ def _prune(folder: Path, keep: int) -> None:
 
 
 def run_local_round(
-    trainer,  # xr0_core.train.state.SiteTrainer (fresh or cached; its site state is replaced here)
+    trainer,  # a fresh xr0_core.train.state.SiteTrainer (no local history yet)
     global_weights: Mapping[str, torch.Tensor],
     spec: RoundSpec,
     state_dir: Path,
@@ -93,11 +93,10 @@ def run_local_round(
         Scalars only: loss parts, ``num-examples``, ``train-seconds``.
     """
     previous = latest_state_before(state_dir, spec.run_key, spec.server_round)
+    # A fresh trainer's teacher starts as a copy of the received global weights; a saved state replaces it.
     trainer.load_shared_state_dict(dict(global_weights))
     if previous is not None:
         trainer.load_site_state(previous)
-    else:
-        trainer.reset_site_state()  # teacher := received global weights, fresh optimizer and centers
     metrics = trainer.train(
         spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps, progress=progress
     )

@@ -1,0 +1,101 @@
+"""The hospital's work behind the Flower handlers: index data once per process, run a local round, evaluate.
+
+A Flower SuperNode (or a Ray actor in simulation) may serve many rounds, and in simulation many hospitals,
+from one process. Decoded images are cached per hospital in this process (bounded LRU) because decoding
+DICOMs dominates otherwise; everything that must be *correct* across rounds (teacher, optimizer, step) is
+read from the site's state folder each round instead (xr0_core/train/federated.py), so which process serves
+which hospital never changes a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from xr0_core.config import XR0Config
+
+from .records import RoundInstruction
+from .site import Site
+
+log = logging.getLogger(__name__)
+
+MAX_CACHED_SITES = 4  # per process: 100 virtual hospitals on 24 GB must not keep every image decoded
+
+
+@dataclass
+class SiteData:
+    records: list[Any]  # usable SiteRecords
+    cache: Any  # xr0_core.data.dataset.ImageCache over the SSL records (split != test)
+
+
+_SITES: "OrderedDict[tuple, SiteData]" = OrderedDict()
+
+
+def site_data(cfg: XR0Config, site: Site) -> SiteData:
+    """Index (once per process) and cache the hospital's images; unusable files are skipped with reasons."""
+    key = (str(site.data_dir), str(site.manifest), cfg.train.load_size)
+    if key in _SITES:
+        _SITES.move_to_end(key)
+        return _SITES[key]
+    from xr0_core.data.dataset import ImageCache, ssl_records
+    from xr0_core.data.index import index_site
+
+    index = index_site(site.data_dir, site.manifest, verify_pixels=True)
+    if index.skipped:
+        log.warning("site %s: %d files skipped (run `xr0 site check` for reasons)", site.name, len(index.skipped))
+    data = SiteData(index.records, ImageCache(ssl_records(index.records), cfg.train.load_size, progress=False).decode())
+    _SITES[key] = data
+    while len(_SITES) > MAX_CACHED_SITES:
+        _SITES.popitem(last=False)
+    return data
+
+
+def _base_metrics(site: Site) -> dict[str, float]:
+    # partition-id lets the simulated coordinator name hospitals in its report; a real site sends nothing
+    # that identifies it beyond what Flower's node id already tells the coordinator.
+    return {"partition-id": site.partition_id} if site.partition_id is not None else {}
+
+
+def train_site(
+    cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One local SSL round; returns the shared weights and scalar metrics to send back."""
+    from xr0_core.train.federated import RoundSpec, run_local_round
+    from xr0_core.train.state import SiteTrainer
+
+    data = site_data(cfg, site)
+    if not data.cache.kept:
+        raise RuntimeError(f"site {site.name} has no training images (all are split=test or unusable)")
+    trainer = SiteTrainer(cfg, data.records, site=site.name, cache=data.cache)
+    spec = RoundSpec(
+        server_round=instruction.server_round,
+        global_step=instruction.global_step,
+        total_steps=instruction.total_steps,
+        local_steps=instruction.local_steps,
+        run_key=instruction.run_key,
+    )
+    shared, metrics = run_local_round(trainer, weights, spec, site.state_dir)
+    out = _base_metrics(site)
+    out.update({k: float(v) for k, v in metrics.items()})
+    out["num-examples"] = int(trainer.num_examples)
+    return shared, out
+
+
+def evaluate_site(
+    cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction
+) -> dict[str, float]:
+    """Frozen-backbone k-NN anatomy accuracy on this hospital's held-out images, global vs random init."""
+    from xr0_core.eval.anatomy import knn_anatomy_report
+
+    t0 = time.perf_counter()
+    data = site_data(cfg, site)
+    result = knn_anatomy_report(cfg, data.records, weights, site=site.name)
+    out = _base_metrics(site)
+    out.update(result)
+    out["eval-seconds"] = time.perf_counter() - t0
+    return out

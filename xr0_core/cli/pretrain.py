@@ -1,0 +1,288 @@
+"""``xr0 pretrain``: XR-0 self-supervised pretraining on local data (one site, or several folders pooled).
+
+    xr0 pretrain --data DIR [--data DIR2 ...] [--manifest FILE] --preset cpu-tiny --steps N --out OUT
+                 [--resume] [--json] [--set key=value ...]
+
+Writes to OUT:
+
+- ``metrics.jsonl`` -- one JSON object per step (loss and parts, lr, wd, momentum, teacher temperature);
+- ``checkpoint.safetensors`` (shared student weights) and ``site_state.safetensors`` (teacher, centers,
+  optimizer) every ``--checkpoint-every`` steps and at the end; ``--resume`` continues from them with the
+  same schedules (bitwise the same run on CPU);
+- ``backbone.safetensors`` + ``backbone.json`` -- the timm-compatible export (D11);
+- ``curve.png`` -- the loss curve;
+- ``summary.json`` -- what ``--json`` prints.
+
+At the end it measures k-NN anatomy accuracy on held-out images (``split == test``; without splits a seeded
+20 % of patients) for the pretrained backbone and for the random-init backbone it started from, so
+"pretraining helped" is a measured number (D8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from xr0_core.cli import CLIError, print_json
+
+SITE = "pretrain"
+HOLDOUT_FRACTION = 0.2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (DINO + iBOT) on local data, with k-NN evaluation",
+        description="XR-0 self-supervised pretraining on one site's data (or several folders pooled).",
+    )
+    p.add_argument("--data", required=True, type=Path, action="append",
+                   help="a site's data folder (repeat to pool several folders)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="manifest CSV (only with a single --data; default DATA/manifest.csv or a folder walk)")
+    p.add_argument("--preset", default="cpu-tiny", help="config preset: cpu-tiny, vit-s, vit-b")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: train.steps of the preset)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="K", help="checkpoint every K steps")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override in flat form, e.g. --set train.batch-size=32 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.set_defaults(func=_run)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _build_config(args: argparse.Namespace):
+    from xr0_core.config import ConfigError, from_flat
+
+    flat: dict[str, Any] = {"preset": args.preset, **_parse_overrides(args.overrides)}
+    if args.steps is not None:
+        flat["train.steps"] = args.steps
+    try:
+        return from_flat(flat)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _index(args: argparse.Namespace) -> list[Any]:
+    from xr0_core.data.index import SiteDataError, index_site
+    from xr0_core.data.manifest import ManifestError
+
+    if args.manifest is not None and len(args.data) > 1:
+        raise CLIError("--manifest works with a single --data folder")
+    records: list[Any] = []
+    for folder in args.data:
+        try:
+            # Headers only: the image cache decodes every pixel once anyway and skips what fails.
+            index = index_site(folder, args.manifest, verify_pixels=False, progress=sys.stderr.isatty())
+        except (SiteDataError, ManifestError) as exc:
+            raise CLIError(str(exc)) from None
+        for s in index.skipped[:5]:
+            print(f"xr0 pretrain: skipped {s.path}: {s.reason}", file=sys.stderr)
+        if len(index.skipped) > 5:
+            print(f"xr0 pretrain: ... {len(index.skipped) - 5} more skipped (see `xr0 site check`)", file=sys.stderr)
+        records.extend(index.records)
+    return records
+
+
+def split_holdout(records: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, test): ``split == "test"`` when any record has it, else a seeded 20 % of patients.
+
+    Patients (``patient_id``, else ``study_id``, else the file) are held out whole, so no patient is on
+    both sides of the k-NN evaluation.
+    """
+    from xr0_core.runtime import numpy_rng
+
+    if any(r.split == "test" for r in records):
+        return [r for r in records if r.split != "test"], [r for r in records if r.split == "test"]
+    keys = sorted({_patient(r) for r in records})
+    rng = numpy_rng(seed, "holdout")
+    n_test = int(round(HOLDOUT_FRACTION * len(keys))) if len(keys) > 1 else 0
+    test_keys = {keys[i] for i in rng.permutation(len(keys))[:n_test]}
+    return [r for r in records if _patient(r) not in test_keys], [r for r in records if _patient(r) in test_keys]
+
+
+def _patient(r: Any) -> str:
+    return str(r.patient_id or r.study_id or r.path)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _window_mean(values: list[float], first: bool) -> float:
+    w = max(1, min(10, len(values) // 10))
+    part = values[:w] if first else values[-w:]
+    return float(sum(part) / len(part)) if part else float("nan")
+
+
+def _plot_curve(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in rows]
+    for key in sorted({k for r in rows for k in r if k.startswith("loss")}):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _save_checkpoint(trainer, out: Path, total_steps: int) -> None:
+    from safetensors.torch import save_file
+
+    from xr0_core.atomic import atomic_write
+
+    meta = {"xr0": json.dumps({"step": trainer.step, "total_steps": total_steps, "config_hash": trainer.cfg.hash()})}
+    sd = trainer.shared_state_dict()
+    atomic_write(out / "checkpoint.safetensors", lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    trainer.save_site_state(out / "site_state.safetensors")
+
+
+def _resume(trainer, out: Path, total_steps: int) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    ckpt, state = out / "checkpoint.safetensors", out / "site_state.safetensors"
+    if not ckpt.is_file() or not state.is_file():
+        raise CLIError(f"--resume: no checkpoint in {out} (need checkpoint.safetensors and site_state.safetensors)")
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("xr0", "{}"))
+    if meta.get("config_hash") != trainer.cfg.hash():
+        raise CLIError(f"--resume: {ckpt} was written with another config; use the same --preset and --set")
+    if meta.get("total_steps") != total_steps:
+        raise CLIError(f"--resume: the checkpoint's run has {meta.get('total_steps')} steps, not {total_steps}; "
+                       "pass the same --steps (schedules depend on it)")
+    try:
+        trainer.load_shared_state_dict(load_file(str(ckpt)))
+        trainer.load_site_state(state)
+    except ValueError as exc:
+        raise CLIError(f"--resume: {exc}") from None
+
+
+def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
+    """k-NN anatomy accuracy of the trained student backbone and of the initial (random) backbone."""
+    import torch
+
+    from xr0_core.data.dataset import ImageCache
+    from xr0_core.eval.features import extract_features
+    from xr0_core.eval.knn import knn_accuracy
+    from xr0_core.train.state import build_model
+
+    train_cache = trainer.cache
+    test_cache = ImageCache(test_records, cfg.train.load_size, progress=True)
+    train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
+    test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
+    names = sorted({train_cache.kept[i].anatomy for i in train_rows})
+    result: dict[str, Any] = {"knn_accuracy": None, "knn_accuracy_random": None, "knn_train": len(train_rows),
+                              "knn_test": len(test_rows), "anatomies": names}
+    if len(names) < 2 or not test_rows:
+        result["knn_note"] = "k-NN skipped: need held-out images and at least two anatomies in the training images"
+        return result
+    code = {n: i for i, n in enumerate(names)}
+    test_rows = [i for i in test_rows if test_cache.kept[i].anatomy in code]
+    y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
+    y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
+    random_backbone = build_model(cfg).student["backbone"].to(trainer.device)
+    for key, backbone in (("knn_accuracy", trainer.model.student["backbone"]), ("knn_accuracy_random", random_backbone)):
+        f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
+        f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
+        result[key] = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k)
+    result["knn_test"] = len(test_rows)
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from xr0_core.export import export_backbone
+    from xr0_core.train.state import SiteTrainer
+
+    cfg = _build_config(args)
+    total = cfg.train.steps
+    if args.checkpoint_every < 1:
+        raise CLIError("--checkpoint-every must be >= 1")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    records = _index(args)
+    train_records, test_records = split_holdout(records, cfg.seed)
+    trainer = SiteTrainer(cfg, train_records, site=SITE)
+    if trainer.num_examples == 0:
+        raise CLIError("no training images left after holding out the test split")
+    metrics_path = out / "metrics.jsonl"
+    if args.resume:
+        _resume(trainer, out, total)
+        rows = [r for r in _read_metrics(metrics_path) if r["step"] < trainer.step]
+    else:
+        rows = []
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
+          f"steps {trainer.step}..{total - 1} on {trainer.device}", file=sys.stderr)
+
+    bar = tqdm(total=total, initial=trainer.step, desc="pretrain", unit="step", file=sys.stderr,
+               disable=args.json and not sys.stderr.isatty())
+    with metrics_path.open("a") as fh:
+        def on_step(step: int, m: dict[str, float]) -> None:
+            row = {"step": step, **{k: m[k] for k in sorted(m)}}
+            rows.append(row)
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}")
+
+        while trainer.step < total:
+            n = min(args.checkpoint_every - trainer.step % args.checkpoint_every, total - trainer.step)
+            trainer.train(n, start_step=trainer.step, total_steps=total, on_step=on_step)
+            _save_checkpoint(trainer, out, total)
+    bar.close()
+
+    export_backbone(trainer.model.student["backbone"], cfg.model, out / "backbone.safetensors",
+                    extra={"steps": total, "config_hash": cfg.hash(), "preset": cfg.preset})
+    losses = [r["loss"] for r in rows]
+    if rows:
+        _plot_curve(rows, out / "curve.png")
+    summary: dict[str, Any] = {
+        "steps": total,
+        "initial_loss": _window_mean(losses, first=True),
+        "final_loss": _window_mean(losses, first=False),
+        "num_train_images": trainer.num_examples,
+        "num_heldout_images": len(test_records),
+        "skipped_images": len(trainer.cache.skipped),
+        **_knn(trainer, test_records, cfg),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "device": str(trainer.device),
+        "config_hash": cfg.hash(),
+        "paths": {name: str(out / name) for name in ("metrics.jsonl", "checkpoint.safetensors",
+                                                       "site_state.safetensors", "backbone.safetensors",
+                                                       "backbone.json", "curve.png")},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"xr0 pretrain: loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f}; "
+              f"k-NN anatomy accuracy {summary['knn_accuracy']} (random init {summary['knn_accuracy_random']}); "
+              f"outputs in {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,54 @@
+"""Frozen-backbone features for evaluation (D8): CLS token after the final norm, L2-normalised."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xr0_core.data.dataset import ImageCache
+from xr0_core.data.views import center_view
+from xr0_core.runtime import autocast
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, cache_or_records: ImageCache | Sequence[Any], img_size: int,
+                     batch_size: int = 64, device: torch.device | str = "cpu", *, load_size: int | None = None,
+                     precision: str = "auto") -> torch.Tensor:
+    """CLS features of every cached image's centre view.
+
+    Parameters
+    ----------
+    backbone : timm ViT (``forward_features -> [B, 1 + N, D]``)
+    cache_or_records : ImageCache or sequence of records
+        Records are decoded into an :class:`ImageCache` of ``load_size`` (default ``img_size``); images that
+        fail to decode are skipped, so pass a cache when rows must line up with labels (use ``cache.kept``).
+    img_size : int
+        Side of the evaluation view.
+    batch_size : int
+    device : torch.device or str
+
+    Returns
+    -------
+    Tensor [N, D]
+        float32 CPU, unit L2 norm per row.
+    """
+    device = torch.device(device)
+    cache = cache_or_records if isinstance(cache_or_records, ImageCache) else \
+        ImageCache(list(cache_or_records), load_size or img_size, progress=True)
+    n = len(cache)
+    was_training = backbone.training
+    backbone.eval()
+    feats = []
+    try:
+        for start in range(0, n, batch_size):
+            x = torch.stack([center_view(cache[i], img_size) for i in range(start, min(n, start + batch_size))])
+            with autocast(device, precision):
+                tok = backbone.forward_features(x.to(device, non_blocking=device.type == "cuda"))
+            feats.append(F.normalize(tok[:, 0].float(), dim=-1).cpu())
+    finally:
+        backbone.train(was_training)
+    dim = getattr(backbone, "embed_dim", 0)
+    return torch.cat(feats) if feats else torch.zeros(0, dim)

@@ -1,0 +1,49 @@
+"""Weighted k-nearest-neighbour classification on frozen features (D8)."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
+                temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Class scores of each test row from its ``k`` most similar training rows.
+
+    Votes are weighted by ``exp(cos / temperature)`` as in DINO's k-NN evaluation. Features should be
+    L2-normalised (cosine = dot product).
+
+    Shapes:
+        train_feats [N, D], train_labels long [N], test_feats [M, D] -> scores [M, C].
+
+    References:
+        Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination" (2018);
+        Caron et al., DINO (2021), ``eval_knn.py``.
+    """
+    if train_feats.shape[0] == 0:
+        raise ValueError("k-NN needs at least one training sample")
+    if train_feats.shape[0] != train_labels.shape[0]:
+        raise ValueError(f"{train_feats.shape[0]} training features but {train_labels.shape[0]} labels")
+    labels = train_labels.long()
+    c = int(num_classes if num_classes is not None else int(labels.max()) + 1)
+    k = max(1, min(int(k), train_feats.shape[0]))
+    train = train_feats.float()
+    out = []
+    for start in range(0, test_feats.shape[0], chunk):
+        sim = test_feats[start:start + chunk].float() @ train.t()  # [m, N]
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(sim.shape[0], c)
+        votes.scatter_add_(1, labels[top_idx], weights)
+        out.append(votes)
+    return torch.cat(out) if out else torch.zeros(0, c)
+
+
+def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07) -> float:
+    """Top-1 accuracy of :func:`knn_predict` on ``test_labels`` (long [M]); NaN for an empty test set."""
+    if test_feats.shape[0] == 0:
+        return float("nan")
+    c = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
+    pred = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes=c).argmax(dim=1)
+    return float((pred == test_labels.long()).float().mean())
