@@ -1,21 +1,24 @@
 """Flower ClientApp (hospital): records in, one ``xr0_core`` call, records out (STYLE 7).
 
-What leaves the hospital is built only by :func:`client.records.train_reply_content` /
-:func:`client.records.metrics_reply_content`: float32 shared weights and scalar metrics.
+Every reply is described in the site's audit log (``client/audit.py``); an exception becomes an error reply
+without local paths or tracebacks (``client/errors.py``).
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from xr0_core.config import from_flat
 
 from . import records
+from .audit import audit_mod
+from .errors import sanitize_errors_mod
 from .runtime import evaluate_site, train_site
 from .site import resolve_site
-
-app = ClientApp()
 
 
 def _checked_config(msg: Message, context: Context):
@@ -29,7 +32,6 @@ def _checked_config(msg: Message, context: Context):
     return cfg, weights, instruction
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, weights, instruction = _checked_config(msg, context)
     site = resolve_site(context.node_config, cfg)
@@ -37,9 +39,23 @@ def train(msg: Message, context: Context) -> Message:
     return Message(records.train_reply_content(shared, metrics), reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, weights, instruction = _checked_config(msg, context)
     site = resolve_site(context.node_config, cfg)
     metrics = evaluate_site(cfg, site, weights, instruction)
     return Message(records.metrics_reply_content(metrics), reply_to=msg)
+
+
+def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The hospital ClientApp.
+
+    Mods, outermost first: the audit log (sees the final reply), error sanitising (no local paths or
+    tracebacks leave), then ``extra_mods`` (tests inject faults here).
+    """
+    client_app = ClientApp(mods=[audit_mod, sanitize_errors_mod, *extra_mods])
+    client_app.train()(train)
+    client_app.evaluate()(evaluate)
+    return client_app
+
+
+app = build_app()

@@ -19,6 +19,7 @@ global weights (Flower's ``Strategy.start`` keeps ``arrays`` when ``aggregate_tr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -94,6 +95,14 @@ def _scalar_metrics(record: MetricRecord | None) -> dict[str, float]:
     if record is None:
         return {}
     return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _content_digest(weights: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(weights[name]).tobytes())
+    return h.hexdigest()
 
 
 def weighted_metrics(sites: list[SiteOutcome], weight_key: str = keys.NUM_EXAMPLES) -> dict[str, float]:
@@ -228,6 +237,9 @@ class XR0FedAvg(FedAvg):
         )
         new_arrays: ArrayRecord | None = None
         if len(accepted) >= self.min_replies:
+            # Replies arrive in network order; summing in a canonical order makes the aggregate (and so a
+            # resumed run) bit-for-bit reproducible.
+            accepted.sort(key=lambda pair: _content_digest(pair[0]))
             mean = weighted_mean([u for u, _ in accepted], [n for _, n in accepted])
             new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
         else:

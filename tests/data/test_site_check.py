@@ -62,8 +62,15 @@ def test_index_lists_every_bad_file_and_keeps_the_good_ones(site, rg_files):
     assert summary["patients"] is None  # a walked folder keeps no patient identifiers
 
 
+def test_parallel_workers_give_the_same_index(site):
+    serial = index_site(site, verify_pixels=False)
+    parallel = index_site(site, verify_pixels=False, workers=2)
+    assert parallel.records == serial.records and parallel.sizes == serial.sizes
+    assert parallel.skipped == serial.skipped
+
+
 def test_site_check_json(site, capsys):
-    assert xr0("site", "check", "--data", str(site), "--json") == 0
+    assert xr0("site", "check", "--data", str(site), "--json", "--workers", "1") == 0
     out = capsys.readouterr().out
     summary = json.loads(out)  # stdout holds nothing but the JSON object
     assert summary["usable"] == 8

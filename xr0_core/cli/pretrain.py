@@ -190,8 +190,8 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     from xr0_core.eval.knn import knn_accuracy
     from xr0_core.train.state import build_model
 
-    train_cache = trainer.cache
-    test_cache = ImageCache(test_records, cfg.train.load_size, progress=True)
+    train_cache = trainer.cache.decode()
+    test_cache = ImageCache(test_records, cfg.train.load_size, progress=True).decode()
     train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
     test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
     names = sorted({train_cache.kept[i].anatomy for i in train_rows})

@@ -8,6 +8,7 @@ skipped file with its reason. Exit 0 when at least one image is usable.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--manifest",
         type=Path,
         default=None,
-        help="manifest CSV (default: DATA/manifest.csv if present, else walk the folder)",
+        help="manifest CSV; its relative paths resolve against DATA "
+        "(default: DATA/manifest.csv if present, else walk the folder)",
     )
     check.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
     check.add_argument(
         "--headers-only",
         action="store_true",
-        help="read headers only (fast; does not find truncated pixel data)",
+        help="read headers only (fast; a corrupt compressed stream is only found by decoding)",
+    )
+    check.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes decoding in parallel (default: CPU cores, at most 8)",
     )
     check.set_defaults(func=_check)
 
@@ -50,12 +58,15 @@ def _check(args: argparse.Namespace) -> int:
     from xr0_core.data.index import SiteDataError, index_site
     from xr0_core.data.manifest import ManifestError
 
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     try:
         index = index_site(
             args.data,
             args.manifest,
             verify_pixels=not args.headers_only,
             progress=sys.stderr.isatty(),
+            workers=args.workers,
         )
     except (SiteDataError, ManifestError) as exc:
         raise CLIError(str(exc)) from None

@@ -132,7 +132,8 @@ def read_image_header(path: str | os.PathLike) -> dict[str, Any]:
     ------
     UnusableImage
         When the header already shows the file is unusable (not an image, multi-frame, tiny,
-        wrong modality, palette colour, no decoder). Truncated pixel data is only found by decoding.
+        wrong modality, palette colour, no decoder, DICOM pixel data missing or shorter than
+        declared). A corrupt compressed stream or a truncated PNG / JPEG is only found by decoding.
     """
     kind = sniff(path)
     if kind in ("dicom", "dicom-bare"):

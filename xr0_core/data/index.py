@@ -129,12 +129,54 @@ def walk_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _progress(items: list, enabled: bool) -> Any:
-    if not enabled:
-        return items
-    from tqdm import tqdm
+Probe = tuple[dict[str, Any], tuple[int, int]] | str
 
-    return tqdm(items, desc="checking images", unit="img", file=sys.stderr, dynamic_ncols=True)
+
+def probe_image(path: Path, verify_pixels: bool = True) -> Probe:
+    """``(meta, (H, W))`` for a usable image, else the one-line reason it is not.
+
+    Module-level (picklable) so worker processes can run it; only metadata travels back, never pixels.
+    """
+    try:
+        if verify_pixels:
+            image = read_image(path)
+            return image.meta, (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+        meta = read_image_header(path)
+        return meta, (int(meta["rows"]), int(meta["columns"]))
+    except UnusableImage as exc:
+        return exc.reason
+    except Exception as exc:  # a site never crashes on one file (DESIGN D7)
+        return f"unexpected error while reading: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _probe_all(paths: list[Path], verify_pixels: bool, progress: bool, workers: int) -> Iterator[Probe]:
+    """Probe in order, in this process or in ``workers`` spawned processes (order is preserved)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="checking images", unit="img", file=sys.stderr, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(paths) < 2 * workers:
+            for path in paths:
+                yield probe_image(path, verify_pixels)
+                if bar is not None:
+                    bar.update()
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        # spawn, not fork: the caller may hold torch / OpenMP threads that a forked child would inherit.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            chunk = max(1, min(32, len(paths) // (4 * workers)))
+            for result in pool.map(partial(probe_image, verify_pixels=verify_pixels), paths, chunksize=chunk):
+                if bar is not None:
+                    bar.update()
+                yield result
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def index_site(
@@ -143,6 +185,7 @@ def index_site(
     *,
     verify_pixels: bool = True,
     progress: bool = False,
+    workers: int = 1,
 ) -> SiteIndex:
     """Find the usable images of a site.
 
@@ -154,10 +197,13 @@ def index_site(
         A manifest CSV; relative paths in it resolve against ``data_dir``. None: use
         ``<data_dir>/manifest.csv`` when it exists, otherwise walk the folder.
     verify_pixels : bool
-        Decode every image (slow, and the only way to catch truncated pixel data). False screens
-        headers only.
+        Decode every image (slow; the only way to catch a corrupt compressed stream). False reads
+        headers only: non-images, wrong modality, multi-frame, tiny, missing pixel data and pixel
+        data cut short of its declared length are still caught.
     progress : bool
         Show a progress bar on stderr.
+    workers : int
+        Processes that decode in parallel (1: in this process). Each holds one image at a time.
 
     Returns
     -------
@@ -199,25 +245,19 @@ def index_site(
     usable: list[SiteRecord] = []
     sizes: list[tuple[int, int]] = []
     skipped: list[Skipped] = []
-    for record in _progress(records, progress):
-        shown = _display(record.path, root)
-        if not record.path.is_file():
-            skipped.append(Skipped(shown, "file not found" if not record.path.exists() else "not a file"))
+    present: list[SiteRecord] = []
+    for record in records:
+        if record.path.is_file():
+            present.append(record)
+        else:
+            reason = "file not found" if not record.path.exists() else "not a file"
+            skipped.append(Skipped(_display(record.path, root), reason))
+
+    for record, probed in zip(present, _probe_all([r.path for r in present], verify_pixels, progress, workers)):
+        if isinstance(probed, str):
+            skipped.append(Skipped(_display(record.path, root), probed))
             continue
-        try:
-            if verify_pixels:
-                image = read_image(record.path)
-                meta, size = image.meta, tuple(image.pixels.shape)
-                del image  # one full-resolution image alive at a time
-            else:
-                meta = read_image_header(record.path)
-                size = (meta["rows"], meta["columns"])
-        except UnusableImage as exc:
-            skipped.append(Skipped(shown, exc.reason))
-            continue
-        except Exception as exc:  # a site never crashes on one file (DESIGN D7)
-            skipped.append(Skipped(shown, f"unexpected error while reading: {type(exc).__name__}: {exc}"))
-            continue
+        meta, size = probed
         if record.mask_path is not None and not record.mask_path.is_file():
             lost_mask = Skipped(_display(record.mask_path, root), "mask file not found (image kept without its mask)")
             skipped.append(lost_mask)
@@ -225,7 +265,7 @@ def index_site(
         # The manifest wins; DICOM tags fill what it left empty.
         anatomy, view = record.anatomy or meta.get("anatomy"), record.view or meta.get("view")
         usable.append(dataclasses.replace(record, anatomy=anatomy, view=view))
-        sizes.append((int(size[0]), int(size[1])))
+        sizes.append(size)
 
     if not usable:
         reasons = Counter(s.reason for s in skipped).most_common(3)
@@ -234,4 +274,4 @@ def index_site(
     return SiteIndex(root=root, records=usable, skipped=skipped, sizes=sizes)
 
 
-__all__ = ["ManifestError", "SiteDataError", "SiteIndex", "Skipped", "index_site", "walk_images"]
+__all__ = ["ManifestError", "SiteDataError", "SiteIndex", "Skipped", "index_site", "probe_image", "walk_images"]
