@@ -123,3 +123,29 @@ def describe_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: fr
         if saved.get(key) != current.get(key):
             diffs.append(f"{key}: checkpoint {saved.get(key)!r} != now {current.get(key)!r}")
     return diffs
+
+
+def resume_point(ckpt_dir: Path | str, cfg) -> ServerCheckpoint | None:
+    """The checkpoint a run with ``cfg`` continues from, or None for a fresh start.
+
+    Raises :class:`CheckpointError` when the folder holds a run and ``cfg.federation.resume`` is off (nothing
+    is overwritten by accident), or when the checkpoint was made with another configuration.
+    """
+    from xr0_core.config import HASH_EXCLUDED
+
+    ckpt = load_latest(ckpt_dir)
+    if ckpt is None:
+        return None
+    if not cfg.federation.resume:
+        raise CheckpointError(
+            f"{ckpt_dir} already holds a run (last complete round {ckpt.round}); resume it with "
+            "--resume (run config federation.resume=true) or choose another output folder"
+        )
+    if ckpt.config_hash != cfg.hash():
+        diffs = describe_mismatch(ckpt.config_flat, cfg.to_flat(), HASH_EXCLUDED)
+        raise CheckpointError(
+            "the configuration differs from the checkpoint's, so resuming would mix two experiments: "
+            + "; ".join(diffs[:8])
+            + ". Use the original settings, or start a new run in another output folder."
+        )
+    return ckpt

@@ -27,9 +27,9 @@ from flwr.serverapp import Grid
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import RoundOutcome, XR0FedAvg, numpy_to_arrays
 from xr0_core.atomic import atomic_write_json
-from xr0_core.config import HASH_EXCLUDED, XR0Config
+from xr0_core.config import XR0Config
 
-from .checkpoint import CheckpointError, ServerCheckpoint, describe_mismatch, load_latest, save_checkpoint
+from .checkpoint import ServerCheckpoint, load_latest, resume_point, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,7 @@ class Coordinator:
 
     def _start_state(self) -> int:
         """Load the checkpoint when resuming, else fresh weights; return the rounds already done."""
-        ckpt = load_latest(self.ckpt_dir)
-        if ckpt is not None and not self.cfg.federation.resume:
-            raise CheckpointError(
-                f"{self.ckpt_dir} already holds a run (last complete round {ckpt.round}); resume it with "
-                "--resume (run config federation.resume=true) or choose another output folder"
-            )
+        ckpt = resume_point(self.ckpt_dir, self.cfg)
         if ckpt is None:
             if self.cfg.federation.resume:
                 log.warning("resume requested but %s holds no checkpoint: starting a new run", self.ckpt_dir)
@@ -77,13 +72,6 @@ class Coordinator:
             self.weights = {k: v.numpy() for k, v in initial_shared_state(self.cfg).items()}
             self.run_key = secrets.token_hex(8)
             return 0
-        if ckpt.config_hash != self.cfg.hash():
-            diffs = describe_mismatch(ckpt.config_flat, self.cfg.to_flat(), HASH_EXCLUDED)
-            raise CheckpointError(
-                "the configuration differs from the checkpoint's, so resuming would mix two experiments: "
-                + "; ".join(diffs[:8])
-                + ". Use the original settings, or start a new run in another output folder."
-            )
         self.weights = ckpt.weights
         self.run_key = ckpt.run_key
         self.history = ckpt.history

@@ -114,15 +114,23 @@ def run_federation(
         "init_args": init_args,
     }
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
-    _run_simulation(
-        num_supernodes=num_sites,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
-        backend_name="ray",
-        backend_config=backend_config,
-        server_app_context=context,
-        app_dir=str(app_dir),
-        is_app=True,
-        verbose_logging=verbose,
-    )
+    try:
+        _run_simulation(
+            num_supernodes=num_sites,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend_config,
+            server_app_context=context,
+            app_dir=str(app_dir),
+            is_app=True,
+            verbose_logging=verbose,
+        )
+    finally:
+        # Flower terminates its actors but leaves the local Ray cluster (raylet, GCS, idle workers) up for
+        # the rest of the process; a library call must not leave processes behind.
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

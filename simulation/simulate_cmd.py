@@ -90,11 +90,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", flush=True)
     sites = describe_sites(dirs, out / "sites")
 
-    from server.checkpoint import CheckpointError
+    from server.checkpoint import CheckpointError, resume_point
 
     from .engine import run_federation
 
     try:
+        resume_point(out / "checkpoints", cfg)  # refuse before starting Ray; the ServerApp checks again
         run_federation(cfg, len(dirs), app_dir=out / "flower-app", cpus_per_client=args.cpus_per_client)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None

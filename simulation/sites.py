@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SYNTH_MARKER = "federation.json"
+SYNTH_MARKER = ".xr0-simulate.json"  # our record of the generator parameters (the generator writes its own federation.json)
 
 
 class SimulationDataError(ValueError):
@@ -37,10 +37,7 @@ def ensure_synthetic(root: Path, n_sites: int, images_per_site: int, seed: int, 
     from xr0_core.data.synthetic import write_federation
 
     dirs = write_federation(root, n_sites, images_per_site, seed, image_size=image_size)
-    # Record the parameters next to the generator's own description so a rerun can reuse the files.
-    meta = json.loads(marker.read_text()) if marker.exists() else {}
-    meta["parameters"] = wanted
-    marker.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    marker.write_text(json.dumps({"parameters": wanted}, indent=2, sort_keys=True))
     return [Path(d) for d in dirs]
 
 

@@ -124,8 +124,19 @@ class SecAggConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Downstream evaluation (D8): what each hospital evaluates and how much its light heads may train."""
+
     every: int = 0  # federated evaluation every K rounds (0: after the last round only)
     knn_k: int = 10
+    tasks: str = "all"  # "all" or comma-separated families / task keys (classification,segmentation,...)
+    head_steps: int = 200  # optimizer steps per light head (frozen backbone features)
+    head_lr: float = 1e-3
+    head_batch_size: int = 32
+    batch_size: int = 32  # images per backbone forward pass during feature extraction
+    max_images: int = 0  # evaluate at most this many images per site (seeded subset; 0: all)
+    text_encoder: str = ""  # local BERT folder for text tasks ("": the bundled offline MiniLM)
+    landmark_radius_px: float = 10.0  # success radius for landmarks, original pixels
+    landmark_radius_mm: float = 4.0  # success radius when the pixel spacing is known
 
 
 @dataclass(frozen=True)
@@ -324,6 +335,10 @@ def validate(cfg: XR0Config) -> None:
         (t.load_size >= m.img_size, "train.load-size must be >= model.img-size"),
         (s.dino_weight + s.ibot_weight + s.koleo_weight > 0, "at least one SSL loss weight must be > 0"),
         (cfg.privacy.noise_multiplier >= 0, "privacy.noise-multiplier must be >= 0"),
+        (cfg.eval.head_steps >= 1 and cfg.eval.head_batch_size >= 1 and cfg.eval.batch_size >= 1,
+         "eval.head-steps, eval.head-batch-size and eval.batch-size must be >= 1"),
+        (cfg.eval.head_lr > 0, "eval.head-lr must be > 0"),
+        (cfg.eval.max_images >= 0, "eval.max-images must be >= 0 (0: all images)"),
         (0 < cfg.privacy.target_delta < 1, "privacy.target-delta must be in (0, 1)"),
     ]
     for ok, msg in checks:

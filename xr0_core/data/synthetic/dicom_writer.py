@@ -238,7 +238,8 @@ def write_dicom(path: Path, image: np.ndarray, enc: Encoding, ident: DicomIdenti
     ds.PixelData = pixels.tobytes()
 
     if syntax.is_compressed:
-        ds.compress(syntax, pixels)
+        # pydicom gives compressed copies a new SOP Instance UID unless told otherwise; ours is seeded.
+        ds.compress(syntax, pixels, generate_instance_uid=False)
     else:
         meta.TransferSyntaxUID = syntax
     ds.save_as(path, enforce_file_format=True)

@@ -19,6 +19,10 @@ from xr0_core.data.synthetic.sketch import Sketch
 FINDINGS: tuple[str, ...] = ("nodule", "effusion", "fracture", "implant")
 """Every finding; each site manifest has a ``label_<name>`` column for all of them (0 when absent)."""
 
+# Occupancy above which a finding's soft edge still changes the image visibly: footprints (and so
+# boxes) include the whole edge, not just the half-occupied core.
+_VISIBLE = 0.05
+
 PREVALENCE: dict[str, dict[str, float]] = {
     "chest": {"nodule": 0.3, "effusion": 0.25, "implant": 0.1},
     "hand": {"fracture": 0.3, "implant": 0.1},
@@ -88,7 +92,7 @@ def _nodule(s: Sketch, rng: np.random.Generator, spacing_mm: float) -> PlacedFin
     s.extra_soft += float(rng.uniform(0.35, 0.6)) * occ
     location = f"{lung.side} {zone} lung zone"
     size_mm = int(round(2 * r_px * spacing_mm))
-    return PlacedFinding("nodule", location, f"nodule in the {location}", occ > 0.5, {"size_mm": size_mm})
+    return PlacedFinding("nodule", location, f"nodule in the {location}", occ > _VISIBLE, {"size_mm": size_mm})
 
 
 def _effusion(s: Sketch, rng: np.random.Generator, spacing_mm: float) -> PlacedFinding | None:
@@ -103,8 +107,8 @@ def _effusion(s: Sketch, rng: np.random.Generator, spacing_mm: float) -> PlacedF
     level = lung.costophrenic[1] - height * (0.35 + 0.65 * lateral**2)
     fluid = fill(level - v, 1.5 * s.edge) * lung.occupancy
     s.air *= 1.0 - 0.92 * fluid
-    footprint = fluid > 0.5
-    if footprint.sum() < 3:
+    footprint = fluid > _VISIBLE
+    if (fluid > 0.5).sum() < 3:
         return None
     return PlacedFinding(
         "effusion", f"{lung.side} costophrenic angle", f"{lung.side} pleural effusion", footprint,
@@ -124,12 +128,13 @@ def _fracture(s: Sketch, rng: np.random.Generator, spacing_mm: float) -> PlacedF
     # The line's normal: along the bone axis, tilted for an oblique fracture.
     normal = rotate((float(axis[0]), float(axis[1])), float(rng.uniform(-0.5, 0.5)))
     dist = np.abs((u - centre[0]) * normal[0] + (v - centre[1]) * normal[1])
-    half = max(0.6 * f.px, 0.006)
+    # Wider gaps in thick bones: a one-pixel line through a femur drowns in its cortex at low exposure.
+    half = max(0.6 * f.px, min(1.1 * f.px, 0.15 * site.radius))
     band = fill(dist - half, 0.5 * f.px)
     within = fill(capsule_sdf(f, site.p0, site.p1, site.radius + 1.5 * f.px), s.edge)
     gap = band * within
     s.bone *= 1.0 - 0.9 * gap
-    footprint = (gap > 0.3) & (s.bone_occ > 0.3)
+    footprint = (gap > _VISIBLE) & (s.bone_occ > _VISIBLE)
     if not footprint.any():
         return None
     return PlacedFinding("fracture", site.name, f"fracture of the {site.name}", footprint, {})
@@ -172,7 +177,7 @@ def _implant(s: Sketch, rng: np.random.Generator, spacing_mm: float) -> PlacedFi
     for d in parts[1:]:
         sdf = np.minimum(sdf, d)
     occ = s.add_metal(sdf)
-    footprint = occ > 0.5
+    footprint = occ > _VISIBLE / 4  # metal is so dense that even its faint edge shows
     if not footprint.any():
         return None
     phrase = f"metallic implant {site.preposition} {site.location}"

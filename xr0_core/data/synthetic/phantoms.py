@@ -32,6 +32,7 @@ from xr0_core.data.synthetic.geometry import (
 )
 from xr0_core.data.synthetic.sketch import BoneSite, ImplantSite, Lung, Sketch
 
+# Fracture sites stay within canonical |v| < 0.95 so that, after any pose, the fracture is in view.
 Drawer = Callable[[Sketch, np.random.Generator, str], None]
 
 # Patient side of a frontal view's image half: image left (u < 0) shows the patient's right.
@@ -189,7 +190,7 @@ def draw_hand(s: Sketch, rng: np.random.Generator, view: str) -> None:
     s.add_bone(radius, density=0.9, cortex=0.018)
     ulna = np.minimum(capsule_sdf(f, (0.15, 0.74), (0.13, 1.5), 0.045), ellipse_sdf(f, (0.15, 0.72), (0.05, 0.05)))
     s.add_bone(ulna, density=0.9, cortex=0.015)
-    s.fracture_sites.append(BoneSite("distal radius", (-0.09, 0.8), (-0.085, 1.15), 0.075))
+    s.fracture_sites.append(BoneSite("distal radius", (-0.09, 0.78), (-0.087, 0.97), 0.075))
     s.implant_sites.append(
         ImplantSite("distal radius", "along the", "plate", {"p0": (-0.09, 0.8), "p1": (-0.085, 1.2), "radius": 0.075})
     )
@@ -276,8 +277,8 @@ def draw_knee(s: Sketch, rng: np.random.Generator, view: str) -> None:
         femur_axis, tibia_axis = (0.075, -0.9), (0.045, 0.9)
         joint_c = (0.08, 0.01 + joint / 2)
         s.fracture_sites += [
-            BoneSite("distal femur", (0.08, -1.0), (0.07, -0.45), 0.13),
-            BoneSite("proximal tibia", (0.05, 0.4), (0.045, 1.0), 0.115),
+            BoneSite("distal femur", (0.08, -0.85), (0.07, -0.42), 0.13),
+            BoneSite("proximal tibia", (0.05, 0.4), (0.045, 0.85), 0.115),
         ]
     else:
         s.add_soft(_union([capsule_sdf(f, (0.0, -1.5), (0.0, 1.5), 0.52, 0.44), ellipse_sdf(f, (0.0, 0.0), (0.55, 0.4))]),
@@ -310,9 +311,9 @@ def draw_knee(s: Sketch, rng: np.random.Generator, view: str) -> None:
         femur_axis, tibia_axis = (0.0, -0.9), (0.0, 0.9)
         joint_c = (0.0, joint / 2 - 0.0)
         s.fracture_sites += [
-            BoneSite("distal femur", (0.0, -1.0), (0.0, -0.45), 0.13),
-            BoneSite("proximal tibia", (0.0, 0.4), (0.0, 1.0), 0.115),
-            BoneSite("proximal fibula", (0.26 * cw, 0.35), (0.23, 1.0), 0.033),
+            BoneSite("distal femur", (0.0, -0.85), (0.0, -0.42), 0.13),
+            BoneSite("proximal tibia", (0.0, 0.4), (0.0, 0.85), 0.115),
+            BoneSite("proximal fibula", (0.26 * cw, 0.35), (0.24, 0.85), 0.033),
         ]
     s.landmarks.update(joint_centre=joint_c, patella_centre=patella_c, femoral_shaft=femur_axis,
                        tibial_shaft=tibia_axis)
@@ -444,7 +445,7 @@ def draw_pelvis(s: Sketch, rng: np.random.Generator, view: str) -> None:
         s.add_bone(femur, density=0.9, cortex=0.028)
         s.landmarks[f"{side}_femoral_head"] = head_c
         s.fracture_sites.append(BoneSite(f"{side} femoral neck", lerp(head_c, neck_end, 0.15), neck_end, 0.075))
-        s.fracture_sites.append(BoneSite(f"{side} femoral shaft", (sign * 0.59 * w, 0.7), (sign * 0.56 * w, 1.2), 0.1))
+        s.fracture_sites.append(BoneSite(f"{side} femoral shaft", (sign * 0.59 * w, 0.62), (sign * 0.57 * w, 0.92), 0.1))
         s.implant_sites.append(ImplantSite(
             f"{side} hip", "in the", "hip", {"head": head_c, "radius": head_r, "stem_end": (sign * 0.57 * w, 1.0)}
         ))

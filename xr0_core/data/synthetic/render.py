@@ -32,6 +32,7 @@ ANATOMIES: tuple[str, ...] = tuple(DRAWERS)
 """Anatomies the generator draws (manifest ``anatomy`` values)."""
 
 MIN_IMAGE_SIZE = 32
+_MIN_VISIBLE_PIXELS = 4
 
 # Attenuation per unit of each layer; metal saturates the detector.
 _MU_SOFT, _MU_BONE, _MU_METAL = 1.0, 1.5, 8.0
@@ -178,8 +179,8 @@ def render_image(
     kept: list[PlacedFinding] = []
     for finding in placed:
         footprint = finding.footprint & visible
-        if not footprint.any():
-            continue
+        if footprint.sum() < _MIN_VISIBLE_PIXELS:
+            continue  # collimated away or out of view: not a finding anyone could report
         kept.append(finding)
         boxes.append({"name": finding.name, "location": finding.location, "phrase": finding.phrase,
                       "box": _bbox(footprint)})

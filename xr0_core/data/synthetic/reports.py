@@ -1,8 +1,8 @@
 """Report text for a phantom: anatomy, view, every finding with its location, pertinent negatives.
 
 Phrasing comes from a fixed template set chosen with a seeded generator, so the same seed gives the
-same report. Every positive sentence contains the finding's grounding ``phrase`` verbatim (the
-phrase its box is listed under), and every phrase contains the finding's name ("nodule",
+same report. Every positive sentence contains the finding's grounding ``phrase`` verbatim, never
+capitalised (the phrase its box is listed under), and every phrase contains the finding's name ("nodule",
 "effusion", "fracture", "implant").
 """
 
@@ -29,9 +29,9 @@ _INTRO = (
 _POSITIVE = {
     "nodule": ("A {size_mm} mm {phrase}.", "There is a {size_mm} mm {phrase}.", "Note is made of a {size_mm} mm {phrase}."),
     "effusion": ("Small {phrase} with blunting of the {location}.", "There is a {phrase} blunting the {location}.",
-                 "{phrase}, with blunting of the {location}."),
+                 "Moderate {phrase}, with blunting of the {location}."),
     "fracture": ("There is a {phrase}.", "Acute {phrase}.", "A nondisplaced {phrase} is seen."),
-    "implant": ("There is a {phrase}{kind_clause}.", "{phrase} is noted{kind_clause}.",
+    "implant": ("There is a {phrase}{kind_clause}.", "A {phrase} is noted{kind_clause}.",
                 "Postoperative change: {phrase}{kind_clause}."),
 }
 

@@ -106,7 +106,8 @@ def make_site_specs(
     Returns
     -------
     list of SiteSpec
-        Every anatomy appears at some site when the federation has at least one image per anatomy.
+        Every anatomy has at least ``total // 24`` images (at least one) somewhere, when sites
+        have images to spare.
     """
     if int(n_sites) < 1:
         raise ValueError(f"n_sites must be >= 1, got {n_sites}")
@@ -122,7 +123,8 @@ def make_site_specs(
     shares = g.uniform(1.0 - size_skew, 1.0 + size_skew, size=n_sites)
     sizes = _apportion(n_sites * images_per_site, shares)
     counts = np.stack([_apportion(int(n), mix) for n, mix in zip(sizes, mixes)])
-    _cover_every_anatomy(counts, mixes)
+    # Skewed, but every anatomy keeps enough images somewhere for its downstream tasks to be measurable.
+    _cover_every_anatomy(counts, mixes, minimum=max(1, int(counts.sum()) // (4 * len(ANATOMIES))))
 
     specs = []
     for i in range(n_sites):
@@ -334,14 +336,19 @@ def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _cover_every_anatomy(counts: np.ndarray, mixes: np.ndarray) -> None:
-    """Give each anatomy with no image anywhere one image at the site that likes it most (in place)."""
+def _cover_every_anatomy(counts: np.ndarray, mixes: np.ndarray, minimum: int) -> None:
+    """Top each anatomy up to ``minimum`` images, taken from the sites that like it most (in place).
+
+    An image moves from a site's most frequent anatomy, and only while that site keeps at least two
+    of it, so site sizes never change and no site loses its dominant body part.
+    """
     for k in range(counts.shape[1]):
-        if counts[:, k].sum() > 0:
-            continue
         for site in np.argsort(-mixes[:, k], kind="stable"):
-            donor = int(np.argmax(counts[site]))
-            if counts[site, donor] >= 2:
+            while counts[:, k].sum() < minimum:
+                others = counts[site].copy()
+                others[k] = -1
+                donor = int(np.argmax(others))
+                if counts[site, donor] < 2:
+                    break
                 counts[site, donor] -= 1
                 counts[site, k] += 1
-                break

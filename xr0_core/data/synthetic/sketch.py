@@ -104,6 +104,7 @@ class Sketch:
         return occ
 
     def add_metal(self, sdf: np.ndarray) -> np.ndarray:
-        occ = fill(sdf, self.edge)
+        """Add metal (saturates the detector); a sharper edge than tissue, as implants are machined."""
+        occ = fill(sdf, 0.4 * self.frame.px)
         np.maximum(self.metal, occ, out=self.metal)
         return occ

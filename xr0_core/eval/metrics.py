@@ -1,0 +1,175 @@
+"""Downstream-task metrics (D8), as pure functions on numpy arrays.
+
+Every function returns plain floats; a value that is undefined on the given data (AUROC with one class in
+the test rows, a mean over nothing) is ``nan``, never a made-up number. The evaluation suite drops
+``nan`` values before they are reported, so a missing metric means "not measurable here".
+
+Text metrics use libraries that work offline: ``sacrebleu`` (BLEU-4, 13a tokenisation) and ``rouge-score``
+(ROUGE-L F-measure); no metric script is loaded from a hub.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------- classification
+
+
+def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Share of equal entries; ``pred``, ``target`` int ``[M]``."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    return float((pred == target).mean()) if len(target) else float("nan")
+
+
+def binary_auroc(scores: np.ndarray, target: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (float ``[M]``, higher = positive) for ``target`` in {0, 1}.
+
+    Computed as the Mann-Whitney U statistic with average ranks for ties; ``nan`` when the test rows hold
+    only one class.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    target = np.asarray(target).astype(bool)
+    n_pos, n_neg = int(target.sum()), int((~target).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    return float((ranks[target].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_auroc(probs: np.ndarray, target: np.ndarray) -> float:
+    """One-vs-rest AUROC averaged over the classes present in ``target``.
+
+    ``probs`` float ``[M, C]`` (column c = score of class c), ``target`` int ``[M]`` in ``[0, C)``.
+    Classes absent from the test rows (or present in every row) have no AUROC and are left out of the mean;
+    ``nan`` when no class has one.
+    """
+    probs, target = np.asarray(probs), np.asarray(target)
+    values = [binary_auroc(probs[:, c], target == c) for c in range(probs.shape[1])]
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+
+
+def dice_per_class(pred: np.ndarray, target: np.ndarray, classes: Sequence[int],
+                   valid: np.ndarray | None = None) -> dict[int, float]:
+    """Dice coefficient ``2|P∩T| / (|P| + |T|)`` of each class on one image.
+
+    Parameters
+    ----------
+    pred, target : int arrays of the same shape (``[H, W]``)
+    classes : the class values to score (usually the foreground classes ``1 .. C-1``)
+    valid : bool array like ``pred``, optional
+        Pixels that count (False on letterbox padding).
+
+    Returns
+    -------
+    dict of class -> Dice
+        A class absent from both ``pred`` and ``target`` scores 1 (nothing to find, nothing found).
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
+    if valid is not None:
+        pred, target = pred[valid], target[valid]
+    out = {}
+    for c in classes:
+        p, t = pred == c, target == c
+        denom = int(p.sum()) + int(t.sum())
+        out[int(c)] = 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    return out
+
+
+# --------------------------------------------------------------------------------------- boxes, points
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of paired boxes ``[M, 4]`` as ``(x0, y0, x1, y1)``; ``[M]``."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def radial_errors(pred: np.ndarray, target: np.ndarray, spacing: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance of each predicted point to its target, ``[M, 2] -> [M]``.
+
+    ``spacing`` ``[M, 2]`` as (row, column) mm per pixel turns pixel offsets into mm (x uses the column
+    spacing, y the row spacing).
+    """
+    d = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    if spacing is not None:
+        s = np.asarray(spacing, dtype=np.float64)
+        d = d * s[:, ::-1]  # (dx, dy) * (col, row)
+    return np.sqrt((d ** 2).sum(axis=1))
+
+
+def success_rate(errors: np.ndarray, radius: float) -> float:
+    """Share of points whose radial error is at most ``radius`` (same unit as ``errors``)."""
+    errors = np.asarray(errors)
+    return float((errors <= radius).mean()) if len(errors) else float("nan")
+
+
+# ------------------------------------------------------------------------------------------- retrieval
+
+
+def recall_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Share of queries with at least one relevant gallery item among their ``k`` most similar.
+
+    Parameters
+    ----------
+    similarity : float ``[Q, G]``
+    relevant : bool ``[Q, G]``
+    ks : the cut-offs
+
+    Returns
+    -------
+    dict k -> Recall@k. Queries without any relevant item are left out (they cannot be answered);
+    ``nan`` when none is left. Ties in similarity are broken by gallery order (stable sort).
+    """
+    similarity, relevant = np.asarray(similarity), np.asarray(relevant, dtype=bool)
+    keep = relevant.any(axis=1)
+    if not keep.any():
+        return {int(k): float("nan") for k in ks}
+    order = np.argsort(-similarity[keep], axis=1, kind="stable")
+    hits = np.take_along_axis(relevant[keep], order, axis=1)
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1), hits.shape[1])  # rank of the first hit (0-based)
+    return {int(k): float((first < k).mean()) for k in ks}
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (sacrebleu, 13a tokenisation, exponential smoothing) in ``[0, 1]`` (sacrebleu / 100).
+
+    One reference per hypothesis.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return float("nan")
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score) / 100.0
+
+
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (``rouge-score``, no stemming) over hypothesis / reference pairs."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return float("nan")
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]))

@@ -1,0 +1,154 @@
+"""Fixed-point encoding of a client's update into the ring Z_2^bits, with headroom for n clients.
+
+A client sends ``q = rint(clip(d, -R, R) * wq / R)`` for every coordinate ``d`` of its update and ``wq``
+(its quantized weight, ``0 <= wq <= L``) as one extra word. Every ``|q| <= wq <= L`` with
+``L = (2^(bits-1) - 1) // max_clients``, so the sum over at most ``max_clients`` clients lies in
+``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` and reads back from Z_2^bits without ambiguity: overflow is
+impossible by construction, not merely unlikely. The weighted mean is then ``R * sum(q) / sum(wq)``.
+
+Error bound: each ``q`` is off by at most 1/2 from ``d * wq / R``, so the decoded mean is within
+``R * n / (2 * sum(wq))`` of the exact ``wq``-weighted mean of the clipped updates (n = clients summed);
+``wq`` itself is within 1/2 of ``L * num-examples / weight-cap``, which moves the mean by at most
+``R * n / sum(wq)`` more. :func:`mean_error_bound` returns the sum of both: ``1.5 * R * n / sum(wq)``,
+the distance to the exact example-weighted mean of the clipped updates. Values outside ``[-R, R]`` are clipped and *counted*.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_BITS = (16, 32)
+_CHUNK = 1 << 20  # elements per float64 working chunk: bounds peak memory for 20 M+ parameter models
+
+
+class QuantizationError(ValueError):
+    """Quantization parameters or an update that cannot be encoded (e.g. NaN)."""
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Ring and fixed-point parameters of one secure-aggregation round.
+
+    Parameters
+    ----------
+    bits : int
+        Ring width: words live in Z_2^bits (16 -> uint16 on the wire, 32 -> uint32).
+    value_range : float
+        R: update coordinates are clipped to ``[-R, R]`` (clipping is counted).
+    max_clients : int
+        n: the most uploads that will be summed; sets the per-client level count ``L``.
+    """
+
+    bits: int
+    value_range: float
+    max_clients: int
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise QuantizationError(f"secagg.quant-bits must be one of {SUPPORTED_BITS}, got {self.bits}")
+        if not (math.isfinite(self.value_range) and self.value_range > 0):
+            raise QuantizationError(f"secagg.quant-range must be a positive number, got {self.value_range}")
+        if self.max_clients < 1:
+            raise QuantizationError(f"max_clients must be >= 1, got {self.max_clients}")
+        if self.levels < 2:
+            raise QuantizationError(
+                f"{self.max_clients} clients leave fewer than 2 levels in {self.bits}-bit words; "
+                "use secagg.quant-bits=32 or fewer clients per round"
+            )
+
+    @property
+    def modulus(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16 if self.bits == 16 else np.uint32)
+
+    @property
+    def levels(self) -> int:
+        """L: the largest ``|q|`` one client may send (``n * L < 2^(bits-1)``)."""
+        return ((1 << (self.bits - 1)) - 1) // self.max_clients
+
+    def quantize_weight(self, fraction: float) -> int:
+        """``wq = rint(fraction * L)`` for a weight fraction in ``[0, 1]``."""
+        if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
+            raise QuantizationError(f"weight fraction must be in [0, 1], got {fraction}")
+        return int(round(fraction * self.levels))
+
+
+def quantize(update: np.ndarray, wq: int, spec: QuantSpec) -> tuple[np.ndarray, int]:
+    """Encode a weighted update as ring words.
+
+    Parameters
+    ----------
+    update : np.ndarray, shape [P]
+        Flat floating-point update (e.g. new weights minus global weights).
+    wq : int
+        Quantized weight from :meth:`QuantSpec.quantize_weight`, ``0 <= wq <= L``.
+    spec : QuantSpec
+
+    Returns
+    -------
+    words : np.ndarray, shape [P + 1], dtype ``spec.dtype``
+        ``rint(clip(update) * wq / R) mod 2^bits`` followed by ``wq``.
+    clipped : int
+        Number of coordinates outside ``[-R, R]`` that were clipped.
+    """
+    flat = np.asarray(update).reshape(-1)
+    if not 0 <= wq <= spec.levels:
+        raise QuantizationError(f"quantized weight {wq} outside [0, {spec.levels}]")
+    words = np.empty(flat.size + 1, dtype=spec.dtype)
+    r = spec.value_range
+    scale = wq / r
+    clipped = 0
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK].astype(np.float64)
+        if not np.all(np.isfinite(chunk)):
+            raise QuantizationError("the update holds NaN or infinite values; refusing to send it")
+        over = np.abs(chunk) > r
+        clipped += int(np.count_nonzero(over))
+        np.clip(chunk, -r, r, out=chunk)
+        # int64 -> uint wraps modulo 2^bits (two's complement), which is exactly the ring embedding.
+        words[start : start + chunk.size] = np.rint(chunk * scale).astype(np.int64).astype(spec.dtype)
+    words[-1] = wq
+    return words, clipped
+
+
+def to_signed(words: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Ring words -> signed int64 in ``[-2^(bits-1), 2^(bits-1))``."""
+    signed = words.astype(np.int64)
+    signed[signed >= (1 << (spec.bits - 1))] -= spec.modulus
+    return signed
+
+
+def decode_mean(sum_words: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, int]:
+    """Weighted mean from the ring sum of several :func:`quantize` outputs.
+
+    Parameters
+    ----------
+    sum_words : np.ndarray, shape [P + 1]
+        Sum (mod 2^bits) of at most ``spec.max_clients`` encoded updates.
+
+    Returns
+    -------
+    mean : np.ndarray, shape [P], float64
+        ``R * sum(q) / sum(wq)``.
+    total_wq : int
+        ``sum(wq)``; the mean is undefined (ValueError) when it is 0.
+    """
+    total_wq = int(to_signed(sum_words[-1:], spec)[0])
+    if total_wq <= 0:
+        raise QuantizationError("the summed weight is zero: no client contributed a positive weight")
+    mean = np.empty(sum_words.size - 1, dtype=np.float64)
+    factor = spec.value_range / total_wq
+    for start in range(0, mean.size, _CHUNK):
+        mean[start : start + _CHUNK] = to_signed(sum_words[start : min(start + _CHUNK, mean.size)], spec) * factor
+    return mean, total_wq
+
+
+def mean_error_bound(spec: QuantSpec, num_clients: int, total_wq: int) -> float:
+    """Largest ``|decoded mean - exact example-weighted mean of the clipped updates|`` per coordinate."""
+    return 1.5 * spec.value_range * num_clients / total_wq
