@@ -14,7 +14,7 @@ from flwr.clientapp.typing import Mod
 
 from xr0_core.config import from_flat
 
-from . import records
+from . import records, secagg
 from .audit import audit_mod
 from .errors import sanitize_errors_mod
 from .runtime import evaluate_site, train_site
@@ -55,6 +55,8 @@ def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     client_app = ClientApp(mods=[audit_mod, sanitize_errors_mod, *extra_mods])
     client_app.train()(train)
     client_app.evaluate()(evaluate)
+    # Secure-aggregation stages (query.secagg_*, train.secagg); idle unless the server runs secagg rounds.
+    secagg.register(client_app, train)
     return client_app
 
 

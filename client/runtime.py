@@ -69,6 +69,7 @@ def train_site(
     from xr0_core.train.federated import RoundSpec, run_local_round
     from xr0_core.train.state import SiteTrainer
 
+    t0 = time.perf_counter()
     data = site_data(cfg, site)
     if not data.cache.kept:
         raise RuntimeError(f"site {site.name} has no training images (all are split=test or unusable)")
@@ -84,19 +85,32 @@ def train_site(
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})
     out["num-examples"] = int(trainer.num_examples)
+    out["site-seconds"] = time.perf_counter() - t0  # whole local work: data, model, training, state I/O
     return shared, out
 
 
 def evaluate_site(
     cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction
 ) -> dict[str, float]:
-    """Frozen-backbone k-NN anatomy accuracy on this hospital's held-out images, global vs random init."""
+    """Frozen-backbone evaluation on this hospital's own labelled data, global weights vs random init.
+
+    k-NN anatomy accuracy (``knn-anatomy``...) plus every downstream task the site's columns allow
+    (:func:`xr0_core.eval.suite.evaluate_backbone`, non-strict: a task with bad annotations is skipped and
+    logged here). Only scalars leave: ``<task>/<metric>``, ``<task>/random/<metric>``, ``<task>/num-examples``.
+    """
     from xr0_core.eval.anatomy import knn_anatomy_report
+    from xr0_core.eval.suite import evaluate_backbone
 
     t0 = time.perf_counter()
     data = site_data(cfg, site)
     result = knn_anatomy_report(cfg, data.records, weights, site=site.name)
+    tasks = evaluate_backbone(cfg, data.records, weights, strict=False)
+    for reason in tasks.skipped:
+        log.info("site %s evaluation: skipped %s", site.name, reason)
     out = _base_metrics(site)
     out.update(result)
+    out.update(tasks.flat_metrics())
+    # A site without anatomy labels still reports task numbers: weigh it by its largest task test set.
+    out["num-examples"] = max([int(out.get("num-examples", 0))] + list(tasks.counts.values()))
     out["eval-seconds"] = time.perf_counter() - t0
     return out

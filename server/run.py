@@ -93,6 +93,7 @@ class Coordinator:
             site["name"] = self.site_name(site["node_id"], site["metrics"])
         entry["seconds"] = round(time.monotonic() - self._round_started, 3)
         self.history.append(entry)
+        t_ckpt = time.perf_counter()
         if outcome.kind == "train":
             if outcome.arrays is not None:
                 self.weights = {k: a.numpy() for k, a in outcome.arrays.items()}
@@ -109,6 +110,7 @@ class Coordinator:
                     history=self.history,
                 ),
             )
+        entry["checkpoint_seconds"] = round(time.perf_counter() - t_ckpt, 4)
         atomic_write_json(self.out / "metrics.json", {"run_key": self.run_key, "rounds": self.history})
         self._log_tensorboard(entry)
         self._print_progress(entry)
@@ -153,7 +155,15 @@ class Coordinator:
         cfg = self.cfg
         remaining = cfg.federation.rounds - done
         if remaining > 0:
-            strategy = XR0FedAvg(
+            # Secure aggregation (docs/secure-aggregation.md): a strategy that takes the unmasked mean and a
+            # Grid wrapper that runs each train round as SecAgg+ stages; evaluation traffic is unchanged.
+            strategy_cls = XR0FedAvg
+            if cfg.secagg.enabled:
+                from strategies.secagg import SecAggGrid, SecAggSettings, XR0SecAggFedAvg
+
+                strategy_cls = XR0SecAggFedAvg
+                grid = SecAggGrid(grid, SecAggSettings.from_config(cfg.secagg))
+            strategy = strategy_cls(
                 round_offset=done,
                 local_steps=cfg.train.local_steps,
                 total_rounds=cfg.federation.rounds,

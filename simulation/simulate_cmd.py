@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-client", type=int, default=1, help="CPU cores per simulated hospital (default 1)")
     p.add_argument("--compare-pooled", action="store_true",
                    help="also pretrain on the pooled data with the same total steps and compare on held-out images")
+    p.add_argument("--secagg", action="store_true",
+                   help="secure aggregation: the coordinator sees only the sum of updates (sets secagg.enabled)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     flat: dict[str, Any] = {"preset": args.preset, "seed": args.seed}
     flat.update(parse_sets(args.set))
+    if args.secagg:
+        flat["secagg.enabled"] = True
     if args.rounds is not None:
         flat["federation.rounds"] = args.rounds
     if args.local_steps is not None:

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -34,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from xr0_core import keys
 
 from .aggregate import ServerOptimizer, weighted_mean
+from .eval_aggregate import pooled_metrics
 from .validate import check_update
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,7 @@ class XR0FedAvg(FedAvg):
         g = self.global_round(server_round)
         if self._sent is None:
             raise RuntimeError("aggregate_train called before configure_train")
+        t0 = time.perf_counter()
         sites: list[SiteOutcome] = []
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
         for msg in replies:
@@ -247,6 +250,7 @@ class XR0FedAvg(FedAvg):
                 "round %d: %d valid replies < federation.min-replies %d; global weights unchanged",
                 g, len(accepted), self.min_replies,
             )
+        metrics["server-aggregate-seconds"] = time.perf_counter() - t0
         outcome = RoundOutcome(g, "train", sites, metrics, updated=new_arrays is not None, arrays=new_arrays)
         if self.on_round_end is not None:
             self.on_round_end(outcome)
@@ -296,7 +300,9 @@ class XR0FedAvg(FedAvg):
             sites.append(SiteOutcome(node, "ok", "", metrics))
         if not sites:
             return None
-        metrics = weighted_metrics(sites)
+        # Per-task example weights (<task>/num-examples), per-site numbers stay in `sites`.
+        metrics = pooled_metrics([s.metrics for s in sites if s.status == "ok"])
+        metrics.setdefault(keys.NUM_EXAMPLES, 0.0)
         if self.on_round_end is not None:
             self.on_round_end(RoundOutcome(g, "evaluate", sites, metrics, updated=False))
         return MetricRecord(metrics)

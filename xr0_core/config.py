@@ -114,12 +114,15 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class SecAggConfig:
+    """Secure aggregation (docs/secure-aggregation.md; protocol in xr0_core/secagg/)."""
+
     enabled: bool = False
-    num_neighbours: int = 0  # 0: all-to-all
-    threshold: int = 0  # 0: derived from the number of clients
-    quant_bits: int = 32
-    quant_range: float = 8.0
-    stage_timeout: float = 600.0
+    num_neighbours: int = 0  # 0: all-to-all (SecAgg); k: each site shares masks with k others (SecAgg+)
+    threshold: int = 0  # shares to rebuild a secret; 0: strict majority of each site's k neighbours + itself
+    quant_bits: int = 32  # ring Z_2^bits: 32 (upload = fp32 size) or 16 (half, coarser)
+    quant_range: float = 2.0  # update coordinates (new - global weights) clipped to [-range, range], counted
+    weight_cap: float = 50000.0  # num-examples above this count as this (counted); sets precision of the mean
+    stage_timeout: float = 600.0  # seconds per crypto stage (training uses federation.round-timeout)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ class EvalConfig:
     every: int = 0  # federated evaluation every K rounds (0: after the last round only)
     knn_k: int = 10
     tasks: str = "all"  # "all" or comma-separated families / task keys (classification,segmentation,...)
-    head_steps: int = 200  # optimizer steps per light head (frozen backbone features)
+    head_steps: int = 100  # optimizer steps per light head (frozen backbone features)
     head_lr: float = 1e-3
     head_batch_size: int = 32
     batch_size: int = 32  # images per backbone forward pass during feature extraction
@@ -340,6 +343,13 @@ def validate(cfg: XR0Config) -> None:
         (cfg.eval.head_lr > 0, "eval.head-lr must be > 0"),
         (cfg.eval.max_images >= 0, "eval.max-images must be >= 0 (0: all images)"),
         (0 < cfg.privacy.target_delta < 1, "privacy.target-delta must be in (0, 1)"),
+        (cfg.secagg.num_neighbours >= 0, "secagg.num-neighbours must be >= 0 (0: all-to-all)"),
+        (cfg.secagg.threshold == 0 or cfg.secagg.threshold >= 2,
+         "secagg.threshold must be 0 (majority of share holders) or >= 2"),
+        (cfg.secagg.quant_bits in (16, 32), "secagg.quant-bits must be 16 or 32"),
+        (0 < cfg.secagg.quant_range < float("inf"), "secagg.quant-range must be a positive number"),
+        (0 < cfg.secagg.weight_cap < float("inf"), "secagg.weight-cap must be a positive number"),
+        (cfg.secagg.stage_timeout > 0, "secagg.stage-timeout must be > 0 seconds"),
     ]
     for ok, msg in checks:
         if not ok:

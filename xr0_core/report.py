@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 from xr0_core.atomic import atomic_write
 
+EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -111,6 +113,9 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
     if curve is not None:
         parts.append(f"<h2>Training</h2><img src='{curve.name}' alt='loss curve'>")
     evals = [r for r in history if r["kind"] == "evaluate"]
+    # Downstream-task keys (<family>/<task>/...) have their own section; keep the generic tables readable.
+    task_keys = {k for r in history for m in [r["metrics"], *(s["metrics"] for s in r["sites"])] for k in m
+                 if k.startswith(EVAL_FAMILIES)}
     if evals or summary.get("comparison"):
         parts.append("<h2>Evaluation (frozen backbone)</h2>")
     if summary.get("comparison"):
@@ -118,11 +123,14 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
         names = sorted({k for row in comp for k in row if k != "backbone"})
         parts.append(_table(["backbone"] + names, [[row["backbone"]] + [row.get(n, "") for n in names] for row in comp]))
     if evals:
-        names = sorted({k for r in evals for k in r["metrics"]})
+        from xr0_core.eval.report import federated_section  # downstream tasks: pretrained vs random
+
+        parts.append(federated_section(out_dir, history))
+        names = sorted({k for r in evals for k in r["metrics"]} - task_keys)
         parts.append("<p class='note'>federated evaluation, example-weighted over hospitals</p>")
         parts.append(_table(["round"] + names, [[r["round"]] + [r["metrics"].get(n, "") for n in names] for r in evals]))
     if history:
-        names = sorted({k for r in history for s in r["sites"] for k in s["metrics"]} - {"partition-id"})
+        names = sorted({k for r in history for s in r["sites"] for k in s["metrics"]} - {"partition-id"} - task_keys)
         parts.append("<h2>Per round, per hospital</h2>")
         parts.append(_table(["round", "kind", "hospital", "status", "reason"] + names, _round_rows(history, names)))
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=1, sort_keys=True)) + "</pre>")
@@ -141,3 +149,10 @@ def rewrite_outputs(out_dir: Path, summary: dict[str, Any]) -> Path:
     history = json.loads(metrics.read_text())["rounds"] if metrics.exists() else []
     atomic_write_json(out_dir / "run.json", summary)
     return write_report(out_dir, summary, history)
+
+
+def write_evaluation_report(out_dir: Path, body: dict[str, Any], examples: dict[str, dict[str, list]]) -> Path:
+    """``report.html`` of a local ``xr0 evaluate`` run (see :func:`xr0_core.eval.report.write_local_report`)."""
+    from xr0_core.eval.report import write_local_report
+
+    return write_local_report(Path(out_dir), body, examples, CSS)

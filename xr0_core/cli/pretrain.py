@@ -169,11 +169,11 @@ def _resume(trainer, out: Path, total_steps: int) -> None:
         raise CLIError(f"--resume: no checkpoint in {out} (need checkpoint.safetensors and site_state.safetensors)")
     with safe_open(str(ckpt), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("xr0", "{}"))
-    if meta.get("config_hash") != trainer.cfg.hash():
-        raise CLIError(f"--resume: {ckpt} was written with another config; use the same --preset and --set")
     if meta.get("total_steps") != total_steps:
         raise CLIError(f"--resume: the checkpoint's run has {meta.get('total_steps')} steps, not {total_steps}; "
                        "pass the same --steps (schedules depend on it)")
+    if meta.get("config_hash") != trainer.cfg.hash():
+        raise CLIError(f"--resume: {ckpt} was written with another config; use the same --preset and --set")
     try:
         trainer.load_shared_state_dict(load_file(str(ckpt)))
         trainer.load_site_state(state)

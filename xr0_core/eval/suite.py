@@ -209,7 +209,11 @@ def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Ca
                 log.warning("evaluation task %s failed for %s: %s", task, name, exc)
                 result.skipped.append(f"{task}: failed for {name} backbone ({type(exc).__name__}: {exc})")
                 continue
-            outputs[name]["metrics"][task] = {k: v for k, v in out.metrics.items() if not math.isnan(v)}
+            finite = {k: v for k, v in out.metrics.items() if not math.isnan(v)}
+            if not finite:
+                result.skipped.append(f"{task}: no metric is defined on these test rows ({name} backbone)")
+                continue
+            outputs[name]["metrics"][task] = finite
             outputs[name]["examples"][task] = out.examples
             result.counts[task] = out.n_test
     return outputs, result

@@ -253,7 +253,7 @@ class TaskOutput:
 class HeadBudget:
     """How much a light head may train: optimizer steps, learning rate, batch size."""
 
-    steps: int = 200
+    steps: int = 100
     lr: float = 1e-3
     batch_size: int = 32
 
@@ -300,10 +300,10 @@ class PatchDecoder(nn.Module):
     """A light convolutional decoder on patch tokens: ``[B, g*g, D] -> [B, C, S, S]`` logits.
 
     1x1 projection to ``width`` channels, two 3x3 conv blocks at 2x and 4x the patch grid, bilinear
-    upsampling to the view side ``S``. A few hundred thousand parameters for ViT-B.
+    upsampling to the view side ``S``. About 40 k parameters for ViT-B: a probe of the tokens, not a U-Net.
     """
 
-    def __init__(self, dim: int, out_channels: int, grid: int, size: int, width: int = 64) -> None:
+    def __init__(self, dim: int, out_channels: int, grid: int, size: int, width: int = 32) -> None:
         super().__init__()
         self.grid, self.size = grid, size
         self.proj = nn.Sequential(nn.Conv2d(dim, width, 1), nn.GroupNorm(8, width), nn.GELU())

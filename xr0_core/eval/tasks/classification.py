@@ -51,6 +51,8 @@ def prepare(task: str, data: EvalSet, ctx: TaskContext) -> Prepared | str:
         return f"{task}: the train rows hold fewer than two classes"
     if not rows[TEST]:
         return f"{task}: no test row has this label"
+    if len({_value(data.records[i], source) for i in rows[TEST]}) < 2:
+        return f"{task}: the test rows hold a single class (AUROC undefined)"
     index = {c: k for k, c in enumerate(classes)}
     y = {p: np.array([index[_value(data.records[i], source)] for i in rows[p]], dtype=np.int64) for p in rows}
     binary = source != "anatomy" and set(classes) <= {0, 1}

@@ -135,7 +135,8 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
         p_orig, t_orig = geo.box_to_original(p), geo.box_to_original(box_view)
         ious.append(float(metrics.box_iou(p_orig[None], t_orig[None])[0]))
         if len(examples) < ctx.examples:
-            examples.append({"row": i, "phrase": phrase, "pred": p_orig, "target": t_orig})
+            examples.append({"image": data.views[i, 0].float().numpy(), "phrase": phrase, "pred": p,
+                             "target": box_view, "iou": ious[-1]})
     ious_arr = np.asarray(ious)
     return TaskOutput({"mean-iou": float(ious_arr.mean()), "acc@0.5": float((ious_arr >= 0.5).mean())},
                       len(te), examples)

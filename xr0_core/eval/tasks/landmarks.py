@@ -114,7 +114,8 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
         if geo.spacing_mm is not None:
             errs_mm.append(metrics.radial_errors(pred, truth, np.tile(geo.spacing_mm, (len(truth), 1))))
         if len(examples) < ctx.examples:
-            examples.append({"row": i, "pred": pred, "target": truth})
+            examples.append({"image": data.views[i, 0].float().numpy(), "pred": pred_view[n, :len(truth)].numpy(),
+                             "target": geo.to_view(truth), "error_px": float(errs_px[-1].mean())})
     px = np.concatenate(errs_px)
     out = {"mre-px": float(px.mean()),
            f"success@{ctx.landmark_radius_px:g}px": metrics.success_rate(px, ctx.landmark_radius_px)}

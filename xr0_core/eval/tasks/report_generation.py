@@ -36,7 +36,7 @@ from xr0_core.eval.tasks.base import (
 FAMILY = "report_generation"
 TASK = f"{FAMILY}/report"
 WIDTH = 128
-LAYERS = 2
+LAYERS = 1
 MAX_TOKENS = 64
 
 
@@ -138,7 +138,6 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
             kept = [prep.vocab[t].item() for t in seq if t not in (PAD, BOS)]
             kept = kept[:kept.index(tok.sep_token_id)] if tok.sep_token_id in kept else kept
             hyps.append(normalise_text(tok.decode(kept, skip_special_tokens=True)))
-    examples = [{"row": i, "generated": h, "reference": r}
-                for i, h, r in list(zip(prep.test, hyps, prep.references))[:ctx.examples]]
+    examples = [{"generated": h, "reference": r} for h, r in list(zip(hyps, prep.references))[:ctx.examples]]
     return TaskOutput({"bleu4": metrics.bleu4(hyps, prep.references),
                        "rouge-l": metrics.rouge_l(hyps, prep.references)}, len(prep.test), examples)

@@ -126,7 +126,8 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
                 for c, d in metrics.dice_per_class(pred[k], target, classes, valid=target != IGNORE).items():
                     per_class[c].append(d)
                 if len(examples) < ctx.examples:
-                    examples.append({"row": i, "pred": pred[k].astype(np.uint8), "target": target})
+                    examples.append({"image": data.views[i, 0].float().numpy(), "pred": pred[k].astype(np.uint8),
+                                     "target": target})
     out = {f"dice-{c}": float(np.mean(v)) for c, v in per_class.items()}
     out["dice-mean"] = float(np.mean(list(out.values())))
     return TaskOutput(out, len(te), examples)

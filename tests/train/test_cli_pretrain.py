@@ -1,0 +1,93 @@
+"""`xr0 pretrain` end to end on a tiny PNG site (few steps: checks wiring, outputs and resume, not quality)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xr0_core.cli import run
+from xr0_core.cli.pretrain import split_holdout
+
+from .toydata import write_toy_site
+
+TINY = ["--set", "model.img-size=32", "--set", "ssl.local-size=16", "--set", "train.load-size=32",
+        "--set", "ssl.n-local-crops=1", "--set", "train.batch-size=4", "--set", "model.head-out-dim=64",
+        "--set", "model.ibot-out-dim=64", "--set", "model.head-hidden-dim=32", "--set", "train.device=cpu"]
+
+
+def _pretrain(data: Path, out: Path, steps: int, *extra: str) -> int:
+    return run(["pretrain", "--data", str(data), "--out", str(out), "--steps", str(steps), "--checkpoint-every", "2",
+                "--json", *TINY, *extra], ["xr0_core.cli.pretrain"])
+
+
+def test_pretrain_writes_outputs(tmp_path, capsys):
+    data = write_toy_site(tmp_path / "site", 15, seed=0, size=40, with_split=True)
+    assert _pretrain(data, tmp_path / "a", 4) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 4 and summary["num_heldout_images"] == 3 and summary["num_train_images"] == 12
+    for key in ("initial_loss", "final_loss", "knn_accuracy", "knn_accuracy_random"):
+        assert isinstance(summary[key], float), key
+    for name in ("metrics.jsonl", "checkpoint.safetensors", "site_state.safetensors", "backbone.safetensors",
+                 "backbone.json", "curve.png", "summary.json"):
+        assert (tmp_path / "a" / name).is_file(), name
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, capsys, monkeypatch):
+    from xr0_core.train.state import SiteTrainer
+
+    data = write_toy_site(tmp_path / "site", 9, seed=1, size=40, with_split=True)
+    assert _pretrain(data, tmp_path / "one", 4) == 0
+
+    original = SiteTrainer.train
+    calls = []
+
+    def crash_on_second_chunk(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies after the step-2 checkpoint
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(SiteTrainer, "train", crash_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        _pretrain(data, tmp_path / "two", 4)
+    monkeypatch.setattr(SiteTrainer, "train", original)
+    assert _pretrain(data, tmp_path / "two", 2, "--resume") == 2  # other --steps -> other schedules: refused
+    assert "same --steps" in capsys.readouterr().err
+    assert _pretrain(data, tmp_path / "two", 4, "--resume") == 0
+
+    one = load_file(str(tmp_path / "one" / "checkpoint.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoint.safetensors"))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert rows(tmp_path / "one") == rows(tmp_path / "two")
+
+
+def test_holdout_keeps_patients_whole_and_is_seeded():
+    class R:
+        def __init__(self, i):
+            self.patient_id, self.study_id, self.path, self.split = f"p{i // 2}", None, f"f{i}", None
+
+    recs = [R(i) for i in range(40)]
+    train, test = split_holdout(recs, seed=3)
+    assert len(test) == 8 and not {r.patient_id for r in train} & {r.patient_id for r in test}
+    assert [r.path for r in split_holdout(recs, seed=3)[1]] == [r.path for r in test]
+
+
+def test_bad_override_is_a_user_error(tmp_path, capsys):
+    data = write_toy_site(tmp_path / "site", 3, seed=0, size=40)
+    assert run(["pretrain", "--data", str(data), "--out", str(tmp_path / "o"), "--set", "train.nope=1"],
+               ["xr0_core.cli.pretrain"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert run(["pretrain", "--data", str(data), "--out", str(tmp_path / "o2"), "--resume"],
+               ["xr0_core.cli.pretrain"]) == 2
+
+
+@pytest.fixture(autouse=True)
+def _no_tty(monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)

@@ -1,0 +1,217 @@
+"""HTML pieces and PNGs for downstream evaluation: pretrained vs random per task, pooled and per hospital,
+metric-per-round curves, and (local evaluation only) qualitative examples.
+
+Inputs are JSON-able: the coordinator's history (``metrics.json["rounds"]``, evaluate entries hold flat keys
+``<task>/<metric>``, ``<task>/random/<metric>``, ``<task>/num-examples``) or an ``xr0 evaluate`` body.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+RANDOM_SEGMENT = "/random/"
+FAMILIES = ("classification", "retrieval", "segmentation", "landmarks", "grounding", "report_generation")
+# The metric drawn per round for each family (the first one a task reports, in this order).
+HEADLINE = ("linear-auroc", "linear-accuracy", "recall@1", "dice-mean", "mre-px", "mean-iou", "rouge-l", "bleu4")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _table(headers: list[str], rows: Iterable[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def split_flat(metrics: dict[str, float]) -> dict[tuple[str, str], dict[str, float]]:
+    """Flat evaluation keys -> ``{(task, metric): {"pretrained": v, "random": v}}`` (other keys ignored)."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for key, value in metrics.items():
+        if not key.startswith(FAMILIES) or key.endswith("/num-examples"):
+            continue
+        if RANDOM_SEGMENT in key:
+            task, metric = key.rsplit(RANDOM_SEGMENT, 1)
+            out.setdefault((task, metric), {})["random"] = value
+        else:
+            task, metric = key.rsplit("/", 1)
+            out.setdefault((task, metric), {})["pretrained"] = value
+    return out
+
+
+def evaluation_table(history: list[dict[str, Any]]) -> str:
+    """Last evaluate round: task, metric, pooled pretrained / random, then per hospital."""
+    evals = [r for r in history if r.get("kind") == "evaluate" and split_flat(r.get("metrics", {}))]
+    if not evals:
+        return ""
+    last = evals[-1]
+    pooled = split_flat(last["metrics"])
+    sites = sorted((s for s in last.get("sites", []) if s.get("status") == "ok"), key=lambda s: s["name"])
+    per_site = {s["name"]: split_flat(s.get("metrics", {})) for s in sites}
+    rows = []
+    for (task, metric), v in sorted(pooled.items()):
+        n = last["metrics"].get(f"{task}/num-examples", "")
+        row = [task, metric, n, v.get("pretrained", ""), v.get("random", "")]
+        for s in sites:
+            sv = per_site[s["name"]].get((task, metric), {})
+            row.append(f"{_fmt(sv['pretrained']) if 'pretrained' in sv else '-'} / "
+                       f"{_fmt(sv['random']) if 'random' in sv else '-'}")
+        rows.append(row)
+    headers = ["task", "metric", "test examples", "pretrained (pooled)", "random init (pooled)"] + \
+              [f"{s['name']} (pre / rand)" for s in sites]
+    return (f"<h3>Downstream tasks, round {last['round']}</h3><p class='note'>frozen backbone, light heads trained "
+            "at each hospital on its train split, scored on its test split; pooled = weighted by each hospital's "
+            "test examples of that task; random init measured in the same dispatch</p>" + _table(headers, rows))
+
+
+def headline_metrics(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One (task, metric) per task: its first metric in :data:`HEADLINE` order."""
+    by_task: dict[str, list[str]] = {}
+    for task, metric in keys:
+        by_task.setdefault(task, []).append(metric)
+    out = []
+    for task, metrics in sorted(by_task.items()):
+        for m in HEADLINE:
+            if m in metrics:
+                out.append((task, m))
+                break
+    return out
+
+
+def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Headline metric per task over evaluate rounds: pooled (black), per hospital (dashed), random (grey)."""
+    evals = [r for r in history if r.get("kind") == "evaluate" and split_flat(r.get("metrics", {}))]
+    if not evals:
+        return None
+    keys = headline_metrics({k for r in evals for k in split_flat(r["metrics"])})
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    nrows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), dpi=90, squeeze=False)
+    for ax, (task, metric) in zip(axes.flat, keys):
+        xs = [r["round"] for r in evals]
+        for tag, style in (("pretrained", "k-o"), ("random", ":s")):
+            ys = [split_flat(r["metrics"]).get((task, metric), {}).get(tag) for r in evals]
+            pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, color="black" if tag == "pretrained" else "grey", label=f"pooled {tag}")
+        names = sorted({s["name"] for r in evals for s in r.get("sites", [])})
+        for name in names:
+            pts = [(r["round"], split_flat(s["metrics"]).get((task, metric), {}).get("pretrained"))
+                   for r in evals for s in r.get("sites", []) if s["name"] == name and s.get("status") == "ok"]
+            pts = [p for p in pts if p[1] is not None]
+            if pts:
+                ax.plot(*zip(*pts), "--", marker=".", alpha=0.6, label=name)
+        ax.set_title(f"{task}\n{metric}", fontsize=8)
+        ax.set_xlabel("round", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def federated_section(out_dir: Path, history: list[dict[str, Any]]) -> str:
+    """The downstream-evaluation part of the run report (tables + curve PNG); ``""`` without evaluations."""
+    table = evaluation_table(history)
+    if not table:
+        return ""
+    png = plot_rounds(history, Path(out_dir) / "eval_rounds.png")
+    img = f"<img src='{png.name}' alt='evaluation metrics per round'>" if png is not None else ""
+    return table + img
+
+
+# ------------------------------------------------------------------------------ local: xr0 evaluate
+
+
+def comparison_table(body: dict[str, Any]) -> str:
+    rows = []
+    for task in sorted(set(body.get("tasks", {})) | set(body.get("baseline_random", {}))):
+        pre, rnd = body.get("tasks", {}).get(task, {}), body.get("baseline_random", {}).get(task, {})
+        for metric in sorted(set(pre) | set(rnd)):
+            rows.append([task, metric, body.get("counts", {}).get(task, ""), pre.get(metric, ""), rnd.get(metric, "")])
+    return _table(["task", "metric", "test examples", "evaluated backbone", "random init"], rows)
+
+
+def draw_examples(out_dir: Path, examples: dict[str, dict[str, list]]) -> list[tuple[str, str]]:
+    """PNG per (backbone, task) with predicted masks / landmarks / boxes next to the truth; (title, file)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    written = []
+    for backbone, tasks in sorted(examples.items()):
+        for task, items in sorted(tasks.items()):
+            items = [e for e in items if "image" in e]
+            if not items:
+                continue
+            fig, axes = plt.subplots(1, len(items), figsize=(2.6 * len(items), 2.9), dpi=90, squeeze=False)
+            for ax, e in zip(axes.flat, items):
+                ax.imshow(e["image"], cmap="gray", vmin=0, vmax=1)
+                if task.startswith("segmentation"):
+                    ax.contour(e["target"] > 0, levels=[0.5], colors="lime", linewidths=0.8)
+                    ax.contour(e["pred"] > 0, levels=[0.5], colors="red", linewidths=0.8)
+                elif task.startswith("landmarks"):
+                    ax.plot(e["target"][:, 0], e["target"][:, 1], "o", color="lime", ms=3)
+                    ax.plot(e["pred"][:, 0], e["pred"][:, 1], "x", color="red", ms=4)
+                    ax.set_title(f"MRE {e['error_px']:.1f} px", fontsize=7)
+                elif task.startswith("grounding"):
+                    for box, colour in ((e["target"], "lime"), (e["pred"], "red")):
+                        ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
+                                               edgecolor=colour, lw=1))
+                    ax.set_title(f"{e['phrase'][:28]}\nIoU {e['iou']:.2f}", fontsize=6)
+                ax.axis("off")
+            fig.suptitle(f"{task} ({backbone}): truth green, prediction red", fontsize=8)
+            fig.tight_layout()
+            name = f"example_{backbone}_{task.replace('/', '_')}.png"
+            fig.savefig(Path(out_dir) / name)
+            plt.close(fig)
+            written.append((f"{task} ({backbone})", name))
+    return written
+
+
+def report_examples_html(examples: dict[str, dict[str, list]]) -> str:
+    rows = []
+    for backbone, tasks in sorted(examples.items()):
+        for task, items in sorted(tasks.items()):
+            rows += [[backbone, e["reference"], e["generated"]] for e in items if "generated" in e]
+    return _table(["backbone", "reference report", "generated report"], rows) if rows else ""
+
+
+def write_local_report(out_dir: Path, body: dict[str, Any], examples: dict[str, dict[str, list]], css: str) -> Path:
+    """``report.html`` of one ``xr0 evaluate`` run: the comparison table, skipped tasks, qualitative examples."""
+    from xr0_core.atomic import atomic_write
+
+    out_dir = Path(out_dir)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>XR-0 evaluation</title><style>{css}</style>"
+             f"</head><body><h1>XR-0 evaluation</h1><p class='note'>checkpoint {html.escape(str(body.get('checkpoint')))}"
+             f", {body.get('images', '?')} images</p><h2>Tasks (frozen backbone)</h2>", comparison_table(body)]
+    if body.get("skipped"):
+        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in body["skipped"]) + "</ul>")
+    pngs = draw_examples(out_dir, examples)
+    text = report_examples_html(examples)
+    if pngs or text:
+        parts.append("<h2>Qualitative examples (test rows)</h2>")
+        parts += [f"<h3>{html.escape(t)}</h3><img src='{n}' alt='{html.escape(t)}'>" for t, n in pngs]
+        parts.append(text)
+    parts.append("<h2>Raw</h2><pre>" + html.escape(json.dumps(body, indent=1, sort_keys=True)) + "</pre></body></html>")
+    path = out_dir / "report.html"
+    atomic_write(path, lambda p: p.write_text("\n".join(parts)))
+    return path
