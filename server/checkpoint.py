@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from xr0_core.atomic import _fsync_dir, atomic_write_json
+from xr0_core.config import HASH_EXCLUDED_SECTIONS
 
 KEEP_LAST = 3
 
@@ -118,7 +119,7 @@ def describe_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: fr
     """Human-readable list of config keys whose values differ (for the refusal message on resume)."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
-        if key in ignore or key.startswith("simulation."):
+        if key in ignore or key.startswith(HASH_EXCLUDED_SECTIONS):
             continue
         if saved.get(key) != current.get(key):
             diffs.append(f"{key}: checkpoint {saved.get(key)!r} != now {current.get(key)!r}")

@@ -175,7 +175,8 @@ class XR0Config:
     def hash(self) -> str:
         """SHA-256 over the flat config, minus keys that may change on resume without changing the result
         (more rounds, device, where files live)."""
-        flat = {k: v for k, v in self.to_flat().items() if k not in HASH_EXCLUDED and not k.startswith("simulation.")}
+        flat = {k: v for k, v in self.to_flat().items()
+                if k not in HASH_EXCLUDED and not k.startswith(HASH_EXCLUDED_SECTIONS)}
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -185,6 +186,9 @@ HASH_EXCLUDED = frozenset(
     {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
      "train.num-workers", "eval.every"}
 )
+
+# Where files live and how evaluation is done never change the trained weights.
+HASH_EXCLUDED_SECTIONS = ("simulation.", "eval.")
 
 # A run-config value equal to this string means "whatever the preset says". pyproject.toml uses it for
 # preset-dependent keys so that `flwr run . --run-config 'preset="vit-s"'` is not overridden by cpu-tiny

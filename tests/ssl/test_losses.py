@@ -141,3 +141,19 @@ def test_ema_centering_moves_toward_batch_mean_and_frozen_mode_waits_for_commit(
     frozen.commit_center(torch.zeros(4))  # a federation-aggregated mean wins
     assert frozen.center.abs().sum() == 0
     assert ema.target_coupling == "batch" and frozen.target_coupling == "per-sample"
+
+
+def test_sinkhorn_targets_are_distributions_that_use_prototypes_equally():
+    from xr0_core.ssl.losses.centering import sinkhorn_knopp
+
+    logits = torch.randn(8, 2, 4) + torch.tensor([3.0, 0, 0, 0])  # prototype 0 dominates before balancing
+    q = sinkhorn_knopp(logits, 0.5, n_iterations=50)
+    assert q.shape == logits.shape
+    torch.testing.assert_close(q.sum(-1), torch.ones(8, 2), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(q.reshape(-1, 4).mean(0), torch.full((4,), 0.25), rtol=1e-2, atol=1e-2)
+    sk = TeacherCentering(4, mode="sinkhorn")
+    assert sk.target_coupling == "batch"
+    # Batch-coupled: changing another row changes row 0's target.
+    other = logits.clone()
+    other[5] += 5.0
+    assert not torch.allclose(sk.softmax_center_teacher(other, 0.5)[0], sk.softmax_center_teacher(logits, 0.5)[0])

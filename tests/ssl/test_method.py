@@ -8,7 +8,7 @@ import torch
 from xr0_core.config import from_flat
 from xr0_core.ssl.method import MASK_TOKEN, XR0SSL
 
-TINY = {"model.img-size": 32, "ssl.local-size": 16, "train.load-size": 32, "model.head-out-dim": 64,
+TINY = {"model.backbone": "vit-micro-p8", "model.img-size": 32, "ssl.local-size": 16, "train.load-size": 32, "model.head-out-dim": 64,
         "model.ibot-out-dim": 48, "model.head-hidden-dim": 32, "model.head-bottleneck-dim": 16}
 
 

@@ -14,7 +14,7 @@ from xr0_core.cli.pretrain import split_holdout
 
 from .toydata import write_toy_site
 
-TINY = ["--set", "model.img-size=32", "--set", "ssl.local-size=16", "--set", "train.load-size=32",
+TINY = ["--set", "model.backbone=vit-micro-p8", "--set", "model.img-size=32", "--set", "ssl.local-size=16", "--set", "train.load-size=32",
         "--set", "ssl.n-local-crops=1", "--set", "train.batch-size=4", "--set", "model.head-out-dim=64",
         "--set", "model.ibot-out-dim=64", "--set", "model.head-hidden-dim=32", "--set", "train.device=cpu"]
 

@@ -99,7 +99,7 @@ class XR0SSL(nn.Module):
     @property
     def coupling(self) -> str:
         """``"batch"`` if any active term or target is batch-coupled (KoLeo, EMA centering), else per-sample."""
-        if self.koleo_loss is not None or self.centering == "ema":
+        if self.koleo_loss is not None or self.centering != "frozen-per-round":
             return "batch"
         return "per-sample"
 
@@ -160,18 +160,22 @@ class XR0SSL(nn.Module):
 
     @torch.no_grad()
     def update_centers(self, out: SSLOutput) -> None:
-        """EMA centering: update from this step's teacher logits; frozen-per-round: accumulate statistics."""
+        """EMA centering: update from this step's teacher logits; frozen-per-round: accumulate statistics;
+        sinkhorn: nothing."""
         for name, loss in (("dino", self.dino_loss), ("ibot", self.ibot_loss)):
             logits = out.teacher[name]
             if self.centering == "ema":
                 if logits.numel():
                     loss.update_center(logits)
-            else:
+            elif self.centering == "frozen-per-round":
                 loss.accumulate_center_stats(logits)
+            # sinkhorn: targets come from the batch itself, no center to move
 
     @torch.no_grad()
     def commit_centers(self) -> None:
         """Round boundary in frozen-per-round mode: centers := means accumulated during the round."""
+        if self.centering != "frozen-per-round":
+            return
         self.dino_loss.commit_center()
         self.ibot_loss.commit_center()
 

@@ -49,10 +49,11 @@ def check_points(record, height: int, width: int) -> np.ndarray:
     """``[K, 2]`` (x, y) of ``record.landmarks``; a point outside the image is an :class:`EvalDataError`."""
     pts = np.asarray(record.landmarks, dtype=np.float64).reshape(-1, 2)
     for k, (x, y) in enumerate(pts):
-        if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+        # Pixel centres sit at integers, so the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5].
+        if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
             raise EvalDataError(
                 f"{where(record)}: landmarks: landmark {k} ({x:g}, {y:g}) is outside the {width}x{height} image "
-                f"(x must be in [0, {width - 1}], y in [0, {height - 1}])")
+                f"(x must be in [-0.5, {width - 0.5:g}], y in [-0.5, {height - 0.5:g}])")
     return pts
 
 

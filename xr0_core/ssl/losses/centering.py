@@ -9,6 +9,9 @@ Two ways to move the center (``ssl.centering``):
   teacher-logit sum and count (:meth:`TeacherCentering.accumulate_center_stats`); at a round boundary the
   owner calls :meth:`TeacherCentering.commit_center`, optionally with a mean aggregated across sites. Within
   a round each sample's target depends only on that sample and a constant: per-sample separable (D5).
+- ``"sinkhorn"`` (DINOv2's default): no center; targets are the Sinkhorn-Knopp equipartition of the
+  teacher logits over the batch (3 iterations). Strongly **batch-coupled** (every target depends on the
+  whole batch), and the most robust against collapse in short runs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CENTERING_MODES = ("ema", "frozen-per-round")
+CENTERING_MODES = ("ema", "frozen-per-round", "sinkhorn")
 
 
 class TeacherCentering(nn.Module):
@@ -49,18 +52,23 @@ class TeacherCentering(nn.Module):
     @property
     def target_coupling(self) -> str:
         """Coupling of the teacher targets: ``"batch"`` in ema mode, ``"per-sample"`` in frozen-per-round."""
-        return "batch" if self.mode == "ema" else "per-sample"
+        return "per-sample" if self.mode == "frozen-per-round" else "batch"
 
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """Targets ``softmax((t - center) / T_t)`` in float32. Shapes: ``[..., K] -> [..., K]``."""
+        """Targets ``softmax((t - center) / T_t)`` (or Sinkhorn-Knopp in that mode), float32.
+
+        Shapes: ``[..., K] -> [..., K]``.
+        """
+        if self.mode == "sinkhorn":
+            return sinkhorn_knopp(teacher_logits, teacher_temp)
         return torch.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """EMA mode: move the center toward the mean teacher logit of this batch ``[..., K]``."""
         if self.mode != "ema":
-            raise RuntimeError("update_center is for ssl.centering = ema; use accumulate_center_stats")
+            raise RuntimeError(f"update_center is for ssl.centering = ema, not {self.mode}")
         batch_center = teacher_logits.detach().float().reshape(-1, self.center.numel()).mean(dim=0)
         self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
@@ -89,3 +97,26 @@ class TeacherCentering(nn.Module):
         self.center.copy_(mean)
         self.stat_sum.zero_()
         self.stat_count.zero_()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iterations: int = 3) -> torch.Tensor:
+    """Equipartition targets: rows sum to 1, prototypes used equally over the rows of the batch.
+
+    Shapes: ``[..., K] -> [..., K]`` (all leading dims flattened into one batch of rows).
+
+    References: Caron et al., SwAV (2020); ``dinov2/loss/dino_clstoken_loss.py: sinkhorn_knopp_teacher``.
+    """
+    shape = teacher_logits.shape
+    logits = teacher_logits.detach().float().reshape(-1, shape[-1])
+    if logits.shape[0] == 0:
+        return logits.reshape(shape)
+    q = torch.exp((logits - logits.max()) / teacher_temp).t()  # [K, R]; max-shift for stability
+    k, r = q.shape
+    q /= q.sum()
+    for _ in range(n_iterations):
+        q /= q.sum(dim=1, keepdim=True).clamp_min(1e-30)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)
+        q /= r
+    return (q * r).t().reshape(shape)
