@@ -66,7 +66,8 @@ class SSLConfig:
     momentum_end: float = 1.0
     center_momentum: float = 0.9
     # "ema": DINO's center updated every step from the teacher batch (batch-coupled);
-    # "frozen-per-round": center updated only between rounds (per-sample targets within a round, D3/D5).
+    # "frozen-per-round": center updated only between rounds (per-sample targets within a round, D3/D5);
+    # "sinkhorn": Sinkhorn-Knopp equipartition over the batch, no center (DINOv2 default; batch-coupled).
     centering: str = "ema"
 
 
@@ -184,7 +185,7 @@ _SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval",
 
 HASH_EXCLUDED = frozenset(
     {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
-     "train.num-workers", "eval.every"}
+     "train.num-workers"}
 )
 
 # Where files live and how evaluation is done never change the trained weights.
@@ -337,7 +338,8 @@ def validate(cfg: XR0Config) -> None:
          "federation.server-optimizer must be fedavg, fedavgm or fedadam"),
         (0.0 <= s.mask_ratio_min <= s.mask_ratio_max < 1.0,
          "ssl.mask-ratio-min <= ssl.mask-ratio-max < 1 required"),
-        (s.centering in ("ema", "frozen-per-round"), "ssl.centering must be ema or frozen-per-round"),
+        (s.centering in ("ema", "frozen-per-round", "sinkhorn"),
+         "ssl.centering must be ema, frozen-per-round or sinkhorn"),
         (s.local_size <= m.img_size, "ssl.local-size must not exceed model.img-size"),
         (t.load_size >= m.img_size, "train.load-size must be >= model.img-size"),
         (s.dino_weight + s.ibot_weight + s.koleo_weight > 0, "at least one SSL loss weight must be > 0"),
