@@ -81,7 +81,8 @@ def train_site(
         local_steps=instruction.local_steps,
         run_key=instruction.run_key,
     )
-    shared, metrics = run_local_round(trainer, weights, spec, site.state_dir)
+    shared, metrics = run_local_round(trainer, weights, spec, site.state_dir, privacy_budget=site.privacy_budget,
+                                      privacy_delta=site.privacy_delta)  # DP: the hospital's own budget
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})
     out["num-examples"] = int(trainer.num_examples)

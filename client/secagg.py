@@ -42,11 +42,13 @@ def flatten(arrays: ArrayRecord) -> np.ndarray:
 
 
 def prepare_update(update: np.ndarray, context: Context) -> np.ndarray:
-    """Hook between the site's update (flat delta, [P]) and masking: identity today.
+    """Hook between the site's update (flat delta, [P]) and masking: identity.
 
-    Client-level DP goes here: clip ``update`` to L2 norm C, then add ``N(0, (sigma * C)^2 / n)`` per
-    coordinate with ``n`` the number of clients in the round, so the unmasked sum carries ``N(0, (sigma C)^2)``
-    (valid while all n upload; dropouts lower the noise, which the accountant must assume).
+    Client-level DP (``privacy.client-level``) has already happened inside ``train_fn``
+    (xr0_core/privacy/round.py: clip to C, then the site's *full* noise ``N(0, (sigma C)^2)``, recorded in
+    its ledger), so ``update`` is already private when it arrives here. The full noise per site (rather than
+    ``sigma / sqrt(n)`` each) keeps each hospital's guarantee independent of the other sites' honesty and of
+    dropouts; the split is a possible optimisation once the accountant models it.
     """
     return update
 

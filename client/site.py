@@ -9,6 +9,9 @@ Deployment node config (``flower-supernode --node-config '...'``; strings need T
 ``state-dir``         where the site keeps what outlives a run: local SSL state, privacy ledger
                       (default: ``<data-path>/../xr0-state/<site-name>``)
 ``site-name``         label for logs (default: the data folder's name); never sent to the server
+``privacy-budget``    the hospital's total epsilon over all rounds and runs (needed when DP is on;
+                      the coordinator cannot raise it; docs/privacy.md)
+``privacy-delta``     the hospital's delta (default: run config privacy.target-delta)
 ====================  =========================================================================
 
 Simulation: Flower gives ``partition-id``; hospital ``i`` is the ``i``-th sorted sub-folder of
@@ -37,6 +40,8 @@ class Site:
     state_dir: Path
     manifest: Path | None = None
     partition_id: int | None = None  # simulation only
+    privacy_budget: float | None = None  # node config privacy-budget (None: the ledger's, see xr0_core/privacy)
+    privacy_delta: float | None = None  # node config privacy-delta
 
 
 def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
@@ -47,7 +52,11 @@ def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
         default_state = data_dir.parent / "xr0-state" / name
         state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser().resolve()
         manifest = node_config.get("manifest")
-        return Site(name, data_dir, state_dir, Path(str(manifest)).expanduser().resolve() if manifest else None)
+        from xr0_core.privacy.budget import node_budget
+
+        budget, delta = node_budget(node_config)
+        return Site(name, data_dir, state_dir, Path(str(manifest)).expanduser().resolve() if manifest else None,
+                    privacy_budget=budget, privacy_delta=delta)
     if PARTITION_ID in node_config:
         pid = int(node_config[PARTITION_ID])  # type: ignore[arg-type]
         root = Path(cfg.simulation.data_root).expanduser()

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[dict[str, Any]]:
     from server.checkpoint import load_latest
     from xr0_core.data.index import index_site
-    from xr0_core.eval.anatomy import anatomy_scores, backbone_from_shared, holdout_split
+    from xr0_core.data.splits import holdout_split
+    from xr0_core.eval.anatomy import anatomy_scores, backbone_from_shared
     from xr0_core.runtime import resolve_device
     from xr0_core.train.federated import initial_shared_state
     from xr0_core.train.state import SiteTrainer

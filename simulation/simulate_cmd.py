@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xr0_core.cli import CLIError, print_json
+from xr0_core.cli import CLIError, parse_sets, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,16 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.set_defaults(func=run)
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CLIError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

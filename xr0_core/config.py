@@ -35,11 +35,11 @@ class ModelConfig:
     backbone: str = "vit-tiny-p8"
     img_size: int = 64  # global crop side (pixels); the backbone is built for it
     drop_path: float = 0.0
-    head_out_dim: int = 1024  # DINO prototypes
+    head_out_dim: int = 64  # DINO prototypes: 64 suit a few hundred images on CPU; vit presets use 16k / 65k
     head_hidden_dim: int = 256
     head_bottleneck_dim: int = 64
     head_layers: int = 3
-    ibot_out_dim: int = 1024  # iBOT patch prototypes (separate head, as DINOv2)
+    ibot_out_dim: int = 64  # iBOT patch prototypes (separate head, as DINOv2)
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,13 @@ class SSLConfig:
     teacher_temp: float = 0.07
     teacher_temp_warmup: float = 0.04
     teacher_temp_warmup_frac: float = 0.3
-    momentum_start: float = 0.992
+    momentum_start: float = 0.95  # short CPU runs need a teacher that moves; vit presets use 0.992
     momentum_end: float = 1.0
     center_momentum: float = 0.9
     # "ema": DINO's center updated every step from the teacher batch (batch-coupled);
     # "frozen-per-round": center updated only between rounds (per-sample targets within a round, D3/D5);
     # "sinkhorn": Sinkhorn-Knopp equipartition over the batch, no center (DINOv2 default; batch-coupled).
-    centering: str = "ema"
+    centering: str = "sinkhorn"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class TrainConfig:
     """Local optimisation at one site (or in ``xr0 pretrain``)."""
 
     batch_size: int = 16
-    lr: float = 5e-4  # peak, for batch 256 scaled linearly (DINO rule)
+    lr: float = 0.01  # peak for batch 256, scaled linearly to the batch (DINO rule); vit presets use 5e-4
     min_lr: float = 1e-6
     warmup_frac: float = 0.1
     weight_decay: float = 0.04
@@ -106,11 +106,23 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    enabled: bool = False
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    target_delta: float = 1e-5
-    accountant: str = "rdp"
+    """Differential privacy at every site (D3; docs/privacy.md; owner: xr0_core/privacy/).
+
+    The budget (epsilon) and delta are NOT here: they belong to each hospital (node config ``privacy-budget``,
+    ``privacy-delta``, or its ledger), so the coordinator cannot raise them.
+    """
+
+    enabled: bool = False  # sample-level DP-SGD (per privacy unit: patient, else image)
+    noise_multiplier: float = 0.0  # sigma; 0: each site calibrates it to spend its remaining budget over the run
+    max_grad_norm: float = 1.0  # C: per-unit L2 clip norm (all views and images of one unit together)
+    target_delta: float = 1e-5  # delta used when a site's node config sets none
+    accountant: str = "rdp"  # rdp | prv | gdp (Opacus accountants)
+    sample_rate: float = 0.0  # Poisson rate q per unit per step; 0: train.batch-size / number of units
+    images_per_unit: int = 4  # at most this many images of a sampled unit per step (all clipped together)
+    grad_sample_mode: str = "vmap"  # per-unit gradients: vmap (torch.func) | microbatch (one pass per unit)
+    client_level: bool = False  # also clip each site's update and add Gaussian noise before it leaves
+    client_clip: float = 1.0  # L2 bound of a site's update (new - global weights)
+    client_noise_multiplier: float = 0.0  # noise std = client-noise-multiplier * client-clip (total over sites)
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,9 @@ PRESET_DEFAULT = "preset"
 PRESETS: dict[str, dict[str, Scalar]] = {
     "cpu-tiny": {},
     "vit-s": {
+        "ssl.centering": "sinkhorn",
+        "ssl.momentum_start": 0.992,
+        "train.lr": 5e-4,
         "model.backbone": "vit-s-p16",
         "model.img_size": 224,
         "model.drop_path": 0.1,
@@ -214,6 +229,9 @@ PRESETS: dict[str, dict[str, Scalar]] = {
         "train.local_steps": 100,
     },
     "vit-b": {
+        "ssl.centering": "sinkhorn",
+        "ssl.momentum_start": 0.992,
+        "train.lr": 5e-4,
         "model.backbone": "vit-b-p16",
         "model.img_size": 224,
         "model.drop_path": 0.1,
@@ -343,7 +361,15 @@ def validate(cfg: XR0Config) -> None:
         (s.local_size <= m.img_size, "ssl.local-size must not exceed model.img-size"),
         (t.load_size >= m.img_size, "train.load-size must be >= model.img-size"),
         (s.dino_weight + s.ibot_weight + s.koleo_weight > 0, "at least one SSL loss weight must be > 0"),
-        (cfg.privacy.noise_multiplier >= 0, "privacy.noise-multiplier must be >= 0"),
+        (cfg.privacy.noise_multiplier >= 0, "privacy.noise-multiplier must be >= 0 (0: calibrated to the site budget)"),
+        # privacy: owned by xr0_core/privacy (DP engineer)
+        (cfg.privacy.max_grad_norm > 0, "privacy.max-grad-norm must be > 0"),
+        (cfg.privacy.accountant in ("rdp", "prv", "gdp"), "privacy.accountant must be rdp, prv or gdp"),
+        (0 <= cfg.privacy.sample_rate <= 1, "privacy.sample-rate must be in [0, 1] (0: batch-size / units)"),
+        (cfg.privacy.images_per_unit >= 1, "privacy.images-per-unit must be >= 1"),
+        (cfg.privacy.grad_sample_mode in ("vmap", "microbatch"), "privacy.grad-sample-mode must be vmap or microbatch"),
+        (cfg.privacy.client_clip > 0, "privacy.client-clip must be > 0"),
+        (cfg.privacy.client_noise_multiplier >= 0, "privacy.client-noise-multiplier must be >= 0"),
         (cfg.eval.head_steps >= 1 and cfg.eval.head_batch_size >= 1 and cfg.eval.batch_size >= 1,
          "eval.head-steps, eval.head-batch-size and eval.batch-size must be >= 1"),
         (cfg.eval.head_lr > 0, "eval.head-lr must be > 0"),

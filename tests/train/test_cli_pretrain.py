@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from xr0_core.cli import run
-from xr0_core.cli.pretrain import split_holdout
+from xr0_core.data.splits import holdout_split as split_holdout
 
 from .toydata import write_toy_site
 

@@ -57,6 +57,17 @@ def run(argv: list[str] | None, modules: Iterable[str]) -> int:
         return 2
 
 
+def parse_sets(items: Iterable[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` flags as a flat config mapping (values stay strings; the config coerces them)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def print_json(obj: Any) -> None:
     """One JSON object on stdout (the ``--json`` contract); everything else goes to stderr."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

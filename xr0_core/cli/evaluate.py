@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from xr0_core.cli import CLIError, print_json
+from xr0_core.cli import CLIError, parse_sets, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,23 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _config(base: dict[str, Any], args: argparse.Namespace):
     from xr0_core.config import ConfigError, from_flat
 
     flat = dict(base)
     if args.preset is not None:
         flat["preset"] = args.preset
-    flat.update(_overrides(args.overrides))
+    flat.update(parse_sets(args.overrides))
     try:
         return from_flat(flat)
     except ConfigError as exc:

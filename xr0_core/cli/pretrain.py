@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xr0_core.cli import CLIError, print_json
+from xr0_core.cli import CLIError, parse_sets, print_json
 
 SITE = "pretrain"
-HOLDOUT_FRACTION = 0.2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,20 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _parse_overrides(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _build_config(args: argparse.Namespace):
     from xr0_core.config import ConfigError, from_flat
 
-    flat: dict[str, Any] = {"preset": args.preset, **_parse_overrides(args.overrides)}
+    flat: dict[str, Any] = {"preset": args.preset, **parse_sets(args.overrides)}
     if args.steps is not None:
         flat["train.steps"] = args.steps
     try:
@@ -95,27 +84,6 @@ def _index(args: argparse.Namespace) -> list[Any]:
             print(f"xr0 pretrain: ... {len(index.skipped) - 5} more skipped (see `xr0 site check`)", file=sys.stderr)
         records.extend(index.records)
     return records
-
-
-def split_holdout(records: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
-    """(train, test): ``split == "test"`` when any record has it, else a seeded 20 % of patients.
-
-    Patients (``patient_id``, else ``study_id``, else the file) are held out whole, so no patient is on
-    both sides of the k-NN evaluation.
-    """
-    from xr0_core.runtime import numpy_rng
-
-    if any(r.split == "test" for r in records):
-        return [r for r in records if r.split != "test"], [r for r in records if r.split == "test"]
-    keys = sorted({_patient(r) for r in records})
-    rng = numpy_rng(seed, "holdout")
-    n_test = int(round(HOLDOUT_FRACTION * len(keys))) if len(keys) > 1 else 0
-    test_keys = {keys[i] for i in rng.permutation(len(keys))[:n_test]}
-    return [r for r in records if _patient(r) not in test_keys], [r for r in records if _patient(r) in test_keys]
-
-
-def _patient(r: Any) -> str:
-    return str(r.patient_id or r.study_id or r.path)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -227,7 +195,9 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = _index(args)
-    train_records, test_records = split_holdout(records, cfg.seed)
+    from xr0_core.data.splits import holdout_split
+
+    train_records, test_records = holdout_split(records, cfg.seed)
     trainer = SiteTrainer(cfg, train_records, site=SITE)
     if trainer.num_examples == 0:
         raise CLIError("no training images left after holding out the test split")

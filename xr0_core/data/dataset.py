@@ -161,7 +161,13 @@ class BatchMaker:
         """Batch of ``step``: ``global`` [B, 2, 1, S, S], ``local`` [B, L, 1, s, s], ``masks`` bool [B, 2, N],
         ``index`` long [B] (cache indices; never leaves the site)."""
         bsz = int(batch_size or self.cfg.train.batch_size)
-        idx = self.indices(step, bsz)
+        return self.build(step, self.indices(step, bsz))
+
+    def build(self, step: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views and masks of the given cache indices ``idx [B]`` at ``step`` (same layout as ``__call__``).
+
+        DP training (xr0_core/privacy) draws ``idx`` itself by Poisson sampling of privacy units.
+        """
         glob, loc, masks = [], [], []
         for i, j in enumerate(idx.tolist()):
             g = torch_generator(self.seed, "views", self.site, step, i)

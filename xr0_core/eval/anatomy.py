@@ -16,24 +16,8 @@ import torch
 from torch import nn
 
 from xr0_core.config import XR0Config
+from xr0_core.data.splits import holdout_split
 from xr0_core.runtime import derive_seed, resolve_device
-
-
-def holdout_split(records: Sequence[Any], seed: int, fraction: float = 0.2) -> tuple[list[Any], list[Any]]:
-    """(train, test) records: ``split == "test"`` is test; without any, a seeded hold-out by patient.
-
-    Grouping by patient (or by file when no patient id) keeps one patient's images on one side, so the
-    k-NN cannot match a test image to its twin from the same patient.
-    """
-    test = [r for r in records if getattr(r, "split", None) == "test"]
-    if test:
-        return [r for r in records if getattr(r, "split", None) != "test"], test
-    groups = sorted({str(r.patient_id or r.path) for r in records})
-    rng = np.random.default_rng(derive_seed(seed, "holdout"))
-    n_test = max(1, int(round(fraction * len(groups)))) if len(groups) > 1 else 0
-    held = set(rng.permutation(groups)[:n_test].tolist())
-    return ([r for r in records if str(r.patient_id or r.path) not in held],
-            [r for r in records if str(r.patient_id or r.path) in held])
 
 
 def backbone_from_shared(cfg: XR0Config, shared: Mapping[str, torch.Tensor] | None) -> nn.Module:

@@ -82,8 +82,15 @@ def run_local_round(
     state_dir: Path,
     *,
     progress: bool = False,
+    privacy_budget: float | None = None,
+    privacy_delta: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Load global weights and the site's previous state, train ``spec.local_steps``, save the new state.
+
+    With ``privacy.enabled`` / ``privacy.client-level`` the round goes through the site's privacy ledger
+    (xr0_core/privacy/round.py): budget check first (``PrivacyBudgetExceeded`` refuses the round), the release
+    recorded before the weights are returned, and ``epsilon`` added to the metrics. ``privacy_budget`` /
+    ``privacy_delta`` are the hospital's own node-config values (None: the ledger's).
 
     Returns
     -------
@@ -97,6 +104,12 @@ def run_local_round(
     trainer.load_shared_state_dict(dict(global_weights))
     if previous is not None:
         trainer.load_site_state(previous)
+    cfg = trainer.cfg
+    private = cfg.privacy.enabled or cfg.privacy.client_level
+    if private:  # privacy (xr0_core/privacy): refuse before training when the budget would be exceeded
+        from xr0_core.privacy.round import begin_private_round
+
+        round_privacy = begin_private_round(trainer, spec, state_dir, privacy_budget, privacy_delta)
     metrics = trainer.train(
         spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps, progress=progress
     )
@@ -104,4 +117,7 @@ def run_local_round(
     folder.mkdir(parents=True, exist_ok=True)
     trainer.save_site_state(folder / f"round-{spec.server_round:05d}.safetensors")
     _prune(folder, KEEP_STATES)
-    return trainer.shared_state_dict(), metrics
+    shared = trainer.shared_state_dict()
+    if private:  # ledger first, then the (clipped, noised) weights may leave
+        shared, metrics = round_privacy.finish(shared, dict(global_weights), metrics)
+    return shared, metrics

@@ -66,7 +66,12 @@ class SiteTrainer:
         self.device = device or resolve_device(cfg.train.device)
         self.records = ssl_records(records) if cache is None else list(cache.kept)
         self.cache = cache or ImageCache(self.records, cfg.train.load_size, reader=reader, progress=True)
-        self.model = build_model(cfg).to(self.device)
+        # DP (xr0_core/privacy): the model is built with the DP-compatible objective (refuses batch-coupled
+        # terms with a message); the shared weights are the same as without DP.
+        from xr0_core.privacy.dp import dp_objective_config
+
+        self.model = build_model(dp_objective_config(cfg)).to(self.device)
+        self.dp = None  # a xr0_core.privacy.dp.DPSession makes train() run DP-SGD steps (set by the caller)
         self.optimizer = build_optimizer(self.model)
         self.step = 0  # next global step to run
         self.teacher_ready = False  # False until the first shared weights are loaded or trained from
@@ -89,9 +94,15 @@ class SiteTrainer:
             self.teacher_ready = True
 
     # ------------------------------------------------------------------ training
-    def _batches(self, start: int, n: int):
+    def _batch_maker(self) -> BatchMaker:
         if self._maker is None:
             self._maker = BatchMaker(self.cache, self.cfg, site=self.site, patch_size=self.model.patch_size)
+        return self._maker
+
+    def _batches(self, start: int, n: int):
+        if self.dp is not None:  # DP-SGD draws its own Poisson batches of privacy units
+            return (None for _ in range(n))
+        self._batch_maker()
         workers = self.cfg.train.num_workers
         if workers <= 0:
             return (self._maker(start + i) for i in range(n))
@@ -143,10 +154,14 @@ class SiteTrainer:
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
         for i, batch in enumerate(self._batches(start_step, num_steps)):
             step = start_step + i
-            batch.pop("index", None)
-            last = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
-                              precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
-                              rng_seed=step_seed(self.cfg.seed, self.site, step))
+            if self.dp is not None:  # per-unit clipping + noise (xr0_core/privacy/dp.py)
+                last = self.dp.step(self, self._batch_maker(), schedules, step,
+                                    rng_seed=step_seed(self.cfg.seed, self.site, step))
+            else:
+                batch.pop("index", None)
+                last = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
+                                  precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
+                                  rng_seed=step_seed(self.cfg.seed, self.site, step))
             self.step = step + 1
             if i == 0:
                 first_loss = last["loss"]

@@ -158,7 +158,7 @@ class EvalSet:
 def assign_split(records: Sequence[Any], seed: int, fraction: float = 0.2) -> list[str]:
     """"test" for ``split == test`` rows and "train" for the rest; without any test row, a seeded hold-out
     of ``fraction`` of the patients (one patient's images stay on one side)."""
-    from xr0_core.eval.anatomy import holdout_split
+    from xr0_core.data.splits import holdout_split
 
     if any(getattr(r, "split", None) == TEST for r in records):
         return [TEST if r.split == TEST else TRAIN for r in records]

@@ -1,0 +1,29 @@
+"""Held-out splits that keep a patient on one side (no near-duplicate leaks into evaluation)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from xr0_core.runtime import derive_seed
+
+HOLDOUT_FRACTION = 0.2
+
+
+def unit_of(record: Any) -> str:
+    """Grouping key of a record: patient id, else study id, else the file."""
+    return str(getattr(record, "patient_id", None) or getattr(record, "study_id", None) or record.path)
+
+
+def holdout_split(records: Sequence[Any], seed: int, fraction: float = HOLDOUT_FRACTION) -> tuple[list[Any], list[Any]]:
+    """(train, test) records: ``split == "test"`` rows when the manifest has any; otherwise a seeded
+    ``fraction`` of patients (:func:`unit_of`), held out whole.
+    """
+    if any(getattr(r, "split", None) == "test" for r in records):
+        return [r for r in records if r.split != "test"], [r for r in records if r.split == "test"]
+    units = sorted({unit_of(r) for r in records})
+    n_test = max(1, int(round(fraction * len(units)))) if len(units) > 1 else 0
+    rng = np.random.default_rng(derive_seed(seed, "holdout"))
+    held = {units[i] for i in rng.permutation(len(units))[:n_test]}
+    return [r for r in records if unit_of(r) not in held], [r for r in records if unit_of(r) in held]
