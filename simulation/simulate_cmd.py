@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also pretrain on the pooled data with the same total steps and compare on held-out images")
     p.add_argument("--secagg", action="store_true",
                    help="secure aggregation: the coordinator sees only the sum of updates (sets secagg.enabled)")
+    p.add_argument("--dp", action="store_true",
+                   help="differential privacy at every hospital: DP-SGD per patient (sets privacy.enabled)")
+    p.add_argument("--epsilon", type=float, default=8.0,
+                   help="with --dp: each simulated hospital's own budget, written to its ledger (default 8)")
+    p.add_argument("--delta", type=float, default=1e-5, help="with --dp: each hospital's delta (default 1e-5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     flat.update(parse_sets(args.set))
     if args.secagg:
         flat["secagg.enabled"] = True
+    if args.dp:
+        flat["privacy.enabled"] = True
     if args.rounds is not None:
         flat["federation.rounds"] = args.rounds
     if args.local_steps is not None:
@@ -83,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data and args.sites != len(dirs):
         print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", flush=True)
     sites = describe_sites(dirs, out / "sites")
+    if cfg.privacy.enabled or cfg.privacy.client_level:
+        _prepare_privacy(cfg, args, out / "sites", [d.name for d in dirs])
 
     from server.checkpoint import CheckpointError, resume_point
 
@@ -98,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the federation ended without writing {run_json}; see the log above")
     summary = json.loads(run_json.read_text())
     summary["sites"] = sites
+    if cfg.privacy.enabled or cfg.privacy.client_level:  # epsilon per hospital from its own ledger
+        from xr0_core.privacy.ledger import PrivacyLedger
+
+        for site in summary["sites"]:
+            ledger = PrivacyLedger(out / "sites" / site["name"])
+            site["epsilon"] = ledger.epsilon() if ledger.exists() and ledger.read().delta is not None else 0.0
     if args.compare_pooled:
         from .compare import compare_backbones
 
@@ -110,3 +125,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"[xr0] done: {summary['rounds_completed']} rounds; report {summary['report']}")
     return 0
+
+
+def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: list[str]) -> None:
+    """Fail fast on a batch-coupled objective; give every simulated hospital its own budget (the researcher
+    plays the hospitals here; in deployment each sets privacy-budget in its node config)."""
+    from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
+    from xr0_core.privacy.ledger import PrivacyError, PrivacyLedger
+
+    try:
+        dp_objective_config(cfg)
+        for name in names:
+            ledger = PrivacyLedger(state_root / name)
+            data = ledger.read()
+            if data.budget is None or (data.budget != args.epsilon and not data.releases):
+                ledger.set_budget(args.epsilon, args.delta, cfg.privacy.accountant)
+    except (BatchCoupledLossError, PrivacyError) as exc:
+        raise CLIError(str(exc)) from None

@@ -69,6 +69,37 @@ def _round_rows(history: list[dict[str, Any]], metric_names: list[str]) -> list[
     return rows
 
 
+def privacy_section(history: list[dict[str, Any]]) -> str:
+    """Epsilon of every hospital after every train round (from the ``epsilon`` metric each DP site reports),
+    and the hospitals that refused, with their reason. Empty when no site reported epsilon."""
+    train = [r for r in history if r["kind"] == "train"]
+    if not any("epsilon" in s["metrics"] for r in train for s in r["sites"]):
+        return ""
+    names = sorted({s["name"] for r in train for s in r["sites"]})
+    rows = []
+    for r in train:
+        by = {s["name"]: s for s in r["sites"]}
+        rows.append([r["round"]] + [(f"{by[n]['metrics']['epsilon']:.3f}" if n in by and "epsilon" in by[n]["metrics"]
+                                     else (by[n]["status"] if n in by else "")) for n in names])
+    last = {}
+    for r in train:
+        for s in r["sites"]:
+            if "epsilon" in s["metrics"]:
+                last[s["name"]] = s["metrics"]
+    summary = [[n, last[n]["epsilon"], last[n].get("privacy-budget", ""), last[n].get("privacy-delta", ""),
+                last[n].get("noise-multiplier", "")] for n in names if n in last]
+    refused = [[r["round"], s["name"], s.get("reason", "")] for r in train for s in r["sites"] if s["status"] != "ok"]
+    out = ["<h2>Privacy (epsilon per hospital)</h2>",
+           "<p class='note'>patient-level (image-level without patient ids) epsilon at each hospital's delta, "
+           "accumulated over every round of every run it took part in (docs/privacy.md)</p>",
+           _table(["round"] + names, rows),
+           _table(["hospital", "epsilon", "budget", "delta", "noise multiplier"], summary)]
+    if refused:
+        out.append("<p class='note'>hospitals that did not train</p>")
+        out.append(_table(["round", "hospital", "reason"], refused))
+    return "\n".join(out)
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}
@@ -112,6 +143,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
     curve = plot_curves(history, out_dir / "curve_loss.png")
     if curve is not None:
         parts.append(f"<h2>Training</h2><img src='{curve.name}' alt='loss curve'>")
+    parts.append(privacy_section(history))  # epsilon per hospital per round (xr0_core/privacy; "" without DP)
     evals = [r for r in history if r["kind"] == "evaluate"]
     # Downstream-task keys (<family>/<task>/...) have their own section; keep the generic tables readable.
     task_keys = {k for r in history for m in [r["metrics"], *(s["metrics"] for s in r["sites"])] for k in m

@@ -41,11 +41,8 @@ def _independent_epsilon(releases, delta):
 def test_reported_epsilon_matches_opacus_on_the_ledger(tmp_path):
     _, m1 = _round(tmp_path, "runa", 1)
     _, m2 = _round(tmp_path, "runa", 2)
-    out = subprocess.run([sys.executable, "-m", "xr0_core.cli.__main__" if False else "xr0_core.cli", "privacy",
-                          "--state-dir", str(tmp_path), "--json"], capture_output=True, text=True, cwd=REPO)
-    if out.returncode != 0:  # the console script is the supported entry point
-        out = subprocess.run([str(Path(sys.executable).parent / "xr0"), "privacy", "--state-dir", str(tmp_path),
-                              "--json"], capture_output=True, text=True, cwd=REPO, check=True)
+    out = subprocess.run([str(Path(sys.executable).parent / "xr0"), "privacy", "--state-dir", str(tmp_path),
+                          "--json"], capture_output=True, text=True, cwd=REPO, check=True)
     ledger = json.loads(out.stdout)
     assert set(ledger) >= {"delta", "epsilon", "budget", "accountant", "releases"}
     assert [(r["run_id"], r["round"]) for r in ledger["releases"]] == [("runa", 1), ("runa", 2)]
@@ -90,7 +87,7 @@ def test_calibrated_noise_spends_at_most_the_budget_over_the_run(tmp_path):
         _, m = _round(tmp_path, "cal", rnd, budget=3.0)
     assert m["epsilon"] == pytest.approx(3.0, rel=0.01) and m["epsilon"] <= 3.0 + 1e-9
     with pytest.raises(PrivacyBudgetExceeded):  # the next run finds the budget spent
-        _round(tmp_path, "next", 1, budget=3.0)
+        _round(tmp_path, "next", 1, cfg=tiny_cfg(**{"privacy.noise-multiplier": 1.0}), budget=3.0)
 
 
 def test_dp_without_a_site_budget_refuses(tmp_path):
@@ -105,14 +102,21 @@ def test_losses_do_not_leave_a_dp_site(tmp_path):
     assert not any(k.startswith("loss") for k in m) and "epsilon" in m and "num-examples" in m
 
 
-def test_client_level_release_is_clipped_and_recorded(tmp_path):
+def test_client_level_update_is_clipped_before_noise():
     import torch
 
-    cfg = tiny_cfg(**{"privacy.enabled": False, "privacy.client-level": True, "privacy.client-clip": 0.01,
-                      "privacy.client-noise-multiplier": 1e-6})
-    shared, m = _round(tmp_path, "c", 1, cfg=cfg)
-    g = initial_shared_state(cfg)
-    norm = torch.sqrt(sum((shared[k].double() - g[k].double()).pow(2).sum() for k in g))
-    assert float(norm) <= 0.01 * 1.01
+    from xr0_core.privacy.client_dp import client_level_release
+
+    old = {"a": torch.zeros(10), "b": torch.zeros(3, 3)}
+    new = {"a": torch.full((10,), 5.0), "b": torch.ones(3, 3)}
+    out, norm = client_level_release(new, old, clip=0.5, noise_multiplier=0.0, generator=torch.Generator())
+    assert norm > 0.5
+    assert float(torch.sqrt(sum(v.double().pow(2).sum() for v in out.values()))) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_client_level_release_is_recorded(tmp_path):
+    cfg = tiny_cfg(**{"privacy.enabled": False, "privacy.client-level": True, "privacy.client-noise-multiplier": 2.0})
+    _, m = _round(tmp_path, "c", 1, cfg=cfg, budget=50.0)
     rel = PrivacyLedger(tmp_path).read().releases
-    assert [(r.kind, r.sample_rate, r.steps) for r in rel] == [("client", 1.0, 1)]
+    assert [(r.kind, r.noise_multiplier, r.sample_rate, r.steps) for r in rel] == [("client", 2.0, 1.0, 1)]
+    assert m["epsilon"] == pytest.approx(_independent_epsilon([vars(r) for r in rel], 1e-5), rel=1e-9)

@@ -31,8 +31,8 @@ def finished_run(hospitals, tmp_path_factory):
     base = tmp_path_factory.mktemp("sim")
     data = three_hospitals(hospitals, base / "data")
     before = ray_processes()
-    proc = subprocess.run(simulate_args(data, base / "A", "--json"), cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(simulate_args(data, base / "A", "--json", "--compare-pooled"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
     left = kill_new_ray(before)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert not left, f"xr0 simulate left {len(left)} Ray processes"
@@ -52,6 +52,11 @@ def test_simulate_writes_every_promised_output(finished_run):
     assert [r["round"] for r in train] == [1, 2]
     assert all(s["status"] == "ok" and s["metrics"]["num-examples"] > 0 for r in train for s in r["sites"])
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    # --compare-pooled: federated vs pooled (same total steps) vs random init, on held-out images.
+    rows = {row["backbone"].split(" ")[0]: row for row in summary["comparison"]}
+    assert set(rows) == {"federated", "pooled", "random"}
+    assert all(0 <= rows[k]["knn-anatomy"] <= 1 and 0 <= rows[k]["linear-anatomy"] <= 1 for k in rows)
+    assert "pooled (12 steps)" in report  # 3 hospitals x 2 rounds x 2 local steps
     # Federated evaluation ran after the last round, for the global and the random-init backbone.
     evals = [r for r in rounds if r["kind"] == "evaluate"]
     assert evals and {"knn-anatomy", "knn-anatomy-random"} <= set(evals[-1]["metrics"])

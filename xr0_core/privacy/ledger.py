@@ -103,7 +103,7 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
 
 
 def calibrate_noise(history: list[tuple[float, float, int]], *, sample_rate: float, steps: int, budget: float,
-                    delta: float, accountant: str = "rdp", sigma_max: float = 1e3) -> float:
+                    delta: float, accountant: str = "rdp", sigma_max: float = 50.0) -> float:
     """Smallest noise multiplier sigma (to 1e-3 relative) with which ``steps`` more steps at ``sample_rate``
     keep epsilon(history + new) <= ``budget``.
 
@@ -118,7 +118,7 @@ def calibrate_noise(history: list[tuple[float, float, int]], *, sample_rate: flo
     if eps(sigma_max) > budget:
         raise PrivacyBudgetExceeded(
             f"privacy budget spent: epsilon already {epsilon_of(history, delta, accountant):.3f} of {budget:g} "
-            f"at delta={delta:g}; no noise level leaves room for {steps} more steps")
+            f"at delta={delta:g}; no noise multiplier up to {sigma_max:g} leaves room for {steps} more steps")
     lo, hi = 0.05, sigma_max
     if eps(lo) <= budget:
         return lo
