@@ -1,0 +1,52 @@
+"""`xr0 simulate --dp`: epsilon per hospital per round, a hospital with a spent budget refuses, the round
+finishes with the others and the report names it; a batch-coupled loss fails before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.simulation.conftest import hospitals  # noqa: F401 (shared session fixture)
+from tests.simulation.simtools import ROOT, fast_set_args, kill_new_ray, ray_processes, three_hospitals, xr0_cmd
+
+from xr0_core.privacy.ledger import PrivacyLedger, Release
+
+
+def test_simulate_dp_reports_epsilon_and_a_refusing_hospital(hospitals, tmp_path):
+    data = three_hospitals(hospitals, tmp_path / "data")
+    out = tmp_path / "out"
+    # site02 spent its budget in an earlier run (its own ledger, on its own disk).
+    spent = PrivacyLedger(out / "sites" / "site02")
+    spent.set_budget(1.0, 1e-5)
+    spent.record(Release("earlier-run", 1, 0.8, 0.5, 40, 1e-5))
+    before = ray_processes()
+    proc = subprocess.run(xr0_cmd("simulate", "--data", str(data), "--out", str(out), "--rounds", "2", "--dp",
+                                  "--epsilon", "8", *fast_set_args(), "--json"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    kill_new_ray(before)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    eps = {s["name"]: s["epsilon"] for s in summary["sites"]}
+    assert 0 < eps["site00"] <= 8.0 and 0 < eps["site01"] <= 8.0
+    assert eps["site02"] == PrivacyLedger(out / "sites" / "site02").epsilon()  # nothing new was spent
+    rounds = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        by = {s["name"]: s for s in r["sites"]}
+        assert by["site00"]["status"] == by["site01"]["status"] == "ok"
+        # An error reply carries no partition-id metric: the coordinator names it by node, the reason by partition.
+        failed = [s for s in r["sites"] if s["status"] == "failed"]
+        assert len(failed) == 1 and "privacy budget" in failed[0]["reason"]
+        assert "simulated partition 2" in failed[0]["reason"]
+        assert "epsilon" in by["site00"]["metrics"] and not any(k.startswith("loss") for k in by["site00"]["metrics"])
+    report = (out / "report.html").read_text()
+    assert "Privacy (epsilon per hospital)" in report and "simulated partition 2" in report
+
+
+def test_simulate_dp_with_koleo_fails_fast(hospitals, tmp_path):
+    data = three_hospitals(hospitals, tmp_path / "data")
+    before = ray_processes()
+    proc = subprocess.run(xr0_cmd("simulate", "--data", str(data), "--out", str(tmp_path / "o"), "--dp",
+                                  "--set", "ssl.koleo-weight=0.1"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "KoLeo" in proc.stderr and "ssl.koleo-weight = 0" in proc.stderr
+    assert ray_processes() - before == set()  # failed before starting Ray
