@@ -51,4 +51,7 @@ def sanitize_errors_mod(msg: Message, context: Context, call_next: ClientAppCall
                 fh.write(f"--- {msg.metadata.message_type} failed\n{detail}\n")
         log.error("%s failed: %s", msg.metadata.message_type, detail)
         reason = redact(f"{type(exc).__name__}: {exc}") + " (details in the site's log)"
+        if "partition-id" in context.node_config:
+            # Simulation only: an error reply carries no metrics, so tell the coordinator which hospital it is.
+            reason += f" [simulated partition {int(context.node_config['partition-id'])}]"
         return Message(Error(code=SITE_ERROR_CODE, reason=reason), reply_to=msg)

@@ -81,16 +81,8 @@ def train_site(
         local_steps=instruction.local_steps,
         run_key=instruction.run_key,
     )
-    from xr0_core.privacy.ledger import PrivacyBudgetExceeded
-
-    try:
-        shared, metrics = run_local_round(trainer, weights, spec, site.state_dir, privacy_budget=site.privacy_budget,
-                                          privacy_delta=site.privacy_delta)  # DP: the hospital's own budget
-    except PrivacyBudgetExceeded as exc:
-        if site.partition_id is None:
-            raise
-        # Simulation only: an error reply carries no metrics, so name the partition for the coordinator's report.
-        raise PrivacyBudgetExceeded(f"{exc} [simulated partition {site.partition_id}]") from None
+    shared, metrics = run_local_round(trainer, weights, spec, site.state_dir, privacy_budget=site.privacy_budget,
+                                      privacy_delta=site.privacy_delta)  # DP: the hospital's own budget
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})
     out["num-examples"] = int(trainer.num_examples)

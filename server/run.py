@@ -14,6 +14,7 @@ Files under ``cfg.federation.out_dir``::
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import sys
 import time
@@ -32,6 +33,8 @@ from xr0_core.config import XR0Config
 from .checkpoint import ServerCheckpoint, load_latest, resume_point, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+_PARTITION_TAG = re.compile(r"\[simulated partition (\d+)\]")  # client/errors.py tags error replies
 
 
 def simulated_site_names(cfg: XR0Config) -> list[str]:
@@ -81,8 +84,12 @@ class Coordinator:
 
     # ---- per-round bookkeeping -------------------------------------------------------------------
 
-    def site_name(self, node_id: int, metrics: dict[str, float]) -> str:
+    def site_name(self, node_id: int, metrics: dict[str, float], reason: str = "") -> str:
+        """Hospital name in a simulation (from ``partition-id`` or the error tag), else ``node-<id>``."""
         pid = metrics.get("partition-id")
+        if pid is None:
+            tag = _PARTITION_TAG.search(reason or "")
+            pid = int(tag.group(1)) if tag else None
         if pid is not None and 0 <= int(pid) < len(self.site_names):
             return self.site_names[int(pid)]
         return f"node-{node_id}"
@@ -90,7 +97,7 @@ class Coordinator:
     def on_round_end(self, outcome: RoundOutcome) -> None:
         entry = outcome.to_json()
         for site in entry["sites"]:
-            site["name"] = self.site_name(site["node_id"], site["metrics"])
+            site["name"] = self.site_name(site["node_id"], site["metrics"], site.get("reason", ""))
         entry["seconds"] = round(time.monotonic() - self._round_started, 3)
         self.history.append(entry)
         t_ckpt = time.perf_counter()

@@ -9,6 +9,7 @@ on the pooled held-out images (``split == test``), features frozen.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[di
     if ckpt is None:
         raise RuntimeError(f"no federated checkpoint in {out / 'checkpoints'} to compare")
     steps = n_sites * ckpt.round * cfg.train.local_steps
-    print(f"[xr0] pooled baseline: {steps} steps on {len(records)} images", flush=True)
+    print(f"[xr0] pooled baseline: {steps} steps on {len(records)} images", file=sys.stderr, flush=True)
     pooled = SiteTrainer(cfg, records, site="pooled")
     pooled.load_shared_state_dict(initial_shared_state(cfg))
     metrics = pooled.train(steps, start_step=0, total_steps=steps, progress=True)

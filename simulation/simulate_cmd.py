@@ -11,7 +11,9 @@ Output folder (``--out``, default ``./xr0-sim``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # --json promises one JSON object on stdout: everything printed while running goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _simulate(args)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"[xr0] done: {summary['rounds_completed']} rounds; report {summary['report']}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     from xr0_core.config import ConfigError, from_flat
 
     from .sites import SimulationDataError, check_given, describe_sites, ensure_synthetic
@@ -88,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     except SimulationDataError as exc:
         raise CLIError(str(exc)) from None
     if args.data and args.sites != len(dirs):
-        print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", flush=True)
+        print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", file=sys.stderr, flush=True)
     sites = describe_sites(dirs, out / "sites")
     if cfg.privacy.enabled or cfg.privacy.client_level:
         _prepare_privacy(cfg, args, out / "sites", [d.name for d in dirs])
@@ -120,11 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from xr0_core.report import rewrite_outputs
 
     rewrite_outputs(out, summary)
-    if args.json:
-        print_json(summary)
-    else:
-        print(f"[xr0] done: {summary['rounds_completed']} rounds; report {summary['report']}")
-    return 0
+    return summary
 
 
 def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: list[str]) -> None:

@@ -169,6 +169,9 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
     parts.append("</body></html>")
     path = out_dir / "report.html"
     atomic_write(path, lambda p: p.write_text("\n".join(parts)))
+    from xr0_core.model_card import write_model_card
+
+    write_model_card(out_dir, summary, history)  # rebuilt with every report, so it never lags behind
     return path
 
 

@@ -34,13 +34,16 @@ def test_simulate_dp_reports_epsilon_and_a_refusing_hospital(hospitals, tmp_path
     for r in rounds:
         by = {s["name"]: s for s in r["sites"]}
         assert by["site00"]["status"] == by["site01"]["status"] == "ok"
-        # An error reply carries no partition-id metric: the coordinator names it by node, the reason by partition.
+        # An error reply carries no metrics: the client tags its reason, and the coordinator names it from the tag.
         failed = [s for s in r["sites"] if s["status"] == "failed"]
-        assert len(failed) == 1 and "privacy budget" in failed[0]["reason"]
+        assert len(failed) == 1 and "privacy budget" in failed[0]["reason"] and failed[0]["name"] == "site02"
         assert "simulated partition 2" in failed[0]["reason"]
         assert "epsilon" in by["site00"]["metrics"] and not any(k.startswith("loss") for k in by["site00"]["metrics"])
     report = (out / "report.html").read_text()
     assert "Privacy (epsilon per hospital)" in report and "simulated partition 2" in report
+    card = json.loads((out / "model_card.json").read_text())  # epsilon ends in the model card (D3, D11)
+    assert card["differential_privacy"] and card["sites"]["site00"]["epsilon"] == eps["site00"]
+    assert "privacy budget" in card["sites"]["site02"]["last_problem"]
 
 
 def test_simulate_dp_with_koleo_fails_fast(hospitals, tmp_path):

@@ -50,6 +50,7 @@ def test_round_goes_on_without_the_crashed_and_the_nan_hospital(faulty_run):
         assert "injected failure" in failed["reason"]
         assert "secret_patient" not in failed["reason"], "a local path left the hospital in an error"
         assert "non-finite" in dropped["reason"] and dropped["name"] == "site03"
+        assert failed["name"] == "site02", "the coordinator names a failed simulated hospital from its error tag"
         assert r["updated"] and r["metrics"]["replies-ok"] == 2
     weights = load_file(str(out / "checkpoints" / "round-0002" / "weights.safetensors"))
     assert all(np.isfinite(v).all() for v in weights.values())

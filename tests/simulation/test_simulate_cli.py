@@ -47,6 +47,9 @@ def test_simulate_writes_every_promised_output(finished_run):
     assert Path(summary["final_checkpoint"], "weights.safetensors").is_file()
     report = Path(summary["report"]).read_text()
     assert "curve_loss.png" in report and "site01" in report and (out / "curve_loss.png").is_file()
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["rounds_completed"] == ROUNDS and card["sites"]["site00"]["rounds_ok"] == ROUNDS
+    assert card["sites"]["site00"]["by_anatomy"] and card["evaluation"]["metrics"]
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     train = [r for r in rounds if r["kind"] == "train"]
     assert [r["round"] for r in train] == [1, 2]
