@@ -105,13 +105,14 @@ def evaluate_site(
     t0 = time.perf_counter()
     data = site_data(cfg, site)
     result = knn_anatomy_report(cfg, data.records, weights, site=site.name)
-    tasks = evaluate_backbone(cfg, data.records, weights, strict=False)
-    for reason in tasks.skipped:
-        log.info("site %s evaluation: skipped %s", site.name, reason)
     out = _base_metrics(site)
     out.update(result)
-    out.update(tasks.flat_metrics())
-    # A site without anatomy labels still reports task numbers: weigh it by its largest task test set.
-    out["num-examples"] = max([int(out.get("num-examples", 0))] + list(tasks.counts.values()))
+    if cfg.eval.tasks.strip().lower() != "none":  # "none": only the k-NN anatomy probe (cheap; benchmarks)
+        tasks = evaluate_backbone(cfg, data.records, weights, strict=False)
+        for reason in tasks.skipped:
+            log.info("site %s evaluation: skipped %s", site.name, reason)
+        out.update(tasks.flat_metrics())
+        # A site without anatomy labels still reports task numbers: weigh it by its largest task test set.
+        out["num-examples"] = max([int(out.get("num-examples", 0))] + list(tasks.counts.values()))
     out["eval-seconds"] = time.perf_counter() - t0
     return out

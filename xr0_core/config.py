@@ -144,7 +144,7 @@ class EvalConfig:
 
     every: int = 0  # federated evaluation every K rounds (0: after the last round only)
     knn_k: int = 10
-    tasks: str = "all"  # "all" or comma-separated families / task keys (classification,segmentation,...)
+    tasks: str = "all"  # "all", "none" (k-NN anatomy only), or comma-separated families / task keys
     head_steps: int = 100  # optimizer steps per light head (frozen backbone features)
     head_lr: float = 1e-3
     head_batch_size: int = 32
