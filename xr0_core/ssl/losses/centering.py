@@ -120,3 +120,37 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
         q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)
         q /= r
     return (q * r).t().reshape(shape)
+
+
+class CenteredTargetLoss(nn.Module):
+    """Base of the self-distillation losses: owns a :class:`TeacherCentering` and exposes its teacher-side
+    target preparation next to the loss (DINOv2 style), so DINO and iBOT differ only in ``forward``."""
+
+    coupling = "per-sample"
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema") -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.centering = TeacherCentering(out_dim, center_momentum, centering)
+
+    @property
+    def target_coupling(self) -> str:
+        return self.centering.target_coupling
+
+    @torch.no_grad()
+    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Teacher targets (float32, no grad), same leading shape as ``teacher_logits``."""
+        return self.centering.softmax_center_teacher(teacher_logits, teacher_temp)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        self.centering.update_center(teacher_logits)
+
+    @torch.no_grad()
+    def accumulate_center_stats(self, teacher_logits: torch.Tensor) -> None:
+        self.centering.accumulate_center_stats(teacher_logits)
+
+    @torch.no_grad()
+    def commit_center(self, mean: torch.Tensor | None = None) -> None:
+        self.centering.commit_center(mean)

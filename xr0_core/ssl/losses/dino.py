@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from xr0_core.ssl.losses import LOSSES
-from xr0_core.ssl.losses.centering import TeacherCentering
+from xr0_core.ssl.losses.centering import CenteredTargetLoss
 
 
 @LOSSES.register("dino")
-class DINOLoss(nn.Module):
+class DINOLoss(CenteredTargetLoss):
     """Cross-entropy between centred, sharpened teacher targets and student predictions over views.
 
     For every sample: ``mean over pairs (g, v), v != g`` of ``-sum_k p_t[g, k] * log_softmax(s[v] / T_s)[k]``
@@ -30,35 +29,6 @@ class DINOLoss(nn.Module):
         Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO, 2021);
         ``dinov2/loss/dino_clstoken_loss.py``.
     """
-
-    coupling = "per-sample"
-
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "ema") -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.centering = TeacherCentering(out_dim, center_momentum, centering)
-
-    @property
-    def target_coupling(self) -> str:
-        return self.centering.target_coupling
-
-    @torch.no_grad()
-    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """Teacher targets ``[B, G, K]`` (float32, no grad)."""
-        return self.centering.softmax_center_teacher(teacher_logits, teacher_temp)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        self.centering.update_center(teacher_logits)
-
-    @torch.no_grad()
-    def accumulate_center_stats(self, teacher_logits: torch.Tensor) -> None:
-        self.centering.accumulate_center_stats(teacher_logits)
-
-    @torch.no_grad()
-    def commit_center(self, mean: torch.Tensor | None = None) -> None:
-        self.centering.commit_center(mean)
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
         b, v, _ = student_logits.shape

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from xr0_core.ssl.losses import LOSSES
-from xr0_core.ssl.losses.centering import TeacherCentering
+from xr0_core.ssl.losses.centering import CenteredTargetLoss
 
 
 @LOSSES.register("ibot")
-class iBOTPatchLoss(nn.Module):  # noqa: N801 (the paper's spelling)
+class iBOTPatchLoss(CenteredTargetLoss):  # noqa: N801 (the paper's spelling)
     """Cross-entropy between teacher and student patch-prototype distributions on masked patch tokens.
 
     The student sees a global view with some patch embeddings replaced by a mask token; the teacher sees the
@@ -31,35 +30,6 @@ class iBOTPatchLoss(nn.Module):  # noqa: N801 (the paper's spelling)
         Zhou et al., "iBOT: Image BERT Pre-Training with Online Tokenizer" (2022);
         ``dinov2/loss/ibot_patch_loss.py`` (per-image mean over masked tokens).
     """
-
-    coupling = "per-sample"
-
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "ema") -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.centering = TeacherCentering(out_dim, center_momentum, centering)
-
-    @property
-    def target_coupling(self) -> str:
-        return self.centering.target_coupling
-
-    @torch.no_grad()
-    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """Teacher targets ``[M, K]`` (float32, no grad)."""
-        return self.centering.softmax_center_teacher(teacher_logits, teacher_temp)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        self.centering.update_center(teacher_logits)
-
-    @torch.no_grad()
-    def accumulate_center_stats(self, teacher_logits: torch.Tensor) -> None:
-        self.centering.accumulate_center_stats(teacher_logits)
-
-    @torch.no_grad()
-    def commit_center(self, mean: torch.Tensor | None = None) -> None:
-        self.centering.commit_center(mean)
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, token_sample: torch.Tensor,
                 batch_size: int) -> torch.Tensor:
