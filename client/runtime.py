@@ -95,24 +95,25 @@ def evaluate_site(
 ) -> dict[str, float]:
     """Frozen-backbone evaluation on this hospital's own labelled data, global weights vs random init.
 
-    k-NN anatomy accuracy (``knn-anatomy``...) plus every downstream task the site's columns allow
-    (:func:`xr0_core.eval.suite.evaluate_backbone`, non-strict: a task with bad annotations is skipped and
-    logged here). Only scalars leave: ``<task>/<metric>``, ``<task>/random/<metric>``, ``<task>/num-examples``.
+    Every downstream task the site's columns allow (:func:`xr0_core.eval.suite.evaluate_backbone`,
+    non-strict: a task with bad annotations is skipped and logged here), or with ``eval.tasks = none`` only
+    the cheap k-NN / linear anatomy probe (``knn-anatomy``...). Only scalars leave: ``<task>/<metric>``, ``<task>/random/<metric>``, ``<task>/num-examples``.
     """
     from xr0_core.eval.anatomy import knn_anatomy_report
     from xr0_core.eval.suite import evaluate_backbone
 
     t0 = time.perf_counter()
     data = site_data(cfg, site)
-    result = knn_anatomy_report(cfg, data.records, weights, site=site.name)
     out = _base_metrics(site)
-    out.update(result)
-    if cfg.eval.tasks.strip().lower() != "none":  # "none": only the k-NN anatomy probe (cheap; benchmarks)
+    if cfg.eval.tasks.strip().lower() == "none":
+        # Cheapest probe (benchmarks): k-NN / linear anatomy only.
+        out.update(knn_anatomy_report(cfg, data.records, weights, site=site.name))
+    else:
         tasks = evaluate_backbone(cfg, data.records, weights, strict=False)
         for reason in tasks.skipped:
             log.info("site %s evaluation: skipped %s", site.name, reason)
         out.update(tasks.flat_metrics())
-        # A site without anatomy labels still reports task numbers: weigh it by its largest task test set.
-        out["num-examples"] = max([int(out.get("num-examples", 0))] + list(tasks.counts.values()))
+        # Weigh the site by its largest task test set (per-task weights travel as <task>/num-examples).
+        out["num-examples"] = max([0] + list(tasks.counts.values()))
     out["eval-seconds"] = time.perf_counter() - t0
     return out

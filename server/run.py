@@ -129,7 +129,8 @@ class Coordinator:
         parts = [f"[xr0] round {entry['round']}/{self.cfg.federation.rounds} {entry['kind']}:",
                  f"{ok}/{len(status)} sites ok"]
         m = entry["metrics"]
-        for key in ("loss", "knn-anatomy", "knn-anatomy-random"):
+        for key in ("loss", "epsilon", "knn-anatomy", "knn-anatomy-random", "classification/anatomy/knn-accuracy",
+                    "classification/anatomy/random/knn-accuracy"):
             if key in m:
                 parts.append(f"{key} {m[key]:.4f}")
         parts.append(f"({entry['seconds']:.1f} s)")

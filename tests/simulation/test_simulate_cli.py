@@ -62,7 +62,8 @@ def test_simulate_writes_every_promised_output(finished_run):
     assert "pooled (12 steps)" in report  # 3 hospitals x 2 rounds x 2 local steps
     # Federated evaluation ran after the last round, for the global and the random-init backbone.
     evals = [r for r in rounds if r["kind"] == "evaluate"]
-    assert evals and {"knn-anatomy", "knn-anatomy-random"} <= set(evals[-1]["metrics"])
+    assert evals and {"classification/anatomy/knn-accuracy", "classification/anatomy/random/knn-accuracy",
+                      "segmentation/mask/dice-mean"} <= set(evals[-1]["metrics"]), sorted(evals[-1]["metrics"])
     # Each hospital kept its own local SSL state; the weights moved away from the initial ones.
     from xr0_core.config import from_flat
     from xr0_core.train.federated import initial_shared_state
