@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/compare_runs.py --run "DP=out/dp" --run "DP+SecAgg=out/dp-secagg" --out compare.html
+    python bench/compare_runs.py --run "DP=out/dp" --run "DP+SecAgg=out/dp-secagg" --out compare.html \
+        [--into out/dp-secagg]      # also show the table in that run's report.html
 
 For each run it reads ``metrics.json`` (the last federated evaluation: pooled over hospitals, example-
 weighted, with the random-init baseline measured in the same dispatch) and ``run.json``, and writes one
@@ -47,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR")
     parser.add_argument("--out", type=Path, default=Path("compare.html"))
+    parser.add_argument("--into", type=Path, default=None, metavar="DIR",
+                        help="also put the table into that run's report.html (its comparison section)")
     args = parser.parse_args()
     rows = []
     for item in args.run:
@@ -69,6 +72,13 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     for r in rows:
         print(json.dumps(r))
+    if args.into is not None:
+        from xr0_core.report import rewrite_outputs
+
+        summary = json.loads((args.into / "run.json").read_text())
+        summary["comparison"] = [{"backbone": f"{r['run']} (epsilon {r['epsilon']})",
+                                  **{k: v for k, v in r.items() if k in names}} for r in rows]
+        rewrite_outputs(args.into, summary)
 
 
 if __name__ == "__main__":
