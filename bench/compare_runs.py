@@ -76,7 +76,7 @@ def main() -> None:
         from xr0_core.report import rewrite_outputs
 
         summary = json.loads((args.into / "run.json").read_text())
-        summary["comparison"] = [{"backbone": f"{r['run']} (epsilon {r['epsilon']})",
+        summary["comparison"] = [{"backbone": r["run"] + ("" if r["epsilon"] == "no DP" else f" (epsilon {r['epsilon']})"),
                                   **{k: v for k, v in r.items() if k in names}} for r in rows]
         rewrite_outputs(args.into, summary)
 

@@ -100,7 +100,7 @@ def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path | None:
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), dpi=90, squeeze=False)
     for ax, (task, metric) in zip(axes.flat, keys):
         xs = [r["round"] for r in evals]
-        for tag, style in (("pretrained", "k-o"), ("random", ":s")):
+        for tag, style in (("pretrained", "-o"), ("random", ":s")):
             ys = [split_flat(r["metrics"]).get((task, metric), {}).get(tag) for r in evals]
             pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
             if pts:
