@@ -37,6 +37,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "loss")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     xs = [r["round"] for r in train if metric in r["metrics"]]
@@ -48,6 +49,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "loss")
         if pts:
             ax.plot(*zip(*pts), "--", marker=".", alpha=0.7, label=name)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title(f"local SSL {metric} per round")
     ax.grid(alpha=0.3)
