@@ -29,7 +29,8 @@ def test_pretrain_writes_outputs(tmp_path, capsys):
     assert _pretrain(data, tmp_path / "a", 4) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 4 and summary["num_heldout_images"] == 3 and summary["num_train_images"] == 12
-    for key in ("initial_loss", "final_loss", "knn_accuracy", "knn_accuracy_random"):
+    for key in ("initial_loss", "final_loss", "knn_accuracy", "knn_accuracy_random", "linear_accuracy",
+                "linear_accuracy_random"):
         assert isinstance(summary[key], float), key
     for name in ("metrics.jsonl", "checkpoint.safetensors", "site_state.safetensors", "backbone.safetensors",
                  "backbone.json", "curve.png", "summary.json"):

@@ -150,10 +150,12 @@ def _resume(trainer, out: Path, total_steps: int) -> None:
 
 
 def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
-    """k-NN anatomy accuracy of the trained student backbone and of the initial (random) backbone."""
+    """k-NN and linear-probe anatomy accuracy of the trained student backbone and of the initial (random)
+    backbone, on the same held-out images."""
     import torch
 
     from xr0_core.data.dataset import ImageCache
+    from xr0_core.eval.anatomy import linear_probe_accuracy
     from xr0_core.eval.features import extract_features
     from xr0_core.eval.knn import knn_accuracy
     from xr0_core.train.state import build_model
@@ -173,10 +175,11 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
     y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
     random_backbone = build_model(cfg).student["backbone"].to(trainer.device)
-    for key, backbone in (("knn_accuracy", trainer.model.student["backbone"]), ("knn_accuracy_random", random_backbone)):
+    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone)):
         f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
         f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
-        result[key] = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k)
+        result[f"knn_accuracy{tag}"] = knn_accuracy(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k)
+        result[f"linear_accuracy{tag}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test, seed=cfg.seed)
     result["knn_test"] = len(test_rows)
     return result
 
@@ -253,6 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         print(f"xr0 pretrain: loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f}; "
-              f"k-NN anatomy accuracy {summary['knn_accuracy']} (random init {summary['knn_accuracy_random']}); "
+              f"k-NN anatomy accuracy {summary['knn_accuracy']} (random init {summary['knn_accuracy_random']}), "
+              f"linear probe {summary.get('linear_accuracy')} (random init {summary.get('linear_accuracy_random')}); "
               f"outputs in {out}", file=sys.stderr)
     return 0
