@@ -6,8 +6,8 @@ Deployment node config (``flower-supernode --node-config '...'``; strings need T
 ====================  =========================================================================
 ``data-path``         folder of DICOM / PNG files, or with a ``manifest.csv`` (required)
 ``manifest``          explicit manifest path (optional)
-``state-dir``         where the site keeps what outlives a run: local SSL state, privacy ledger
-                      (default: ``<data-path>/../xr0-state/<site-name>``)
+``state-dir``         where the site keeps what outlives a run: local SSL state, privacy ledger, audit
+                      log (default: ``~/.xr0/sites/<site-name>``; data folders are often read-only)
 ``site-name``         label for logs (default: the data folder's name); never sent to the server
 ``privacy-budget``    the hospital's total epsilon over all rounds and runs (needed when DP is on;
                       the coordinator cannot raise it; docs/privacy.md)
@@ -49,7 +49,7 @@ def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
     if "data-path" in node_config:
         data_dir = Path(str(node_config["data-path"])).expanduser().resolve()
         name = str(node_config.get("site-name") or data_dir.name)
-        default_state = data_dir.parent / "xr0-state" / name
+        default_state = Path.home() / ".xr0" / "sites" / name
         state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser().resolve()
         manifest = node_config.get("manifest")
         from xr0_core.privacy.budget import node_budget
