@@ -49,7 +49,7 @@ class SSLConfig:
     objective: str = "dino-ibot"
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
-    koleo_weight: float = 0.0  # batch-coupled; refused under sample-level DP
+    koleo_weight: float = 0.1  # batch-coupled: DP mode drops this preset default, refuses an explicit other value
     n_local_crops: int = 4
     local_size: int = 32
     global_scale_min: float = 0.35
@@ -212,6 +212,7 @@ PRESET_DEFAULT = "preset"
 PRESETS: dict[str, dict[str, Scalar]] = {
     "cpu-tiny": {},
     "vit-s": {
+        "ssl.koleo_weight": 0.0,
         "ssl.centering": "sinkhorn",
         "ssl.momentum_start": 0.992,
         "train.lr": 5e-4,
@@ -229,6 +230,7 @@ PRESETS: dict[str, dict[str, Scalar]] = {
         "train.local_steps": 100,
     },
     "vit-b": {
+        "ssl.koleo_weight": 0.0,
         "ssl.centering": "sinkhorn",
         "ssl.momentum_start": 0.992,
         "train.lr": 5e-4,

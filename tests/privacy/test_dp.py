@@ -95,7 +95,7 @@ def test_dp_training_changes_weights_and_respects_noise(cache12):
 
 def test_koleo_is_refused_with_the_term_and_alternative(cache12):
     with pytest.raises(dp.BatchCoupledLossError, match=r"KoLeo.*ssl\.koleo-weight = 0"):
-        SiteTrainer(tiny_cfg(**{"ssl.koleo-weight": 0.1}), [], site="h", cache=cache12)
+        SiteTrainer(tiny_cfg(**{"ssl.koleo-weight": 0.3}), [], site="h", cache=cache12)
 
 
 def test_explicit_batch_coupled_centering_is_refused(cache12):
@@ -108,6 +108,8 @@ def test_explicit_batch_coupled_centering_is_refused(cache12):
 
 def test_preset_default_centering_is_swapped_for_per_sample_targets(cache12):
     cfg = tiny_cfg()
+    assert cfg.ssl.koleo_weight > 0  # the cpu-tiny preset has KoLeo on
     tr = SiteTrainer(cfg, [], site="h", cache=cache12)
     assert tr.model.coupling == "per-sample" and tr.model.centering == dp.DP_CENTERING
+    assert dp.dp_objective_config(cfg).ssl.koleo_weight == 0.0  # the preset's KoLeo is dropped, not refused
     assert tr.cfg.hash() == cfg.hash()  # server and sites still agree on the config

@@ -50,6 +50,6 @@ def test_simulate_dp_with_koleo_fails_fast(hospitals, tmp_path):
     data = three_hospitals(hospitals, tmp_path / "data")
     before = ray_processes()
     proc = subprocess.run(xr0_cmd("simulate", "--data", str(data), "--out", str(tmp_path / "o"), "--dp",
-                                  "--set", "ssl.koleo-weight=0.1"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                  "--set", "ssl.koleo-weight=0.3"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "KoLeo" in proc.stderr and "ssl.koleo-weight = 0" in proc.stderr
     assert ray_processes() - before == set()  # failed before starting Ray

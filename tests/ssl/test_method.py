@@ -39,7 +39,7 @@ def test_forward_returns_per_sample_losses_and_parts(koleo):
 
 def test_frozen_center_without_koleo_is_per_sample_in_the_full_model():
     torch.manual_seed(0)
-    model = XR0SSL(from_flat({**TINY, "ssl.centering": "frozen-per-round"})).eval()
+    model = XR0SSL(from_flat({**TINY, "ssl.centering": "frozen-per-round", "ssl.koleo-weight": 0.0})).eval()
     assert model.coupling == "per-sample"
     batch = _batch(b=3)
     full = model(batch, 0.05).loss

@@ -57,7 +57,8 @@ def dp_objective_config(cfg: XR0Config) -> XR0Config:
       Under DP the center is never moved from private batches, so it stays frozen for the whole training.
       A preset default of ``ema`` or ``sinkhorn`` is swapped in silently (logged); an explicit choice of
       a batch-coupled mode different from the preset is refused.
-    - KoLeo (in-batch nearest neighbours): refused when its weight is set (> 0).
+    - KoLeo (in-batch nearest neighbours): the preset's default weight is dropped (logged); any other
+      weight > 0 is refused.
 
     Raises
     ------
@@ -67,14 +68,18 @@ def dp_objective_config(cfg: XR0Config) -> XR0Config:
     if not cfg.privacy.enabled:
         return cfg
     s = cfg.ssl
+    preset_ssl = from_flat({"preset": cfg.preset}).ssl
+    if s.koleo_weight > 0 and s.koleo_weight == preset_ssl.koleo_weight:
+        log.info("DP mode: the preset's KoLeo term (weight %s, in-batch neighbours) is dropped", s.koleo_weight)
+        s = dataclasses.replace(s, koleo_weight=0.0)
+        cfg = dataclasses.replace(cfg, ssl=s)
     if s.koleo_weight > 0:
         raise BatchCoupledLossError(
             "DP mode refuses the KoLeo term (ssl.koleo-weight > 0): its nearest neighbours are other samples of "
             "the batch, so one patient's gradient depends on other patients. DP-compatible alternative: set "
             "ssl.koleo-weight = 0 (DINO + iBOT with per-sample targets and a frozen center is the DP default)")
     if s.centering != DP_CENTERING:
-        preset_centering = from_flat({"preset": cfg.preset}).ssl.centering
-        if s.centering != preset_centering:
+        if s.centering != preset_ssl.centering:
             what = {"ema": "DINO's EMA center updated from raw private batches",
                     "sinkhorn": "Sinkhorn-Knopp equipartition over the batch"}.get(s.centering, s.centering)
             raise BatchCoupledLossError(
