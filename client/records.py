@@ -7,7 +7,6 @@ or identifiers into a message (D4).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -77,6 +76,3 @@ def train_reply_content(shared: Mapping[str, torch.Tensor], metrics: Mapping[str
 def metrics_reply_content(metrics: Mapping[str, float | int]) -> RecordDict:
     return RecordDict({keys.METRICS: scalar_metrics(metrics)})
 
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

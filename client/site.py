@@ -64,7 +64,9 @@ def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
             raise SiteConfigError(
                 f"simulated partition {pid}: run config simulation.data-root {str(root)!r} is not a folder"
             )
-        sites = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        from xr0_core.data.index import hospital_dirs
+
+        sites = hospital_dirs(root)
         if pid >= len(sites):
             raise SiteConfigError(
                 f"simulated partition {pid} has no hospital folder: {root} holds {len(sites)} sub-folders; "

@@ -39,10 +39,12 @@ _PARTITION_TAG = re.compile(r"\[simulated partition (\d+)\]")  # client/errors.p
 
 def simulated_site_names(cfg: XR0Config) -> list[str]:
     """Hospital names in a simulation: the sorted sub-folders of ``simulation.data-root``."""
+    from xr0_core.data.index import hospital_dirs
+
     root = Path(cfg.simulation.data_root) if cfg.simulation.data_root else None
     if root is None or not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [p.name for p in hospital_dirs(root)]
 
 
 class Coordinator:

@@ -6,16 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from xr0_core.data.index import hospital_dirs
+
 SYNTH_MARKER = ".xr0-simulate.json"  # our record of the generator parameters (the generator writes its own federation.json)
 
 
 class SimulationDataError(ValueError):
     """The hospitals folder cannot be used; the message says what to fix."""
-
-
-def hospital_dirs(root: Path) -> list[Path]:
-    """Sorted hospital sub-folders (partition ``i`` is the ``i``-th), hidden folders ignored."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def ensure_synthetic(root: Path, n_sites: int, images_per_site: int, seed: int, image_size: int) -> list[Path]:

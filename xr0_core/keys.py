@@ -18,8 +18,3 @@ CONFIG_HASH = "config-hash"
 
 # MetricRecord keys sent by a client (scalars only)
 NUM_EXAMPLES = "num-examples"  # Flower's weighting key
-LOSS = "loss"
-LOSS_PREFIX = "loss-"  # loss parts: loss-dino, loss-ibot, loss-koleo
-SECONDS = "train-seconds"
-EPSILON = "epsilon"
-STATUS = "status"  # 0 ok; non-zero codes in client/records.py

@@ -23,6 +23,15 @@ from xr0_core.data.manifest import ManifestError, SiteRecord, load_manifest
 MANIFEST_NAME = "manifest.csv"
 
 
+def hospital_dirs(root: Path) -> list[Path]:
+    """Hospital sub-folders of a federation root, sorted by name, hidden ones ignored.
+
+    The one rule that maps a simulated partition ``i`` to a hospital: the ``i``-th folder of this list
+    (used by the ClientApp, the coordinator's report names and ``xr0 simulate``).
+    """
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 class SiteDataError(ValueError):
     """The site's data cannot be used at all; the message says what to do."""
 
