@@ -85,3 +85,26 @@ def test_rouge_l_library_example_by_hand():
     # rouge-score's README pair: LCS "the quick brown jumps the" = 5; P = 5/8, R = 5/9, F = 50/85.
     f = metrics.rouge_l(["The quick brown dog jumps on the log."], ["The quick brown fox jumps over the lazy dog"])
     assert f == pytest.approx(50 / 85)
+
+
+def test_paired_bootstrap_ci_brackets_the_difference_and_degenerates_when_models_agree():
+    rng = np.random.default_rng(1)
+    a = rng.random(400) < 0.9
+    b = rng.random(400) < 0.7
+    low, high = metrics.paired_bootstrap_ci(a, b, seed=0)
+    observed = a.mean() - b.mean()
+    assert low < observed < high and high - low < 0.2
+    assert metrics.paired_bootstrap_ci(a, a) == (0.0, 0.0)  # identical predictions: no uncertainty at all
+    assert metrics.paired_bootstrap_ci(np.ones(5), np.zeros(5)) == (1.0, 1.0)
+
+
+def test_paired_bootstrap_ci_resamples_whole_groups():
+    # Nine rows of one patient favour model a, one row of another patient favours model b. Resampling
+    # patients draws the second patient alone one time in four (difference -1); resampling rows almost never.
+    a = np.array([1] * 9 + [0])
+    b = np.array([0] * 9 + [1])
+    by_patient = metrics.paired_bootstrap_ci(a, b, groups=["p1"] * 9 + ["p2"], seed=0)
+    by_row = metrics.paired_bootstrap_ci(a, b, seed=0)
+    assert by_patient[0] == -1.0 and by_row[0] > 0.0
+    with pytest.raises(ValueError, match="one length"):
+        metrics.paired_bootstrap_ci(a, b[:3])

@@ -32,6 +32,9 @@ def test_pretrain_writes_outputs(tmp_path, capsys):
     for key in ("initial_loss", "final_loss", "knn_accuracy", "knn_accuracy_random", "linear_accuracy",
                 "linear_accuracy_random"):
         assert isinstance(summary[key], float), key
+    assert summary["knn_gain"] == pytest.approx(summary["knn_accuracy"] - summary["knn_accuracy_random"])
+    low, high = summary["knn_gain_ci95"]
+    assert low <= high and -1.0 <= low and high <= 1.0
     for name in ("metrics.jsonl", "checkpoint.safetensors", "site_state.safetensors", "backbone.safetensors",
                  "backbone.json", "curve.png", "summary.json"):
         assert (tmp_path / "a" / name).is_file(), name

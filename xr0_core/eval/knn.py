@@ -39,11 +39,19 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     return torch.cat(out) if out else torch.zeros(0, c)
 
 
+def knn_correct(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+    """Per-row correctness (bool ``[M]``) of :func:`knn_predict` on ``test_labels`` (long ``[M]``)."""
+    if test_feats.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    c = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
+    pred = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes=c).argmax(dim=1)
+    return pred == test_labels.long()
+
+
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07) -> float:
     """Top-1 accuracy of :func:`knn_predict` on ``test_labels`` (long [M]); NaN for an empty test set."""
     if test_feats.shape[0] == 0:
         return float("nan")
-    c = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    pred = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes=c).argmax(dim=1)
-    return float((pred == test_labels.long()).float().mean())
+    return float(knn_correct(train_feats, train_labels, test_feats, test_labels, k, temperature).float().mean())
