@@ -95,3 +95,22 @@ def test_bad_override_is_a_user_error(tmp_path, capsys):
 @pytest.fixture(autouse=True)
 def _no_tty(monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+
+
+def test_heldout_anatomy_unseen_in_training_is_not_scored(tmp_path, capsys):
+    # Every held-out image is an anatomy the training images lack: no neighbour can vote for it, so the
+    # run says k-NN was not measurable instead of printing an accuracy of 0 or NaN.
+    data = write_toy_site(tmp_path / "site", 10, seed=2, size=40, with_split=True)
+    manifest = data / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    a, s = header.index("anatomy"), header.index("split")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        if row[s] == "test":
+            row[a] = "skull"
+    manifest.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    assert _pretrain(data, tmp_path / "out", 1) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["knn_accuracy"] is None and summary["knn_test"] == 0 and "knn_gain_ci95" not in summary
+    assert "k-NN skipped" in summary["knn_note"]

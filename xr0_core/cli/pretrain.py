@@ -177,13 +177,15 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
     test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
     names = sorted({train_cache.kept[i].anatomy for i in train_rows})
+    code = {n: i for i, n in enumerate(names)}
+    # A held-out anatomy never seen in training has no neighbours to vote for it: not scorable.
+    test_rows = [i for i in test_rows if test_cache.kept[i].anatomy in code]
     result: dict[str, Any] = {"knn_accuracy": None, "knn_accuracy_random": None, "knn_train": len(train_rows),
                               "knn_test": len(test_rows), "anatomies": names}
     if len(names) < 2 or not test_rows:
-        result["knn_note"] = "k-NN skipped: need held-out images and at least two anatomies in the training images"
+        result["knn_note"] = ("k-NN skipped: need at least two anatomies in the training images and held-out "
+                              "images of those anatomies")
         return result
-    code = {n: i for i, n in enumerate(names)}
-    test_rows = [i for i in test_rows if test_cache.kept[i].anatomy in code]
     y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
     y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
     random_backbone = build_model(cfg).student["backbone"].to(trainer.device)
@@ -194,7 +196,6 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
         correct[tag] = knn_correct(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k).numpy()
         result[f"knn_accuracy{tag}"] = float(correct[tag].mean())
         result[f"linear_accuracy{tag}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test, seed=cfg.seed)
-    result["knn_test"] = len(test_rows)
     # A held-out set of a few dozen images moves in steps of several points: say how sure the gain is.
     # Patients are the resampling unit (their images are not independent draws).
     patients = [test_cache.kept[i].patient_id or str(test_cache.kept[i].path) for i in test_rows]
