@@ -60,7 +60,7 @@ def _app(model):
 
     app = ClientApp()
     app.train()(train)
-    client_secagg.register(app, train)
+    client_secagg.register(app, train, client_secagg.in_memory_trust())
     return app
 
 

@@ -7,20 +7,29 @@ Message types (sent by ``strategies/secagg.py``; routed by Flower's ClientApp on
 - ``train.secagg``            -> the normal train instruction + shares addressed to this site; the site
   trains exactly as for a plain round (the ``train_fn`` given to :func:`register`), then replies with the
   *masked* quantized update instead of its weights, and scalar metrics without ``num-examples``
-- ``query.secagg_unmask``     -> alive / dropped neighbours in; shares of their secrets out
+- ``query.secagg_consistency`` -> the survivor lists (who shared keys, who uploaded) in; the site checks them
+  (its received shares match, the uploaders' graph is connected, at least t) and signs them
+- ``query.secagg_unmask``     -> alive / dropped neighbours and every uploader's signature in; shares of their
+  secrets out only when every uploader signed the same lists
 
 The round's secrets (private keys, self-mask seed, shares received) live in ``context.state`` under
 :data:`STATE_KEY` between stages and are deleted after the unmask stage; they are never logged and never
 leave the site in clear (the audit log records only the outgoing masked words' hash and sizes).
 
+What the site insists on comes from its site policy (``[secagg]``: minimum threshold and degree, pinned
+peer signing keys) through :class:`SiteTrust`; its long-term signing key lives in its state folder
+(``xr0_core/secagg/identity.py``). Clear metrics beside the masked vector are only those the policy lets
+leave, never one that reveals the site's size (``SIZE_REVEALING_METRICS``).
+
 Where differential privacy plugs in: :func:`prepare_update` is the one place between "the site's update"
-and "the vector that gets masked". Sample-level DP already happened inside ``train_fn``; client-level DP
-clips the update's L2 norm there and adds this site's share of the Gaussian noise (sigma / sqrt(n) each,
-so the unmasked sum carries noise of std sigma: see docs/secure-aggregation.md).
+and "the vector that gets masked". Both sample-level and client-level DP already happened inside
+``train_fn``; client-level DP adds the site's *full* noise there (see :func:`prepare_update`).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -28,12 +37,77 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from xr0_core import keys
-from xr0_core.secagg.protocol import ClientSession, RoundParams, SecAggError
-from xr0_core.secagg.wire import CLIPPED, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK, WEIGHT_CAPPED, WORDS
+from xr0_core.secagg import identity
+from xr0_core.secagg.protocol import ClientRules, ClientSession, PeerKeys, RoundParams, SecAggError
+from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
+                                  WORDS, graph_from_flat)
+from xr0_core.site.policy import SitePolicy
+
+log = logging.getLogger(__name__)
 
 STATE_KEY = "xr0-secagg"  # context.state ConfigRecord holding this round's ClientSession
 
 TrainFn = Callable[[Message, Context], Message]
+
+
+@dataclass(frozen=True)
+class SiteTrust:
+    """What a site brings to a secure round: its long-term signing key, its rules and its policy."""
+
+    signer: bytes  # Ed25519 private key (never leaves the site)
+    rules: ClientRules
+    policy: SitePolicy
+
+
+TrustFn = Callable[[Context], SiteTrust]
+
+
+def rules_from_policy(policy: SitePolicy, pinned: frozenset[bytes] | None) -> ClientRules:
+    return ClientRules(policy.secagg.min_threshold, policy.secagg.min_degree, pinned)
+
+
+def site_trust(context: Context) -> SiteTrust:
+    """The real site's trust: policy and signing key from its state folder.
+
+    Pinned peer keys: the policy's ``secagg.peer-keys`` when set; in simulation (no such list) the keys
+    the simulated hospitals publish in their state folders under ``simulation.state-root`` (each made by
+    that hospital); in deployment without a list, none (any key: honest-but-curious coordinator only,
+    logged once per round).
+    """
+    from xr0_core.config import from_flat
+
+    from .site import resolve_site
+
+    site = resolve_site(context.node_config, from_flat(dict(context.run_config)))
+    policy = site.policy()
+    signer = identity.load_or_create(site.state_dir)
+    pinned: frozenset[bytes] | None = None
+    if policy.secagg.peer_keys:
+        pinned = frozenset(bytes.fromhex(k) for k in policy.secagg.peer_keys) | {identity.public_of(signer)}
+    elif site.partition_id is not None:
+        found = (identity.read_public(d) for d in site.state_dir.parent.iterdir() if d.is_dir())
+        pinned = frozenset(k for k in found if k is not None)
+    else:
+        log.warning("secure aggregation without pinned peer keys (site policy secagg.peer-keys): a coordinator "
+                    "that deviates from the protocol is not detected")
+    return SiteTrust(signer, rules_from_policy(policy, pinned), policy)
+
+
+def in_memory_trust(policy: SitePolicy | None = None) -> TrustFn:
+    """Trust for in-process harnesses (tests, benchmarks): one signing key per node id made on first use,
+    every key made so far pinned, the same ``policy`` at every node (default: the policy defaults)."""
+    signers: dict[int, bytes] = {}
+    pol = policy or SitePolicy()
+
+    def trust(context: Context) -> SiteTrust:
+        node = int(context.node_id)
+        if node not in signers:
+            signers[node] = identity.generate_signing_key()
+        pinned = frozenset(identity.public_of(k) for k in signers.values())
+        return SiteTrust(signers[node], rules_from_policy(pol, pinned), pol)
+
+    trust.signers = signers  # type: ignore[attr-defined]  # tests reach in to play a hostile node
+    return trust
 
 
 def flatten(arrays: ArrayRecord) -> np.ndarray:
@@ -82,33 +156,57 @@ def _round_of(rec: ConfigRecord) -> int:
     return int(rec["round"])
 
 
-def setup(msg: Message, context: Context) -> Message:
-    rec = _rec(msg)
-    params = RoundParams.from_flat(rec)
-    session = ClientSession.start(params, int(msg.metadata.dst_node_id), [int(v) for v in rec["neighbours"]])
-    _store(context, session)
-    c_pk, s_pk = session.public_keys()
-    return Message(RecordDict({REC: ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})}), reply_to=msg)
+def _ints(rec: ConfigRecord, key: str) -> list[int]:
+    return [int(v) for v in rec[key]] if key in rec else []
 
 
-def share_keys(msg: Message, context: Context) -> Message:
-    rec = _rec(msg)
-    session = _load(context, _round_of(rec))
-    ids = [int(v) for v in rec["peers"]]
-    peers = {v: (c, s) for v, c, s in zip(ids, rec["c-pk"], rec["s-pk"])}
-    cts = session.share_keys(peers)
-    _store(context, session)
-    dsts = sorted(cts)
-    return Message(RecordDict({REC: ConfigRecord({"dst": dsts, "ct": [cts[d] for d in dsts]})}), reply_to=msg)
+def _refresh(session: ClientSession, trust: SiteTrust) -> None:
+    """Keys pinned since setup (simulated hospitals publish theirs at their own setup) count from now on;
+    thresholds were checked at setup and stay."""
+    session.rules = trust.rules
 
 
-def make_train(train_fn: TrainFn) -> Callable[[Message, Context], Message]:
-    """The ``train.secagg`` handler around the site's plain ``train_fn``."""
+def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str, Callable[[Message, Context], Message]]:
+    """The five stage handlers around the site's plain ``train_fn``, keyed by message action."""
+
+    def setup(msg: Message, context: Context) -> Message:
+        rec = _rec(msg)
+        trust = trust_fn(context)
+        params = RoundParams.from_flat(rec)
+        node = int(msg.metadata.dst_node_id)
+        graph = graph_from_flat(rec) if "graph-nodes" in rec else None
+        if graph is None:
+            raise SecAggError("the setup message lacks the round's neighbour graph")
+        if "neighbours" in rec and sorted(_ints(rec, "neighbours")) != sorted(graph.get(node, ())):
+            raise SecAggError("the setup message's neighbour list differs from the graph")
+        session = ClientSession.start(params, node, graph, trust.rules)
+        pk = session.announce(trust.signer)
+        _store(context, session)
+        return Message(RecordDict({REC: ConfigRecord({"c-pk": pk.c, "s-pk": pk.s, "sign-pk": pk.sign,
+                                                      "key-sig": pk.sig})}), reply_to=msg)
+
+    def share_keys(msg: Message, context: Context) -> Message:
+        rec = _rec(msg)
+        session = _load(context, _round_of(rec))
+        _refresh(session, trust_fn(context))
+        ids = _ints(rec, "peers")
+        cols = [rec[k] if k in rec else [] for k in ("c-pk", "s-pk", "sign-pk", "key-sig")]
+        if any(len(c) != len(ids) for c in cols):
+            raise SecAggError("the share-keys message's key lists do not match its peer list")
+        peers = {v: PeerKeys(c, s_, g, sig) for v, c, s_, g, sig in zip(ids, *cols)}
+        cts = session.share_keys(peers)
+        commit = session.b_commitment()
+        _store(context, session)
+        dsts = sorted(cts)
+        return Message(RecordDict({REC: ConfigRecord({"dst": dsts, "ct": [cts[d] for d in dsts],
+                                                      "b-commit": commit})}), reply_to=msg)
 
     def train_secagg(msg: Message, context: Context) -> Message:
         rec = _rec(msg)
         session = _load(context, _round_of(rec))
-        srcs = [int(v) for v in rec["src"]] if "src" in rec else []
+        trust = trust_fn(context)
+        _refresh(session, trust)
+        srcs = _ints(rec, "src")
         # Shares first: a site that cannot vouch for its peers drops out before spending a round training.
         session.receive_shares(dict(zip(srcs, rec["ct"] if srcs else [])))
         _store(context, session)
@@ -124,32 +222,59 @@ def make_train(train_fn: TrainFn) -> Callable[[Message, Context], Message]:
         update = prepare_update(flatten(new_arrays) - flatten(global_arrays), context)
         upload = session.mask(update, num_examples)
         _store(context, session)
-        metrics[CLIPPED] = int(upload.clipped)
-        metrics[WEIGHT_CAPPED] = int(upload.weight_capped)
-        content = RecordDict({MASKED: ArrayRecord({WORDS: Array(upload.words)}), keys.METRICS: MetricRecord(metrics)})
+        if upload.weight_capped:
+            log.info("num-examples %g exceeds secagg.weight-cap %g: this site's weight counts as the cap",
+                     num_examples, session.params.weight_cap)
+        private = any(k in metrics for k in ("epsilon", "privacy-budget"))
+        out = {k: v for k, v in metrics.items() if trust.policy.secagg_metric_allowed(k, private)}
+        kept = sorted(set(metrics) - set(out))
+        if kept:
+            log.info("metrics kept at the site under secure aggregation: %s", ", ".join(kept))
+        out[CLIPPED] = int(upload.clipped)
+        content = RecordDict({MASKED: ArrayRecord({WORDS: Array(upload.words)}), keys.METRICS: MetricRecord(out)})
         return Message(content, reply_to=msg)
 
-    return train_secagg
+    def consistency(msg: Message, context: Context) -> Message:
+        rec = _rec(msg)
+        session = _load(context, _round_of(rec))
+        trust = trust_fn(context)
+        _refresh(session, trust)
+        try:
+            sig = session.consistency(_ints(rec, "shared"), _ints(rec, "uploaded"), trust.signer)
+        except SecAggError:
+            _store(context, None)  # a refused round's secrets go now
+            raise
+        _store(context, session)
+        return Message(RecordDict({REC: ConfigRecord({"view-sig": sig})}), reply_to=msg)
+
+    def unmask(msg: Message, context: Context) -> Message:
+        rec = _rec(msg)
+        session = _load(context, _round_of(rec))
+        try:
+            _refresh(session, trust_fn(context))
+            signers = _ints(rec, "signers")
+            keys_, sigs = list(rec.get("sign-pk", [])), list(rec.get("view-sig", []))
+            if len(keys_) != len(signers) or len(sigs) != len(signers):
+                raise SecAggError("the unmask message's signature lists do not match its signer list")
+            signatures = {v: (k, g) for v, k, g in zip(signers, keys_, sigs)}
+            b_shares, sk_shares = session.unmask(_ints(rec, "alive"), _ints(rec, "dropped"), signatures)
+        finally:
+            _store(context, None)  # one unmask per round, successful or refused: the secrets go now
+        out: dict = {"b-src": sorted(b_shares), "b-share": [b_shares[v] for v in sorted(b_shares)]}
+        if sk_shares:
+            out.update({"sk-src": sorted(sk_shares), "sk-share": [sk_shares[v] for v in sorted(sk_shares)]})
+        return Message(RecordDict({REC: ConfigRecord(out)}), reply_to=msg)
+
+    return {SETUP: setup, SHARE_KEYS: share_keys, TRAIN_ACTION: train_secagg, CONSISTENCY: consistency,
+            UNMASK: unmask}
 
 
-def unmask(msg: Message, context: Context) -> Message:
-    rec = _rec(msg)
-    session = _load(context, _round_of(rec))
-    alive = [int(v) for v in rec["alive"]]
-    dropped = [int(v) for v in rec["dropped"]] if "dropped" in rec else []
-    try:
-        b_shares, sk_shares = session.unmask(alive, dropped)
-    finally:
-        _store(context, None)  # one unmask per round, successful or refused: the secrets go now
-    out: dict = {"b-src": sorted(b_shares), "b-share": [b_shares[v] for v in sorted(b_shares)]}
-    if sk_shares:
-        out.update({"sk-src": sorted(sk_shares), "sk-share": [sk_shares[v] for v in sorted(sk_shares)]})
-    return Message(RecordDict({REC: ConfigRecord(out)}), reply_to=msg)
-
-
-def register(app: ClientApp, train_fn: TrainFn) -> None:
-    """Add the secure-aggregation handlers to ``app``; ``train_fn`` is the site's plain train handler."""
-    app.query(SETUP)(setup)
-    app.query(SHARE_KEYS)(share_keys)
-    app.train(TRAIN_ACTION)(make_train(train_fn))
-    app.query(UNMASK)(unmask)
+def register(app: ClientApp, train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> None:
+    """Add the secure-aggregation handlers to ``app``; ``train_fn`` is the site's plain train handler,
+    ``trust_fn`` gives the site's signing key, rules and policy (default: from its state folder)."""
+    h = make_handlers(train_fn, trust_fn)
+    app.query(SETUP)(h[SETUP])
+    app.query(SHARE_KEYS)(h[SHARE_KEYS])
+    app.train(TRAIN_ACTION)(h[TRAIN_ACTION])
+    app.query(CONSISTENCY)(h[CONSISTENCY])
+    app.query(UNMASK)(h[UNMASK])

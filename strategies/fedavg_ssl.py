@@ -61,15 +61,19 @@ class RoundOutcome:
     metrics: dict[str, float]
     updated: bool
     arrays: ArrayRecord | None = None  # new global weights (train rounds that updated)
+    reason: str = ""  # why a round that did not update was skipped (secure aggregation)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "round": self.server_round,
             "kind": self.kind,
             "updated": self.updated,
             "metrics": self.metrics,
             "sites": [s.__dict__ for s in self.sites],
         }
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:

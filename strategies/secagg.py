@@ -33,10 +33,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid
 
 from xr0_core import keys
-from xr0_core.secagg.protocol import (RoundParams, SecAggAbort, SecAggError, ServerRound, default_threshold,
+from xr0_core.keys import NUM_EXAMPLES
+from xr0_core.secagg.protocol import (PeerKeys, RoundParams, SecAggError, ServerRound, default_threshold,
                                       neighbour_graph)
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound
-from xr0_core.secagg.wire import CLIPPED, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK, WEIGHT_CAPPED, WORDS
+from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
+                                  WEIGHT_CAPPED, WORDS, graph_to_flat)
 
 from .fedavg_ssl import RoundOutcome, SiteOutcome, XR0FedAvg, numpy_to_arrays, short_reason
 
@@ -145,115 +147,31 @@ class SecAggGrid(Grid):
         return good
 
     def secure_round(self, train_msgs: list[Message], train_timeout: float | None) -> SecAggRoundResult:
-        """Run setup, share keys, masked training and unmasking for the nodes of ``train_msgs``."""
+        """Run setup, share keys, masked training, consistency and unmasking for the nodes of ``train_msgs``.
+
+        Never raises for anything a site sends: a malformed reply drops that site (or, where its upload is
+        already in the sum, is ignored and noted), and a round that cannot finish safely is skipped with the
+        reason in the result (global weights unchanged).
+        """
         first = train_msgs[0].content
         config = first.config_records[keys.CONFIG]
         global_arrays = first.array_records[keys.ARRAYS]
         server_round = int(config[keys.SERVER_ROUND])
-        group = str(server_round)
         nodes = sorted({int(m.metadata.dst_node_id) for m in train_msgs})
-        s = self.settings
         outcome: dict[int, SiteOutcome] = {}
         site_metrics: dict[int, dict[str, float]] = {}
-        layout = _flat_names(global_arrays)
-        num_words = sum(int(np.prod(shape)) for _, shape in layout) + 1
+        rnd: ServerRound | None = None
         try:
-            graph = neighbour_graph(nodes, s.num_neighbours, self.rng)
-            holders = min(len(v) for v in graph.values()) + 1
-            t = s.threshold or default_threshold(holders)
-            if t > holders:
-                raise SecAggAbort(f"secagg.threshold {t} exceeds the {holders} share holders per client "
-                                  "(neighbours + itself); lower it or raise secagg.num-neighbours")
-            params = RoundParams(str(config["run-key"]), server_round, t,
-                                 QuantSpec(s.quant_bits, s.quant_range, len(nodes)), s.weight_cap)
-            rnd = ServerRound(params, graph, num_words)
-
-            # stage 0: setup
-            base = params.to_flat()
-            contents = {u: RecordDict({REC: ConfigRecord({**base, "neighbours": list(graph[u])})}) for u in nodes}
-            replies = self._exchange("setup", contents, f"query.{SETUP}", group, s.stage_timeout, outcome)
-            pks = {}
-            for u, r in replies.items():
-                rec = r.content.config_records.get(REC)
-                if rec is None or not isinstance(rec.get("c-pk"), bytes) or not isinstance(rec.get("s-pk"), bytes):
-                    outcome[u] = SiteOutcome(u, "dropped", "setup: malformed reply")
-                    continue
-                pks[u] = (rec["c-pk"], rec["s-pk"])
-            rnd.record_keys(pks)
-
-            # stage 1: share keys
-            contents = {}
-            for u in rnd.keys:
-                peers = rnd.peer_keys(u)
-                ids = sorted(peers)
-                contents[u] = RecordDict({REC: ConfigRecord({"round": server_round, "peers": ids,
-                                                             "c-pk": [peers[v][0] for v in ids],
-                                                             "s-pk": [peers[v][1] for v in ids]})})
-            replies = self._exchange("share-keys", contents, f"query.{SHARE_KEYS}", group, s.stage_timeout, outcome)
-            shares = {}
-            for u, r in replies.items():
-                rec = r.content.config_records.get(REC)
-                if rec is None or "dst" not in rec:
-                    outcome[u] = SiteOutcome(u, "dropped", "share-keys: malformed reply")
-                    continue
-                shares[u] = dict(zip((int(v) for v in rec["dst"]), rec["ct"]))
-            rnd.record_shares(shares)
-
-            # stage 2: train + masked upload (the site's training happens here)
-            contents = {}
-            for u in rnd.shares:
-                incoming = rnd.shares_for(u)
-                srcs = sorted(incoming)
-                contents[u] = RecordDict({
-                    keys.ARRAYS: global_arrays, keys.CONFIG: config,
-                    REC: ConfigRecord({"round": server_round, "src": srcs, "ct": [incoming[v] for v in srcs]}),
-                })
-            replies = self._exchange("masked-upload", contents, f"{TRAIN}.{TRAIN_ACTION}", group, train_timeout,
-                                     outcome)
-            for u, r in replies.items():
-                arrays = r.content.array_records.get(MASKED)
-                metrics = r.content.metric_records.get(keys.METRICS)
-                if arrays is None or WORDS not in arrays:
-                    outcome[u] = SiteOutcome(u, "dropped", "masked-upload: no masked words in the reply")
-                    continue
-                words = arrays[WORDS].numpy()
-                clipped = int(metrics.get(CLIPPED, 0)) if metrics else 0
-                rnd.add_upload(u, words, clipped)
-                site_metrics[u] = {k: float(v) for k, v in (metrics or {}).items()
-                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                del words, arrays  # the server keeps only the running ring sum
-            rnd.close_uploads()
-
-            # stage 3: unmask
-            contents = {}
-            for u in rnd.uploaded:
-                alive, dropped = rnd.unmask_request(u)
-                contents[u] = RecordDict({REC: ConfigRecord({"round": server_round, "alive": alive,
-                                                             "dropped": dropped})})
-            replies = self._exchange("unmask", contents, f"query.{UNMASK}", group, s.stage_timeout, outcome)
-            unmask = {}
-            for u, r in replies.items():
-                rec = r.content.config_records.get(REC)
-                if rec is None or "b-src" not in rec:
-                    continue
-                b = dict(zip((int(v) for v in rec["b-src"]), rec["b-share"]))
-                sk = dict(zip((int(v) for v in rec["sk-src"]), rec["sk-share"])) if "sk-src" in rec else {}
-                unmask[u] = (b, sk)
-            t0 = time.perf_counter()
-            total = rnd.finish(unmask)
-            mean, total_wq = decode_mean(total, params.quant)
-            self.last_stage_seconds["unmask-compute"] = time.perf_counter() - t0
-        except SecAggAbort as exc:
-            reason = str(exc)
-            log.warning("round %d: secure aggregation skipped: %s", server_round, reason)
-            sites = self._sites(nodes, outcome, {}, site_metrics, None)
-            return SecAggRoundResult(server_round, sites, None, {"secagg-skipped": 1.0}, reason)
-        except SecAggError as exc:  # configuration problems: the round cannot run as configured
-            reason = str(exc)
-            log.warning("round %d: secure aggregation skipped: %s", server_round, reason)
-            return SecAggRoundResult(server_round, self._sites(nodes, outcome, {}, site_metrics, None), None,
-                                     {"secagg-skipped": 1.0}, reason)
+            rnd, mean, total_wq, params = self._stages(server_round, config, global_arrays, nodes, train_timeout,
+                                                       outcome, site_metrics)
+        except SecAggError as exc:  # SecAggAbort: too few / corrupt; SecAggError: the round cannot run as set
+            return self._skipped(server_round, nodes, outcome, rnd, site_metrics, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one site's bytes must never end a multi-day run
+            log.exception("round %d: secure aggregation failed unexpectedly", server_round)
+            return self._skipped(server_round, nodes, outcome, rnd, site_metrics,
+                                 f"unexpected error in secure aggregation ({type(exc).__name__}: {exc})")
         n_up = len(rnd.uploaded)
+        layout = _flat_names(global_arrays)
         mean_delta: dict[str, np.ndarray] = {}
         offset = 0
         for name, shape in layout:
@@ -265,28 +183,168 @@ class SecAggGrid(Grid):
             "secagg-uploads": float(n_up),
             "secagg-dropped": float(len(nodes) - n_up),
             "secagg-clipped": float(rnd.clipped),
-            "secagg-threshold": float(t),
+            "secagg-clipped-fraction": float(rnd.clipped) / max(1.0, float(n_up * (rnd.num_words - 1))),
+            "secagg-threshold": float(params.threshold),
             "secagg-error-bound": mean_error_bound(params.quant, n_up, total_wq),
-            "secagg-weight-capped": float(sum(m.get(WEIGHT_CAPPED, 0.0) for m in site_metrics.values())),
         }
-        sites = self._sites(nodes, outcome, rnd.log.dropped, site_metrics, set(rnd.uploaded))
+        sites = self._sites(nodes, outcome, rnd.log, site_metrics, set(rnd.uploaded))
         return SecAggRoundResult(server_round, sites, mean_delta, metrics)
 
+    def _skipped(self, server_round, nodes, outcome, rnd, site_metrics, reason) -> SecAggRoundResult:
+        log.warning("round %d: secure aggregation skipped: %s", server_round, reason)
+        stage_log = rnd.log if rnd is not None else None
+        return SecAggRoundResult(server_round, self._sites(nodes, outcome, stage_log, site_metrics, None), None,
+                                 {"secagg-skipped": 1.0}, reason)
+
+    def _parse(self, stage: str, replies: Mapping[int, Message], outcome: dict[int, SiteOutcome],
+               parse: Callable[[Message], Any]) -> dict[int, Any]:
+        """``parse(reply)`` per node; a reply it cannot read (missing key, wrong type) drops that node."""
+        out = {}
+        for u, r in replies.items():
+            try:
+                out[u] = parse(r)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                what = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else type(exc).__name__
+                outcome[u] = SiteOutcome(u, "dropped", f"{stage}: malformed reply ({what})")
+        return out
+
+    def _stages(self, server_round, config, global_arrays, nodes, train_timeout, outcome, site_metrics):
+        s = self.settings
+        group = str(server_round)
+        layout = _flat_names(global_arrays)
+        num_words = sum(int(np.prod(shape)) for _, shape in layout) + 1
+        graph = neighbour_graph(nodes, s.num_neighbours, self.rng)
+        holders = min(len(v) for v in graph.values()) + 1
+        t = s.threshold or default_threshold(holders)
+        if t > holders or 2 * t <= max(len(v) for v in graph.values()) + 1:
+            raise SecAggError(f"secagg.threshold {t} must be a strict majority of the {holders} share holders per "
+                              "client (neighbours + itself): sites refuse anything else; set it to 0 (automatic)")
+        params = RoundParams(str(config["run-key"]), server_round, t,
+                             QuantSpec(s.quant_bits, s.quant_range, len(nodes)), s.weight_cap)
+        rnd = ServerRound(params, graph, num_words)
+        self._round = rnd
+
+        # stage 0: setup
+        base = {**params.to_flat(), **graph_to_flat(graph)}
+        contents = {u: RecordDict({REC: ConfigRecord({**base, "neighbours": list(graph[u])})}) for u in nodes}
+        replies = self._exchange("setup", contents, f"query.{SETUP}", group, s.stage_timeout, outcome)
+
+        def announce(r: Message) -> PeerKeys:
+            rec = r.content.config_records[REC]
+            pk = PeerKeys(rec["c-pk"], rec["s-pk"], rec["sign-pk"], rec["key-sig"])
+            if not all(isinstance(x, bytes) for x in (pk.c, pk.s, pk.sign, pk.sig)):
+                raise TypeError("keys are not bytes")
+            return pk
+
+        rnd.record_keys(self._parse("setup", replies, outcome, announce))
+
+        # stage 1: share keys
+        contents = {}
+        for u in rnd.keys:
+            peers = rnd.peer_keys(u)
+            ids = sorted(peers)
+            contents[u] = RecordDict({REC: ConfigRecord({
+                "round": server_round, "peers": ids, "c-pk": [peers[v].c for v in ids],
+                "s-pk": [peers[v].s for v in ids], "sign-pk": [peers[v].sign for v in ids],
+                "key-sig": [peers[v].sig for v in ids]})})
+        replies = self._exchange("share-keys", contents, f"query.{SHARE_KEYS}", group, s.stage_timeout, outcome)
+
+        def shares(r: Message):
+            rec = r.content.config_records[REC]
+            dst, ct = [int(v) for v in rec["dst"]], list(rec["ct"])
+            if len(dst) != len(ct):
+                raise ValueError("dst / ct lengths differ")
+            return dict(zip(dst, ct)), rec["b-commit"]
+
+        parsed = self._parse("share-keys", replies, outcome, shares)
+        rnd.record_shares({u: p[0] for u, p in parsed.items()}, {u: p[1] for u, p in parsed.items()})
+
+        # stage 2: train + masked upload (the site's training happens here)
+        contents = {}
+        for u in rnd.shares:
+            incoming = rnd.shares_for(u)
+            srcs = sorted(incoming)
+            contents[u] = RecordDict({
+                keys.ARRAYS: global_arrays, keys.CONFIG: config,
+                REC: ConfigRecord({"round": server_round, "src": srcs, "ct": [incoming[v] for v in srcs]}),
+            })
+        replies = self._exchange("masked-upload", contents, f"{TRAIN}.{TRAIN_ACTION}", group, train_timeout,
+                                 outcome)
+
+        def upload(r: Message):
+            arrays = r.content.array_records[MASKED]
+            metrics = r.content.metric_records.get(keys.METRICS) or {}
+            clipped = metrics.get(CLIPPED, 0)
+            if not isinstance(clipped, (int, float)) or not math.isfinite(clipped) or clipped < 0:
+                raise ValueError("bad clipped count")
+            return arrays[WORDS].numpy(), int(clipped), {k: float(v) for k, v in metrics.items()
+                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+        for u, r in replies.items():  # one at a time: the server keeps only the running ring sum
+            got = self._parse("masked-upload", {u: r}, outcome, upload)
+            if u in got:
+                words, clipped, metrics = got.pop(u)
+                rnd.add_upload(u, words, clipped)
+                site_metrics[u] = metrics
+                del words
+        rnd.close_uploads()
+
+        # stage 3a: consistency (every uploader signs the same survivor lists before anyone reveals a share)
+        shared, uploaded = rnd.view()
+        contents = {u: RecordDict({REC: ConfigRecord({"round": server_round, "shared": shared,
+                                                      "uploaded": uploaded})}) for u in rnd.uploaded}
+        replies = self._exchange("consistency", contents, f"query.{CONSISTENCY}", group, s.stage_timeout, outcome)
+        rnd.record_signatures(self._parse("consistency", replies, outcome,
+                                          lambda r: r.content.config_records[REC]["view-sig"]))
+
+        # stage 3b: unmask
+        signers = sorted(rnd.signatures)
+        bundle = {"signers": signers, "sign-pk": [rnd.signatures[v][0] for v in signers],
+                  "view-sig": [rnd.signatures[v][1] for v in signers]}
+        contents = {}
+        for u in rnd.uploaded:
+            alive, dropped = rnd.unmask_request(u)
+            contents[u] = RecordDict({REC: ConfigRecord({"round": server_round, "alive": alive,
+                                                         "dropped": dropped, **bundle})})
+        replies = self._exchange("unmask", contents, f"query.{UNMASK}", group, s.stage_timeout, outcome)
+
+        def unmask_reply(r: Message):
+            rec = r.content.config_records[REC]
+            b = dict(zip((int(v) for v in rec["b-src"]), rec["b-share"]))
+            sk = dict(zip((int(v) for v in rec["sk-src"]), rec["sk-share"])) if "sk-src" in rec else {}
+            return b, sk
+
+        unmask: dict = {}
+        for u, r in replies.items():
+            try:
+                unmask[u] = unmask_reply(r)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                rnd.log.note(u, f"unmask: malformed reply ignored ({type(exc).__name__})")
+        t0 = time.perf_counter()
+        total = rnd.finish(unmask)
+        mean, total_wq = decode_mean(total, params.quant)
+        self.last_stage_seconds["unmask-compute"] = time.perf_counter() - t0
+        return rnd, mean, total_wq, params
+
     @staticmethod
-    def _sites(nodes, outcome, stage_drops, site_metrics, uploaded) -> list[SiteOutcome]:
+    def _sites(nodes, outcome, stage_log, site_metrics, uploaded) -> list[SiteOutcome]:
+        drops = stage_log.dropped if stage_log is not None else {}
+        notes = stage_log.notes if stage_log is not None else {}
         sites = []
         for u in nodes:
             m = site_metrics.get(u, {})
+            note = "; ".join(notes.get(u, []))
             if uploaded is not None and u in uploaded:
-                sites.append(SiteOutcome(u, "ok", "", m))
+                sites.append(SiteOutcome(u, "ok", note, m))
             elif u in outcome:
                 o = outcome[u]
-                sites.append(SiteOutcome(u, o.status, o.reason, m))
-            elif u in stage_drops:
-                stage, why = stage_drops[u]
-                sites.append(SiteOutcome(u, "dropped", f"{stage}: {why}", m))
+                sites.append(SiteOutcome(u, o.status, "; ".join(x for x in (o.reason, note) if x), m))
+            elif u in drops:
+                stage, why = drops[u]
+                sites.append(SiteOutcome(u, "dropped", "; ".join(x for x in (f"{stage}: {why}", note) if x), m))
             else:
-                sites.append(SiteOutcome(u, "dropped", "round skipped before its upload counted", m))
+                sites.append(SiteOutcome(u, "dropped", "; ".join(
+                    x for x in ("round skipped before its upload counted", note) if x), m))
         return sites
 
 
@@ -294,7 +352,7 @@ def _mean_metrics(sites: list[SiteOutcome]) -> dict[str, float]:
     """Unweighted mean of the ok sites' scalar metrics (their weights are secret under secure aggregation)."""
     ok = [s for s in sites if s.status == "ok"]
     out: dict[str, float] = {}
-    for name in sorted({k for s in ok for k in s.metrics} - {"partition-id", CLIPPED, WEIGHT_CAPPED}):
+    for name in sorted({k for s in ok for k in s.metrics} - {"partition-id", CLIPPED, WEIGHT_CAPPED, NUM_EXAMPLES}):
         vals = [s.metrics[name] for s in ok if name in s.metrics and math.isfinite(s.metrics[name])]
         if vals:
             out[name] = float(np.mean(vals))
@@ -333,6 +391,7 @@ class XR0SecAggFedAvg(XR0FedAvg):
             if s.status != "ok":
                 log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
         new_arrays: ArrayRecord | None = None
+        reason = res.skipped_reason
         if res.mean_delta is not None and ok >= self.min_replies:
             mean = {k: (self._sent[k].astype(np.float64) + res.mean_delta[k]).astype(self._sent[k].dtype)
                     for k in self._sent}
@@ -341,9 +400,11 @@ class XR0SecAggFedAvg(XR0FedAvg):
             log.warning("round %d: %d secure uploads < federation.min-replies %d; global weights unchanged",
                         g, ok, self.min_replies)
             metrics["secagg-skipped"] = 1.0
+            reason = f"{ok} secure uploads < federation.min-replies {self.min_replies}"
         else:
             log.warning("round %d: %s", g, res.skipped_reason)
-        outcome = RoundOutcome(g, "train", res.sites, metrics, updated=new_arrays is not None, arrays=new_arrays)
+        outcome = RoundOutcome(g, "train", res.sites, metrics, updated=new_arrays is not None, arrays=new_arrays,
+                               reason=reason)
         if self.on_round_end is not None:
             self.on_round_end(outcome)
         return new_arrays, MetricRecord(metrics)

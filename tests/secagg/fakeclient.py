@@ -35,9 +35,10 @@ def fake_evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1, "acc": 0.5})}), reply_to=msg)
 
 
-def build(mods=()) -> ClientApp:
+def build(mods=(), trust=None) -> ClientApp:
+    """``trust``: a :func:`client.secagg.in_memory_trust` (default: a fresh one, keys per node, all pinned)."""
     app = ClientApp(mods=list(mods))
     app.train()(fake_train)
     app.evaluate()(fake_evaluate)
-    client_secagg.register(app, fake_train)
+    client_secagg.register(app, fake_train, trust or client_secagg.in_memory_trust())
     return app

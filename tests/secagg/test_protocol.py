@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from helpers import make_params, run_round
+from helpers import Federation, make_params, run_round
 from xr0_core.secagg import keys, shamir
-from xr0_core.secagg.protocol import ClientSession, SecAggAbort, SecAggError, ServerRound
+from xr0_core.secagg.protocol import ClientSession, SecAggAbort, SecAggError
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, quantize
 
-STAGES = ("setup", "share-keys", "masked-upload", "unmask")
+STAGES = ("setup", "share-keys", "masked-upload", "unmask")  # where dropouts are tolerated
+ALL_STAGES = STAGES + ("consistency",)
 
 
 def _data(nodes, p=500, seed=0):
@@ -70,7 +71,7 @@ def test_dropouts_spread_over_stages_with_sparse_neighbours():
     assert np.abs(mean - _exact(ups, ws, survivors)).max() <= mean_error_bound(params.quant, 8, total_wq)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", ALL_STAGES)
 def test_below_threshold_aborts_cleanly(stage):
     params, graph = make_params(5)  # t = 3
     nodes = sorted(graph)
@@ -82,12 +83,10 @@ def test_below_threshold_aborts_cleanly(stage):
 def _two_sessions():
     params, graph = make_params(3)
     a, b, c = sorted(graph)
-    sess = {u: ClientSession.start(params, u, list(graph[u])) for u in graph}
-    server = ServerRound(params, graph, 11)
-    server.record_keys({u: s.public_keys() for u, s in sess.items()})
-    shares = {u: sess[u].share_keys(server.peer_keys(u)) for u in sess}
-    server.record_shares(shares)
-    return params, graph, sess, server, (a, b, c)
+    fed = Federation(params, graph, 11)
+    fed.setup()
+    fed.share_keys()
+    return params, graph, fed.sessions, fed.server, (a, b, c)
 
 
 def test_tampered_share_is_rejected():
@@ -120,8 +119,10 @@ def test_share_replayed_from_another_round_is_rejected():
         keys.decrypt_share(sess[b].c.private, sess[a].c.public, tag2, a, b, old)
     # and with the round's real flow: a fresh round's session cannot open it
     params2, _ = make_params(3, round_=2)
-    fresh = ClientSession.start(params2, b, list(graph[b]))
-    fresh.share_keys({v: sess[v].public_keys() for v in graph[b]})
+    fed2 = Federation(params2, graph, 11)
+    fed2.setup()
+    fresh = fed2.sessions[b]
+    fresh.share_keys(fed2.server.peer_keys(b))
     with pytest.raises(keys.ShareRejected):
         fresh.receive_shares({a: old})
 
@@ -130,18 +131,17 @@ def test_unmask_refuses_both_shares_and_second_request():
     params, graph = make_params(4)
     nodes = sorted(graph)
     ups, ws = _data(nodes)
-    sess = {u: ClientSession.start(params, u, list(graph[u])) for u in graph}
-    server = ServerRound(params, graph, 501)
-    server.record_keys({u: s.public_keys() for u, s in sess.items()})
-    server.record_shares({u: sess[u].share_keys(server.peer_keys(u)) for u in sess})
-    for u in nodes:
-        sess[u].receive_shares(server.shares_for(u))
-        sess[u].mask(ups[u], ws[u])
+    fed = Federation(params, graph, 501)
+    fed.setup()
+    fed.share_keys()
+    fed.upload(ups, ws)
+    fed.consistency()
+    sess, sigs = fed.sessions, fed.server.signatures
     u, v = nodes[0], nodes[1]
     with pytest.raises(SecAggError, match="both"):
-        sess[u].unmask([u, v, nodes[2]], [v])
+        sess[u].unmask([u, v, nodes[2]], [v], sigs)
     with pytest.raises(SecAggError, match="out of order"):
-        sess[u].unmask(nodes, [])
+        sess[u].unmask(nodes, [], sigs)
 
 
 def test_masked_upload_is_uniform_chi_square():

@@ -124,6 +124,44 @@ def to_signed(words: np.ndarray, spec: QuantSpec) -> np.ndarray:
     return signed
 
 
+def check_sum(sum_words: np.ndarray, spec: QuantSpec, num_clients: int) -> int:
+    """Check an unmasked ring sum is one that ``num_clients`` honest :func:`quantize` outputs can give.
+
+    Honest clients send ``0 <= wq <= L`` and every ``|q| <= wq``, so the sum must have
+    ``0 < sum(wq) <= num_clients * L`` and every ``|sum(q)| <= sum(wq)``. A word pushed outside the
+    encoding (2^28 added to one word, a negative weight) breaks this with overwhelming probability;
+    a hostile client that stays *inside* the encoding is not caught (no range proofs, see
+    docs/secure-aggregation.md).
+
+    Parameters
+    ----------
+    sum_words : np.ndarray, shape [P + 1]
+    spec : QuantSpec
+    num_clients : int
+        Uploads in the sum.
+
+    Returns
+    -------
+    int
+        ``sum(wq)``.
+
+    Raises
+    ------
+    QuantizationError
+        Naming the first violated bound.
+    """
+    total_wq = int(to_signed(sum_words[-1:], spec)[0])
+    if not 0 < total_wq <= num_clients * spec.levels:
+        raise QuantizationError(f"summed weight {total_wq} outside (0, {num_clients} x {spec.levels}]")
+    n = sum_words.size - 1
+    for start in range(0, n, _CHUNK):
+        chunk = np.abs(to_signed(sum_words[start : min(start + _CHUNK, n)], spec))
+        if chunk.size and int(chunk.max()) > total_wq:
+            j = start + int(chunk.argmax())
+            raise QuantizationError(f"coordinate {j} sums to {int(chunk.max())}, beyond the summed weight {total_wq}")
+    return total_wq
+
+
 def decode_mean(sum_words: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, int]:
     """Weighted mean from the ring sum of several :func:`quantize` outputs.
 

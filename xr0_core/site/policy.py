@@ -25,6 +25,7 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
     required = false             # refuse plain (unmasked) training rounds
     min-threshold = 2            # smallest Shamir threshold t the site accepts
     min-degree = 1               # smallest number of neighbours in the masking graph
+    peer-keys = []               # pinned signing keys (hex) of the other hospitals (their secagg-signing.pub)
 
     [release]
     train-metrics = ["*"]        # glob patterns of training metrics that may leave (DP narrows them further)
@@ -65,6 +66,13 @@ DP_SAFE_TRAIN_METRICS = ("epsilon", "privacy-delta", "privacy-budget", "dp-steps
                          "partition-id")
 
 
+# Under secure aggregation these never leave a site in clear, whatever the allow-list says: each tells the
+# coordinator the site's size, which the masked vector hides (under DP, epsilon and the noise multiplier
+# follow from the sampling rate B / N; ``secagg-weight-capped`` says num-examples > weight-cap).
+SIZE_REVEALING_METRICS = ("num-examples", "sample-rate", "epsilon", "noise-multiplier", "dp-units", "dp-images",
+                          "secagg-weight-capped")
+
+
 class PolicyError(ValueError):
     """The policy file is unreadable or holds a bad value; the message names the file and the key."""
 
@@ -96,6 +104,7 @@ class SecAggPolicy:
     required: bool = False
     min_threshold: int = 2
     min_degree: int = 1
+    peer_keys: tuple[str, ...] = ()  # hex Ed25519 signing keys of the hospitals this site accepts as peers
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,10 @@ class SitePolicy:
         if private and name not in DP_SAFE_TRAIN_METRICS:
             return False
         return _matches(name, self.release.train_metrics)
+
+    def secagg_metric_allowed(self, name: str, private: bool) -> bool:
+        """May ``name`` leave in clear beside a masked upload? Never one of :data:`SIZE_REVEALING_METRICS`."""
+        return name not in SIZE_REVEALING_METRICS and self.train_metric_allowed(name, private)
 
     def eval_metric_allowed(self, name: str) -> bool:
         return _matches(name, self.release.eval_metrics)
@@ -179,6 +192,10 @@ def _check(policy: SitePolicy, where: str) -> SitePolicy:
                         f"got {s.min_threshold}")
     if s.min_degree < 1:
         problems.append(f"secagg.min-degree must be >= 1, got {s.min_degree}")
+    bad_keys = [k for k in s.peer_keys if len(k) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in k)]
+    if bad_keys:
+        problems.append(f"secagg.peer-keys must be 64-hex-digit Ed25519 public keys (each hospital's "
+                        f"secagg-signing.pub), got {bad_keys}")
     if policy.release.declared_examples < 0:
         problems.append("release.declared-examples must be >= 0")
     if problems:
