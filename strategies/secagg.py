@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from xr0_core import keys
@@ -45,6 +45,7 @@ from .fedavg_ssl import RoundOutcome, SiteOutcome, XR0FedAvg, numpy_to_arrays, s
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
+CLIENT_EXCEPTION = 1  # InProcessGrid: error code of a reply whose handler raised (Flower's runtime does the same)
 
 
 @dataclass(frozen=True)
@@ -464,7 +465,10 @@ class InProcessGrid(Grid):
             node = int(msg.metadata.dst_node_id)
             if self.drop(msg.metadata.message_type, node):
                 continue
-            reply = self.app(msg, self.contexts[node])
+            try:
+                reply = self.app(msg, self.contexts[node])
+            except Exception as exc:  # noqa: BLE001 - as Flower's runtime does: a site's exception is an error reply
+                reply = Message(Error(code=CLIENT_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             self.received.append(reply)
             replies.append(reply)
         return replies
