@@ -195,7 +195,7 @@ class Coordinator:
                 from strategies.secagg import SecAggGrid, SecAggSettings, XR0SecAggFedAvg
 
                 strategy_cls = XR0SecAggFedAvg
-                grid = SecAggGrid(grid, SecAggSettings.from_config(cfg.secagg))
+                grid = SecAggGrid(grid, SecAggSettings.from_config(cfg.secagg, cfg.privacy))
             strategy = strategy_cls(
                 round_offset=done,
                 local_steps=cfg.train.local_steps,

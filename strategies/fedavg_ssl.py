@@ -62,6 +62,7 @@ class RoundOutcome:
     updated: bool
     arrays: ArrayRecord | None = None  # new global weights (train rounds that updated)
     reason: str = ""  # why a round that did not update was skipped (secure aggregation)
+    warnings: list[str] = field(default_factory=list)  # settings that cost accuracy (secure aggregation)
 
     def to_json(self) -> dict:
         out = {
@@ -73,6 +74,8 @@ class RoundOutcome:
         }
         if self.reason:
             out["reason"] = self.reason
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
 

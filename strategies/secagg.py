@@ -36,7 +36,7 @@ from xr0_core import keys
 from xr0_core.keys import NUM_EXAMPLES
 from xr0_core.secagg.protocol import (PeerKeys, RoundParams, SecAggError, ServerRound, default_threshold,
                                       neighbour_graph)
-from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound
+from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
                                   WEIGHT_CAPPED, WORDS, graph_to_flat)
 
@@ -58,11 +58,15 @@ class SecAggSettings:
     quant_range: float = 2.0
     weight_cap: float = 50_000.0
     stage_timeout: float = 600.0
+    client_noise_std: float = 0.0  # sigma * C of client-level DP at each site (for the quantization warning)
 
     @classmethod
-    def from_config(cls, sa: Any) -> "SecAggSettings":
+    def from_config(cls, sa: Any, privacy: Any = None) -> "SecAggSettings":
+        noise = 0.0
+        if privacy is not None and getattr(privacy, "client_level", False):
+            noise = float(privacy.client_noise_multiplier) * float(privacy.client_clip)
         return cls(int(sa.num_neighbours), int(sa.threshold), int(sa.quant_bits), float(sa.quant_range),
-                   float(getattr(sa, "weight_cap", cls.weight_cap)), float(sa.stage_timeout))
+                   float(getattr(sa, "weight_cap", cls.weight_cap)), float(sa.stage_timeout), noise)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class SecAggRoundResult:
     mean_delta: dict[str, np.ndarray] | None  # name -> float64 array, shape of the parameter
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def _flat_names(arrays: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
@@ -188,8 +193,20 @@ class SecAggGrid(Grid):
             "secagg-threshold": float(params.threshold),
             "secagg-error-bound": mean_error_bound(params.quant, n_up, total_wq),
         }
+        warnings = setting_warnings(params.quant, params.weight_cap, self.settings.client_noise_std)
+        if metrics["secagg-clipped-fraction"] > 0.01:
+            warnings.append(f"{100 * metrics['secagg-clipped-fraction']:.1f} % of update coordinates were clipped to "
+                            f"secagg.quant-range {params.quant.value_range:g}; raise it")
+        rms = float(np.sqrt(np.mean(np.square(mean)))) if mean.size else 0.0
+        metrics["secagg-error-to-update"] = metrics["secagg-error-bound"] / rms if rms > 0 else float("inf")
+        if metrics["secagg-error-to-update"] > 0.1:
+            warnings.append(f"the quantization error bound {metrics['secagg-error-bound']:.3g} is "
+                            f"{metrics['secagg-error-to-update']:.2g}x the mean update's RMS {rms:.3g}: small updates "
+                            "vanish; use secagg.quant-bits = 32 or a smaller weight-cap")
+        for w in warnings:
+            log.warning("round %d: secure aggregation: %s", server_round, w)
         sites = self._sites(nodes, outcome, rnd.log, site_metrics, set(rnd.uploaded))
-        return SecAggRoundResult(server_round, sites, mean_delta, metrics)
+        return SecAggRoundResult(server_round, sites, mean_delta, metrics, warnings=warnings)
 
     def _skipped(self, server_round, nodes, outcome, rnd, site_metrics, reason) -> SecAggRoundResult:
         log.warning("round %d: secure aggregation skipped: %s", server_round, reason)
@@ -405,7 +422,7 @@ class XR0SecAggFedAvg(XR0FedAvg):
         else:
             log.warning("round %d: %s", g, res.skipped_reason)
         outcome = RoundOutcome(g, "train", res.sites, metrics, updated=new_arrays is not None, arrays=new_arrays,
-                               reason=reason)
+                               reason=reason, warnings=list(res.warnings))
         if self.on_round_end is not None:
             self.on_round_end(outcome)
         return new_arrays, MetricRecord(metrics)

@@ -323,3 +323,22 @@ def test_nodes_left_without_enough_share_holders_after_stage_1_are_pruned():
     fed.share_keys(drop=gone)
     assert victim not in fed.server.shares
     assert "too few neighbours completed key sharing" in fed.server.log.dropped[victim][1]
+
+
+# ---- 7. quantization settings that cost accuracy are named --------------------------------------------
+def test_small_site_in_a_16_bit_ring_still_counts():
+    from xr0_core.secagg.quantize import QuantSpec
+
+    spec = QuantSpec(16, 2.0, 10)  # L = 3276
+    assert spec.quantize_weight(10 / 50_000) == 1  # rint(0.66) would be 1 anyway; 1e-5 * L rounds to 0:
+    assert spec.quantize_weight(1e-5) == 1 and spec.quantize_weight(0.0) == 0
+
+
+def test_setting_warnings_name_clipping_noise_and_coarse_weights():
+    from xr0_core.secagg.quantize import QuantSpec, clip_probability, setting_warnings
+
+    assert clip_probability(2.0, 2.0) == pytest.approx(0.3173, abs=1e-3)  # the sigma C = 2, R = 2
+    warns = setting_warnings(QuantSpec(16, 2.0, 10), 50_000.0, client_noise_std=2.0)
+    assert any("31.7 % of coordinates clip" in w for w in warns)
+    assert any("weights are rounded to multiples of" in w for w in warns)
+    assert setting_warnings(QuantSpec(32, 8.0, 10), 50_000.0, client_noise_std=1.0) == []

@@ -2,14 +2,16 @@
 
 A client sends ``q = rint(clip(d, -R, R) * wq / R)`` for every coordinate ``d`` of its update and ``wq``
 (its quantized weight, ``0 <= wq <= L``) as one extra word. Every ``|q| <= wq <= L`` with
-``L = (2^(bits-1) - 1) // max_clients``, so the sum over at most ``max_clients`` clients lies in
-``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` and reads back from Z_2^bits without ambiguity: overflow is
-impossible by construction, not merely unlikely. The weighted mean is then ``R * sum(q) / sum(wq)``.
+``L = (2^(bits-1) - 1) // max_clients``, so the sum over at most ``max_clients`` *honest* clients lies in
+``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` and reads back from Z_2^bits without ambiguity: for honest clients
+overflow is impossible by construction. A hostile client can send any words; :func:`check_sum` refuses an
+unmasked sum no set of honest clients could give. The weighted mean is then ``R * sum(q) / sum(wq)``.
 
 Error bound: each ``q`` is off by at most 1/2 from ``d * wq / R``, so the decoded mean is within
 ``R * n / (2 * sum(wq))`` of the exact ``wq``-weighted mean of the clipped updates (n = clients summed);
 ``wq`` itself is within 1/2 of ``L * num-examples / weight-cap``, which moves the mean by at most
-``R * n / sum(wq)`` more. :func:`mean_error_bound` returns the sum of both: ``1.5 * R * n / sum(wq)``,
+``R * n / sum(wq)`` more (where a tiny positive weight is raised to one level, up to ``2 R n / sum(wq)``).
+:func:`mean_error_bound` returns the sum of both: ``2.5 * R * n / sum(wq)``,
 the distance to the exact example-weighted mean of the clipped updates. Values outside ``[-R, R]`` are clipped and *counted*.
 """
 
@@ -73,10 +75,16 @@ class QuantSpec:
         return ((1 << (self.bits - 1)) - 1) // self.max_clients
 
     def quantize_weight(self, fraction: float) -> int:
-        """``wq = rint(fraction * L)`` for a weight fraction in ``[0, 1]``."""
+        """``wq = rint(fraction * L)`` for a weight fraction in ``[0, 1]``, at least 1 when the fraction is
+        positive (a small site in a 16-bit ring would otherwise round to 0 and silently contribute nothing)."""
         if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
             raise QuantizationError(f"weight fraction must be in [0, 1], got {fraction}")
-        return int(round(fraction * self.levels))
+        wq = int(round(fraction * self.levels))
+        return max(1, wq) if fraction > 0 else 0
+
+    def weight_resolution(self, weight_cap: float) -> float:
+        """Examples per weight level (``weight_cap / L``): weights are rounded to multiples of this."""
+        return weight_cap / self.levels
 
 
 def quantize(update: np.ndarray, wq: int, spec: QuantSpec) -> tuple[np.ndarray, int]:
@@ -188,5 +196,41 @@ def decode_mean(sum_words: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, int
 
 
 def mean_error_bound(spec: QuantSpec, num_clients: int, total_wq: int) -> float:
-    """Largest ``|decoded mean - exact example-weighted mean of the clipped updates|`` per coordinate."""
-    return 1.5 * spec.value_range * num_clients / total_wq
+    """Largest ``|decoded mean - exact example-weighted mean of the clipped updates|`` per coordinate.
+
+    ``R n / (2 sum(wq))`` from rounding each ``q``, plus ``2 R n / sum(wq)`` from ``wq`` being within 1 of
+    ``L * fraction`` (1/2 from rounding, up to 1 where a tiny positive weight is raised to one level).
+    """
+    return 2.5 * spec.value_range * num_clients / total_wq
+
+
+def clip_probability(noise_std: float, value_range: float) -> float:
+    """P(|N(0, noise_std^2)| > R): the share of coordinates client-level noise alone pushes out of range."""
+    if noise_std <= 0:
+        return 0.0
+    return math.erfc(value_range / (noise_std * math.sqrt(2.0)))
+
+
+def setting_warnings(spec: QuantSpec, weight_cap: float, client_noise_std: float = 0.0) -> list[str]:
+    """Problems of a round's quantization settings, known before any site trains (empty: none).
+
+    Parameters
+    ----------
+    spec : QuantSpec
+    weight_cap : float
+        ``secagg.weight-cap``.
+    client_noise_std : float
+        Std of the client-level DP noise each site adds per coordinate (``sigma * C``; 0: none).
+    """
+    out = []
+    p = clip_probability(client_noise_std, spec.value_range)
+    if p > 1e-3:
+        out.append(f"client-level noise (std {client_noise_std:g} per coordinate at each site) against "
+                   f"secagg.quant-range {spec.value_range:g}: about {100 * p:.1f} % of coordinates clip, which cuts "
+                   f"the noise and shrinks the signal; set secagg.quant-range >= {4 * client_noise_std:g}")
+    res = spec.weight_resolution(weight_cap)
+    if res > 1.0:
+        out.append(f"weights are rounded to multiples of {res:.3g} examples ({spec.bits}-bit ring, "
+                   f"{spec.max_clients} sites, weight-cap {weight_cap:g}); a site below {res / 2:.3g} examples counts "
+                   "as one level; use secagg.quant-bits = 32 or a smaller weight-cap")
+    return out
