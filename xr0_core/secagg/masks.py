@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-_NONCE = b"xr0-secagg-mask\x00"  # 16 bytes: ChaCha20's 64-bit counter + 64-bit nonce in cryptography's API
+# 16 bytes as cryptography's ChaCha20 takes them (RFC 7539 layout): a 4-byte little-endian initial block
+# counter ("xr0-" = 758 M) and a 12-byte nonce. From there the 32-bit counter has ~3.5e9 64-byte blocks
+# (~225 GB) before it wraps; the largest mask here is under 1 GB.
+_NONCE = b"xr0-secagg-mask\x00"
 _CHUNK_BYTES = 1 << 22
 
 

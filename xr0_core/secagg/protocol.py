@@ -1,22 +1,30 @@
 """SecAgg+ round state for both sides, as pure objects (no Flower): what a client keeps between stages
 and what the coordinator computes from the replies.
 
-Stages (Bell et al. 2020, §3; the message plumbing lives in ``client/secagg.py`` / ``strategies/secagg.py``):
+Stages (Bell et al. 2020, §3, with the consistency round of Bonawitz et al. 2017 for a coordinator that
+may deviate; the message plumbing lives in ``client/secagg.py`` / ``strategies/secagg.py``):
 
 0. **setup** - the server fixes the round (run key, round, threshold t, ring, weight cap) and a random
-   k-regular neighbour graph; each client draws fresh X25519 pairs ``c`` and ``s`` and returns the publics.
-1. **share keys** - each client learns its neighbours' publics, draws its self-mask secret ``b``, and
-   Shamir-splits ``b`` and ``s.private`` t-out-of-(its alive neighbours + itself); each share goes to its
-   holder encrypted and authenticated (:mod:`.keys`), routed by the server which cannot read it.
-2. **masked upload** - each client decrypts the shares addressed to it, trains, quantizes its weighted
-   update (:mod:`.quantize`) and adds its self mask and one pairwise mask per neighbour that reached stage 1
-   (+ when its id is the smaller one, - otherwise), so pairwise masks cancel in the sum.
-3. **unmask** - for each neighbour the server reports as alive the client returns its share of ``b``; for
-   each one reported dropped, its share of ``s.private``. Never both for one neighbour: a client refuses a
-   request that would reveal both, and a second request in the same round. The server rebuilds the self
-   masks of the uploaders and the pairwise masks they shared with the dropped, and removes them.
+   k-regular neighbour graph; each client checks t and its degree against its site policy
+   (:class:`ClientRules`), draws fresh X25519 pairs ``c`` and ``s`` and returns the publics signed with its
+   long-term signing key (:mod:`.identity`).
+1. **share keys** - each client verifies its neighbours' signed keys (pinned, distinct), draws its
+   self-mask secret ``b``, and Shamir-splits ``b`` and ``s.private`` t-out-of-(its alive neighbours +
+   itself); each share goes to its holder encrypted and authenticated (:mod:`.keys`), routed by the server
+   which cannot read it; the server also gets a commitment to ``b``. The server then re-prunes nodes left
+   with fewer than t - 1 neighbours that shared keys.
+2. **masked upload** - each client decrypts the shares addressed to it (at least t - 1, or it refuses),
+   trains, quantizes its weighted update (:mod:`.quantize`) and adds its self mask and one pairwise mask per
+   neighbour whose share arrived (+ when its id is the smaller one, - otherwise), so pairwise masks cancel.
+3a. **consistency** - the server skips a round whose uploaders' graph is split; each uploader checks the
+   lists (U2 shared keys, U3 uploaded) against what it saw, checks U3 is connected, and signs them.
+3b. **unmask** - with every uploader's signature over the same lists, for each neighbour in U3 the client
+   returns its share of ``b``; for each one not in U3, its share of ``s.private``. Never both for one node,
+   never a second request. The server rebuilds each secret from some t shares that match its commitment /
+   public key, removes the masks, and range-checks the sum (:func:`.quantize.check_sum`).
 
-Threat model: honest-but-curious server; see docs/secure-aggregation.md.
+Threat model: a coordinator that may deviate, hospitals that may send garbage; see
+docs/secure-aggregation.md for what holds and what does not (pinned signing keys, no range proofs).
 """
 
 from __future__ import annotations
