@@ -207,8 +207,13 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         trust = trust_fn(context)
         _refresh(session, trust)
         srcs = _ints(rec, "src")
-        # Shares first: a site that cannot vouch for its peers drops out before spending a round training.
-        session.receive_shares(dict(zip(srcs, rec["ct"] if srcs else [])))
+        # Shares first: a site that cannot get t - 1 authentic shares drops out before spending a round training.
+        cts = list(rec["ct"]) if srcs else []
+        if len(cts) != len(srcs):
+            raise SecAggError("the train message's share lists do not match")
+        rejected = session.receive_shares(dict(zip(srcs, cts)))
+        if rejected:
+            log.warning("shares from nodes %s failed authentication; masking without them", rejected)
         _store(context, session)
         reply = train_fn(msg, context)
         if reply.has_error():
@@ -232,6 +237,8 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
             log.info("metrics kept at the site under secure aggregation: %s", ", ".join(kept))
         out[CLIPPED] = int(upload.clipped)
         content = RecordDict({MASKED: ArrayRecord({WORDS: Array(upload.words)}), keys.METRICS: MetricRecord(out)})
+        if rejected:
+            content[REC] = ConfigRecord({"rejected": rejected})
         return Message(content, reply_to=msg)
 
     def consistency(msg: Message, context: Context) -> Message:

@@ -2,21 +2,27 @@
 
 How it plugs in without copying ``Strategy.start``: Flower's loop sends the round's train messages with
 ``grid.send_and_receive`` and hands the replies to ``aggregate_train``. :class:`SecAggGrid` wraps the real
-Grid; when it is handed train messages it runs the four SecAgg+ stages as separate Message API exchanges
-(setup -> share keys -> train + masked upload -> unmask; message types in ``client/secagg.py``) and
-returns ONE :class:`SecAggRoundResult` holding the unmasked weighted mean update (never any single site's
-update). :class:`XR0SecAggFedAvg` turns that into the new global weights. Any other message (evaluation)
-passes through untouched.
+Grid; when it is handed train messages it runs the SecAgg+ stages as separate Message API exchanges
+(setup -> share keys -> train + masked upload -> consistency -> unmask; message types in
+``client/secagg.py``) and returns ONE :class:`SecAggRoundResult` holding the unmasked weighted mean update
+(never any single site's update). :class:`XR0SecAggFedAvg` turns that into the new global weights. Any other
+message (evaluation) passes through untouched.
 
 What the coordinator can no longer check under secure aggregation: per-reply validation (keys, shapes,
 finite values, update norms) of ``strategies/validate.py`` is impossible on masked vectors. What remains:
 every upload must have the right length and word type; the client refuses NaN/inf and clips values to
-the declared range (counted); a site's weight is capped at ``secagg.weight-cap`` (counted).
+the declared range (counted); a site's weight is capped at ``secagg.weight-cap``; the unmasked sum must be
+one honest clients can produce (``quantize.check_sum``), else the round is skipped.
 
-Per-stage timeouts: ``secagg.stage-timeout`` for the three crypto stages, ``federation.round-timeout``
-for the training stage. A site missing at any stage is a dropout; its masks are removed with its
-neighbours' shares. Fewer than the threshold left at any stage, or too few shares to rebuild a mask: the
-round is skipped (global weights unchanged) and the reason lands in the round's metrics and log.
+Robustness: nothing a site sends ends the run. A reply that cannot be read drops that site at that stage
+(reason in the round record); a malformed or non-fitting share is ignored (its holder named) and other
+share subsets are tried; anything else unexpected skips the round with the exception's text as reason.
+
+Per-stage timeouts: ``secagg.stage-timeout`` for the four crypto stages, ``federation.round-timeout``
+for the training stage. A site missing at any stage but consistency is a dropout; its masks are removed
+with its neighbours' shares. Fewer than the threshold left at any stage, a split uploader graph, a missing
+signature, too few good shares, or an out-of-range sum: the round is skipped (global weights unchanged) and
+the reason lands in the round's record (``reason``) and log.
 """
 
 from __future__ import annotations
@@ -295,16 +301,24 @@ class SecAggGrid(Grid):
             clipped = metrics.get(CLIPPED, 0)
             if not isinstance(clipped, (int, float)) or not math.isfinite(clipped) or clipped < 0:
                 raise ValueError("bad clipped count")
+            rec = r.content.config_records.get(REC)
+            rejected = [int(v) for v in rec["rejected"]] if rec is not None and "rejected" in rec else []
             return arrays[WORDS].numpy(), int(clipped), {k: float(v) for k, v in metrics.items()
-                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         }, rejected
 
-        for u, r in replies.items():  # one at a time: the server keeps only the running ring sum
-            got = self._parse("masked-upload", {u: r}, outcome, upload)
-            if u in got:
-                words, clipped, metrics = got.pop(u)
-                rnd.add_upload(u, words, clipped)
+        got = self._parse("masked-upload", replies, outcome, upload)
+        # A sender whose share a receiver could not authenticate stays out of the sum: its mask for that
+        # receiver would not cancel (the receiver masked without it).
+        excluded = rnd.excluded_by_rejections({u: g[3] for u, g in got.items()})
+        for u in sorted(got):
+            words, clipped, metrics, rejected = got.pop(u)
+            if u in excluded:
+                rnd.log.drop(u, "masked-upload", f"node {excluded[u]} could not authenticate the share it sent")
+            else:
+                rnd.add_upload(u, words, clipped, rejected)
                 site_metrics[u] = metrics
-                del words
+            del words
         rnd.close_uploads()
 
         # stage 3a: consistency (every uploader signs the same survivor lists before anyone reveals a share)
@@ -383,7 +397,9 @@ class XR0SecAggFedAvg(XR0FedAvg):
     ``aggregate_train`` receives one :class:`SecAggRoundResult` instead of per-site replies: the new global
     weights are ``server_optimizer.apply(global, global + mean update)``. Round metrics: the sites' scalar
     metrics averaged without weights (``num-examples`` per site is secret; only its sum is known), plus
-    ``secagg-uploads``, ``secagg-dropped``, ``secagg-clipped``, ``secagg-error-bound``, ``secagg-skipped``.
+    ``secagg-uploads``, ``secagg-dropped``, ``secagg-clipped``, ``secagg-clipped-fraction``,
+    ``secagg-error-bound``, ``secagg-error-to-update``, ``secagg-skipped``; a skipped round's reason and any
+    quantization warnings go to the round record (``RoundOutcome.reason`` / ``warnings``).
     """
 
     def aggregate_train(

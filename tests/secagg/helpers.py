@@ -55,17 +55,24 @@ class Federation:
             commits[u] = self.sessions[u].b_commitment()
         self.server.record_shares(replies, commits)
 
-    def upload(self, updates, weights, drop=(), record=None, tamper=None):
+    def upload(self, updates, weights, drop=(), record=None, tamper=None, deliver=None):
+        """``deliver(dst, shares) -> shares`` lets a test play the network between stage 1 and 2."""
+        got = {}
         for u in list(self.server.shares):
             if u in drop:
                 continue
-            self.sessions[u].receive_shares(self.server.shares_for(u))
+            incoming = self.server.shares_for(u)
+            rejected = self.sessions[u].receive_shares(deliver(u, incoming) if deliver else incoming)
             up = self.sessions[u].mask(updates[u], weights[u])
             if tamper is not None:
                 tamper(u, up.words)
             if record is not None:
                 record.append(up.words.copy())
-            self.server.add_upload(u, up.words, up.clipped)
+            got[u] = (up, rejected)
+        excluded = self.server.excluded_by_rejections({u: r for u, (_, r) in got.items()})
+        for u, (up, rejected) in got.items():
+            if u not in excluded:
+                self.server.add_upload(u, up.words, up.clipped, rejected)
         self.server.close_uploads()
 
     def consistency(self, drop=()):

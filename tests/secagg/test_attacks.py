@@ -342,3 +342,41 @@ def test_setting_warnings_name_clipping_noise_and_coarse_weights():
     assert any("31.7 % of coordinates clip" in w for w in warns)
     assert any("weights are rounded to multiples of" in w for w in warns)
     assert setting_warnings(QuantSpec(32, 8.0, 10), 50_000.0, client_noise_std=1.0) == []
+
+
+def test_a_bad_ciphertext_excludes_its_sender_not_its_receivers():
+    params, graph = make_params(6)  # all-to-all, t = 4
+    nodes = sorted(graph)
+    ups, ws = _data(nodes)
+    bad = nodes[2]
+
+    def deliver(dst, shares):  # bad's shares arrive corrupted at every receiver
+        return {src: (ct[:-1] + bytes([ct[-1] ^ 1]) if src == bad else ct) for src, ct in shares.items()}
+
+    fed = Federation(params, graph, 301)
+    fed.setup()
+    fed.share_keys()
+    fed.upload(ups, ws, deliver=deliver)
+    assert bad not in fed.server.uploaded and len(fed.server.uploaded) == 5
+    fed.consistency()
+    total = fed.unmask()
+    mean, total_wq = decode_mean(total, params.quant)
+    survivors = [u for u in nodes if u != bad]
+    assert np.abs(mean - _exact(ups, ws, survivors)).max() <= mean_error_bound(params.quant, 5, total_wq)
+
+
+def test_a_site_refuses_a_view_that_counts_a_sender_it_rejected():
+    params, graph = make_params(5)
+    nodes = sorted(graph)
+    ups, ws = _data(nodes)
+    fed = Federation(params, graph, 301)
+    fed.setup()
+    fed.share_keys()
+    u, bad = nodes[0], nodes[1]
+    shares = fed.server.shares_for(u)
+    shares[bad] = shares[bad][:-1] + bytes([shares[bad][-1] ^ 1])
+    assert fed.sessions[u].receive_shares(shares) == [bad]
+    fed.sessions[u].mask(ups[u], ws[u])
+    u2 = sorted(fed.server.shares)
+    with pytest.raises(SecAggError, match="rejected"):
+        fed.sessions[u].consistency(u2, u2, fed.sign[u])  # a coordinator that kept bad's upload anyway

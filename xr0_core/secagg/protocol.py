@@ -226,6 +226,7 @@ class ClientSession:
     own_b_share: bytes = b""
     own_sk_share: bytes = b""
     received: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # src -> (b share, sk share)
+    rejected: tuple[int, ...] = ()  # senders whose share failed authentication: not mask peers
     view: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (U2, U3) this client signed
 
     @property
@@ -328,30 +329,46 @@ class ClientSession:
         return b_commitment(self.b, self.params.tag, self.node)
 
     # ---- stage 2 ------------------------------------------------------------------------------------
-    def receive_shares(self, ciphertexts: dict[int, bytes]) -> None:
+    def receive_shares(self, ciphertexts: dict[int, bytes]) -> list[int]:
         """Decrypt and keep the shares neighbours sent; their senders are this round's mask peers.
 
-        Raises :class:`keys.ShareRejected` if any share is not authentic (the client then drops out of the
-        round rather than mask against a peer it cannot vouch for), and :class:`SecAggError` when fewer than
-        t - 1 arrive: a coordinator that withholds a site's shares would leave it masked by its self mask
-        alone, which the same coordinator can then remove.
+        A share that fails authentication (tampered in transit, or a hostile sender) is left out: its sender
+        is not a mask peer, and the returned list tells the server, which then keeps that sender's upload out
+        of the sum (its mask for this site would not cancel). Raises :class:`SecAggError` when fewer than
+        t - 1 good shares arrive: a coordinator that withholds a site's shares would leave it masked by its
+        self mask alone, which the same coordinator can then remove.
+
+        Returns
+        -------
+        list of int
+            Senders whose share was rejected.
         """
         self._expect("shared")
         tag = self.params.tag
         received: dict[int, tuple[bytes, bytes]] = {}
+        rejected: list[int] = []
         for src, blob in ciphertexts.items():
             if src not in self.peer_c:
                 raise SecAggError(f"a share from node {src}, which was not a neighbour at stage 1")
-            plain = keys.decrypt_share(self.c.private, self.peer_c[src], tag, src, self.node, blob)
-            if len(plain) != 2 * shamir.SHARE_BYTES:
-                raise keys.ShareRejected(f"share from node {src} has the wrong length")
+            try:
+                if not isinstance(blob, bytes):
+                    raise keys.ShareRejected(f"share from node {src} is not bytes")
+                plain = keys.decrypt_share(self.c.private, self.peer_c[src], tag, src, self.node, blob)
+                if len(plain) != 2 * shamir.SHARE_BYTES:
+                    raise keys.ShareRejected(f"share from node {src} has the wrong length")
+            except keys.ShareRejected:
+                rejected.append(src)
+                continue
             received[src] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
         t = self.params.threshold
         if len(received) + 1 < t:
-            raise SecAggError(f"only {len(received)} neighbours' shares arrived; with threshold {t} this site "
-                              f"needs at least {t - 1} pairwise masks; refusing to upload")
+            raise SecAggError(f"only {len(received)} neighbours' shares arrived intact ({len(rejected)} failed "
+                              f"authentication); with threshold {t} this site needs at least {t - 1} pairwise masks; "
+                              "refusing to upload")
         self.received = received
+        self.rejected = tuple(sorted(rejected))
         self.stage = "received"
+        return list(self.rejected)
 
     def mask(self, update: np.ndarray, num_examples: float) -> MaskedUpload:
         """Quantize ``update`` (flat, [P]) weighted by ``num_examples`` and add all masks."""
@@ -381,9 +398,11 @@ class ClientSession:
         u2, u3 = set(int(x) for x in shared), set(int(x) for x in uploaded)
         if self.node not in u3 or not u3 <= u2 or not u2 <= set(self.graph):
             raise SecAggError("the coordinator's survivor lists are inconsistent with this round; refusing")
-        if set(self.received) != (set(self.neighbours) & u2) - {self.node}:
+        if set(self.received) | set(self.rejected) != (set(self.neighbours) & u2) - {self.node}:
             raise SecAggError("the coordinator's list of sites that shared keys does not match the shares this "
                               "site received; refusing")
+        if set(self.rejected) & u3:
+            raise SecAggError("the coordinator counts an upload from a node whose share this site rejected; refusing")
         if len(u3) < self.params.threshold:
             raise SecAggError(f"only {len(u3)} uploads < threshold {self.params.threshold}; refusing")
         if not is_connected(u3, self.graph):
@@ -457,6 +476,7 @@ class ClientSession:
             "peer_sign": {str(k): h(v) for k, v in self.peer_sign.items()},
             "own": [h(self.own_b_share), h(self.own_sk_share)],
             "received": {str(k): [h(a), h(b)] for k, (a, b) in self.received.items()},
+            "rejected": list(self.rejected),
             "view": [list(self.view[0]), list(self.view[1])],
         }
         return json.dumps(d).encode()
@@ -477,6 +497,7 @@ class ClientSession:
             peer_sign={int(k): u(v) for k, v in d["peer_sign"].items()},
             own_b_share=u(d["own"][0]), own_sk_share=u(d["own"][1]),
             received={int(k): (u(a), u(b)) for k, (a, b) in d["received"].items()},
+            rejected=tuple(int(x) for x in d.get("rejected", [])),
             view=(tuple(d["view"][0]), tuple(d["view"][1])),
         )
 
@@ -549,6 +570,7 @@ class ServerRound:
         self.commits: dict[int, bytes] = {}  # U2: node -> commitment to its b
         self._sum: np.ndarray | None = None
         self.uploaded: list[int] = []  # U3
+        self.rejected: dict[int, set[int]] = {}  # uploader -> senders whose share it rejected (no mask with them)
         self.signatures: dict[int, tuple[bytes, bytes]] = {}  # U3: node -> (signing key, view signature)
         self.clipped = 0
 
@@ -630,11 +652,28 @@ class ServerRound:
         return {src: self.shares[src][dst] for src in self.graph[dst] if src in self.shares}
 
     # ---- stage 2 -> 3 --------------------------------------------------------------------------------
-    def add_upload(self, node: int, words: np.ndarray, clipped: int) -> None:
-        """Add one masked upload to the running ring sum (the server never keeps uploads apart)."""
+    def excluded_by_rejections(self, rejections: dict[int, list[int]]) -> dict[int, int]:
+        """Senders some uploader rejected the share of: ``sender -> a receiver that rejected it``. Their uploads
+        must stay out of the sum (their mask for that receiver would not cancel); call before adding uploads."""
+        out: dict[int, int] = {}
+        for receiver, senders in sorted(rejections.items()):
+            for v in senders:
+                if v in self.graph.get(receiver, ()) and v in self.shares:
+                    out.setdefault(v, receiver)
+        return out
+
+    def add_upload(self, node: int, words: np.ndarray, clipped: int, rejected=()) -> None:
+        """Add one masked upload to the running ring sum (the server never keeps uploads apart).
+
+        ``rejected``: the senders whose share this node rejected (it did not mask with them).
+        """
         spec = self.params.quant
         if node not in self.shares or node in self.uploaded:
             self.log.drop(node, "masked-upload", "not expected at this stage")
+            return
+        rejected = {int(v) for v in rejected}
+        if not rejected <= {v for v in self.graph[node] if v in self.shares}:
+            self.log.drop(node, "masked-upload", "claims to have rejected shares of nodes that sent it none")
             return
         if not isinstance(words, np.ndarray) or words.dtype != spec.dtype or words.shape != (self.num_words,):
             self.log.drop(node, "masked-upload", f"upload must be {self.num_words} {spec.dtype} words")
@@ -644,6 +683,7 @@ class ServerRound:
         else:
             np.add(self._sum, words, out=self._sum)
         self.uploaded.append(node)
+        self.rejected[node] = rejected
         self.clipped += max(0, int(clipped))
 
     def close_uploads(self) -> None:
@@ -685,7 +725,7 @@ class ServerRound:
 
     def unmask_request(self, node: int) -> tuple[list[int], list[int]]:
         """``(alive, dropped)`` for ``node``: its mask peers that uploaded (and itself) / that did not."""
-        peers = [v for v in self.graph[node] if v in self.shares]
+        peers = [v for v in self.graph[node] if v in self.shares and v not in self.rejected.get(node, ())]
         alive = sorted([v for v in peers if v in self.uploaded] + [node])
         dropped = sorted(v for v in peers if v not in self.uploaded)
         return alive, dropped
@@ -720,7 +760,10 @@ class ServerRound:
         t = self.params.threshold
         tag = self.params.tag
         b_shares: dict[int, list[bytes]] = {u: [] for u in self.uploaded}
-        sk_shares: dict[int, list[bytes]] = {v: [] for v in self.shares if v not in self.uploaded}
+        # dropouts some uploader masked with (none when every receiver rejected the dropout's share)
+        sk_shares: dict[int, list[bytes]] = {
+            v: [] for v in self.shares if v not in self.uploaded
+            and any(u in self.uploaded and v not in self.rejected.get(u, ()) for u in self.graph[v])}
         for holder, reply in replies.items():
             if holder not in self.uploaded:
                 continue
@@ -738,7 +781,7 @@ class ServerRound:
                     else:
                         self.log.note(holder, "unmask: malformed share or wrong x-coordinate ignored")
             for owner, share in sks.items():
-                if owner in dropped:
+                if owner in dropped and owner in sk_shares:
                     if _share_ok(share, holder):
                         sk_shares[owner].append(share)
                     else:
@@ -769,7 +812,7 @@ class ServerRound:
                 raise SecAggAbort(f"no {t} of the {len(shares)} shares of dropped client {v}'s key match its public "
                                   "key (corrupted shares); the round is skipped and the global weights are unchanged")
             for u in self.graph[v]:
-                if u in self.uploaded:
+                if u in self.uploaded and v not in self.rejected.get(u, ()):
                     seed = keys.pairwise_mask_seed(sk, self.keys[u][1], tag, v, u)
                     apply_mask_inplace(total, seed, -_sign(u, v))
         self._sum = None
