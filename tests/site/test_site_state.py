@@ -137,3 +137,25 @@ def test_the_private_holdout_of_one_patient_does_not_depend_on_the_others():
     train2, held2 = private_partition(grown, "site-key")
     assert {r.path for r in held2} - {"new/0.png"} == {r.path for r in held}
     assert private_partition(records, "other-site")[1] != held  # keyed by the site's stable id
+
+
+def test_a_dicom_folder_without_manifest_uses_patient_id_as_the_unit(hospital, tmp_path):
+    from xr0_core.data.index import index_site
+    from xr0_core.privacy.units import privacy_units
+
+    with_manifest = index_site(hospital, verify_pixels=False).records
+    folder = tmp_path / "no-manifest"
+    shutil.copytree(hospital, folder)
+    (folder / "manifest.csv").unlink()
+    walked = index_site(folder, verify_pixels=False).records
+    dicoms = [r for r in walked if r.path.suffix == ".dcm"]
+    assert dicoms and all(r.patient_id and r.patient_id.startswith("dicom-") for r in dicoms)
+    by_name = {r.path.name: r.patient_id for r in with_manifest}
+    # Same grouping as the manifest's patient ids; the identifier itself never appears (a pseudonym).
+    groups_walked = {frozenset(r.path.name for r in dicoms if r.patient_id == p) for p in {r.patient_id for r in dicoms}}
+    groups_manifest = {frozenset(r.path.name for r in dicoms if by_name[r.path.name] == by_name[d.path.name])
+                       for d in dicoms}
+    assert groups_walked == groups_manifest
+    assert not any(by_name[r.path.name] in r.patient_id for r in dicoms)
+    units = privacy_units(dicoms)
+    assert units.kind == "patient" and units.n_units == len({r.patient_id for r in dicoms}) < len(dicoms)
