@@ -38,7 +38,8 @@ from flwr.clientapp import ClientApp
 
 from xr0_core import keys
 from xr0_core.secagg import identity
-from xr0_core.secagg.protocol import ClientRules, ClientSession, PeerKeys, RoundParams, SecAggError
+from xr0_core.secagg.protocol import ClientRules, PeerKeys, RoundParams, SecAggError
+from xr0_core.secagg.session import ClientSession
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
                                   WORDS, graph_from_flat)
 from xr0_core.site.policy import SitePolicy

@@ -40,8 +40,8 @@ from flwr.serverapp import Grid
 
 from xr0_core import keys
 from xr0_core.keys import NUM_EXAMPLES
-from xr0_core.secagg.protocol import (PeerKeys, RoundParams, SecAggError, ServerRound, default_threshold,
-                                      neighbour_graph)
+from xr0_core.secagg.protocol import PeerKeys, RoundParams, SecAggError, default_threshold, neighbour_graph
+from xr0_core.secagg.server import ServerRound
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
                                   WEIGHT_CAPPED, WORDS, graph_to_flat)

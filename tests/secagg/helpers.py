@@ -7,8 +7,9 @@ import random
 import numpy as np
 
 from xr0_core.secagg import identity
-from xr0_core.secagg.protocol import (ClientRules, ClientSession, RoundParams, ServerRound, default_threshold,
-                                      neighbour_graph)
+from xr0_core.secagg.protocol import ClientRules, RoundParams, default_threshold, neighbour_graph
+from xr0_core.secagg.server import ServerRound
+from xr0_core.secagg.session import ClientSession
 from xr0_core.secagg.quantize import QuantSpec
 
 STAGES = ("setup", "share-keys", "masked-upload", "consistency", "unmask")

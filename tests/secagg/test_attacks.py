@@ -10,7 +10,8 @@ import pytest
 
 from helpers import Federation, make_params, run_round
 from xr0_core.secagg import identity, shamir
-from xr0_core.secagg.protocol import (ClientRules, ClientSession, PeerKeys, SecAggAbort, SecAggError, components)
+from xr0_core.secagg.protocol import ClientRules, PeerKeys, SecAggAbort, SecAggError, components
+from xr0_core.secagg.session import ClientSession
 from xr0_core.secagg.quantize import decode_mean, mean_error_bound
 
 

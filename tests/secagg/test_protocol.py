@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 
 from helpers import Federation, make_params, run_round
 from xr0_core.secagg import keys, shamir
-from xr0_core.secagg.protocol import ClientSession, SecAggAbort, SecAggError
+from xr0_core.secagg.protocol import SecAggAbort, SecAggError
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, quantize
 
 STAGES = ("setup", "share-keys", "masked-upload", "unmask")  # where dropouts are tolerated
