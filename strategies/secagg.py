@@ -108,6 +108,7 @@ class SecAggGrid(Grid):
         self.settings = settings
         self.rng = rng or random.SystemRandom()
         self.last_stage_seconds: dict[str, float] = {}
+        self._round: ServerRound | None = None
 
     # ---- plain delegation ------------------------------------------------------------------------
     def set_run(self, run):  # type: ignore[override]
@@ -172,15 +173,15 @@ class SecAggGrid(Grid):
         nodes = sorted({int(m.metadata.dst_node_id) for m in train_msgs})
         outcome: dict[int, SiteOutcome] = {}
         site_metrics: dict[int, dict[str, float]] = {}
-        rnd: ServerRound | None = None
+        self._round = None  # set by _stages as soon as the round exists: its stage log names the dropouts
         try:
             rnd, mean, total_wq, params = self._stages(server_round, config, global_arrays, nodes, train_timeout,
                                                        outcome, site_metrics)
         except SecAggError as exc:  # SecAggAbort: too few / corrupt; SecAggError: the round cannot run as set
-            return self._skipped(server_round, nodes, outcome, rnd, site_metrics, str(exc))
+            return self._skipped(server_round, nodes, outcome, self._round, site_metrics, str(exc))
         except Exception as exc:  # noqa: BLE001 - one site's bytes must never end a multi-day run
             log.exception("round %d: secure aggregation failed unexpectedly", server_round)
-            return self._skipped(server_round, nodes, outcome, rnd, site_metrics,
+            return self._skipped(server_round, nodes, outcome, self._round, site_metrics,
                                  f"unexpected error in secure aggregation ({type(exc).__name__}: {exc})")
         n_up = len(rnd.uploaded)
         layout = _flat_names(global_arrays)

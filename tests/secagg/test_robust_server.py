@@ -141,3 +141,18 @@ def test_clear_metrics_reveal_no_size():
             names = set(reply.content.metric_records["metrics"])
             assert not names & {"num-examples", "secagg-weight-capped", "sample-rate", "epsilon"}
             assert "loss" in names  # the policy default lets the loss leave
+
+
+def test_a_skipped_round_still_names_each_dropout():
+    # 3 of 5 refuse at setup (t = 3 of 5 holders): the round is skipped and each refusal keeps its reason
+    def refuse(msg, context, call_next):
+        if msg.metadata.message_type == f"query.{SETUP}" and int(context.node_id) in (101, 114, 127):
+            raise RuntimeError("site policy: refused")
+        return call_next(msg, context)
+
+    grid, outs = _rounds(5, [refuse], rounds=1)
+    out = outs[0]
+    assert not out.updated and "left after setup" in out.reason
+    for node in (101, 114, 127):
+        assert "site policy: refused" in _site(out, node).reason
+    assert "setup: too few neighbours alive" in _site(out, 140).reason  # from the round's stage log
