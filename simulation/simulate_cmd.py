@@ -120,6 +120,16 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"the federation ended without writing {run_json}; see the log above")
     summary = json.loads(run_json.read_text())
     summary["sites"] = sites
+    from xr0_core.train.health import assess_history
+
+    history = json.loads((out / "metrics.json").read_text())["rounds"] if (out / "metrics.json").exists() else []
+    health = assess_history(history)
+    summary["health"] = {"status": health["status"],
+                         "sites": {n: {"status": v["status"], "reasons": v["reasons"], **v["last"]}
+                                   for n, v in health["sites"].items()}}
+    print(f"[xr0] SSL health: {health['status'].upper()}"
+          + "".join(f"; {n} {v['status']}: {'; '.join(v['reasons'])}" for n, v in health["sites"].items()
+                    if v["status"] != "ok"), file=sys.stderr, flush=True)
     if cfg.privacy.enabled or cfg.privacy.client_level:  # epsilon per hospital from its own ledger
         from xr0_core.privacy.ledger import PrivacyLedger
 

@@ -13,6 +13,13 @@ from typing import Any
 from xr0_core.atomic import atomic_write, atomic_write_json
 
 
+def _ssl_health(history: list[dict[str, Any]]) -> dict[str, Any]:
+    from xr0_core.train.health import assess_history
+
+    v = assess_history(history)
+    return {"status": v["status"], "sites": {n: {"status": s["status"], "reasons": s["reasons"]} for n, s in v["sites"].items()}}
+
+
 def build_card(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     train = [r for r in history if r["kind"] == "train"]
     evals = [r for r in history if r["kind"] == "evaluate"]
@@ -38,6 +45,7 @@ def build_card(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[s
         "differential_privacy": bool(cfg.get("privacy.enabled")),
         "sites": sites,
         "evaluation": {"round": evals[-1]["round"], "metrics": evals[-1]["metrics"]} if evals else None,
+        "ssl_health": _ssl_health(history),
     }
 
 

@@ -110,6 +110,12 @@ td:first-child,th:first-child{text-align:left} h2{margin-top:1.6em} .note{color:
 """
 
 
+def health_section(history: list[dict[str, Any]]) -> str:
+    from xr0_core.train.health import health_section as section
+
+    return section(history)
+
+
 def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> Path:
     """Write ``report.html`` (+ ``curve_loss.png``) into ``out_dir``.
 
@@ -146,6 +152,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
     if curve is not None:
         parts.append(f"<h2>Training</h2><img src='{curve.name}' alt='loss curve'>")
     parts.append(privacy_section(history))  # epsilon per hospital per round (xr0_core/privacy; "" without DP)
+    parts.append(health_section(history))  # SSL health verdict per hospital (xr0_core/train/health.py)
     evals = [r for r in history if r["kind"] == "evaluate"]
     # Downstream-task keys (<family>/<task>/...) have their own section; keep the generic tables readable.
     task_keys = {k for r in history for m in [r["metrics"], *(s["metrics"] for s in r["sites"])] for k in m

@@ -166,11 +166,14 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     import torch
 
     from xr0_core.data.dataset import ImageCache
+    import torch.nn.functional as F
+
+    from xr0_core.data.views import center_view
     from xr0_core.eval.anatomy import linear_probe_accuracy
+    from xr0_core.eval.baseline import random_init_backbone
     from xr0_core.eval.features import extract_features
     from xr0_core.eval.knn import knn_correct
     from xr0_core.eval.metrics import paired_bootstrap_ci
-    from xr0_core.train.state import build_model
 
     train_cache = trainer.cache.decode()
     test_cache = ImageCache(test_records, cfg.train.load_size, progress=True).decode()
@@ -188,11 +191,18 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
         return result
     y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
     y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
-    random_backbone = build_model(cfg).student["backbone"].to(trainer.device)
+    random_backbone = random_init_backbone(cfg).to(trainer.device)
+
+    def pixels(cache, rows):  # the raw-pixel baseline: the same centre view, flattened (eval/baseline.py)
+        return F.normalize(torch.stack([center_view(cache[i], cfg.model.img_size).flatten() for i in rows]), dim=-1)
+
     correct = {}
-    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone)):
-        f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
-        f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
+    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone), ("_pixels", None)):
+        if backbone is None:
+            f_train, f_test = pixels(train_cache, train_rows), pixels(test_cache, test_rows)
+        else:
+            f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
+            f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
         correct[tag] = knn_correct(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k).numpy()
         result[f"knn_accuracy{tag}"] = float(correct[tag].mean())
         result[f"linear_accuracy{tag}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test, seed=cfg.seed)
@@ -202,6 +212,11 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     result["knn_gain"] = result["knn_accuracy"] - result["knn_accuracy_random"]
     result["knn_gain_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_random"], groups=patients,
                                                        seed=cfg.seed))
+    result["knn_gain_vs_pixels"] = result["knn_accuracy"] - result["knn_accuracy_pixels"]
+    result["knn_gain_vs_pixels_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_pixels"], groups=patients,
+                                                                 seed=cfg.seed))
+    result["baseline_pixels"] = {"knn_accuracy": result.pop("knn_accuracy_pixels"),
+                                 "linear_accuracy": result.pop("linear_accuracy_pixels")}
     return result
 
 
@@ -257,6 +272,9 @@ def _run(args: argparse.Namespace) -> int:
     losses = [r["loss"] for r in rows]
     if rows:
         _plot_curve(rows, out / "curve.png")
+    from xr0_core.train.health import assess
+
+    health = assess([r for r in rows if any(k.startswith("health/") for k in r)], losses)
     summary: dict[str, Any] = {
         "steps": total,
         "initial_loss": _window_mean(losses, first=True),
@@ -265,6 +283,7 @@ def _run(args: argparse.Namespace) -> int:
         "num_heldout_images": len(test_records),
         "skipped_images": len(trainer.cache.skipped),
         **_knn(trainer, test_records, cfg),
+        "health": health,
         "seconds": round(time.perf_counter() - t0, 1),
         "device": str(trainer.device),
         "config_hash": cfg.hash(),
@@ -281,4 +300,15 @@ def _run(args: argparse.Namespace) -> int:
               f"{_fmt(summary['knn_accuracy_random'])}; gain 95% CI {_fmt(summary.get('knn_gain_ci95'))}), "
               f"linear probe {_fmt(summary.get('linear_accuracy'))} (random init {_fmt(summary.get('linear_accuracy_random'))}); "
               f"outputs in {out}", file=sys.stderr)
+        pix = summary.get("baseline_pixels") or {}
+        if pix:
+            print(f"xr0 pretrain: raw-pixel baseline: k-NN {_fmt(pix.get('knn_accuracy'))}, linear probe "
+                  f"{_fmt(pix.get('linear_accuracy'))} (pretrained k-NN minus pixels 95% CI "
+                  f"{_fmt(summary.get('knn_gain_vs_pixels_ci95'))})", file=sys.stderr)
+    last = health.get("last", {})
+    print(f"xr0 pretrain: SSL health {health['status'].upper()}"
+          + (f" (RankMe CLS {last['rankme-cls']:.1f}, patch {last.get('rankme-patch', float('nan')):.1f}, "
+             f"prototypes used {last.get('prototype-usage', float('nan')):.0f}/{last.get('prototypes', float('nan')):.0f})"
+             if "rankme-cls" in last else "")
+          + "".join(f"; {r}" for r in health["reasons"]), file=sys.stderr)
     return 0

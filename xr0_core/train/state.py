@@ -76,6 +76,7 @@ class SiteTrainer:
         self.step = 0  # next global step to run
         self.teacher_ready = False  # False until the first shared weights are loaded or trained from
         self._maker: BatchMaker | None = None
+        self._health = None  # xr0_core.train.health.HealthMonitor, built on first use
 
     @property
     def num_examples(self) -> int:
@@ -98,6 +99,18 @@ class SiteTrainer:
         if self._maker is None:
             self._maker = BatchMaker(self.cache, self.cfg, site=self.site, patch_size=self.model.patch_size)
         return self._maker
+
+    def measure_health(self, step: int, total_steps: int) -> dict[str, float]:
+        """``health/*`` scalars (:mod:`xr0_core.train.health`) on a fixed probe batch of this site's first
+        cached images; empty under DP (the probe reads private images outside the accountant)."""
+        if self.dp is not None or len(self.cache) < 2:
+            return {}
+        if self._health is None:
+            from xr0_core.train.health import build_monitor
+
+            self._health = build_monitor(self.cache, self.cfg.model.img_size)
+        temp = Schedules.build(self.cfg, total_steps).at(min(step, total_steps - 1))["teacher_temp"]
+        return self._health.measure(self.model, temp)
 
     def _batches(self, start: int, n: int):
         if self.dp is not None:  # DP-SGD draws its own Poisson batches of privacy units
@@ -145,6 +158,7 @@ class SiteTrainer:
         schedules = Schedules.build(self.cfg, total_steps)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
+        metrics_health: dict[str, float] = {}
         first_loss = float("nan")
         last: dict[str, float] = {}
         bar = None
@@ -163,6 +177,11 @@ class SiteTrainer:
                                   precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
                                   rng_seed=step_seed(self.cfg.seed, self.site, step))
             self.step = step + 1
+            every = self.cfg.train.health_every
+            if every > 0 and (self.step % every == 0 or i == num_steps - 1):
+                health = self.measure_health(step, total_steps)
+                last = {**last, **health}
+                metrics_health = health
             if i == 0:
                 first_loss = last["loss"]
             for k, v in last.items():
@@ -180,6 +199,7 @@ class SiteTrainer:
         metrics = {k: v / num_steps for k, v in sums.items()}
         metrics.update({"loss-first": first_loss, "num-examples": float(self.num_examples),
                         "train-seconds": time.perf_counter() - t0, "lr": last.get("lr", 0.0)})
+        metrics.update(metrics_health)  # the last health measurement of this call (health/*)
         return metrics
 
     # ------------------------------------------------------------------ site state
