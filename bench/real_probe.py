@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None, help="dev set folder (default ../shared/data/covid-chest-mhh)")
     p.add_argument("--preset", default="cpu-tiny")
     p.add_argument("--steps", default="100,300,600", help="comma-separated step counts to probe at")
-    p.add_argument("--protocol", choices=("test", "cv"), default="test")
+    p.add_argument("--protocol", choices=("test", "cv", "both"), default="test",
+                   help="both: cv and test probes at every step (the table shows the first: cv)")
     p.add_argument("--features", default="cls", help="cls or cls+mean, or both comma-separated (the first one "
                    "makes the table; results.json holds all)")
     p.add_argument("--labels", default="", help="comma-separated label names (default: all label_ columns)")
@@ -112,13 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "real_probe")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--save-weights", action="store_true", help="write weights-<step>.safetensors to --out")
+    p.add_argument("--from-weights", type=Path, default=None, metavar="DIR",
+                   help="no training: probe DIR/weights-<step>.safetensors of an earlier --save-weights run "
+                        "(same preset and --set), e.g. to score the chosen recipe on the test split once")
     args = p.parse_args(argv)
 
     import torch
 
     from xr0_core.config import from_flat
+    from xr0_core.data.images import read_image
     from xr0_core.data.index import index_site
-    from xr0_core.eval.baseline import paired_bootstrap_auroc_ci, pixel_features, random_init_backbone
+    from xr0_core.eval.baseline import (
+        backbone_from_shared,
+        paired_bootstrap_auroc_ci,
+        pixel_features,
+        random_init_backbone,
+    )
     from xr0_core.eval.metrics import binary_auroc
     from xr0_core.eval.tasks.base import build_eval_set, extract
     from xr0_core.train.health import probe_health
@@ -136,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = from_flat(flat)
     records = index_site(args.data, verify_pixels=False).records
     train_records = [r for r in records if r.split != TEST]
-    data = build_eval_set(records, cfg.model.img_size, cfg.seed)
+    decoded: dict[Any, Any] = {}
+
+    def reader(path: Any) -> Any:  # decode each PNG once for the probe views and the SSL cache
+        if path not in decoded:
+            decoded[path] = read_image(path)
+        return decoded[path]
+
+    data = build_eval_set(records, cfg.model.img_size, cfg.seed, reader=reader)
     split = [TEST if r.split == TEST else TRAIN for r in data.records]
     groups = [r.patient_id or str(r.path) for r in data.records]
     names = sorted({n for r in data.records for n in r.labels})
@@ -145,12 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     labels = {n: np.array([int(r.labels.get(n, -1)) if r.labels.get(n) is not None else -1
                            for r in data.records]) for n in names}
 
-    def probe_all(x: np.ndarray) -> dict[str, dict[str, Any]]:
+    protocols = ["cv", "test"] if args.protocol == "both" else [args.protocol]
+
+    def probe_all(x: np.ndarray, protocol: str | None = None) -> dict[str, dict[str, Any]]:
         out = {}
         for n in names:
-            s, rows = probe_scores(x, labels[n], split, groups, args.protocol, cfg.seed)
+            s, rows = probe_scores(x, labels[n], split, groups, protocol or protocols[0], cfg.seed)
             out[n] = {"scores": s, "rows": rows, "auroc": binary_auroc(s, labels[n][rows])}
         return out
+
+    def aurocs(x: np.ndarray) -> dict[str, dict[str, float]]:
+        """AUROC per label under every requested protocol (for the curve)."""
+        return {pr: {n: r[n]["auroc"] for n in names} for pr in protocols for r in [probe_all(x, pr)]}
 
     def with_ci(a: dict, b: dict) -> dict[str, Any]:
         out = {}
@@ -164,37 +188,55 @@ def main(argv: list[str] | None = None) -> int:
     print(f"real_probe: {len(train_records)} train images, {len(records) - len(train_records)} test; "
           f"labels {names}; preset {cfg.preset}; protocol {args.protocol}; features {args.features}",
           file=sys.stderr)
-    pixels = probe_all(pixel_features(data).cls.numpy())
+    pixels = probe_all(pixel_features(data).cls.numpy())  # the table's protocol
     random_bb = random_init_backbone(cfg)
     kinds = [k.strip() for k in args.features.split(",") if k.strip()]
 
-    def probe_kinds(feats: Any) -> dict[str, dict[str, dict[str, Any]]]:
-        return {k: probe_all(feature_matrix(feats, k)) for k in kinds}
+    def probe_kinds(feats: Any) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+        mats = {k: feature_matrix(feats, k) for k in kinds}
+        return {k: probe_all(m) for k, m in mats.items()}, {k: aurocs(m) for k, m in mats.items()}
 
-    random_all = probe_kinds(extract(random_bb, data, patches=True))
+    random_all, random_curve = probe_kinds(extract(random_bb, data, patches=True))
     random_res = random_all[kinds[0]]
-    trainer = SiteTrainer(cfg, train_records, site="real-probe", device=torch.device("cpu"))
+    trainer = None
+    if args.from_weights is None:
+        trainer = SiteTrainer(cfg, train_records, site="real-probe", device=torch.device("cpu"), reader=reader)
+        len(trainer.cache)  # decode now
+    decoded.clear()
+    print(f"  setup (decode, baselines) {time.process_time() - t_cpu:.0f} CPU-s", file=sys.stderr)
     probe_x = torch.stack([v for v in data.views[[i for i, s in enumerate(split) if s == TRAIN][:64]]])
     curve: list[dict[str, Any]] = [{"step": 0, "health": probe_health(random_bb, probe_x),
                                     "auroc": {n: random_res[n]["auroc"] for n in names},
-                                    "auroc_by_features": {k: {n: r[n]["auroc"] for n in names}
-                                                          for k, r in random_all.items()}}]
+                                    "auroc_by_features": random_curve}]
+    pixel_x = pixel_features(data).cls.numpy()
+    pixel_curve = aurocs(pixel_x)
     last_loss = float("nan")
     final: dict[str, Any] = {}
     for target in steps:
         t0 = time.perf_counter()
-        m = trainer.train(target - trainer.step, start_step=trainer.step, total_steps=steps[-1])
-        last_loss = m["loss"]
-        backbone = trainer.model.student["backbone"]
-        final_all = probe_kinds(extract(backbone, data, patches=True))
+        if trainer is None:
+            from safetensors.torch import load_file
+
+            backbone = backbone_from_shared(cfg, load_file(str(args.from_weights / f"weights-{target}.safetensors")))
+            last_loss = float("nan")
+        else:
+            m = trainer.train(target - trainer.step, start_step=trainer.step, total_steps=steps[-1])
+            last_loss = m["loss"]
+            backbone = trainer.model.student["backbone"]
+        final_all, final_curve = probe_kinds(extract(backbone, data, patches=True))
         final = final_all[kinds[0]]
         row = {"step": target, "loss": last_loss, "health": probe_health(backbone, probe_x),
-               "auroc": {n: final[n]["auroc"] for n in names},
-               "auroc_by_features": {k: {n: r[n]["auroc"] for n in names} for k, r in final_all.items()}}
+               "auroc": {n: final[n]["auroc"] for n in names}, "auroc_by_features": final_curve}
+        if args.save_weights and trainer is not None:
+            from safetensors.torch import save_file
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            save_file(trainer.shared_state_dict(), str(args.out / f"weights-{target}.safetensors"))
         curve.append(row)
-        print(f"  step {target}: loss {last_loss:.3f} ({time.perf_counter() - t0:.0f} s) "
-              + " | ".join(f"{k}: " + " ".join(f"{n} {v[n]:.3f}" for n in names)
-                           for k, v in row["auroc_by_features"].items())
+        print(f"  step {target}: loss {last_loss:.3f} ({time.perf_counter() - t0:.0f} wall-s, "
+              f"{time.process_time() - t_cpu:.0f} CPU-s so far) "
+              + " | ".join(f"{k}/{pr}: " + " ".join(f"{n} {v[pr][n]:.3f}" for n in names)
+                           for k, v in row["auroc_by_features"].items() for pr in protocols)
               + f"  rankme-cls {row['health']['rankme-cls']:.1f}", file=sys.stderr)
 
     table = []
@@ -208,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"preset": cfg.preset, "overrides": _parse_sets(args.overrides), "steps": steps,
               "protocol": args.protocol, "features": args.features, "config_hash": cfg.hash(),
               "train_images": len(train_records), "images": len(data), "table": table, "curve": curve,
-              "cpu_seconds": round(cpu_s, 1), "wall_seconds": round(wall_s, 1), "torch_threads": torch.get_num_threads()}
+              "pixels_by_protocol": pixel_curve, "cpu_seconds": round(cpu_s, 1), "wall_seconds": round(wall_s, 1), "torch_threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     md = render_table(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -32,9 +33,11 @@ def _views(n=12, seed=0):
 
 
 def test_rankme_counts_directions():
-    assert abs(rankme(torch.ones(10, 8)) - 1.0) < 1e-3  # one direction
+    assert abs(rankme(torch.ones(10, 8)) - 1.0) < 1e-3  # one point
+    assert abs(rankme(torch.ones(10, 8), center=False) - 1.0) < 1e-3  # one direction
     eye = rankme(torch.eye(8))
-    assert abs(eye - 8.0) < 1e-2  # eight equal directions
+    assert rankme(torch.eye(8), center=False) == pytest.approx(8.0, abs=1e-2)  # eight equal directions
+    assert eye > 6.5
     assert rankme(torch.zeros(4, 3)) == 1.0
 
 
@@ -92,3 +95,16 @@ def test_health_off_and_training_unchanged():
     assert not any(k.startswith("health/") for k in ma)
     sa, sb = a.shared_state_dict(), b.shared_state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # measuring health does not change what is learned
+
+
+def test_trainer_with_a_collapsed_student_reports_collapse():
+    """A student whose final norm is zeroed outputs the same (zero) tokens for every image."""
+    trainer = SiteTrainer(from_flat(TINY), [], site="h1", cache=_cache())
+    with torch.no_grad():
+        norm = trainer.model.student["backbone"].norm
+        norm.weight.zero_()
+        norm.bias.fill_(0.5)
+    h = trainer.measure_health(step=0, total_steps=1)
+    assert h["health/rankme-cls"] < 1.01
+    verdict = assess([h])
+    assert verdict["status"] == COLLAPSED and verdict["last"]["rankme-cls"] < 1.01

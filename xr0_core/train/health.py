@@ -5,8 +5,9 @@ one point, or to a handful of prototypes) while their loss looks fine. These are
 all computed without gradient on the same fixed probe images every time (so values are comparable across
 steps and rounds):
 
-- ``rankme-cls`` / ``rankme-patch``: RankMe (effective rank) of the CLS features and of the mean patch
-  features ``[N, D]``: ``exp(entropy(singular values / their sum))``; 1 = every image maps to one direction;
+- ``rankme-cls`` / ``rankme-patch``: RankMe (effective rank) of the centred CLS features and of the mean
+  patch features ``[N, D]``: ``exp(entropy(singular values / their sum))``; 1 = every image maps to one
+  point or one line;
 - ``feature-std``: mean per-dimension standard deviation of the L2-normalised CLS features across the probe
   images (DINO's collapse check; ~0 = constant output);
 - ``teacher-entropy`` / ``student-entropy``: mean per-image entropy (nats) of the teacher's centred,
@@ -45,14 +46,19 @@ COLLAPSE_STD = 1e-3
 STILL_CHANGE = 1e-4
 
 
-def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
+def rankme(features: torch.Tensor, eps: float = 1e-7, center: bool = True) -> float:
     """Effective rank of ``features [N, D]``: ``exp(-sum p log p)``, ``p = s / sum(s)`` over singular values.
 
-    1 for features that all lie on one line (or are all zero); at most ``min(N, D)``.
+    With ``center`` (default) the mean feature is removed first: ViT features share a large common
+    component that would otherwise dominate the spectrum and hide how the images differ. 1 for features
+    that all lie on one line (or are all equal); at most ``min(N, D)``.
     """
     if features.ndim != 2 or features.shape[0] == 0:
         raise ValueError(f"rankme expects features [N, D] with N > 0, got {tuple(features.shape)}")
-    s = torch.linalg.svdvals(features.double())
+    x = features.double()
+    if center:
+        x = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
     if float(s.sum()) <= eps:
         return 1.0
     p = s / s.sum() + eps
@@ -201,18 +207,22 @@ class HealthMonitor:
         The probe images (the trainer takes the first P cached training images, resized: fixed across steps).
     labels : long Tensor [P], optional
         A label for ``knn-probe`` (-1 = unknown).
+    reference : nn.Module, optional
+        The initial (round-0) backbone: ``feature-change`` is measured against its probe features, so the
+        value depends on the weights only (the same after a resume or in a new round's trainer).
     """
 
-    def __init__(self, views: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor | None = None,
+                 reference: nn.Module | None = None) -> None:
         if views.ndim != 4 or views.shape[0] < 2:
             raise ValueError(f"health probe needs views [P >= 2, 1, S, S], got {tuple(views.shape)}")
         self.views = views
         self.labels = labels
-        self._first: torch.Tensor | None = None
+        self._first = None if reference is None else _tokens(reference, views)[:, 0]
 
     def measure(self, model: Any, teacher_temp: float) -> dict[str, float]:
         """``health/<key>`` scalars of the model now, with ``feature-change`` (relative L2 change of the probe
-        CLS features since this monitor's first measurement)."""
+        CLS features from the reference backbone's, else from this monitor's first measurement)."""
         out = ssl_health(model, self.views, teacher_temp, self.labels)
         cls = _tokens(model.student["backbone"], self.views)[:, 0]
         if self._first is None:
@@ -224,7 +234,8 @@ class HealthMonitor:
 PROBE_IMAGES = 64
 
 
-def build_monitor(cache: Any, img_size: int, n: int = PROBE_IMAGES) -> HealthMonitor:
+def build_monitor(cache: Any, img_size: int, n: int = PROBE_IMAGES,
+                  reference: nn.Module | None = None) -> HealthMonitor:
     """A :class:`HealthMonitor` on the first ``n`` images of an :class:`~xr0_core.data.dataset.ImageCache`
     (resized whole to ``img_size``, as the evaluation view), with anatomy labels for ``knn-probe`` when the
     probe images hold at least two anatomies.
@@ -240,7 +251,7 @@ def build_monitor(cache: Any, img_size: int, n: int = PROBE_IMAGES) -> HealthMon
     labels = None
     if len(names) >= 2:
         labels = torch.tensor([names.index(a) if a else -1 for a in anatomies], dtype=torch.long)
-    return HealthMonitor(views, labels)
+    return HealthMonitor(views, labels, reference)
 
 
 def assess_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -108,7 +108,9 @@ class SiteTrainer:
         if self._health is None:
             from xr0_core.train.health import build_monitor
 
-            self._health = build_monitor(self.cache, self.cfg.model.img_size)
+            # feature-change is measured from the round-0 weights: the same number after a resume
+            reference = build_model(self.cfg).student["backbone"].to(self.device)
+            self._health = build_monitor(self.cache, self.cfg.model.img_size, reference=reference)
         temp = Schedules.build(self.cfg, total_steps).at(min(step, total_steps - 1))["teacher_temp"]
         return self._health.measure(self.model, temp)
 
