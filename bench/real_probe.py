@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"preset": cfg.preset, "overrides": _parse_sets(args.overrides), "steps": steps,
               "protocol": args.protocol, "features": args.features, "config_hash": cfg.hash(),
               "train_images": len(train_records), "images": len(data), "table": table, "curve": curve,
-              "pixels_by_protocol": pixel_curve, "cpu_seconds": round(cpu_s, 1), "wall_seconds": round(wall_s, 1), "torch_threads": torch.get_num_threads()}
+              "pixels_by_protocol": pixel_curve, "cpu_seconds": round(cpu_s, 1),
+              "from_weights": str(args.from_weights) if args.from_weights else None, "wall_seconds": round(wall_s, 1), "torch_threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     md = render_table(result)
@@ -267,7 +268,9 @@ def _ci(ci: list[float]) -> str:
 
 def render_table(result: dict[str, Any]) -> str:
     over = " ".join(f"{k}={v}" for k, v in result["overrides"].items()) or "-"
-    lines = [f"preset `{result['preset']}` (overrides: {over}), {result['steps'][-1]} steps on "
+    source = (f"weights of {result['from_weights']} at steps {result['steps']}" if result.get("from_weights")
+              else f"{result['steps'][-1]} steps")
+    lines = [f"preset `{result['preset']}` (overrides: {over}), {source} on "
              f"{result['train_images']} train images; protocol `{result['protocol']}`, features "
              f"`{result['features']}`; {result['cpu_seconds']:.0f} CPU-s, {result['wall_seconds']:.0f} wall-s "
              f"({result['torch_threads']} torch threads)", "",
