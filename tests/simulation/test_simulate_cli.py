@@ -108,7 +108,7 @@ def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
     try:
         for line in proc.stderr:  # the coordinator prints this line after round 1's checkpoint is on disk
             seen.append(line)
-            if line.startswith("[xr0] round 1/2 train"):
+            if line.startswith("[xr0] round 1/2 ["):
                 break
     finally:
         _kill_group(proc)

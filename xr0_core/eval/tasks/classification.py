@@ -97,4 +97,5 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
     out.update({f"linear-{k}": v for k, v in scores(lin, y_te, prep.binary).items()})
     knn = _knn(x_tr, y_tr, x_te, c, ctx.knn_k)
     out.update({f"knn-{k}": v for k, v in scores(knn, y_te, prep.binary).items()})
-    return TaskOutput(out, len(te))
+    correct = (lin.argmax(1) == y_te).astype(np.float64)  # [M]: the paired interval is on linear accuracy
+    return TaskOutput(out, len(te), per_row={"linear-accuracy": correct}, rows=list(te))
