@@ -111,6 +111,9 @@ class _EchoErrors(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "_xr0_echoed", False):  # attached to two loggers; one record may reach both
+            return
+        record._xr0_echoed = True
         try:
             self.con.error(self.format(record))
         except Exception:  # noqa: BLE001 -- a logging handler must never raise

@@ -163,28 +163,33 @@ def summary_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_forest(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Forest plot: per task, the gain over random init (oriented so right = pretrained better) with its
-    95 % interval (pooled, black) and each hospital's difference (grey dots); None without intervals."""
+    95 % interval (pooled: diamond and bar) and each hospital's difference (grey dots). One row per task with
+    its own axis, since tasks measure in different units (accuracy, pixels). None without intervals."""
     rows = [r for r in rows if math.isfinite(r["low"])]
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(rows) + 1.3), dpi=100)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7.0, 0.62 * len(rows) + 0.9), dpi=100, squeeze=False)
     colours = {"better": "#0a6b2d", "worse": "#a4161a", "not shown": "#555555"}
-    for y, r in enumerate(reversed(rows)):
+    for ax, r in zip(axes[:, 0], rows):
         sign = -1.0 if r["metric"] in LOWER_IS_BETTER else 1.0
         lo, hi = sorted((sign * r["low"], sign * r["high"]))
         c = colours.get(r["verdict"], "#555555")
-        ax.plot([lo, hi], [y, y], color=c, lw=2)
-        ax.plot([sign * r["diff"]], [y], "D", color=c, ms=6)
-        for s in r["per_site"]:
-            ax.plot([sign * s["diff"]], [y + 0.18], ".", color="#999999", ms=5)
-    ax.axvline(0.0, color="black", lw=0.8, ls="--")
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['family']}/{r['task']} ({r['metric']})" for r in reversed(rows)], fontsize=8)
-    ax.set_xlabel("gain over random init (right = pretrained better), 95 % interval", fontsize=8)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+        ax.plot([lo, hi], [0, 0], color=c, lw=2.5)
+        ax.plot([sign * r["diff"]], [0], "D", color=c, ms=7)
+        sites = [sign * s["diff"] for s in r["per_site"]]
+        ax.plot(sites, [0.45] * len(sites), "o", color="#999999", ms=3.5)
+        ax.axvline(0.0, color="black", lw=0.8, ls="--")
+        span = max([abs(lo), abs(hi)] + [abs(v) for v in sites] + [1e-6])
+        ax.set_xlim(min(lo, -0.1 * span, *sites) - 0.1 * span, max(hi, 0.1 * span, *sites) + 0.1 * span)
+        ax.set_ylim(-0.6, 0.9)
+        ax.set_yticks([])
+        ax.set_ylabel(f"{r['family']}/{r['task']}\n{r['metric']}", rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("gain over random init (right = pretrained better); bar: 95 % interval, "
+                           "grey: hospitals", fontsize=8)
+    fig.tight_layout(h_pad=0.3)
     return _save(fig, path)
 
 
