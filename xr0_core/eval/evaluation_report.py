@@ -138,12 +138,19 @@ def federated_section(out_dir: Path, history: list[dict[str, Any]]) -> str:
 
 
 def comparison_table(body: dict[str, Any]) -> str:
+    """Task, metric, test examples, evaluated vs random init, and (on the task's per-unit metric) the
+    difference with its paired patient-level bootstrap 95 % interval."""
     rows = []
     for task in sorted(set(body.get("tasks", {})) | set(body.get("baseline_random", {}))):
         pre, rnd = body.get("tasks", {}).get(task, {}), body.get("baseline_random", {}).get(task, {})
+        ci = body.get("intervals", {}).get(task, {})
         for metric in sorted(set(pre) | set(rnd)):
-            rows.append([task, metric, body.get("counts", {}).get(task, ""), pre.get(metric, ""), rnd.get(metric, "")])
-    return _table(["task", "metric", "test examples", "evaluated backbone", "random init"], rows)
+            interval = (f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci.get("metric") == metric
+                        else "")
+            rows.append([task, metric, body.get("counts", {}).get(task, ""), pre.get(metric, ""), rnd.get(metric, ""),
+                         interval])
+    return _table(["task", "metric", "test examples", "evaluated backbone", "random init",
+                   "difference [95 % interval]"], rows)
 
 
 def draw_examples(out_dir: Path, examples: dict[str, dict[str, list]]) -> list[tuple[str, str]]:
