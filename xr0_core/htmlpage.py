@@ -38,7 +38,8 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value == "")
 
 
-def table(headers: list[str], rows: Iterable[list[Any]], *, keep_empty: bool = False, raw: bool = False) -> str:
+def table(headers: list[str], rows: Iterable[list[Any]], *, keep_empty: bool = False, raw: bool = False,
+          text_columns: int = 1) -> str:
     """An HTML table in a horizontally scrolling box; columns whose every cell is empty are left out.
 
     Parameters
@@ -47,6 +48,7 @@ def table(headers: list[str], rows: Iterable[list[Any]], *, keep_empty: bool = F
     rows : one list of cells per row (floats formatted by :func:`fmt`)
     keep_empty : keep columns that are empty in every row
     raw : cells are already HTML (not escaped); for verdict badges and links
+    text_columns : the first columns that hold names (left-aligned, may wrap)
     """
     rows = [list(r) for r in rows]
     keep = [i for i in range(len(headers)) if keep_empty or any(not _empty(r[i]) for r in rows if i < len(r))]
@@ -54,7 +56,9 @@ def table(headers: list[str], rows: Iterable[list[Any]], *, keep_empty: bool = F
         keep = list(range(len(headers)))
     cell = (lambda c: str(c) if not isinstance(c, float) else fmt(c)) if raw else fmt
     head = "".join(f"<th>{html.escape(headers[i])}</th>" for i in keep)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r[i]) if i < len(r) and r[i] is not None else ''}</td>" for i in keep)
+    left = set(keep[:text_columns])
+    body = "".join("<tr>" + "".join(f"<td{' class=text' if i in left else ''}>"
+                                    f"{cell(r[i]) if i < len(r) and r[i] is not None else ''}</td>" for i in keep)
                    + "</tr>" for r in rows)
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 

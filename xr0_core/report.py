@@ -180,7 +180,8 @@ def plot_forest(rows: list[dict[str, Any]], path: Path) -> Path | None:
         sites = [sign * s["diff"] for s in r["per_site"]]
         ax.plot(sites, [0.45] * len(sites), "o", color="#999999", ms=3.5)
         ax.axvline(0.0, color="black", lw=0.8, ls="--")
-        span = max([abs(lo), abs(hi)] + [abs(v) for v in sites] + [1e-6])
+        # A zero-width interval (both backbones right on every row) still gets a readable axis.
+        span = max([abs(lo), abs(hi)] + [abs(v) for v in sites] + [0.02])
         ax.set_xlim(min(lo, -0.1 * span, *sites) - 0.1 * span, max(hi, 0.1 * span, *sites) + 0.1 * span)
         ax.set_ylim(-0.6, 0.9)
         ax.set_yticks([])
@@ -207,17 +208,18 @@ def summary_section(rep: RunReport) -> str:
     badge = {"better": "better", "worse": "worse", "not shown": "unclear", "no interval": "unclear"}
     cells = []
     for r in rows:
-        ci = (f"[{r['low']:+.3f}, {r['high']:+.3f}]" if math.isfinite(r["low"]) else "")
+        diff = f"{r['diff']:+.3f}" if math.isfinite(r["diff"]) else "-"
+        ci = f"{diff} [{r['low']:+.3f}, {r['high']:+.3f}]" if math.isfinite(r["low"]) else diff
         cells.append([html.escape(r["family"]), html.escape(r["task"]), html.escape(r["metric"]), r["pretrained"],
-                      r["random"], f"{r['diff']:+.3f}" if math.isfinite(r["diff"]) else "-", ci,
+                      r["random"], ci,
                       f"<span class='{badge[r['verdict']]}'>{html.escape(r['verdict'])}</span>",
                       r["hospitals"], int(r["units"]) if math.isfinite(r["units"]) else ""])
     out = ["<h2>Summary: did pretraining help?</h2>",
            note(f"frozen backbone after round {rows[0]['round']}: pretrained minus random init (same heads, same "
                 "test rows). Interval: 95 %, paired bootstrap over patients at each hospital, pooled across "
                 "hospitals by test units. 'better' / 'worse' only when the whole interval is on one side of 0."),
-           table(["family", "task", "metric", "pretrained", "random init", "difference", "95 % interval", "verdict",
-                  "hospitals", "test units"], cells, raw=True)]
+           table(["family", "task", "metric", "pretrained", "random init", "difference [95 % interval]", "verdict",
+                  "sites", "units"], cells, raw=True, text_columns=3)]
     png = plot_forest(rows, rep.out_dir / "summary_forest.png")
     if png is not None:
         out.append(image(png.name, "forest plot: gain over random init per task with 95 % intervals"))

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from xr0_core.htmlpage import details, page
 from xr0_core.htmlpage import fmt as _fmt
-from xr0_core.htmlpage import page
 from xr0_core.htmlpage import table as _table
 
 RANDOM_SEGMENT = "/random/"
@@ -62,7 +62,9 @@ def evaluation_table(history: list[dict[str, Any]]) -> str:
               [f"{s['name']} (pre / rand)" for s in sites]
     return (f"<h3>Downstream tasks per hospital, round {last['round']}</h3><p class='note'>frozen backbone, light heads trained "
             "at each hospital on its train split, scored on its test split; pooled = weighted by each hospital's "
-            "test examples of that task; random init measured in the same dispatch</p>" + _table(headers, rows))
+            "test examples of that task; random init measured in the same dispatch</p>"
+            + details(f"every metric of {len({t for t, _ in pooled})} tasks, pooled and per hospital ({len(rows)} rows)",
+                      _table(headers, rows)))
 
 
 def headline_metrics(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

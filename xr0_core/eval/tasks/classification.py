@@ -81,9 +81,10 @@ def _knn(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, n_classes: in
 
 
 def scores(probs: np.ndarray, y: np.ndarray, binary: bool) -> dict[str, float]:
-    """AUROC for a binary label; accuracy and macro AUROC otherwise."""
+    """AUROC and accuracy for a binary label (accuracy is what the paired interval is on: AUROC does not
+    decompose per image); accuracy and macro AUROC otherwise."""
     if binary:
-        return {"auroc": metrics.binary_auroc(probs[:, 1], y)}
+        return {"auroc": metrics.binary_auroc(probs[:, 1], y), "accuracy": metrics.accuracy(probs.argmax(1), y)}
     return {"accuracy": metrics.accuracy(probs.argmax(1), y), "macro-auroc": metrics.macro_auroc(probs, y)}
 
 
