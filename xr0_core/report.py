@@ -236,7 +236,11 @@ def run_line_section(rep: RunReport) -> str:
         mode.append("client-level DP")
     if cfg.get("secagg.enabled"):
         mode.append("secure aggregation")
-    return note(f"preset {cfg.get('preset', '?')}, rounds completed {s.get('rounds_completed', '?')} of "
+    stopped = ""
+    if s.get("status") == "stopped":
+        stopped = (f"<p class='worse'>run stopped: {html.escape(str(s.get('stop_reason', '')))}; no model was "
+                   "exported</p>")
+    return stopped + note(f"preset {cfg.get('preset', '?')}, rounds completed {s.get('rounds_completed', '?')} of "
                 f"{cfg.get('federation.rounds', '?')}, local steps {cfg.get('train.local-steps', '?')}, seed "
                 f"{cfg.get('seed', '?')}, {', '.join(mode) or 'no DP, plain aggregation'}, run {s.get('run_key', '')}")
 
