@@ -249,3 +249,28 @@ def test_dp_turns_the_presets_drop_path_off_and_refuses_another():
     assert dp_objective_config(tiny_cfg(**{"preset": "vit-s"})).model.drop_path == 0.0
     with pytest.raises(BatchCoupledLossError, match="drop-path"):
         dp_objective_config(tiny_cfg(**{"model.drop-path": 0.2}))
+
+
+def test_a_process_killed_mid_training_leaves_its_round_charged(tmp_path):
+    """A real kill (os._exit, no cleanup) while the DP steps run: the reservation is already on disk."""
+    import subprocess
+    import sys
+    import textwrap
+
+    repo = Path(__file__).resolve().parents[2]
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(repo)!r})
+        from pathlib import Path
+        import xr0_core.train.state as state
+        def die(self, *a, **k):
+            os._exit(9)
+        state.SiteTrainer.train = die
+        from tests.privacy.test_ledger import _round
+        from tests.privacy.conftest import tiny_cfg
+        _round(Path({str(tmp_path)!r}), "killed", 1, cfg=tiny_cfg(**{{"privacy.noise-multiplier": 1.5}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo)
+    assert proc.returncode == 9
+    (rel,) = PrivacyLedger(tmp_path).read().releases
+    assert (rel.run_id, rel.status, rel.steps) == ("killed", STATUS_PENDING, 2)
