@@ -81,11 +81,8 @@ class SiteTrainer:
 
     @property
     def num_examples(self) -> int:
-        """Number of decodable SSL images (``split != "test"``) trained on: Flower's weighting key.
-
-        Counted from the cache (decoding it on first use): with a prepared ``cache`` passed in undecoded,
-        ``records`` is empty until the decode, and a count taken from it weighed the site's first round 0."""
-        return len(self.cache)
+        """Number of SSL records (``split != "test"``): Flower's weighting key."""
+        return len(self.records)
 
     # ------------------------------------------------------------------ shared weights
     def shared_state_dict(self) -> dict[str, torch.Tensor]:
