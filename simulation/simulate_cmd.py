@@ -148,9 +148,9 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
     summary["health"] = {"status": health["status"],
                          "sites": {n: {"status": v["status"], "reasons": v["reasons"], **v["last"]}
                                    for n, v in health["sites"].items()}}
-    print(f"[xr0] SSL health: {health['status'].upper()}"
-          + "".join(f"; {n} {v['status']}: {'; '.join(v['reasons'])}" for n, v in health["sites"].items()
-                    if v["status"] != "ok"), file=sys.stderr, flush=True)
+    con.line(f"SSL health: {health['status'].upper()}"
+             + "".join(f"; {n} {v['status']}: {'; '.join(v['reasons'])}" for n, v in health["sites"].items()
+                       if v["status"] != "ok"))
     summary["data_source"] = "given" if args.data else "synthetic"
     if cfg.privacy.enabled or cfg.privacy.client_level:  # epsilon per hospital from its own ledger
         from xr0_core.privacy.ledger import PrivacyLedger
