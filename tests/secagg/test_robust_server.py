@@ -139,7 +139,7 @@ def test_clear_metrics_reveal_no_size():
     for reply in grid.received:
         if reply.metadata.message_type == f"train.{TRAIN_ACTION}":
             names = set(reply.content.metric_records["metrics"])
-            assert not names & {"num-examples", "secagg-weight-capped", "sample-rate", "epsilon"}
+            assert not names & {"num-examples", "secagg-weight-capped", "sample-rate", "noise-multiplier"}
             assert "loss" in names  # the policy default lets the loss leave
 
 

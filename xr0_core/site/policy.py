@@ -67,9 +67,12 @@ DP_SAFE_TRAIN_METRICS = ("epsilon", "privacy-delta", "privacy-budget", "dp-steps
 
 
 # Under secure aggregation these never leave a site in clear, whatever the allow-list says: each tells the
-# coordinator the site's size, which the masked vector hides (under DP, epsilon and the noise multiplier
-# follow from the sampling rate B / N; ``secagg-weight-capped`` says num-examples > weight-cap).
-SIZE_REVEALING_METRICS = ("num-examples", "sample-rate", "epsilon", "noise-multiplier", "dp-units", "dp-images",
+# coordinator the site's size, which the masked vector hides (the noise multiplier follows from the sampling
+# rate B / N when the site calibrates it; ``secagg-weight-capped`` says num-examples > weight-cap). ``epsilon``
+# does leave (each hospital's spend is what the run report shows), although with a noise multiplier fixed
+# by the run config it also follows from B / N: a site that wants its size hidden then too drops it with
+# ``release.train-metrics``.
+SIZE_REVEALING_METRICS = ("num-examples", "sample-rate", "noise-multiplier", "dp-units", "dp-images",
                           "secagg-weight-capped")
 
 
