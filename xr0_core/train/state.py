@@ -36,9 +36,13 @@ _META_KEY = "xr0"
 def build_model(cfg: XR0Config) -> XR0SSL:
     """The SSL model with initial weights from torch seed ``derive_seed(cfg.seed, "init")``: every site and the
     server build the same start. The global torch RNG is forked, so callers' random state is untouched."""
+    from xr0_core.models.init_from import apply_init_from
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        return XR0SSL(cfg)
+        model = XR0SSL(cfg)
+    apply_init_from(model, cfg.model)  # model.init-from: a local backbone, SHA-256 checked (no-op when unset)
+    return model
 
 
 class SiteTrainer:
