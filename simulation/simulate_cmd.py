@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, default=8.0,
                    help="with --dp: each simulated hospital's own budget, written to its ledger (default 8)")
     p.add_argument("--delta", type=float, default=1e-5, help="with --dp: each hospital's delta (default 1e-5)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="FILE",
+                   help="start from a local backbone (timm / DINOv2 / RAD-DINO / XR-0 export); its SHA-256 goes "
+                   "into the run config and every hospital checks it (sets model.init-from, model.init-sha256)")
+    p.add_argument("--prepare-workers", type=int, default=None,
+                   help="processes decoding hospitals' images into prepared shards before the run "
+                   "(default: all cores; see train.image-cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -82,6 +88,13 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         flat["federation.rounds"] = args.rounds
     if args.local_steps is not None:
         flat["train.local-steps"] = args.local_steps
+    if args.init_from is not None:
+        from xr0_core.models.init_from import file_sha256
+
+        init = args.init_from.expanduser().resolve()
+        if not init.is_file():
+            raise CLIError(f"--init-from {init} is not a file")
+        flat.update({"model.init-from": str(init), "model.init-sha256": file_sha256(init)})
     data_root = args.data.expanduser().resolve() if args.data else out / "hospitals"
     flat.update({
         "federation.out-dir": str(out),
@@ -103,6 +116,7 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     if args.data and args.sites != len(dirs):
         print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", file=sys.stderr, flush=True)
     sites = describe_sites(dirs, out / "sites")
+    _prepare_images(cfg, sites, args.prepare_workers)
     if cfg.privacy.enabled or cfg.privacy.client_level:
         _prepare_privacy(cfg, args, out / "sites", [d.name for d in dirs])
 
@@ -134,6 +148,25 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
 
     rewrite_outputs(out, summary)
     return summary
+
+
+def _prepare_images(cfg, sites: list[dict[str, Any]], workers: int | None) -> None:
+    """Decode large hospitals into prepared shards here, in parallel over the cores, before Ray starts: the
+    simulated clients then read them memory-mapped (train.image-cache; D16). Small ones stay in RAM (auto)."""
+    import os
+
+    from xr0_core.data.prepared import prepare_site, prepared_dir
+    from xr0_core.data.source import PREPARED_DTYPE, cache_kind
+
+    for site in sites:
+        state = Path(site["state_dir"])
+        if cache_kind(cfg, int(site["images"]), state) != "prepared":
+            continue
+        folder = prepared_dir(state, cfg.train.load_size, PREPARED_DTYPE)
+        report = prepare_site(site["data_dir"], folder, cfg.train.load_size, dtype=PREPARED_DTYPE,
+                              workers=workers or os.cpu_count() or 1, verify=True, progress=sys.stderr.isatty())
+        print(f"[xr0] {site['name']}: {report.images} images prepared in {folder} ({report.decoded} decoded now, "
+              f"{report.images_per_second:.0f} images/s)", file=sys.stderr, flush=True)
 
 
 def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: list[str]) -> None:

@@ -166,8 +166,15 @@ def _init_worker() -> None:
 
 def _decode_all(paths: list[str], load_size: int, dtype: str, workers: int) -> Iterator[tuple]:
     if workers <= 1 or len(paths) < 2 * workers:
-        for p in paths:
-            yield _prepare_one(p, load_size, dtype)
+        # One intra-op thread here too: torch's thread pool on these small per-image ops costs ~10x the work
+        # on a busy machine (measured: 31 ms vs 2.3 ms per image on 2 shared cores).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for p in paths:
+                yield _prepare_one(p, load_size, dtype)
+        finally:
+            torch.set_num_threads(threads)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -24,7 +24,7 @@ from xr0_core.data.dataset import BatchMaker, ImageCache, StepDataset, ssl_recor
 from xr0_core.runtime import derive_seed, resolve_device
 from xr0_core.ssl.method import XR0SSL
 from xr0_core.ssl.schedules import Schedules
-from xr0_core.train.loop import build_optimizer, step_seed, train_step, trainable_parameters
+from xr0_core.train.loop import build_optimizer, host_metrics, step_seed, train_step, trainable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class SiteTrainer:
         self.step = 0  # next global step to run
         self.teacher_ready = False  # False until the first shared weights are loaded or trained from
         self._maker: BatchMaker | None = None
+        self._compiled = False
 
     @property
     def num_examples(self) -> int:
@@ -156,27 +157,37 @@ class SiteTrainer:
             from tqdm import tqdm
 
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
+        self._maybe_compile()
+        # Metrics reach the host every K steps (one device sync per K), never per step on a GPU.
+        sync_every = self.cfg.train.log_every or (25 if self.device.type == "cuda" else 1)
+        pending: list[tuple[int, dict]] = []
         for i, batch in enumerate(self._batches(start_step, num_steps)):
             step = start_step + i
             if self.dp is not None:  # per-unit clipping + noise (xr0_core/privacy/dp.py)
-                last = self.dp.step(self, self._batch_maker(), schedules, step,
-                                    rng_seed=step_seed(self.cfg.seed, self.site, step))
+                raw = self.dp.step(self, self._batch_maker(), schedules, step,
+                                   rng_seed=step_seed(self.cfg.seed, self.site, step))
             else:
                 batch.pop("index", None)
-                last = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
-                                  precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
-                                  rng_seed=step_seed(self.cfg.seed, self.site, step))
+                raw = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
+                                 precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
+                                 rng_seed=step_seed(self.cfg.seed, self.site, step), sync=sync_every == 1)
             self.step = step + 1
-            if i == 0:
-                first_loss = last["loss"]
-            for k, v in last.items():
-                if k.startswith("loss"):
-                    sums[k] = sums.get(k, 0.0) + v
-            if on_step is not None:
-                on_step(step, last)
+            pending.append((step, raw))
+            if len(pending) < sync_every and i < num_steps - 1:
+                continue
+            for done, raw in pending:
+                last = host_metrics(raw, done)
+                if done == start_step:
+                    first_loss = last["loss"]
+                for k, v in last.items():
+                    if k.startswith("loss"):
+                        sums[k] = sums.get(k, 0.0) + v
+                if on_step is not None:
+                    on_step(done, last)
             if bar is not None:
-                bar.update(1)
+                bar.update(len(pending))
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
+            pending.clear()
         if bar is not None:
             bar.close()
         if commit_centers and self.cfg.ssl.centering == "frozen-per-round":
@@ -185,6 +196,16 @@ class SiteTrainer:
         metrics.update({"loss-first": first_loss, "num-examples": float(self.num_examples),
                         "train-seconds": time.perf_counter() - t0, "lr": last.get("lr", 0.0)})
         return metrics
+
+    def _maybe_compile(self) -> None:
+        """``train.compile``: compile the student and teacher backbones in place (``nn.Module.compile`` keeps the
+        state-dict keys, so shared weights and site state are unchanged). Not with DP: per-unit gradients use
+        ``torch.func.vmap`` over the eager modules."""
+        if not self.cfg.train.compile or self._compiled or self.dp is not None:
+            return
+        for part in (self.model.student, self.model.teacher):
+            part["backbone"].compile()
+        self._compiled = True
 
     # ------------------------------------------------------------------ site state
     def site_state_dict(self) -> dict[str, torch.Tensor]:
@@ -213,7 +234,10 @@ class SiteTrainer:
                 raise ValueError(f"site state has optimizer state for unknown parameter {name!r}")
             p = params[name]
             # AdamW keeps ``step`` on CPU (non-capturable); moments live with the parameter.
-            target = value.clone() if slot == "step" else value.to(p.device, p.dtype).clone()
+            # Fused AdamW (CUDA) keeps ``step`` on the parameter's device too.
+            fused = any(g.get("fused") for g in self.optimizer.param_groups)
+            target = value.to(p.device).clone() if slot == "step" and fused else \
+                value.clone() if slot == "step" else value.to(p.device, p.dtype).clone()
             self.optimizer.state[p][slot] = target
         self.step = int(sd["step"])
         self.teacher_ready = bool(int(sd["teacher_ready"]))
