@@ -9,7 +9,7 @@ bitwise identical results on CPU whatever happened before -- what makes resume a
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -85,7 +85,8 @@ def host_metrics(metrics: Mapping[str, object], step: int | None = None) -> dict
 
 def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
                schedules: Schedules, step: int, *, device: torch.device, precision: str = "auto",
-               grad_clip: float = 0.0, rng_seed: int = 0, sync: bool = True) -> dict[str, float]:
+               grad_clip: float = 0.0, rng_seed: int = 0, sync: bool = True,
+               grad_hook: "Callable[[list[torch.Tensor]], None] | None" = None) -> dict[str, float]:
     """One optimisation step at global step ``step``.
 
     Order: set lr / wd from ``schedules[step]``; forward under autocast (teacher temperature of the step);
@@ -117,6 +118,8 @@ def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[s
                                      "check the input images")
         loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    if grad_hook is not None:  # data-parallel ranks average their gradients here (xr0_core/train/distributed.py)
+        grad_hook(params)
     grad_norm: float | torch.Tensor = float("nan")
     if grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)

@@ -81,6 +81,7 @@ class SiteTrainer:
         self.teacher_ready = False  # False until the first shared weights are loaded or trained from
         self._maker: BatchMaker | None = None
         self._compiled = False
+        self.dist = None  # a xr0_core.train.distributed.DistContext: data-parallel over the site's GPUs
 
     @property
     def num_examples(self) -> int:
@@ -158,6 +159,12 @@ class SiteTrainer:
 
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
         self._maybe_compile()
+        grad_hook = None
+        if self.dist is not None:
+            from xr0_core.train import distributed
+
+            distributed.refuse_private(self.cfg)
+            grad_hook = lambda params: distributed.average_gradients(params, self.dist)  # noqa: E731
         # Metrics reach the host every K steps (one device sync per K), never per step on a GPU.
         sync_every = self.cfg.train.log_every or (25 if self.device.type == "cuda" else 1)
         pending: list[tuple[int, dict]] = []
@@ -168,15 +175,20 @@ class SiteTrainer:
                                    rng_seed=step_seed(self.cfg.seed, self.site, step))
             else:
                 batch.pop("index", None)
+                if self.dist is not None:  # the global batch of the step, this rank's share
+                    batch = distributed.shard_batch(batch, self.dist)
                 raw = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
                                  precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
-                                 rng_seed=step_seed(self.cfg.seed, self.site, step), sync=sync_every == 1)
+                                 rng_seed=step_seed(self.cfg.seed, self.site, step), sync=sync_every == 1,
+                                 grad_hook=grad_hook)
             self.step = step + 1
             pending.append((step, raw))
             if len(pending) < sync_every and i < num_steps - 1:
                 continue
             for done, raw in pending:
                 last = host_metrics(raw, done)
+                if self.dist is not None:
+                    last = distributed.mean_metrics(last, self.dist)
                 if done == start_step:
                     first_loss = last["loss"]
                 for k, v in last.items():
@@ -191,6 +203,8 @@ class SiteTrainer:
         if bar is not None:
             bar.close()
         if commit_centers and self.cfg.ssl.centering == "frozen-per-round":
+            if self.dist is not None:
+                distributed.sum_center_stats(self.model, self.dist)
             self.model.commit_centers()
         metrics = {k: v / num_steps for k, v in sums.items()}
         metrics.update({"loss-first": first_loss, "num-examples": float(self.num_examples),
