@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-steps", type=int, default=None, help="local SSL steps per round (default: preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-client", type=int, default=1, help="CPU cores per simulated hospital (default 1)")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="attach to a running Ray cluster (started with `ray start --head`, other machines joined "
+                   "with `ray start --address HOST:PORT`) instead of a local one; it is left running")
+    p.add_argument("--gpus-per-client", type=float, default=0.0,
+                   help="GPU share per simulated hospital (e.g. 0.5: two per GPU; default 0, CPU only)")
     p.add_argument("--compare-pooled", action="store_true",
                    help="also pretrain on the pooled data with the same total steps and compare on held-out images")
     p.add_argument("--secagg", action="store_true",
@@ -126,7 +131,10 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         resume_point(out / "checkpoints", cfg)  # refuse before starting Ray; the ServerApp checks again
-        run_federation(cfg, len(dirs), app_dir=out / "flower-app", cpus_per_client=args.cpus_per_client)
+        if args.gpus_per_client < 0:
+            raise CLIError(f"--gpus-per-client must be >= 0, got {args.gpus_per_client}")
+        run_federation(cfg, len(dirs), app_dir=out / "flower-app", cpus_per_client=args.cpus_per_client,
+                       ray_address=args.ray_address, gpus_per_client=args.gpus_per_client)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     run_json = out / "run.json"
