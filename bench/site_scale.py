@@ -13,7 +13,9 @@ What it does (every number from this run, on this machine):
    reads, so every shard page has been touched), then trains ``--steps`` SSL steps: peak RSS (``ru_maxrss``)
    and steps/s;
 4. the same training process on the in-RAM cache (``ImageCache``: decode everything first) at the smallest size:
-   steps/s and RSS, for the ratio.
+   steps/s and RSS; then, in that process, prepared and in-RAM alternate in blocks (training steps with the
+   trainer's image source swapped, and batch building alone), which gives the steps/s ratio: separate processes
+   minutes apart on a shared machine measure the machine's load, not the cache.
 
 Prints one JSON object; ``--json-out FILE`` also writes it. No asserts (timings are machine facts). The machine
 is shared: use smaller ``--sizes`` for a quick look; the JSON records what ran.
@@ -85,10 +87,42 @@ def _child(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     trainer.train(args.steps, start_step=2, total_steps=args.steps + 2)
     steps_per_s = args.steps / (time.perf_counter() - t)
-    print(json.dumps({"images": len(source), "open_s": round(open_s, 2), "read_all_s": round(epoch_s, 2),
-                      "read_all_images_per_s": round(len(source) / epoch_s, 1), "steps_per_s": round(steps_per_s, 3),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    result = {"images": len(source), "open_s": round(open_s, 2), "read_all_s": round(epoch_s, 2),
+              "read_all_images_per_s": round(len(source) / epoch_s, 1), "steps_per_s": round(steps_per_s, 3),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if args.child == "ram" and args.prepared:
+        result["interleaved"] = _interleaved(trainer, source, PreparedImages(records, args.prepared), cfg, args)
+    print(json.dumps(result))
     return 0
+
+
+def _interleaved(trainer, ram, prepared, cfg, args: argparse.Namespace) -> dict:
+    """Prepared vs in-RAM in ONE process, alternating blocks, so the shared machine's load drifts out of the
+    ratio: training steps (the same trainer, its image source swapped) and batch building alone (reads + views)."""
+    from xr0_core.data.dataset import BatchMaker
+
+    block, rounds = max(1, args.steps // 4), 4
+    times = {"ram": 0.0, "prepared": 0.0}
+    data = {"ram": 0.0, "prepared": 0.0}
+    step = 1000
+    for _ in range(rounds):
+        for name, src in (("prepared", prepared), ("ram", ram)):
+            trainer.cache, trainer._maker = src, None
+            t = time.perf_counter()
+            trainer.train(block, start_step=step, total_steps=10**6)
+            times[name] += time.perf_counter() - t
+            maker = BatchMaker(src, cfg, site="bench", patch_size=trainer.model.patch_size)
+            t = time.perf_counter()
+            for i in range(block * 4):
+                maker(step + i)
+            data[name] += time.perf_counter() - t
+        step += block
+    n = rounds * block
+    return {"blocks": rounds, "steps_per_block": block,
+            "steps_per_s": {k: round(n / v, 4) for k, v in times.items()},
+            "steps_ratio_prepared_over_ram": round(times["ram"] / times["prepared"], 3),
+            "batches_per_s": {k: round(4 * n / v, 2) for k, v in data.items()},
+            "batch_build_ratio_prepared_over_ram": round(data["ram"] / data["prepared"], 3)}
 
 
 def _run_child(kind: str, paths: list[Path], prepared: Path | None, args: argparse.Namespace, tmp: Path) -> dict:
@@ -155,12 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             runs[n] = _run_child("prepared", all_paths[:n], folder, args, root)
             runs[n]["shards_mb"] = round(sum(p.stat().st_size for p in folder.glob("shard-*.bin")) / 2**20, 1)
             print(f"[bench] prepared, {n} images: {runs[n]}", file=sys.stderr, flush=True)
-        ram = _run_child("ram", all_paths[: sizes[0]], None, args, root)
+        ram = _run_child("ram", all_paths[: sizes[0]], root / f"prep-{sizes[0]}", args, root)
         print(f"[bench] in RAM, {sizes[0]} images: {ram}", file=sys.stderr, flush=True)
         result["prepared"] = {str(n): r for n, r in runs.items()}
         result["in_ram"] = {str(sizes[0]): ram}
         result["rss_ratio_largest_over_smallest"] = round(runs[sizes[-1]]["peak_rss_mb"] / runs[sizes[0]]["peak_rss_mb"], 3)
-        result["steps_ratio_prepared_over_ram"] = round(runs[sizes[0]]["steps_per_s"] / ram["steps_per_s"], 3)
+        # Separate processes run minutes apart on a shared machine: the interleaved ratio is the one to read.
+        result["steps_ratio_prepared_over_ram_separate_runs"] = round(runs[sizes[0]]["steps_per_s"] / ram["steps_per_s"], 3)
+        result["steps_ratio_prepared_over_ram"] = ram["interleaved"]["steps_ratio_prepared_over_ram"]
+        result["batch_build_ratio_prepared_over_ram"] = ram["interleaved"]["batch_build_ratio_prepared_over_ram"]
         result["targets"] = {"rss_ratio": "<= 1.2", "steps_ratio": ">= 0.95"}
     finally:
         if tmpdir is not None:

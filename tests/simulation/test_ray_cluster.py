@@ -25,7 +25,8 @@ def _free_port() -> int:
 
 def _cluster_pids(tag: str) -> list[int]:
     """Processes of OUR cluster only: every Ray process names its session folder, under our temp dir."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    # -ww: without it ps cuts command lines at 80 columns when not writing to a terminal, before the tag.
+    out = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True).stdout
     me = os.getpid()
     return [int(pid) for pid, _, args in (line.strip().partition(" ") for line in out.splitlines())
             if tag in args and int(pid) != me]
@@ -73,3 +74,23 @@ def test_simulate_attaches_to_a_local_ray_head(hospitals, tmp_path):
     finally:
         _stop_cluster(tag)
     assert not _cluster_pids(tag)
+
+
+def test_engine_passes_address_and_gpu_share(tmp_path, monkeypatch):
+    """Without a cluster: what run_federation hands Flower's engine (Ray refuses num_cpus with an address)."""
+    import flwr.simulation.run_simulation as rs
+
+    from simulation.engine import run_federation
+    from xr0_core.config import from_flat
+
+    seen = {}
+    monkeypatch.setattr(rs, "_run_simulation", lambda **kw: seen.update(kw))
+    cfg = from_flat({})
+    run_federation(cfg, 2, app_dir=tmp_path / "app", server_app=object(), client_app=object(), total_cpus=4,
+                   ray_address="127.0.0.1:6379", gpus_per_client=0.25)
+    backend = seen["backend_config"]
+    assert backend["init_args"] == {"address": "127.0.0.1:6379", "configure_logging": False}
+    assert backend["client_resources"] == {"num_cpus": 1, "num_gpus": 0.25}
+    run_federation(cfg, 2, app_dir=tmp_path / "app", server_app=object(), client_app=object(), total_cpus=4)
+    assert seen["backend_config"]["init_args"]["num_cpus"] == 4 and "address" not in seen["backend_config"]["init_args"]
+    assert seen["backend_config"]["client_resources"]["num_gpus"] == 0.0
