@@ -4,7 +4,7 @@
 and reports what is usable (per anatomy, view and split, sizes, labels and annotations) and every
 skipped file with its reason. Exit 0 when at least one image is usable.
 
-``xr0 site prepare --data DIR [--state-dir S] [--preset P] [--workers N]`` decodes every usable image once,
+``xr0 site prepare --data DIR --state-dir S [--preset P] [--workers N]`` decodes every usable image once,
 in parallel, into memory-mapped shards that training and evaluation read (D16; xr0_core/data/prepared.py).
 Rerun it after adding or changing files: only those are decoded; corrupt shards are found and rebuilt.
 """
@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--manifest", type=Path, default=None,
                       help="manifest CSV (default: DATA/manifest.csv if present, else every image under DATA)")
     prep.add_argument("--state-dir", type=Path, default=None,
-                      help="the site's state folder, as in the SuperNode's node config "
-                      "(default ~/.xr0/sites/<data folder name>); shards go to STATE/prepared/")
+                      help="the site's state folder, as in the SuperNode's node config (state-dir); "
+                      "shards go to STATE/prepared/")
     prep.add_argument("--out", type=Path, default=None, help="write the shards here instead of STATE/prepared/...")
     prep.add_argument("--preset", default="cpu-tiny", help="cpu-tiny | vit-s | vit-b (sets the load size)")
     prep.add_argument("--load-size", type=int, default=None, help="override the preset's train.load-size")
@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--no-verify", action="store_true", help="skip checking existing shards' checksums")
     prep.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
     prep.set_defaults(func=_prepare)
+
+    from xr0_core.cli.site_policy import register as register_policy
+
+    register_policy(site_sub)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -120,9 +124,11 @@ def _prepare(args: argparse.Namespace) -> int:
         load_size = args.load_size or from_flat({"preset": args.preset}).train.load_size
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
-    # Same default as the SuperNode's node config (client/site.py): data folders are often read-only.
-    state = (args.state_dir or Path.home() / ".xr0" / "sites" / data.name).expanduser().resolve()
-    out = args.out.expanduser().resolve() if args.out else prepared_dir(state, load_size, args.dtype)
+    if args.state_dir is None and args.out is None:
+        raise CLIError("pass --state-dir: the site's state folder (the SuperNode's node config state-dir), where "
+                       "training looks for STATE/prepared/; or --out for a folder of your choice")
+    out = args.out.expanduser().resolve() if args.out else \
+        prepared_dir(args.state_dir.expanduser().resolve(), load_size, args.dtype)
     try:
         report = prepare_site(data, out, load_size, dtype=args.dtype, workers=args.workers, manifest=args.manifest,
                               verify=not args.no_verify, progress=sys.stderr.isatty() and not args.json)
