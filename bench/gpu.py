@@ -122,7 +122,7 @@ def measure(preset: str, mode: str, batch: int, steps: int, warmup: int, device:
 
         session = DPSession(tr, noise_multiplier=1.0, sample_rate=1.0, seed=0)
         session.sampler.draw = lambda: (idx, torch.arange(b))  # exactly B units of one image each
-        maker.build = lambda s, i: {**built, "index": idx}
+        maker.build = lambda s, i, **kw: {**built, "index": idx}
 
         def step(i):
             return session.step(tr, maker, sched, i, rng_seed=i)
