@@ -78,7 +78,9 @@ def test_simulate_attaches_to_a_local_ray_head(hospitals, tmp_path):
 
 def test_engine_passes_address_and_gpu_share(tmp_path, monkeypatch):
     """Without a cluster: what run_federation hands Flower's engine (Ray refuses num_cpus with an address)."""
-    import flwr.simulation.run_simulation as rs
+    import importlib
+
+    rs = importlib.import_module("flwr.simulation.run_simulation")  # the module, not the function it exports
 
     from simulation.engine import run_federation
     from xr0_core.config import from_flat

@@ -180,7 +180,7 @@ def _images(cfg, serve: list[Any], every: list[Any], args: argparse.Namespace, o
 
     root = os.path.commonpath([str(Path(d).expanduser().resolve()) for d in args.data])
     return open_site_images(cfg, serve, out, data_dir=root, prepare_records=every, workers=os.cpu_count() or 1,
-                            progress=sys.stderr.isatty())
+                            progress=False)  # the quiet console owns the terminal
 
 
 def _test_images(trainer, test_records: list[Any], cfg):
