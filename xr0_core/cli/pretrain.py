@@ -172,12 +172,34 @@ def _resume(trainer, out: Path, total_steps: int) -> None:
         raise CLIError(f"--resume: {exc}") from None
 
 
+def _images(cfg, serve: list[Any], every: list[Any], args: argparse.Namespace, out: Path):
+    """The image source of ``serve`` (prepared shards under ``out`` cover ``every`` record, held-out ones too)."""
+    import os
+
+    from xr0_core.data.source import open_site_images
+
+    root = os.path.commonpath([str(Path(d).expanduser().resolve()) for d in args.data])
+    return open_site_images(cfg, serve, out, data_dir=root, prepare_records=every, workers=os.cpu_count() or 1,
+                            progress=False)  # the quiet console owns the terminal
+
+
+def _test_images(trainer, test_records: list[Any], cfg):
+    """Held-out images from the same kind of source as the training images (same pixels either way)."""
+    from xr0_core.data.dataset import ImageCache
+
+    folder = getattr(trainer.cache, "folder", None)
+    if folder is not None:
+        from xr0_core.data.prepared import PreparedImages
+
+        return PreparedImages(test_records, folder)
+    return ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+
+
 def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     """k-NN and linear-probe anatomy accuracy of the trained student backbone and of the initial (random)
     backbone, on the same held-out images."""
     import torch
 
-    from xr0_core.data.dataset import ImageCache
     import torch.nn.functional as F
 
     from xr0_core.data.views import center_view
@@ -188,7 +210,7 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     from xr0_core.eval.metrics import paired_bootstrap_ci
 
     train_cache = trainer.cache.decode()
-    test_cache = ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+    test_cache = _test_images(trainer, test_records, cfg)
     train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
     test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
     names = sorted({train_cache.kept[i].anatomy for i in train_rows})
@@ -247,6 +269,7 @@ def _run(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from xr0_core.data.dataset import ssl_records
     from xr0_core.export import export_backbone
     from xr0_core.train.state import SiteTrainer
 
@@ -261,7 +284,9 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from xr0_core.data.splits import holdout_split
 
     train_records, test_records = holdout_split(records, cfg.seed)
-    trainer = SiteTrainer(cfg, train_records, site=SITE)
+    # Large sites read prepared shards from OUT/prepared (train.image-cache; D16), small ones decode into RAM.
+    images = _images(cfg, ssl_records(train_records), records, args, out)
+    trainer = SiteTrainer(cfg, train_records, site=SITE, cache=images)
     if trainer.num_examples == 0:
         raise CLIError("no training images left after holding out the test split")
     metrics_path = out / "metrics.jsonl"
