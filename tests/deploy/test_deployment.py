@@ -201,9 +201,13 @@ def test_dp_secagg_round_completes(finished_run, deployment):
         state = Path(finished_run["envs"][name]["XR0_STATE"])
         audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
         assert audit, name
-        types = {a["message_type"] for a in audit}
-        assert "train.secagg" in types or any(t.startswith("train") for t in types), (name, types)
-        assert all(a["error"] is None for a in audit), (name, [a["error"] for a in audit if a["error"]])
+        by_type = {a["message_type"]: a for a in audit}
+        assert by_type["train.secagg"]["error"] is None and by_type["train.secagg"]["records"], (name, audit)
+        # The run spends the whole budget in its one round; evaluation afterwards is the policy's call
+        # (evaluation.after-budget-spent = false by default), so it is refused with that reason.
+        assert all(a["error"] is None for a in audit if a["message_type"] != "evaluate"), (name, audit)
+        if by_type.get("evaluate", {}).get("error"):
+            assert "privacy budget is spent" in by_type["evaluate"]["error"]
         ledger = PrivacyLedger(state)
         releases = ledger.read().releases
         assert releases and all(r.status == "committed" for r in releases), (name, releases)
@@ -214,3 +218,27 @@ def test_nothing_written_outside_tmp(finished_run, deployment):
     status, pyproject_changed = _git_state()
     assert pyproject_changed == 0, "pyproject.toml was rewritten"
     assert status == deployment.git_before[0], "the run changed the working tree"
+
+
+def test_unapproved_app_version_is_refused_and_the_run_fails(finished_run, deployment):
+    """site_b stops approving the app (and stops requiring secure aggregation, so that the version is what
+    it refuses on); a plain-aggregation run is refused by both hospitals (site_a's policy
+    requires secure aggregation), no hospital trains, the run fails, `xr0 coordinator status` exits 1 and the
+    coordinator's records name site_b's reason."""
+    d = deployment
+    env_b = finished_run["envs"]["site_b"]
+    d.ok('xr0 site policy --state-dir "$XR0_STATE" --set secagg.required=false '
+         '--set apps.allowed-versions=0.0.0+0000000000000000', env_b)
+    out = d.tmp / "out-refused"
+    run_config = {**RUN_CONFIG, "secagg.enabled": False, "federation.out-dir": str(out)}
+    (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
+    d.ok(COORD["run"], d.coord_env)
+    st = d.sh(COORD["status"], d.coord_env, timeout=600)
+    assert st.returncode == 1 and "finished:failed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
+    train = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
+    reasons = sorted(s["reason"] for s in train[0]["sites"])
+    assert len(reasons) == 2 and all(s["status"] == "failed" for s in train[0]["sites"]), train[0]["sites"]
+    refused = [r for r in reasons if "app version" in r]
+    assert len(refused) == 1 and "not approved" in refused[0] and "0.0.0+0000000000000000" in refused[0], reasons
+    assert any("secure aggregation" in r for r in reasons), reasons
+    assert "not approved" in (out / "report.html").read_text()
