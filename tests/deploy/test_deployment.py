@@ -242,3 +242,38 @@ def test_unapproved_app_version_is_refused_and_the_run_fails(finished_run, deplo
     assert len(refused) == 1 and "not approved" in refused[0] and "0.0.0+0000000000000000" in refused[0], reasons
     assert any("secure aggregation" in r for r in reasons), reasons
     assert "not approved" in (out / "report.html").read_text()
+
+
+def test_supernode_killed_mid_round(finished_run, deployment):
+    """Plain aggregation: site_b's SuperNode (and its flwr-clientapp) is killed while it trains; the round
+    completes with site_a, the coordinator records site_b as missing, and nothing of site_b is left running."""
+    d = deployment
+    envs = finished_run["envs"]
+    for name in SITES:  # both sites now accept a plain, non-DP round of the approved version
+        d.ok('xr0 site policy --state-dir "$XR0_STATE" --set privacy.required=false --set secagg.required=false '
+             '--set apps.allowed-versions="$(xr0 site app-version --app "$XR0_APP")"', envs[name])
+    out = d.tmp / "out-kill"
+    run_config = {**RUN_CONFIG, "secagg.enabled": False, "privacy.enabled": False, "federation.out-dir": str(out),
+                  "federation.round-timeout": 300.0}
+    (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
+    node_b = next(p for n, p in d.procs.started if n == "site_b")
+    seen = d.procs.log("site_b").count("Start `flwr-clientapp` process")
+    d.ok(COORD["run"], d.coord_env)
+    deadline = time.monotonic() + 300
+    while d.procs.log("site_b").count("Start `flwr-clientapp` process") == seen:  # site_b is training now
+        assert time.monotonic() < deadline and node_b.poll() is None, _diagnose(d)
+        threading.Event().wait(0.2)  # polling the log, not a timing assumption
+    d.procs.kill_group(node_b)
+    node_b.wait(timeout=30)
+    flwr_home_b = f"FLWR_HOME={envs['site_b']['FLWR_HOME']}".encode()
+    left = [pid for pid in tagged_pids(d.procs.tag)
+            if flwr_home_b in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+    assert not left, f"site_b processes survived the SuperNode's kill: {left}"
+
+    st = d.sh(COORD["status"], d.coord_env, timeout=600)
+    assert st.returncode == 0 and "finished:completed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
+    train = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
+    assert len(train) == 1 and train[0]["updated"], train
+    statuses = sorted(s["status"] for s in train[0]["sites"])
+    assert statuses.count("ok") == 1 and len(statuses) == 2, train[0]["sites"]
+    assert (out / "checkpoints" / "round-0001").is_dir()
