@@ -55,7 +55,7 @@ def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
     if index.skipped:
         log.warning("site %s: %d files skipped (run `xr0 site check` for reasons)", site.name, len(index.skipped))
     train = private_training_records(index.records, site) if private else ssl_records(index.records)
-    data = SiteData(index.records, ImageCache(train, cfg.train.load_size, progress=False))
+    data = SiteData(index.records, ImageCache(train, cfg.train.load_size, progress=False).decode())
     _SITES[key] = data
     while len(_SITES) > MAX_CACHED_SITES:
         _SITES.popitem(last=False)
@@ -107,7 +107,7 @@ def train_site(
     policy = site.policy()
     private = negotiate(policy, cfg).private  # refuses here, before any data is read
     data = site_data(cfg, site, private=private)
-    if not data.cache.records:
+    if not data.cache.kept:
         raise RuntimeError(f"site {site.name} has no training images (all are split=test or unusable)")
     trainer = SiteTrainer(cfg, data.records, site=site.name, cache=data.cache)
     spec = RoundSpec(
