@@ -63,6 +63,25 @@ def _toml_value(v) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) else repr(v))
 
 
+def _files_newer_than(root: Path, since: float) -> list[str]:
+    """Untracked or ignored files under the checkout modified after ``since`` (the environment, git and caches
+    of this pytest process excluded; tracked files are git status's job): such a file was written by the
+    deployment outside its temporary folder (an out-dir, a ``.flwr`` folder, a uv environment...)."""
+    skip = {".venv", ".git", "__pycache__", ".pytest_cache", ".hypothesis"}
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip and not d.endswith(".egg-info")]
+        for f in filenames:
+            p = Path(dirpath) / f
+            try:
+                if str(p.relative_to(root)) not in tracked and p.stat().st_mtime > since:
+                    found.append(str(p.relative_to(root)))
+            except OSError:
+                pass
+    return found
+
+
 def _git_state() -> tuple[str, int]:
     status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     diff = subprocess.run(["git", "diff", "--quiet", "pyproject.toml"], cwd=ROOT).returncode
@@ -110,8 +129,9 @@ class Deployment:
 def deployment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy")
     git_before = _git_state()
+    started = time.time()
     dep = Deployment(tmp)
-    dep.git_before = git_before
+    dep.git_before, dep.started = git_before, started
     try:
         yield dep
     finally:
@@ -218,6 +238,7 @@ def test_nothing_written_outside_tmp(finished_run, deployment):
     status, pyproject_changed = _git_state()
     assert pyproject_changed == 0, "pyproject.toml was rewritten"
     assert status == deployment.git_before[0], "the run changed the working tree"
+    assert _files_newer_than(ROOT, deployment.started) == []
 
 
 def test_unapproved_app_version_is_refused_and_the_run_fails(finished_run, deployment):
