@@ -73,6 +73,8 @@ def _files_newer_than(root: Path, since: float) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip and not d.endswith(".egg-info")]
         for f in filenames:
+            if f in skip:  # a worktree's .git is a file
+                continue
             p = Path(dirpath) / f
             try:
                 if str(p.relative_to(root)) not in tracked and p.stat().st_mtime > since:
