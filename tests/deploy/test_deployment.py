@@ -203,6 +203,7 @@ def test_doctor_passes_for_a_ready_site(finished_run):
 
 def test_unregistered_node_is_refused(finished_run, deployment):
     assert finished_run["intruder_rc"] not in (None, 0), deployment.procs.log("site_c")[-3000:]
+    assert "No SuperNode found with the given public key" in deployment.procs.log("superlink")  # refused by auth
     assert all(finished_run["nodes_alive"].values()), _diagnose(deployment)
 
 
