@@ -92,6 +92,10 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (bf16 autocast on CUDA only)
     num_workers: int = 0
     load_size: int = 96  # images are decoded once and cached with this shorter side
+    # SSL health (xr0_core/train/health.py: RankMe, entropies, prototype usage) on a fixed probe batch every K
+    # global steps and at the end of every training call; 0 disables. Not measured under DP (it reads private
+    # images outside the accountant).
+    health_every: int = 50
 
 
 @dataclass(frozen=True)
@@ -357,6 +361,7 @@ def validate(cfg: XR0Config) -> None:
         (t.batch_size >= 2, "train.batch-size must be >= 2"),
         (t.local_steps >= 1, "train.local-steps must be >= 1"),
         (t.steps >= 1, "train.steps must be >= 1"),
+        (t.health_every >= 0, "train.health-every must be >= 0 (0: no health measurements)"),
         (t.device in ("auto", "cuda", "cpu"), "train.device must be auto, cuda or cpu"),
         (t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (f.rounds >= 1, "federation.rounds must be >= 1"),

@@ -11,7 +11,9 @@ Writes to OUT:
   same schedules (bitwise the same run on CPU);
 - ``backbone.safetensors`` + ``backbone.json`` -- the timm-compatible export (D11);
 - ``curve.png`` -- the loss curve;
-- ``summary.json`` -- what ``--json`` prints.
+- ``summary.json`` -- what ``--json`` prints;
+- ``model_card.md`` / ``model_card.json`` -- the Hugging Face model card (:mod:`xr0_core.model_card`);
+- ``logs/pretrain.log`` -- library output and warnings (``--verbose`` shows them on the terminal instead).
 
 At the end it measures k-NN anatomy accuracy on held-out images (``split == test``; without splits a seeded
 20 % of patients) for the pretrained backbone and for the random-init backbone it started from, so
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override in flat form, e.g. --set train.batch-size=32 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.add_argument("--verbose", action="store_true",
+                   help="show library output and warnings on the terminal (default: OUT/logs/pretrain.log)")
     p.set_defaults(func=_run)
 
 
@@ -77,15 +80,24 @@ def _index(args: argparse.Namespace) -> list[Any]:
     for folder in args.data:
         try:
             # Headers only: the image cache decodes every pixel once anyway and skips what fails.
-            index = index_site(folder, args.manifest, verify_pixels=False, progress=sys.stderr.isatty())
+            index = index_site(folder, args.manifest, verify_pixels=False, progress=False)
         except (SiteDataError, ManifestError) as exc:
             raise CLIError(str(exc)) from None
         for s in index.skipped[:5]:
-            print(f"xr0 pretrain: skipped {s.path}: {s.reason}", file=sys.stderr)
+            _say(f"xr0 pretrain: skipped {s.path}: {s.reason}")
         if len(index.skipped) > 5:
-            print(f"xr0 pretrain: ... {len(index.skipped) - 5} more skipped (see `xr0 site check`)", file=sys.stderr)
+            _say(f"xr0 pretrain: ... {len(index.skipped) - 5} more skipped (see `xr0 site check`)")
         records.extend(index.records)
     return records
+
+
+def _say(text: str) -> None:
+    """A project line on the terminal (stderr is the log while :func:`quiet_console` is open)."""
+    from xr0_core.console import console
+
+    con = console()
+    con.stream.write(text + "\n")
+    con.stream.flush()
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -166,11 +178,14 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     import torch
 
     from xr0_core.data.dataset import ImageCache
+    import torch.nn.functional as F
+
+    from xr0_core.data.views import center_view
     from xr0_core.eval.anatomy import linear_probe_accuracy
+    from xr0_core.eval.baseline import random_init_backbone
     from xr0_core.eval.features import extract_features
     from xr0_core.eval.knn import knn_correct
     from xr0_core.eval.metrics import paired_bootstrap_ci
-    from xr0_core.train.state import build_model
 
     train_cache = trainer.cache.decode()
     test_cache = ImageCache(test_records, cfg.train.load_size, progress=True).decode()
@@ -188,11 +203,18 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
         return result
     y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
     y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
-    random_backbone = build_model(cfg).student["backbone"].to(trainer.device)
+    random_backbone = random_init_backbone(cfg).to(trainer.device)
+
+    def pixels(cache, rows):  # the raw-pixel baseline: the same centre view, flattened (eval/baseline.py)
+        return F.normalize(torch.stack([center_view(cache[i], cfg.model.img_size).flatten() for i in rows]), dim=-1)
+
     correct = {}
-    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone)):
-        f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
-        f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
+    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone), ("_pixels", None)):
+        if backbone is None:
+            f_train, f_test = pixels(train_cache, train_rows), pixels(test_cache, test_rows)
+        else:
+            f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
+            f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
         correct[tag] = knn_correct(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k).numpy()
         result[f"knn_accuracy{tag}"] = float(correct[tag].mean())
         result[f"linear_accuracy{tag}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test, seed=cfg.seed)
@@ -202,10 +224,27 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     result["knn_gain"] = result["knn_accuracy"] - result["knn_accuracy_random"]
     result["knn_gain_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_random"], groups=patients,
                                                        seed=cfg.seed))
+    result["knn_gain_vs_pixels"] = result["knn_accuracy"] - result["knn_accuracy_pixels"]
+    result["knn_gain_vs_pixels_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_pixels"], groups=patients,
+                                                                 seed=cfg.seed))
+    result["baseline_pixels"] = {"knn_accuracy": result.pop("knn_accuracy_pixels"),
+                                 "linear_accuracy": result.pop("linear_accuracy_pixels")}
     return result
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xr0_core.console import quiet_console
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    # The project's lines and the step bar on the terminal; library output and warnings in OUT/logs/.
+    with quiet_console(args.out / "logs", "pretrain", verbose=args.verbose) as con:
+        summary = _pretrain(args, con)
+    if args.json:  # after the block: stdout is the log inside it
+        print_json(summary)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from tqdm import tqdm
 
     from xr0_core.export import export_backbone
@@ -232,11 +271,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         rows = []
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
-          f"steps {trainer.step}..{total - 1} on {trainer.device}", file=sys.stderr)
+    _say(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
+         f"steps {trainer.step}..{total - 1} on {trainer.device}" + ("" if args.verbose else f"; logs in {out / 'logs'}"))
 
-    bar = tqdm(total=total, initial=trainer.step, desc="pretrain", unit="step", file=sys.stderr,
-               disable=args.json and not sys.stderr.isatty())
+    # One bar on the terminal; off the terminal (CI, pipes) a handful of lines, not one per refresh.
+    bar = tqdm(total=total, initial=trainer.step, desc="pretrain", unit="step", file=con.stream,
+               disable=args.json and not con.tty, mininterval=0.5 if con.tty else 30.0)
     with metrics_path.open("a") as fh:
         def on_step(step: int, m: dict[str, float]) -> None:
             row = {"step": step, **{k: m[k] for k in sorted(m)}}
@@ -257,6 +297,9 @@ def _run(args: argparse.Namespace) -> int:
     losses = [r["loss"] for r in rows]
     if rows:
         _plot_curve(rows, out / "curve.png")
+    from xr0_core.train.health import assess
+
+    health = assess([r for r in rows if any(k.startswith("health/") for k in r)], losses)
     summary: dict[str, Any] = {
         "steps": total,
         "initial_loss": _window_mean(losses, first=True),
@@ -265,6 +308,7 @@ def _run(args: argparse.Namespace) -> int:
         "num_heldout_images": len(test_records),
         "skipped_images": len(trainer.cache.skipped),
         **_knn(trainer, test_records, cfg),
+        "health": health,
         "seconds": round(time.perf_counter() - t0, 1),
         "device": str(trainer.device),
         "config_hash": cfg.hash(),
@@ -273,12 +317,29 @@ def _run(args: argparse.Namespace) -> int:
                                                        "backbone.json", "curve.png")},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    if args.json:
-        print_json(summary)
-    else:
+    from xr0_core.model_card import pretrain_card, write_card
+
+    by_anatomy: dict[str, int] = {}
+    for r in trainer.cache.kept:
+        a = getattr(r, "anatomy", None) or "unknown"
+        by_anatomy[a] = by_anatomy.get(a, 0) + 1
+    export = json.loads((out / "backbone.json").read_text())
+    write_card(out, pretrain_card(summary, cfg.to_flat(), export, by_anatomy))
+    if not args.json:
         print(f"xr0 pretrain: loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f}; "
               f"k-NN anatomy accuracy {_fmt(summary['knn_accuracy'])} (random init "
               f"{_fmt(summary['knn_accuracy_random'])}; gain 95% CI {_fmt(summary.get('knn_gain_ci95'))}), "
               f"linear probe {_fmt(summary.get('linear_accuracy'))} (random init {_fmt(summary.get('linear_accuracy_random'))}); "
-              f"outputs in {out}", file=sys.stderr)
-    return 0
+              f"outputs in {out}", file=con.stream)
+        pix = summary.get("baseline_pixels") or {}
+        if pix:
+            print(f"xr0 pretrain: raw-pixel baseline: k-NN {_fmt(pix.get('knn_accuracy'))}, linear probe "
+                  f"{_fmt(pix.get('linear_accuracy'))} (pretrained k-NN minus pixels 95% CI "
+                  f"{_fmt(summary.get('knn_gain_vs_pixels_ci95'))})", file=con.stream)
+    last = health.get("last", {})
+    print(f"xr0 pretrain: SSL health {health['status'].upper()}"
+          + (f" (RankMe CLS {last['rankme-cls']:.1f}, patch {last.get('rankme-patch', float('nan')):.1f}, "
+             f"prototypes used {last.get('prototype-usage', float('nan')):.0f}/{last.get('prototypes', float('nan')):.0f})"
+             if "rankme-cls" in last else "")
+          + "".join(f"; {r}" for r in health["reasons"]), file=con.stream)
+    return summary
