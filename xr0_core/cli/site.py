@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     register_policy(site_sub)
 
+    from xr0_core.cli.site_deploy import register as register_deploy
+
+    register_deploy(site_sub)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
