@@ -221,6 +221,10 @@ class Coordinator:
             "report": str(self.out / "report.html"),
             "config": self.cfg.to_flat(),
         }
+        if self.cfg.multimodal.enabled:  # mXR-0: text tower + projections exported; upload bytes per sharing mode
+            from xr0_core.export_text import export_multimodal_from_shared
+
+            summary["multimodal"] = export_multimodal_from_shared(self.cfg, self.weights, self.out)
         write_report(self.out, summary, self.history)
         atomic_write_json(self.out / "run.json", summary)
         return summary

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, default=8.0,
                    help="with --dp: each simulated hospital's own budget, written to its ledger (default 8)")
     p.add_argument("--delta", type=float, default=1e-5, help="with --dp: each hospital's delta (default 1e-5)")
+    p.add_argument("--multimodal", action="store_true",
+                   help="mXR-0: hospitals with reports also train a text tower (sets multimodal.enabled); "
+                        "hospitals without reports train image-only in the same federation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -78,6 +81,8 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         flat["secagg.enabled"] = True
     if args.dp:
         flat["privacy.enabled"] = True
+    if getattr(args, "multimodal", False):
+        flat["multimodal.enabled"] = True
     if args.rounds is not None:
         flat["federation.rounds"] = args.rounds
     if args.local_steps is not None:
@@ -126,6 +131,13 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         for site in summary["sites"]:
             ledger = PrivacyLedger(out / "sites" / site["name"])
             site["epsilon"] = ledger.epsilon() if ledger.exists() and ledger.read().delta is not None else 0.0
+    if cfg.multimodal.enabled and "multimodal" in summary:  # bytes each hospital uploads per round, per mode
+        from xr0_core.ssl.multimodal import SharingReport
+
+        mm = summary["multimodal"]
+        lines = SharingReport(mm["text_sharing"], mm["text_top_k"], mm["image_bytes"], mm["text_bytes"]).lines()
+        for line in lines:
+            print(f"[xr0] {line}", file=sys.stderr, flush=True)
     if args.compare_pooled:
         from .compare import compare_backbones
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from xr0_core.atomic import atomic_write
+from xr0_core.eval.multimodal_report import multimodal_section
 
-EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
+EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/",
+                 "zeroshot/")
 
 
 def _fmt(value: Any) -> str:
@@ -146,6 +148,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
     if curve is not None:
         parts.append(f"<h2>Training</h2><img src='{curve.name}' alt='loss curve'>")
     parts.append(privacy_section(history))  # epsilon per hospital per round (xr0_core/privacy; "" without DP)
+    parts.append(multimodal_section(summary, history))  # mXR-0 bytes per round and zero-shot ("" when image-only)
     evals = [r for r in history if r["kind"] == "evaluate"]
     # Downstream-task keys (<family>/<task>/...) have their own section; keep the generic tables readable.
     task_keys = {k for r in history for m in [r["metrics"], *(s["metrics"] for s in r["sites"])] for k in m
