@@ -15,6 +15,9 @@ def test_findings_and_impression_are_kept_other_sections_dropped():
             "IMPRESSION: Effusion.\nRECOMMENDATION: follow up")
     assert prepare_report(text) == "Small left effusion. Effusion."
     assert prepare_report("Findings - no acute fracture") == "no acute fracture"
+    assert prepare_report("HISTORY: fall\nIMPRESSION\nNo fracture.") == "No fracture."
+    # A sentence that starts with a section word is text, not a header.
+    assert prepare_report("Impression of a mass in the\nleft lung.") == "Impression of a mass in the left lung."
 
 
 def test_reports_without_sections_are_kept_whole_and_whitespace_normalised():

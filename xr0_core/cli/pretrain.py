@@ -1,7 +1,7 @@
 """``xr0 pretrain``: XR-0 self-supervised pretraining on local data (one site, or several folders pooled).
 
     xr0 pretrain --data DIR [--data DIR2 ...] [--manifest FILE] --preset cpu-tiny --steps N --out OUT
-                 [--resume] [--json] [--set key=value ...]
+                 [--resume] [--multimodal] [--json] [--set key=value ...]
 
 Writes to OUT:
 
@@ -18,6 +18,12 @@ At the end it measures k-NN anatomy accuracy on held-out images (``split == test
 "pretraining helped" is a measured number (D8). Held-out sets of one hospital are small, so the summary
 also gives ``knn_gain`` (pretrained minus random) with a paired, patient-level bootstrap 95 % interval
 ``knn_gain_ci95``: an interval that straddles 0 says the run is too short or the set too small to tell.
+
+``--multimodal`` (mXR-0, docs/multimodal.md) also trains on the reports, prints the upload bytes per
+text-sharing mode, adds ``retrieval_r5`` / ``retrieval_r5_random`` (zero-shot image-to-report Recall@5 on the
+held-out pairs with the model's own projections, trained vs random image weights with the same text tower),
+``report_bleu4`` / ``report_rouge_l`` (+ ``_random``) and writes ``text_tower/``,
+``multimodal_heads.safetensors`` and ``multimodal.json`` next to the backbone.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ from typing import Any, Sequence
 
 import torch
 
-# A header at the start of a line (or of the text): "FINDINGS:", "Impression -", "IMPRESSION".
+# A header at the start of a line: "FINDINGS:", "Impression -", or the word alone on its line ("IMPRESSION").
+# A sentence that merely starts with the word ("Impression of a mass ...") is not a header.
 _HEADER = re.compile(r"(?im)^[ \t]*(findings|impression|conclusion|history|indication|clinical history|"
-                     r"technique|comparison|examination|exam|procedure|recommendations?)[ \t]*[:\-]?[ \t]*")
+                     r"technique|comparison|examination|exam|procedure|recommendations?)"
+                     r"(?:[ \t]*[:\-][ \t]*|[ \t]*$)")
 _KEEP = {"findings", "impression", "conclusion"}
 
 

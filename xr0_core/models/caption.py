@@ -2,12 +2,17 @@
 
 Its input and output word embeddings are tied to the text tower's embedding table (``words [V, d]``, passed
 at every call): the vocabulary is the tower's fixed WordPiece vocabulary, so nothing about the site's
-words is a parameter of its own, and the decoder stays small (no ``V x width`` output layer).
+words is a parameter of its own, and the decoder stays small (no ``V x width`` output layer). Logits are
+cosine similarities to the word vectors times a learnable scale, so towers whose embedding norms differ
+(a fresh tiny BERT, MiniLM, PubMedBERT) start from the same footing.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -43,6 +48,7 @@ class CaptionDecoder(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, word_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # log of the cosine-logit scale
         self.max_len = int(max_len)
 
     def hidden(self, memory: torch.Tensor, ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
@@ -50,13 +56,18 @@ class CaptionDecoder(nn.Module):
         t = ids.shape[1]
         if t > self.max_len:
             raise ValueError(f"caption decoder built for {self.max_len} tokens, got {t}")
-        x = self.embed(words[ids].float()) + self.pos[:t]
+        x = self.embed(F.normalize(words[ids].float(), dim=-1)) + self.pos[:t]
         causal = torch.triu(torch.full((t, t), float("-inf"), device=ids.device), diagonal=1)
         h = self.decoder(x, self.memory(memory.float()), tgt_mask=causal)
         return self.out(self.norm(h))
 
+    def logits(self, hidden: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """``[..., d] -> [..., V]``: scaled cosine to every word vector."""
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return scale * F.normalize(hidden, dim=-1) @ F.normalize(words.float(), dim=-1).t()
+
     def forward(self, memory: torch.Tensor, ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-        return self.hidden(memory, ids, words) @ words.float().t()
+        return self.logits(self.hidden(memory, ids, words), words)
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, words: torch.Tensor, bos: int, eos: int, pad: int,
@@ -66,7 +77,7 @@ class CaptionDecoder(nn.Module):
         ids = torch.full((memory.shape[0], 1), bos, dtype=torch.long, device=memory.device)
         done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
         for _ in range(n - 1):
-            nxt = (self.hidden(memory, ids, words)[:, -1] @ words.float().t()).argmax(-1)
+            nxt = self.logits(self.hidden(memory, ids, words)[:, -1], words).argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             done |= nxt == eos
             ids = torch.cat([ids, nxt[:, None]], 1)

@@ -174,12 +174,13 @@ class MultimodalXR0(XR0SSL):
 
     def _apply_sharing(self) -> None:
         trainable = self._text_trainable(self.sharing)
+        text_side = self._text_side()
         for name, p in self.student.named_parameters():
-            if name in self._text_side():
+            if name in text_side:
                 p.requires_grad_(name in trainable)
         self._tower_frozen = not any(n.startswith(f"{TEXT}.") for n in trainable)
         # Stays at the site (never in the shared set): frozen text-side weights and the tower's buffers.
-        self._private = (self._text_side() - trainable) | {f"{TEXT}.{n}" for n, _ in
+        self._private = (text_side - trainable) | {f"{TEXT}.{n}" for n, _ in
                                                             self.student[TEXT].named_buffers()}
 
     def sharing_report(self) -> SharingReport:
