@@ -32,11 +32,22 @@ def _checked_config(msg: Message, context: Context):
     return cfg, weights, instruction
 
 
-def train(msg: Message, context: Context) -> Message:
+def train_round(msg: Message, context: Context) -> Message:
+    """Local training, whether the weights then leave plainly or masked (secure aggregation's stage)."""
     cfg, weights, instruction = _checked_config(msg, context)
     site = resolve_site(context.node_config, cfg)
     shared, metrics = train_site(cfg, site, weights, instruction)
     return Message(records.train_reply_content(shared, metrics), reply_to=msg)
+
+
+def train(msg: Message, context: Context) -> Message:
+    """A plain ``train`` message: the weights would reach the coordinator unmasked, so a site whose policy
+    requires secure aggregation refuses it before reading anything."""
+    from xr0_core.site.policy import check_secagg_plain_round
+
+    cfg = from_flat(dict(context.run_config))
+    check_secagg_plain_round(resolve_site(context.node_config, cfg).policy())
+    return train_round(msg, context)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
@@ -56,7 +67,7 @@ def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     client_app.train()(train)
     client_app.evaluate()(evaluate)
     # Secure-aggregation stages (query.secagg_*, train.secagg); idle unless the server runs secagg rounds.
-    secagg.register(client_app, train)
+    secagg.register(client_app, train_round)
     return client_app
 
 

@@ -30,15 +30,20 @@ MAX_CACHED_SITES = 4  # per process: 100 virtual hospitals on 24 GB must not kee
 @dataclass
 class SiteData:
     records: list[Any]  # usable SiteRecords
-    cache: Any  # xr0_core.data.dataset.ImageCache over the SSL records (split != test)
+    cache: Any  # xr0_core.data.dataset.ImageCache over the training records (see site_data)
 
 
 _SITES: "OrderedDict[tuple, SiteData]" = OrderedDict()
 
 
-def site_data(cfg: XR0Config, site: Site) -> SiteData:
-    """Index (once per process) and cache the hospital's images; unusable files are skipped with reasons."""
-    key = (str(site.data_dir), str(site.manifest), cfg.train.load_size)
+def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
+    """Index (once per process) and cache the hospital's training images; unusable files are skipped.
+
+    Training records are ``split != test``; under DP (``private``) also without the patients held out by
+    :func:`xr0_core.data.splits.private_partition` (keyed by the site's stable id), so that evaluation
+    under DP only ever sees patients never used in training.
+    """
+    key = (str(site.data_dir), str(site.manifest), cfg.train.load_size, private)
     if key in _SITES:
         _SITES.move_to_end(key)
         return _SITES[key]
@@ -49,11 +54,32 @@ def site_data(cfg: XR0Config, site: Site) -> SiteData:
     index = index_site(site.data_dir, site.manifest, verify_pixels=False)
     if index.skipped:
         log.warning("site %s: %d files skipped (run `xr0 site check` for reasons)", site.name, len(index.skipped))
-    data = SiteData(index.records, ImageCache(ssl_records(index.records), cfg.train.load_size, progress=False).decode())
+    train = private_training_records(index.records, site) if private else ssl_records(index.records)
+    data = SiteData(index.records, ImageCache(train, cfg.train.load_size, progress=False).decode())
     _SITES[key] = data
     while len(_SITES) > MAX_CACHED_SITES:
         _SITES.popitem(last=False)
     return data
+
+
+def _partition(records: list[Any], site: Site) -> tuple[list[Any], list[Any]]:
+    from xr0_core.data.splits import private_partition
+    from xr0_core.site.state import ensure_identity
+
+    return private_partition(records, ensure_identity(site.state_dir, site.name).site_id)
+
+
+def private_training_records(records: list[Any], site: Site) -> list[Any]:
+    return _partition(records, site)[0]
+
+
+def private_evaluation_records(records: list[Any], site: Site) -> list[Any]:
+    """Held-out patients only, their ``split`` cleared so the evaluation suite splits them again by patient
+    into head-fit and test parts (none of them was ever trained on)."""
+    import dataclasses
+
+    held = _partition(records, site)[1]
+    return [dataclasses.replace(r, split=None) if dataclasses.is_dataclass(r) else r for r in held]
 
 
 def _base_metrics(site: Site) -> dict[str, float]:
@@ -65,12 +91,22 @@ def _base_metrics(site: Site) -> dict[str, float]:
 def train_site(
     cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """One local SSL round; returns the shared weights and scalar metrics to send back."""
-    from xr0_core.train.federated import RoundSpec, run_local_round
+    """One local SSL round under the site's policy; returns the shared weights and the metrics that may leave.
+
+    Raises
+    ------
+    xr0_core.site.policy.PolicyRefusal, xr0_core.privacy.ledger.PrivacyError
+        The site refuses (reason reaches the coordinator's report); nothing was trained or charged.
+    """
+    from xr0_core.site.policy import negotiate
+    from xr0_core.site.round import run_site_round
+    from xr0_core.train.federated import RoundSpec
     from xr0_core.train.state import SiteTrainer
 
     t0 = time.perf_counter()
-    data = site_data(cfg, site)
+    policy = site.policy()
+    private = negotiate(policy, cfg).private  # refuses here, before any data is read
+    data = site_data(cfg, site, private=private)
     if not data.cache.kept:
         raise RuntimeError(f"site {site.name} has no training images (all are split=test or unusable)")
     trainer = SiteTrainer(cfg, data.records, site=site.name, cache=data.cache)
@@ -81,12 +117,13 @@ def train_site(
         local_steps=instruction.local_steps,
         run_key=instruction.run_key,
     )
-    shared, metrics = run_local_round(trainer, weights, spec, site.state_dir, privacy_budget=site.privacy_budget,
-                                      privacy_delta=site.privacy_delta)  # DP: the hospital's own budget
+    shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy)
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})
-    out["num-examples"] = int(trainer.num_examples)
-    out["site-seconds"] = time.perf_counter() - t0  # whole local work: data, model, training, state I/O
+    if not private:
+        out["num-examples"] = int(trainer.num_examples)
+        if policy.train_metric_allowed("site-seconds", private=False):
+            out["site-seconds"] = time.perf_counter() - t0  # whole local work: data, model, training, state I/O
     return shared, out
 
 
@@ -97,23 +134,35 @@ def evaluate_site(
 
     Every downstream task the site's columns allow (:func:`xr0_core.eval.suite.evaluate_backbone`,
     non-strict: a task with bad annotations is skipped and logged here), or with ``eval.tasks = none`` only
-    the cheap k-NN / linear anatomy probe (``knn-anatomy``...). Only scalars leave: ``<task>/<metric>``, ``<task>/random/<metric>``, ``<task>/num-examples``.
+    the cheap k-NN / linear anatomy probe (``knn-anatomy``...). Only scalars leave: ``<task>/<metric>``,
+    ``<task>/random/<metric>``, ``<task>/num-examples``, and only those the site policy's
+    ``release.eval-metrics`` allows. Under DP only held-out patients (never trained on) are evaluated, and
+    the policy may refuse evaluation altogether or once the budget is spent
+    (:func:`xr0_core.site.round.check_evaluation`).
     """
     from xr0_core.eval.anatomy import knn_anatomy_report
     from xr0_core.eval.suite import evaluate_backbone
+    from xr0_core.site.round import check_evaluation
 
     t0 = time.perf_counter()
-    data = site_data(cfg, site)
+    policy = site.policy()
+    private = check_evaluation(policy, cfg, site.state_dir)
+    data = site_data(cfg, site, private=private)
+    records = private_evaluation_records(data.records, site) if private else data.records
     out = _base_metrics(site)
     if cfg.eval.tasks.strip().lower() == "none":
         # Cheapest probe (benchmarks): k-NN / linear anatomy only.
-        out.update(knn_anatomy_report(cfg, data.records, weights, site=site.name))
+        out.update(knn_anatomy_report(cfg, records, weights, site=site.name))
     else:
-        tasks = evaluate_backbone(cfg, data.records, weights, strict=False)
+        tasks = evaluate_backbone(cfg, records, weights, strict=False)
         for reason in tasks.skipped:
             log.info("site %s evaluation: skipped %s", site.name, reason)
         out.update(tasks.flat_metrics())
         # Weigh the site by its largest task test set (per-task weights travel as <task>/num-examples).
         out["num-examples"] = max([0] + list(tasks.counts.values()))
     out["eval-seconds"] = time.perf_counter() - t0
-    return out
+    kept = {k: v for k, v in out.items() if k == "partition-id" or policy.eval_metric_allowed(k)}
+    if len(kept) < len(out):
+        log.info("site %s evaluation metrics kept at the site by its policy: %s", site.name,
+                 sorted(set(out) - set(kept)))
+    return kept

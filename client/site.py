@@ -5,17 +5,20 @@ Deployment node config (``flower-supernode --node-config '...'``; strings need T
 
 ====================  =========================================================================
 ``data-path``         folder of DICOM / PNG files, or with a ``manifest.csv`` (required)
+``state-dir``         the hospital's state folder: site policy, privacy ledger, audit log, local SSL
+                      state (required: it is the site's identity, so it must never follow the data
+                      path; data folders are also often read-only)
 ``manifest``          explicit manifest path (optional)
-``state-dir``         where the site keeps what outlives a run: local SSL state, privacy ledger, audit
-                      log (default: ``~/.xr0/sites/<site-name>``; data folders are often read-only)
-``site-name``         label for logs (default: the data folder's name); never sent to the server
-``privacy-budget``    the hospital's total epsilon over all rounds and runs (needed when DP is on;
-                      the coordinator cannot raise it; docs/privacy.md)
-``privacy-delta``     the hospital's delta (default: run config privacy.target-delta)
+``policy``            the site policy file (default ``<state-dir>/policy.toml``)
+``site-name``         label for logs (default: the data-path's last folder name as given, symlinks
+                      not followed); never sent to the server
+``privacy-budget``    merged into the site policy's privacy.budget (the stricter value wins)
+``privacy-delta``     merged into the site policy's privacy.delta (the stricter value wins)
 ====================  =========================================================================
 
-Simulation: Flower gives ``partition-id``; hospital ``i`` is the ``i``-th sorted sub-folder of
-``simulation.data-root`` and keeps its state in ``simulation.state-root/<name>``.
+Simulation: Flower gives ``partition-id``; hospital ``i`` is the ``i``-th entry of
+:func:`xr0_core.data.index.hospital_dirs` over ``simulation.data-root``, named by that entry (a symlinked
+hospital keeps its link's name) and keeping its state in ``simulation.state-root/<name>``.
 """
 
 from __future__ import annotations
@@ -36,28 +39,58 @@ class SiteConfigError(ValueError):
 @dataclass(frozen=True)
 class Site:
     name: str
-    data_dir: Path
+    data_dir: Path  # resolved (symlinks followed) for reading; never used to name the site or its state
     state_dir: Path
     manifest: Path | None = None
     partition_id: int | None = None  # simulation only
-    privacy_budget: float | None = None  # node config privacy-budget (None: the ledger's, see xr0_core/privacy)
+    privacy_budget: float | None = None  # node config privacy-budget (merged into the site policy)
     privacy_delta: float | None = None  # node config privacy-delta
+    policy_file: Path | None = None  # node config policy (None: <state-dir>/policy.toml)
+
+    def policy(self):
+        """The site policy (:func:`xr0_core.site.state.site_policy`), node-config budget merged in."""
+        from xr0_core.site.state import site_policy
+
+        node = {"policy": str(self.policy_file)} if self.policy_file else {}
+        return site_policy(self.state_dir, node, budget=self.privacy_budget, delta=self.privacy_delta)
+
+
+def site_name_of(path: Path) -> str:
+    """A hospital's name from its data folder *as given*: the last path component, symlinks not followed
+    (a link ``mhh -> /mnt/pacs/covid-chest-mhh`` is hospital ``mhh``). The one naming rule of simulate, the
+    ClientApp, the coordinator's report and the state folder."""
+    return Path(str(path).rstrip("/")).name
 
 
 def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
-    """Site identity and folders from the node config (deployment) or the partition id (simulation)."""
+    """Site identity and folders from the node config (deployment) or the partition id (simulation).
+
+    Raises
+    ------
+    SiteConfigError
+        No ``data-path`` / ``state-dir`` in deployment (the message gives the node-config line to add), or a
+        simulated partition without a hospital folder.
+    """
     if "data-path" in node_config:
-        data_dir = Path(str(node_config["data-path"])).expanduser().resolve()
-        name = str(node_config.get("site-name") or data_dir.name)
-        default_state = Path.home() / ".xr0" / "sites" / name
-        state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser().resolve()
+        given = Path(str(node_config["data-path"])).expanduser()
+        name = str(node_config.get("site-name") or site_name_of(given))
+        if not node_config.get("state-dir"):
+            raise SiteConfigError(
+                "node config has no state-dir: the hospital's privacy ledger, policy and audit log live there, "
+                "and it must not follow the data path. Start the SuperNode with --node-config "
+                f"'data-path=\"{node_config['data-path']}\" state-dir=\"/var/lib/xr0/{name}\"' (any folder "
+                "that stays with this hospital; keep it for every future run)")
+        state_dir = Path(str(node_config["state-dir"])).expanduser().resolve()
         manifest = node_config.get("manifest")
-        from xr0_core.privacy.budget import node_budget
+        policy = node_config.get("policy")
+        from xr0_core.site.policy import node_budget
 
         budget, delta = node_budget(node_config)
-        return Site(name, data_dir, state_dir, Path(str(manifest)).expanduser().resolve() if manifest else None,
-                    privacy_budget=budget, privacy_delta=delta)
-    if PARTITION_ID in node_config:
+        site = Site(name, given.resolve(), state_dir,
+                    Path(str(manifest)).expanduser().resolve() if manifest else None,
+                    privacy_budget=budget, privacy_delta=delta,
+                    policy_file=Path(str(policy)).expanduser().resolve() if policy else None)
+    elif PARTITION_ID in node_config:
         pid = int(node_config[PARTITION_ID])  # type: ignore[arg-type]
         root = Path(cfg.simulation.data_root).expanduser()
         if not cfg.simulation.data_root or not root.is_dir():
@@ -72,10 +105,15 @@ def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
                 f"simulated partition {pid} has no hospital folder: {root} holds {len(sites)} sub-folders; "
                 "run with as many supernodes as hospital folders"
             )
-        data_dir = sites[pid].resolve()
+        name = site_name_of(sites[pid])
         state_root = Path(cfg.simulation.state_root or (root.parent / "state")).expanduser().resolve()
-        return Site(data_dir.name, data_dir, state_root / data_dir.name, None, pid)
-    raise SiteConfigError(
-        "node config has no data-path: start the SuperNode with "
-        "--node-config 'data-path=\"/path/to/xrays\" state-dir=\"/path/to/xr0-state\"'"
-    )
+        site = Site(name, sites[pid].resolve(), state_root / name, None, pid)
+    else:
+        raise SiteConfigError(
+            "node config has no data-path: start the SuperNode with "
+            "--node-config 'data-path=\"/path/to/xrays\" state-dir=\"/path/to/xr0-state\"'"
+        )
+    from xr0_core.site.state import ensure_identity
+
+    ensure_identity(site.state_dir, site.name, site.data_dir)
+    return site

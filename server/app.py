@@ -15,4 +15,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = from_flat(dict(context.run_config))
-    Coordinator(cfg).run(grid)
+    summary = Coordinator(cfg).run(grid)
+    if summary.get("status") == "stopped" and not cfg.simulation.data_root:
+        # Deployment: a failed ServerApp makes Flower mark the run failed (run.json says why). `xr0 simulate`
+        # (simulation.data-root set) reads run.json instead and exits non-zero itself, without a traceback.
+        raise RuntimeError(f"XR-0 run stopped: {summary['stop_reason']}")

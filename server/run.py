@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 _PARTITION_TAG = re.compile(r"\[simulated partition (\d+)\]")  # client/errors.py tags error replies
 
 
+class FederationStalled(RuntimeError):
+    """No hospital's reply was usable for ``federation.max-failed-rounds`` rounds in a row: the run stops
+    (non-zero exit) instead of going on and exporting the initial weights as if trained."""
+
+
 def simulated_site_names(cfg: XR0Config) -> list[str]:
     """Hospital names in a simulation: the sorted sub-folders of ``simulation.data-root``."""
     from xr0_core.data.index import hospital_dirs
@@ -63,6 +68,7 @@ class Coordinator:
         )
         self._round_started = time.monotonic()
         self._tb = None
+        self._failed_rounds = 0  # consecutive train rounds without a usable reply
 
     # ---- start / resume --------------------------------------------------------------------------
 
@@ -124,6 +130,23 @@ class Coordinator:
         self._log_tensorboard(entry)
         self._print_progress(entry)
         self._round_started = time.monotonic()
+        if outcome.kind == "train":
+            self._check_stalled(entry)
+
+    def _check_stalled(self, entry: dict[str, Any]) -> None:
+        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds with no usable reply."""
+        usable = sum(s["status"] == "ok" for s in entry["sites"])
+        self._failed_rounds = 0 if usable else self._failed_rounds + 1
+        limit = self.cfg.federation.max_failed_rounds
+        if limit <= 0 or self._failed_rounds < limit:
+            return
+        reasons: dict[str, list[str]] = {}
+        for site in entry["sites"]:
+            reasons.setdefault(site.get("reason") or site["status"], []).append(site["name"])
+        cause = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items()) or "no hospital replied"
+        raise FederationStalled(
+            f"stopped after round {entry['round']}: no hospital trained in {self._failed_rounds} round(s) in a row "
+            f"({cause})")
 
     def _print_progress(self, entry: dict[str, Any]) -> None:
         status = {s["name"]: s["status"] for s in entry["sites"]}
@@ -188,31 +211,50 @@ class Coordinator:
                 on_round_end=self.on_round_end,
             )
             self._round_started = time.monotonic()
-            strategy.start(
-                grid=grid,
-                initial_arrays=numpy_to_arrays(self.weights),
-                num_rounds=remaining,
-                timeout=cfg.federation.round_timeout,
-                train_config=ConfigRecord(),
-                evaluate_config=ConfigRecord(),
-            )
+            try:
+                strategy.start(
+                    grid=grid,
+                    initial_arrays=numpy_to_arrays(self.weights),
+                    num_rounds=remaining,
+                    timeout=cfg.federation.round_timeout,
+                    train_config=ConfigRecord(),
+                    evaluate_config=ConfigRecord(),
+                )
+            except FederationStalled as exc:
+                stop_reason = str(exc)
+                print(f"[xr0] {stop_reason}", file=sys.stderr, flush=True)
+                log.error("%s", stop_reason)
+                if self._tb is not None:
+                    self._tb.close()
+                return self.finish(stop_reason=stop_reason)
         else:
             log.info("all %d rounds already complete; only exporting", cfg.federation.rounds)
         if self._tb is not None:
             self._tb.close()
         return self.finish()
 
-    def finish(self) -> dict[str, Any]:
-        """Export the backbone, write run.json and report.html; return the run summary."""
+    def finish(self, stop_reason: str = "") -> dict[str, Any]:
+        """Export the backbone, write run.json and report.html; return the run summary.
+
+        A stopped run (``stop_reason``) exports no backbone: its weights are whatever the last usable round
+        left (possibly the initial ones), not a trained model; the checkpoints stay for a resume."""
         from xr0_core.eval.anatomy import backbone_from_shared
         from xr0_core.export import export_backbone
         from xr0_core.report import write_report
 
         latest = load_latest(self.ckpt_dir)
         rounds_completed = latest.round if latest else 0
-        backbone = backbone_from_shared(self.cfg, {k: np.asarray(v) for k, v in self.weights.items()})
-        export = export_backbone(backbone, self.cfg.model, self.out / "backbone.safetensors")
+        export = None
+        stale = self.out / "backbone.safetensors"
+        if stop_reason:
+            for leftover in (stale, stale.with_suffix(".json")):  # never leave an earlier run's "final" model
+                leftover.unlink(missing_ok=True)
+        else:
+            backbone = backbone_from_shared(self.cfg, {k: np.asarray(v) for k, v in self.weights.items()})
+            export = export_backbone(backbone, self.cfg.model, stale)
         summary = {
+            "status": "stopped" if stop_reason else "completed",
+            "stop_reason": stop_reason,
             "run_key": self.run_key,
             "rounds_completed": rounds_completed,
             "final_checkpoint": str(self.ckpt_dir / f"round-{rounds_completed:04d}") if latest else None,
@@ -221,7 +263,7 @@ class Coordinator:
             "report": str(self.out / "report.html"),
             "config": self.cfg.to_flat(),
         }
-        if self.cfg.multimodal.enabled:  # mXR-0: text tower + projections exported; upload bytes per sharing mode
+        if self.cfg.multimodal.enabled and not stop_reason:  # mXR-0: text side exported; upload bytes per mode
             from xr0_core.export_text import export_multimodal_from_shared
 
             summary["multimodal"] = export_multimodal_from_shared(self.cfg, self.weights, self.out)

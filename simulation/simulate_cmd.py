@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         summary = _simulate(args)
     if args.json:
         print_json(summary)
-    else:
+    if summary.get("status") == "stopped":
+        print(f"xr0: error: {summary['stop_reason']}; no model exported; report {summary['report']}", file=sys.stderr)
+        return 1
+    if not args.json:
         print(f"[xr0] done: {summary['rounds_completed']} rounds; report {summary['report']}")
     return 0
 
@@ -127,10 +130,14 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     summary["sites"] = sites
     if cfg.privacy.enabled or cfg.privacy.client_level:  # epsilon per hospital from its own ledger
         from xr0_core.privacy.ledger import PrivacyLedger
+        from xr0_core.site.state import site_policy
 
         for site in summary["sites"]:
-            ledger = PrivacyLedger(out / "sites" / site["name"])
-            site["epsilon"] = ledger.epsilon() if ledger.exists() and ledger.read().delta is not None else 0.0
+            state = out / "sites" / site["name"]
+            ledger, policy = PrivacyLedger(state), site_policy(state).privacy
+            site["epsilon"] = (ledger.epsilon(delta=policy.delta, accountant=policy.accountant)
+                               if ledger.exists() else 0.0)
+            site["delta"] = policy.delta
     if cfg.multimodal.enabled and "multimodal" in summary:  # bytes each hospital uploads per round, per mode
         from xr0_core.ssl.multimodal import SharingReport
 
@@ -138,7 +145,7 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         lines = SharingReport(mm["text_sharing"], mm["text_top_k"], mm["image_bytes"], mm["text_bytes"]).lines()
         for line in lines:
             print(f"[xr0] {line}", file=sys.stderr, flush=True)
-    if args.compare_pooled:
+    if args.compare_pooled and summary.get("status") != "stopped":
         from .compare import compare_backbones
 
         summary["comparison"] = compare_backbones(cfg, dirs, out, n_sites=len(dirs))
@@ -149,17 +156,29 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: list[str]) -> None:
-    """Fail fast on a batch-coupled objective; give every simulated hospital its own budget (the researcher
-    plays the hospitals here; in deployment each sets privacy-budget in its node config)."""
+    """Fail fast on a batch-coupled objective; write every simulated hospital's site policy (the researcher
+    plays the hospitals here; in deployment each hospital writes its own with `xr0 site policy`).
+
+    A simulated hospital's policy: the budget ``--epsilon`` at ``--delta`` (a hospital that already spent part
+    of an earlier budget keeps its ledger), and evaluation of held-out patients allowed after the budget is
+    spent, since the researcher wants the final evaluation of a run that spends its whole budget."""
     from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
-    from xr0_core.privacy.ledger import PrivacyError, PrivacyLedger
+    from xr0_core.privacy.ledger import PrivacyError
+    from xr0_core.site.policy import PolicyError, policy_path, save_policy, with_values
+    from xr0_core.site.state import site_policy
 
     try:
         dp_objective_config(cfg)
         for name in names:
-            ledger = PrivacyLedger(state_root / name)
-            data = ledger.read()
-            if data.budget is None or (data.budget != args.epsilon and not data.releases):
-                ledger.set_budget(args.epsilon, args.delta, cfg.privacy.accountant)
-    except (BatchCoupledLossError, PrivacyError) as exc:
+            state = state_root / name
+            policy = site_policy(state)
+            if policy.privacy.budget is not None and policy.path:
+                if policy.privacy.budget != args.epsilon:
+                    print(f"[xr0] {name} keeps the budget of its own site policy (epsilon {policy.privacy.budget:g}); "
+                          "--epsilon applies to hospitals without one", file=sys.stderr, flush=True)
+                continue
+            policy = with_values(policy, {"privacy.budget": args.epsilon, "privacy.delta": args.delta,
+                                          "evaluation.after-budget-spent": True})
+            save_policy(policy, policy_path(state))
+    except (BatchCoupledLossError, PrivacyError, PolicyError) as exc:
         raise CLIError(str(exc)) from None

@@ -106,21 +106,25 @@ class FederationConfig:
     round_timeout: float = 3600.0  # seconds to wait for replies
     out_dir: str = "xr0-out"  # coordinator's folder: checkpoints, metrics, report, exported backbone
     resume: bool = False  # continue from the last complete round in out_dir (refused if the config differs)
+    max_failed_rounds: int = 1  # stop (non-zero exit) after this many consecutive train rounds in which no
+    # hospital's reply was usable; 0: never stop (rounds go on with the global weights unchanged)
 
 
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Differential privacy at every site (D3; docs/privacy.md; owner: xr0_core/privacy/).
 
-    The budget (epsilon) and delta are NOT here: they belong to each hospital (node config ``privacy-budget``,
-    ``privacy-delta``, or its ledger), so the coordinator cannot raise them.
+    The budget (epsilon) and delta are NOT here: they belong to each hospital's site policy
+    (xr0_core/site/policy.py), so the coordinator cannot raise them. The run config may ask for more
+    protection than a site's policy (DP on, more noise, a smaller delta), never less: a site refuses the
+    round otherwise.
     """
 
     enabled: bool = False  # sample-level DP-SGD (per privacy unit: patient, else image)
     noise_multiplier: float = 0.0  # sigma; 0: each site calibrates it to spend its remaining budget over the run
     max_grad_norm: float = 1.0  # C: per-unit L2 clip norm (all views and images of one unit together)
-    target_delta: float = 1e-5  # delta used when a site's node config sets none
-    accountant: str = "rdp"  # rdp | prv | gdp (Opacus accountants)
+    target_delta: float = 0.0  # ask every site for a delta at most this (0: each site's own policy delta)
+    accountant: str = ""  # "": each site's own (rdp | prv in its policy); anything else must match the site's
     sample_rate: float = 0.0  # Poisson rate q per unit per step; 0: train.batch-size / number of units
     images_per_unit: int = 4  # at most this many images of a sampled unit per step (all clipped together)
     grad_sample_mode: str = "vmap"  # per-unit gradients: vmap (torch.func) | microbatch (one pass per unit)
@@ -224,7 +228,7 @@ _SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval",
 
 HASH_EXCLUDED = frozenset(
     {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
-     "train.num-workers"}
+     "train.num-workers", "federation.max-failed-rounds"}
 )
 
 # Where files live and how evaluation is done never change the trained weights.
@@ -380,6 +384,7 @@ def validate(cfg: XR0Config) -> None:
         (t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (f.rounds >= 1, "federation.rounds must be >= 1"),
         (f.min_replies >= 1, "federation.min-replies must be >= 1"),
+        (f.max_failed_rounds >= 0, "federation.max-failed-rounds must be >= 0 (0: never stop)"),
         (0 < f.fraction_train <= 1, "federation.fraction-train must be in (0, 1]"),
         (f.server_optimizer in ("fedavg", "fedavgm", "fedadam"),
          "federation.server-optimizer must be fedavg, fedavgm or fedadam"),
@@ -393,7 +398,8 @@ def validate(cfg: XR0Config) -> None:
         (cfg.privacy.noise_multiplier >= 0, "privacy.noise-multiplier must be >= 0 (0: calibrated to the site budget)"),
         # privacy: owned by xr0_core/privacy (DP engineer)
         (cfg.privacy.max_grad_norm > 0, "privacy.max-grad-norm must be > 0"),
-        (cfg.privacy.accountant in ("rdp", "prv", "gdp"), "privacy.accountant must be rdp, prv or gdp"),
+        (cfg.privacy.accountant in ("", "rdp", "prv", "gdp"),
+         "privacy.accountant must be empty (each site's own), rdp, prv or gdp (sites refuse gdp)"),
         (0 <= cfg.privacy.sample_rate <= 1, "privacy.sample-rate must be in [0, 1] (0: batch-size / units)"),
         (cfg.privacy.images_per_unit >= 1, "privacy.images-per-unit must be >= 1"),
         (cfg.privacy.grad_sample_mode in ("vmap", "microbatch"), "privacy.grad-sample-mode must be vmap or microbatch"),
@@ -403,7 +409,7 @@ def validate(cfg: XR0Config) -> None:
          "eval.head-steps, eval.head-batch-size and eval.batch-size must be >= 1"),
         (cfg.eval.head_lr > 0, "eval.head-lr must be > 0"),
         (cfg.eval.max_images >= 0, "eval.max-images must be >= 0 (0: all images)"),
-        (0 < cfg.privacy.target_delta < 1, "privacy.target-delta must be in (0, 1)"),
+        (0 <= cfg.privacy.target_delta < 1, "privacy.target-delta must be in [0, 1) (0: each site's own delta)"),
         (cfg.secagg.num_neighbours >= 0, "secagg.num-neighbours must be >= 0 (0: all-to-all)"),
         (cfg.secagg.threshold == 0 or cfg.secagg.threshold >= 2,
          "secagg.threshold must be 0 (majority of share holders) or >= 2"),

@@ -59,7 +59,12 @@ def test_index_lists_every_bad_file_and_keeps_the_good_ones(site, rg_files):
     assert summary["by_anatomy"] == {"chest": 4, "leg": 4}
     assert summary["by_view"] == {"AP": 4, "PA": 4}
     assert summary["height"] == [1760, 1955] and summary["width"] == [1760, 1841]
-    assert summary["patients"] is None  # a walked folder keeps no patient identifiers
+    # A walked folder groups by a pseudonym of the DICOM PatientID (the privacy unit), never the identifier.
+    assert summary["patients"] == 2
+    import pydicom
+
+    raw_ids = {str(pydicom.dcmread(r.path, stop_before_pixels=True).PatientID) for r in index.records}
+    assert all(r.patient_id.startswith("dicom-") and r.patient_id not in raw_ids for r in index.records)
 
 
 def test_parallel_workers_give_the_same_index(site):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
-from xr0_core.train.federated import RoundSpec, initial_shared_state, run_local_round
+from xr0_core.train.federated import RoundSpec, initial_shared_state
 from xr0_core.train.state import SiteTrainer, build_model
 
 from .conftest import paired_cache
@@ -47,7 +47,11 @@ def test_dp_captioning_round_runs_and_ledger_epsilon_reproduces_with_opacus(mm_c
     from opacus.accountants.rdp import RDPAccountant
 
     from xr0_core.privacy.ledger import PrivacyLedger
+    from xr0_core.site.policy import load_policy, policy_path, save_policy, with_values
+    from xr0_core.site.round import run_site_round
 
+    policy = save_policy(with_values(load_policy(policy_path(tmp_path)), {"privacy.budget": 8.0, "privacy.delta": 1e-5}),
+                         policy_path(tmp_path))  # the hospital's own budget
     cfg = mm_cfg(**DP, **{"multimodal.contrastive": "none", "multimodal.caption-weight": 1.0,
                           "train.batch-size": 4})
     start = initial_shared_state(cfg)
@@ -55,21 +59,20 @@ def test_dp_captioning_round_runs_and_ledger_epsilon_reproduces_with_opacus(mm_c
     metrics = []
     for rnd in (1, 2):
         tr = SiteTrainer(cfg, [], site="h", cache=cache)
-        shared, m = run_local_round(tr, start, RoundSpec(rnd, (rnd - 1) * 2, 4, 2, "dprun"), tmp_path,
-                                    privacy_budget=8.0, privacy_delta=1e-5)
+        shared, m = run_site_round(tr, start, RoundSpec(rnd, (rnd - 1) * 2, 4, 2, "dprun"), tmp_path, policy)
         metrics.append(m)
         assert shared.keys() == start.keys() and all(torch.isfinite(v).all() for v in shared.values())
         # The decoder moved (noised gradients reached it): captioning trained under DP.
         assert not torch.equal(shared["caption.out.weight"], start["caption.out.weight"])
         start = shared
     assert all(not k.startswith("loss") for m in metrics for k in m)  # un-noised losses stay at the site
-    data = PrivacyLedger(tmp_path).read()
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    releases = [dataclasses.asdict(r) for r in data.releases]  # Opacus's RDP on the ledger's own records
+    ledger = PrivacyLedger(tmp_path)
+    releases = [dataclasses.asdict(r) for r in ledger.read().releases]  # Opacus's RDP on the ledger's records
     assert [r["round"] for r in releases] == [1, 2]
+    orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = sum(compute_rdp(q=r["sample_rate"], noise_multiplier=r["noise_multiplier"], steps=r["steps"], orders=orders)
               for r in releases)
     expected = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)[0]
     assert metrics[1]["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert 0 < metrics[0]["epsilon"] < metrics[1]["epsilon"] <= 8.0
-    assert data.unit == "patient"
+    assert all(r["unit"] == "patient" for r in releases)

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from xr0_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
-from xr0_core.train.federated import RoundSpec, initial_shared_state, run_local_round
+from xr0_core.site.policy import SitePolicy, load_policy, policy_path, save_policy, with_values
+from xr0_core.site.round import run_site_round
+from xr0_core.train.federated import RoundSpec, initial_shared_state
 from xr0_core.train.state import SiteTrainer
 
 from .conftest import patient_cache, tiny_cfg
@@ -19,12 +21,19 @@ from .conftest import patient_cache, tiny_cfg
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _round(state: Path, run: str, rnd: int, cfg=None, budget=8.0, cache=None):
+def site_with_budget(state: Path, budget: float | None, **more) -> SitePolicy:
+    """Write the hospital's own policy (its budget at delta 1e-5, plus ``more`` keys) and return it."""
+    values = {"privacy.budget": budget, "privacy.delta": 1e-5, **more} if budget is not None else dict(more)
+    policy = with_values(load_policy(policy_path(state)), values)
+    return save_policy(policy, policy_path(state))
+
+
+def _round(state: Path, run: str, rnd: int, cfg=None, budget=8.0, cache=None, **policy):
     cfg = cfg or tiny_cfg()
     tr = SiteTrainer(cfg, [], site="h", cache=cache or patient_cache([0, 0, 1, 2, 3, 4, 5, 6]))
     steps = cfg.train.local_steps
     spec = RoundSpec(rnd, (rnd - 1) * steps, 3 * steps, steps, run)
-    return run_local_round(tr, initial_shared_state(cfg), spec, state, privacy_budget=budget, privacy_delta=1e-5)
+    return run_site_round(tr, initial_shared_state(cfg), spec, state, site_with_budget(state, budget, **policy))
 
 
 def _independent_epsilon(releases, delta):
@@ -67,7 +76,7 @@ def test_ledger_survives_a_killed_process_and_a_new_run(tmp_path):
     assert proc.returncode == 9
     after_kill = PrivacyLedger(tmp_path).read()
     assert len(after_kill.releases) == 1
-    eps1 = PrivacyLedger(tmp_path).epsilon()
+    eps1 = PrivacyLedger(tmp_path).epsilon(delta=1e-5)
     _, m = _round(tmp_path, "second", 1)  # a new run in a new process state
     data = PrivacyLedger(tmp_path).read()
     assert [r.run_id for r in data.releases] == ["first", "second"]
@@ -91,15 +100,18 @@ def test_calibrated_noise_spends_at_most_the_budget_over_the_run(tmp_path):
 
 
 def test_dp_without_a_site_budget_refuses(tmp_path):
-    from xr0_core.privacy.ledger import PrivacyError
+    from xr0_core.site.policy import PolicyRefusal
 
-    with pytest.raises(PrivacyError, match="privacy-budget"):
+    with pytest.raises(PolicyRefusal, match="no privacy budget"):
         _round(tmp_path, "r", 1, budget=None)
 
 
 def test_losses_do_not_leave_a_dp_site(tmp_path):
     _, m = _round(tmp_path, "r", 1)
     assert not any(k.startswith("loss") for k in m) and "epsilon" in m and "num-examples" in m
+    # Neither the Poisson rate nor sigma leaves: together they give the site's patient count.
+    assert "sample-rate" not in m and "noise-multiplier" not in m
+    assert m["num-examples"] == 1.0  # the policy's declared weight (0 -> 1), not the site's image count
 
 
 def test_client_level_update_is_clipped_before_noise():
@@ -114,9 +126,25 @@ def test_client_level_update_is_clipped_before_noise():
     assert float(torch.sqrt(sum(v.double().pow(2).sum() for v in out.values()))) == pytest.approx(0.5, rel=1e-6)
 
 
-def test_client_level_release_is_recorded(tmp_path):
+def test_client_level_release_is_recorded_with_sensitivity_2c(tmp_path):
+    """Add/remove one patient moves a clipped update (norm <= C) by up to 2C: the ledger accounts the Gaussian
+    release with sigma_c / 2. Checked against the Gaussian mechanism's RDP, alpha * (2C)^2 / (2 sigma_c^2 C^2),
+    converted to epsilon here, independently of Opacus."""
+    import math
+
     cfg = tiny_cfg(**{"privacy.enabled": False, "privacy.client-level": True, "privacy.client-noise-multiplier": 2.0})
     _, m = _round(tmp_path, "c", 1, cfg=cfg, budget=50.0)
     rel = PrivacyLedger(tmp_path).read().releases
-    assert [(r.kind, r.noise_multiplier, r.sample_rate, r.steps) for r in rel] == [("client", 2.0, 1.0, 1)]
-    assert m["epsilon"] == pytest.approx(_independent_epsilon([vars(r) for r in rel], 1e-5), rel=1e-9)
+    assert [(r.kind, r.noise_multiplier, r.sample_rate, r.steps, r.effective_sensitivity) for r in rel] == [
+        ("client", 2.0, 1.0, 1, 2.0)]
+    sigma_c, delta = 2.0, 1e-5
+    from opacus.accountants.rdp import RDPAccountant
+
+    best = math.inf
+    for a in RDPAccountant.DEFAULT_ALPHAS:  # same orders, conversion of Balle et al. (2020) written out
+        rdp = a * 4.0 / (2 * sigma_c ** 2)
+        eps = rdp + math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1)
+        best = min(best, eps)
+    assert m["epsilon"] == pytest.approx(best, rel=1e-9)
+    # The old accounting (sensitivity C) would have claimed a smaller epsilon:
+    assert m["epsilon"] > _independent_epsilon([{"sample_rate": 1.0, "noise_multiplier": 2.0, "steps": 1}], delta)

@@ -10,15 +10,17 @@ from tests.simulation.conftest import hospitals  # noqa: F401 (shared session fi
 from tests.simulation.simtools import ROOT, fast_set_args, kill_new_ray, ray_processes, three_hospitals, xr0_cmd
 
 from xr0_core.privacy.ledger import PrivacyLedger, Release
+from xr0_core.site.policy import SitePolicy, policy_path, save_policy, with_values
 
 
 def test_simulate_dp_reports_epsilon_and_a_refusing_hospital(hospitals, tmp_path):
     data = three_hospitals(hospitals, tmp_path / "data")
     out = tmp_path / "out"
     # site02 spent its budget in an earlier run (its own ledger, on its own disk).
-    spent = PrivacyLedger(out / "sites" / "site02")
-    spent.set_budget(1.0, 1e-5)
-    spent.record(Release("earlier-run", 1, 0.8, 0.5, 40, 1e-5))
+    state02 = out / "sites" / "site02"
+    save_policy(with_values(SitePolicy(), {"privacy.budget": 1.0, "privacy.delta": 1e-5}), policy_path(state02))
+    with PrivacyLedger(state02).transaction() as ledger:
+        ledger.releases.append(Release("earlier-run", 1, 0.8, 0.5, 40, 1e-5, unit="patient"))
     before = ray_processes()
     proc = subprocess.run(xr0_cmd("simulate", "--data", str(data), "--out", str(out), "--rounds", "2", "--dp",
                                   "--epsilon", "8", *fast_set_args(), "--json"),
@@ -28,7 +30,7 @@ def test_simulate_dp_reports_epsilon_and_a_refusing_hospital(hospitals, tmp_path
     summary = json.loads(proc.stdout)
     eps = {s["name"]: s["epsilon"] for s in summary["sites"]}
     assert 0 < eps["site00"] <= 8.0 and 0 < eps["site01"] <= 8.0
-    assert eps["site02"] == PrivacyLedger(out / "sites" / "site02").epsilon()  # nothing new was spent
+    assert eps["site02"] == PrivacyLedger(state02).epsilon(delta=1e-5)  # nothing new was spent
     rounds = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
     assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:

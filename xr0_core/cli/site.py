@@ -48,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.set_defaults(func=_check)
 
+    from xr0_core.cli.site_policy import register as register_policy
+
+    register_policy(site_sub)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)

@@ -7,7 +7,8 @@ cost of their far ends; multi-crop SSL and the centre evaluation view both see t
 
 :func:`make_batch` builds the batch of global step ``step`` from ``(seed, site, step)`` alone: the same triple
 gives the same batch whatever happened before, which makes a federated resume exact and lets DataLoader
-workers build steps in any order.
+workers build steps in any order. Each image's views are keyed by its stable key (path), not by its position
+in the batch (see :meth:`BatchMaker.build`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class BatchMaker:
         self.seed = cfg.seed
         self.views = MultiCropViews(cfg, augment)
         self.grid = cfg.model.img_size // patch_size
+        self._keys: list[str] | None = None
 
     def indices(self, step: int, batch_size: int) -> torch.Tensor:
         """Image indices of ``step``: uniform with replacement, from the generator of (seed, site, step)."""
@@ -163,19 +165,37 @@ class BatchMaker:
         bsz = int(batch_size or self.cfg.train.batch_size)
         return self.build(step, self.indices(step, bsz))
 
-    def build(self, step: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def image_key(self, j: int) -> str:
+        """Stable key of cache image ``j`` (its path; the index for in-memory test caches): what seeds its views."""
+        if self._keys is None:
+            self._keys = [image_key(r) for r in self.cache.kept]
+        return self._keys[j]
+
+    def build(self, step: int, idx: torch.Tensor, *, secret: int | None = None) -> dict[str, torch.Tensor]:
         """Views and masks of the given cache indices ``idx [B]`` at ``step`` (same layout as ``__call__``).
 
-        DP training (xr0_core/privacy) draws ``idx`` itself by Poisson sampling of privacy units.
+        Each image's views and iBOT masks come from a generator keyed by (seed, the image's stable key, step,
+        and which repeat of the image in this batch it is), never by its position in the batch: adding or
+        removing another image changes nothing about this one's views. ``secret`` replaces the public run
+        seed under DP (a secret per-round seed: the coordinator knows the run seed). DP training
+        (xr0_core/privacy) draws ``idx`` itself by Poisson sampling of privacy units.
         """
         glob, loc, masks = [], [], []
-        for i, j in enumerate(idx.tolist()):
-            g = torch_generator(self.seed, "views", self.site, step, i)
+        seen: dict[int, int] = {}
+        source = ("secret", secret) if secret is not None else ("run", self.seed, self.site)
+        for j in idx.tolist():
+            repeat = seen[j] = seen.get(j, -1) + 1
+            g = torch_generator(*source, "views", self.image_key(j), step, repeat)
             v = self.views(self.cache[j], g)
             glob.append(v["global"])
             loc.append(v["local"])
             masks.append(sample_ibot_masks(N_GLOBAL, self.grid, self.cfg.ssl, g))
         return {"global": torch.stack(glob), "local": torch.stack(loc), "masks": torch.stack(masks), "index": idx}
+
+
+def image_key(record: Any) -> str:
+    """A stable per-image key within a site: the record's path (or the record itself, e.g. an int)."""
+    return str(getattr(record, "path", record))
 
 
 def make_batch(cache: ImageCache, cfg: XR0Config, *, site: str, step: int, patch_size: int,

@@ -336,6 +336,25 @@ def read_dicom_header(path: str | os.PathLike, *, force: bool = False) -> dict[s
     return meta
 
 
+def dicom_patient_key(path: str | os.PathLike) -> str | None:
+    """A site-local pseudonym of the file's PatientID (``dicom-`` + 16 hex of its SHA-256), or None.
+
+    Used only to group a patient's images into one privacy unit (D3) when no manifest names patients.
+    PatientID itself is identifying and never kept: it is outside the metadata whitelist, and the
+    pseudonym stays at the site like every other record field.
+    """
+    import hashlib
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=["PatientID"], force=True)
+    except Exception:  # noqa: BLE001 -- unreadable files are reported by the probe itself
+        return None
+    pid = str(getattr(ds, "PatientID", "") or "").strip()
+    return "dicom-" + hashlib.sha256(pid.encode()).hexdigest()[:16] if pid else None
+
+
 _PIXEL_TAGS_LE = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")
 _PIXEL_TAGS_BE = (b"\x7f\xe0\x00\x10", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09")
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"

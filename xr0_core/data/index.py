@@ -149,9 +149,15 @@ def probe_image(path: Path, verify_pixels: bool = True) -> Probe:
     try:
         if verify_pixels:
             image = read_image(path)
-            return image.meta, (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
-        meta = read_image_header(path)
-        return meta, (int(meta["rows"]), int(meta["columns"]))
+            meta, size = dict(image.meta), (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+        else:
+            meta = dict(read_image_header(path))
+            size = (int(meta["rows"]), int(meta["columns"]))
+        if meta.get("source") == "dicom":
+            from xr0_core.data.dicom import dicom_patient_key
+
+            meta["patient_key"] = dicom_patient_key(path)  # a pseudonym for grouping; never leaves the site
+        return meta, size
     except UnusableImage as exc:
         return exc.reason
     except Exception as exc:  # a site never crashes on one file (DESIGN D7)
@@ -271,9 +277,10 @@ def index_site(
             lost_mask = Skipped(_display(record.mask_path, root), "mask file not found (image kept without its mask)")
             skipped.append(lost_mask)
             record = dataclasses.replace(record, mask_path=None)
-        # The manifest wins; DICOM tags fill what it left empty.
+        # The manifest wins; DICOM tags fill what it left empty (PatientID as a pseudonym: the privacy unit).
         anatomy, view = record.anatomy or meta.get("anatomy"), record.view or meta.get("view")
-        usable.append(dataclasses.replace(record, anatomy=anatomy, view=view))
+        patient = record.patient_id or meta.get("patient_key")
+        usable.append(dataclasses.replace(record, anatomy=anatomy, view=view, patient_id=patient))
         sizes.append(size)
 
     if not usable:

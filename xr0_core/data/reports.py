@@ -115,8 +115,8 @@ class ReportBatches:
     def __call__(self, step: int, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         return self._add(self.maker(step, batch_size))
 
-    def build(self, step: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._add(self.maker.build(step, idx))
+    def build(self, step: int, idx: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return self._add(self.maker.build(step, idx, **kwargs))  # e.g. DP's secret view seed
 
     def _add(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch.update(self.tokens.batch(batch["index"]))

@@ -27,3 +27,25 @@ def holdout_split(records: Sequence[Any], seed: int, fraction: float = HOLDOUT_F
     rng = np.random.default_rng(derive_seed(seed, "holdout"))
     held = {units[i] for i in rng.permutation(len(units))[:n_test]}
     return [r for r in records if unit_of(r) not in held], [r for r in records if unit_of(r) in held]
+
+
+def unit_held_out(unit: str, key: str, fraction: float = HOLDOUT_FRACTION) -> bool:
+    """Whether ``unit`` is held out, from a hash of (``key``, unit) alone.
+
+    Unlike :func:`holdout_split`, whether one patient is held out never depends on which other patients
+    exist: adding or removing a patient changes nobody else's side. Differential privacy needs exactly
+    that (the training set of the other patients must not change with one patient's presence).
+    """
+    return derive_seed(key, "dp-holdout", unit) / float(1 << 63) < fraction
+
+
+def private_partition(records: Sequence[Any], key: str, fraction: float = HOLDOUT_FRACTION) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) records under DP: ``split == "test"`` rows are held out when the site has any;
+    otherwise each patient (:func:`unit_of`) is held out by :func:`unit_held_out` with the site's stable
+    ``key``, so the same patients stay out of training in every run. Evaluation under DP sees only the
+    held-out side: patients never used in training.
+    """
+    if any(getattr(r, "split", None) == "test" for r in records):
+        return [r for r in records if r.split != "test"], [r for r in records if r.split == "test"]
+    held = {u for u in {unit_of(r) for r in records} if unit_held_out(u, key, fraction)}
+    return [r for r in records if unit_of(r) not in held], [r for r in records if unit_of(r) in held]

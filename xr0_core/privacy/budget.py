@@ -1,14 +1,18 @@
-"""A hospital's budget and the privacy bookkeeping of one federated round (D3, D9).
+"""A private round's reservation in the site's ledger: plan, check, charge, then train (D3, D9, D14).
 
-Order of a DP round at a site (:func:`xr0_core.train.federated.run_local_round`):
+Order of a private round at a site (:mod:`xr0_core.site.round` composes it):
 
-1. :func:`resolve_budget` -- epsilon and delta from the site's node config (``privacy-budget``,
-   ``privacy-delta``) or, failing that, from its ledger (``xr0 privacy --state-dir D --set-budget E``).
-   The run config carries no budget: the coordinator cannot raise it.
-2. :func:`plan_round` -- noise multiplier (fixed by ``privacy.noise-multiplier`` or calibrated once per run to
-   spend the remaining budget over the run's remaining steps) and the Poisson rate; refuses with
-   :class:`PrivacyBudgetExceeded` when epsilon after this round would exceed the budget.
-3. training; 4. :func:`record_round` -- the release goes into the ledger *before* the weights leave.
+1. :func:`reserve_round`, in ONE locked ledger transaction: choose sigma (fixed by the run config, the one
+   already chosen for this run, or calibrated once per run to spend what is left over the run's remaining
+   steps), check it against the policy's largest noise multiplier, check the unit against the releases
+   already made, check epsilon after this round against the lifetime budget and the per-run cap, and
+   append the round's releases as ``pending``. A pending release counts in full from this moment.
+2. training (the DP-SGD session uses exactly the reserved sigma, q and steps);
+3. :func:`commit_round` marks the releases ``committed``; only then may weights leave.
+
+A crash anywhere after 1 leaves the pending release in the ledger: the site over-counts, never
+under-counts. Two runs at one site that overlap in time each reserve under the same file lock, so the
+second sees the first's reservation and cannot spend the same budget twice.
 """
 
 from __future__ import annotations
@@ -17,142 +21,172 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
-from xr0_core.config import XR0Config
 from xr0_core.privacy.ledger import (
-    KIND_CLIENT, KIND_DPSGD, PrivacyBudgetExceeded, PrivacyError, PrivacyLedger, Release, calibrate_noise,
-    check_budget_values, epsilon_of,
+    CLIENT_SENSITIVITY, KIND_CLIENT, KIND_DPSGD, STATUS_PENDING, PrivacyBudgetExceeded, PrivacyError, PrivacyLedger,
+    Release, calibrate_noise, epsilon_of,
 )
 
 log = logging.getLogger(__name__)
 
-NODE_BUDGET = "privacy-budget"
-NODE_DELTA = "privacy-delta"
+
+class NoiseAboveCap(PrivacyBudgetExceeded):
+    """The noise this round needs is above the site's largest useful noise multiplier: the site refuses
+    rather than train (and spend budget) on updates that are mostly noise."""
+
+
+class UnitMismatch(PrivacyError):
+    """This round's privacy unit differs from the unit of the site's earlier releases (or its policy's)."""
 
 
 @dataclass(frozen=True)
-class SiteBudget:
-    epsilon: float
-    delta: float
-    source: str  # "node-config" | "ledger"
+class RoundRequest:
+    """What the round asks for: sample-level DP-SGD steps at Poisson rate ``sample_rate`` (with ``sigma`` 0
+    meaning "calibrate"), and/or one client-level release with noise multiplier ``client_sigma``."""
+
+    run_id: str
+    server_round: int
+    local_steps: int
+    remaining_steps: int
+    sample_rate: float
+    unit: str
+    sample_level: bool
+    sigma: float = 0.0
+    client_level: bool = False
+    client_sigma: float = 0.0
 
 
 @dataclass(frozen=True)
-class RoundPlan:
-    """What one round will release: ``steps`` DP-SGD steps at (sigma, q), plus an optional client-level
-    Gaussian release (sigma_c, q = 1, 1 step)."""
+class Reservation:
+    """The reserved round: what the DP session must use, and epsilon before and after (at ``delta``)."""
 
+    run_id: str
+    server_round: int
     noise_multiplier: float
     sample_rate: float
     steps: int
+    client_noise_multiplier: float
     delta: float
+    accountant: str
     budget: float
     epsilon_before: float
     epsilon_after: float
-    client_noise_multiplier: float = 0.0
+    run_epsilon_after: float
 
 
-def node_budget(node_config: Mapping[str, object]) -> tuple[float | None, float | None]:
-    """``privacy-budget`` and ``privacy-delta`` from a node config (None when absent)."""
-    def num(key: str) -> float | None:
-        if key not in node_config or node_config[key] in ("", None):
-            return None
-        try:
-            return float(node_config[key])  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise PrivacyError(f"node config {key} = {node_config[key]!r} is not a number") from None
-    return num(NODE_BUDGET), num(NODE_DELTA)
-
-
-def resolve_budget(state_dir: Path, cfg: XR0Config, budget: float | None = None,
-                   delta: float | None = None) -> SiteBudget:
-    """The site's budget: the node config's values (written to the ledger) or the ledger's.
-
-    Raises
-    ------
-    PrivacyError
-        DP is on but the site has set no budget anywhere.
-    """
-    ledger = PrivacyLedger(state_dir)
-    data = ledger.read()
-    if budget is not None:
-        d = delta if delta is not None else (data.delta if data.delta is not None else cfg.privacy.target_delta)
-        check_budget_values(budget, d)
-        if data.budget != budget or data.delta != d or data.accountant != cfg.privacy.accountant:
-            ledger.set_budget(budget, d, cfg.privacy.accountant)
-        return SiteBudget(float(budget), float(d), "node-config")
-    if data.budget is None:
-        raise PrivacyError(
-            "differential privacy is on but this hospital has no privacy budget: set it in the SuperNode's "
-            "--node-config 'privacy-budget=8.0 privacy-delta=1e-5' (or `xr0 privacy --state-dir DIR "
-            "--set-budget 8`)")
-    d = delta if delta is not None else data.delta
-    return SiteBudget(float(data.budget), float(d if d is not None else cfg.privacy.target_delta), "ledger")
-
-
-def plan_round(cfg: XR0Config, state_dir: Path, budget: SiteBudget, *, run_id: str, server_round: int,
-               local_steps: int, remaining_steps: int, sample_rate: float) -> RoundPlan:
-    """Choose sigma for this run and check that the round fits in the budget.
+def reserve_round(state_dir: Path, terms, req: RoundRequest) -> Reservation:
+    """Plan this round, check it against the site's terms and charge it as pending (one transaction).
 
     Parameters
     ----------
-    remaining_steps : int
-        Steps of this run from this round to its end (``total_steps - global_step``): the horizon over
-        which a calibrated sigma spends the remaining budget.
-    sample_rate : float
-        Poisson rate q of this site.
+    terms : xr0_core.site.policy.PrivacyTerms
+        The site's budget, delta, accountant, per-run cap, largest noise multiplier and unit rule.
 
     Raises
     ------
     PrivacyBudgetExceeded
-        With epsilon spent, the budget and what would be reached.
+        Epsilon after this round would pass the lifetime budget or the per-run cap.
+    NoiseAboveCap
+        The (fixed or calibrated) sigma is above the policy's ``max-noise-multiplier``.
+    UnitMismatch
+        Mixed privacy units (see :func:`check_unit`).
     """
     ledger = PrivacyLedger(state_dir)
-    p = cfg.privacy
+    delta, acc, budget = terms.delta, terms.accountant, float(terms.budget)
     with ledger.transaction() as data:
-        history = ledger.history(data)
-        eps_before = epsilon_of(history, budget.delta, p.accountant)
-        extra: list[tuple[float, float, int]] = []
-        if p.client_level:
-            if p.client_noise_multiplier <= 0:
-                raise PrivacyError("privacy.client-level needs privacy.client-noise-multiplier > 0")
-            extra.append((p.client_noise_multiplier, 1.0, 1))
-        if not p.enabled:
-            sigma = 0.0
-        elif p.noise_multiplier > 0:
-            sigma = p.noise_multiplier
-        elif run_id in data.runs:
-            sigma = float(data.runs[run_id]["noise_multiplier"])
-        else:
-            horizon = max(int(remaining_steps), int(local_steps))
-            try:
-                sigma = calibrate_noise(history, sample_rate=sample_rate, steps=horizon, budget=budget.epsilon,
-                                        delta=budget.delta, accountant=p.accountant)
-            except PrivacyBudgetExceeded as exc:
-                raise PrivacyBudgetExceeded(f"{exc}; this hospital refuses to train") from None
-            data.runs[run_id] = {"noise_multiplier": sigma, "sample_rate": sample_rate, "horizon_steps": horizon}
-            log.info("run %s: noise multiplier %.4f calibrated for %d steps at q=%.4g within epsilon %.3g",
-                     run_id, sigma, horizon, sample_rate, budget.epsilon)
-        planned = ([(sigma, sample_rate, int(local_steps))] if p.enabled else []) + extra
-        eps_after = epsilon_of(history + planned, budget.delta, p.accountant)
-    if eps_after > budget.epsilon * (1 + 1e-9):
-        raise PrivacyBudgetExceeded(
-            f"privacy budget exceeded: this round would bring epsilon from {eps_before:.3f} to {eps_after:.3f} "
-            f"(delta {budget.delta:g}), above the hospital's budget of {budget.epsilon:g}; the hospital refuses "
-            "to train (its operator may raise privacy-budget in the node config, or leave the federation)")
-    return RoundPlan(sigma, sample_rate, int(local_steps), budget.delta, budget.epsilon, eps_before, eps_after,
-                     p.client_noise_multiplier if p.client_level else 0.0)
+        check_unit(data.release_units(), req.unit, terms.unit)
+        history = [r.history_entry() for r in data.releases]
+        run_history = [r.history_entry() for r in data.releases if r.run_id == req.run_id]
+        eps_before = epsilon_of(history, delta, acc)
+        client: list[tuple[float, float, int]] = []
+        if req.client_level:
+            client.append((req.client_sigma / CLIENT_SENSITIVITY, 1.0, 1))
+        sigma = 0.0
+        if req.sample_level:
+            sigma = _choose_sigma(data, req, terms, history, run_history, client)
+            if sigma > terms.max_noise_multiplier:
+                raise NoiseAboveCap(
+                    f"privacy: this round needs noise multiplier {sigma:.3g} to stay within the budget (epsilon "
+                    f"{eps_before:.3f} of {budget:g} spent), above the site's max-noise-multiplier "
+                    f"{terms.max_noise_multiplier:g}; the hospital refuses to train on noise (its operator may "
+                    "raise privacy.budget or privacy.max-noise-multiplier in the site policy)")
+        planned = ([(sigma, req.sample_rate, int(req.local_steps))] if req.sample_level else []) + client
+        eps_after = epsilon_of(history + planned, delta, acc)
+        run_eps_after = epsilon_of(run_history + planned, delta, acc)
+        if eps_after > budget * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"privacy budget exceeded: this round would bring epsilon from {eps_before:.3f} to {eps_after:.3f} "
+                f"(delta {delta:g}), above the hospital's budget of {budget:g}; the hospital refuses to train "
+                "(its operator may raise privacy.budget in the site policy, or leave the federation)")
+        if terms.run_cap > 0 and run_eps_after > terms.run_cap * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"privacy run cap exceeded: this round would bring this run's epsilon to {run_eps_after:.3f}, above "
+                f"the hospital's per-run cap of {terms.run_cap:g}; the hospital refuses to train")
+        import time
+
+        now = time.time()
+        if req.sample_level:
+            data.releases.append(Release(req.run_id, int(req.server_round), sigma, req.sample_rate,
+                                         int(req.local_steps), delta, KIND_DPSGD, now, req.unit, STATUS_PENDING, 1.0))
+        if req.client_level:
+            data.releases.append(Release(req.run_id, int(req.server_round), req.client_sigma, 1.0, 1, delta,
+                                         KIND_CLIENT, now, req.unit, STATUS_PENDING, CLIENT_SENSITIVITY))
+    return Reservation(req.run_id, req.server_round, sigma, req.sample_rate, int(req.local_steps),
+                       req.client_sigma if req.client_level else 0.0, delta, acc, budget, eps_before, eps_after,
+                       run_eps_after)
 
 
-def record_round(state_dir: Path, plan: RoundPlan, *, run_id: str, server_round: int, steps: int) -> float:
-    """Write this round's releases to the ledger (before the weights leave); return epsilon now."""
+def _choose_sigma(data, req: RoundRequest, terms, history, run_history, client) -> float:
+    """Fixed sigma, this run's sigma (chosen at its first round), or calibrated now for the run's horizon
+    so that neither the lifetime budget nor the per-run cap is passed."""
+    if req.sigma > 0:
+        return float(req.sigma)
+    if req.run_id in data.runs:
+        return float(data.runs[req.run_id]["noise_multiplier"])
+    horizon = max(int(req.remaining_steps), int(req.local_steps))
+    # The client-level release repeats every round; calibrating with one copy of it is a lower bound on
+    # sigma, and the per-round check catches the rest.
+    try:
+        sigma = calibrate_noise(history + client, sample_rate=req.sample_rate, steps=horizon,
+                                budget=float(terms.budget), delta=terms.delta, accountant=terms.accountant)
+        if terms.run_cap > 0:
+            sigma = max(sigma, calibrate_noise(run_history + client, sample_rate=req.sample_rate, steps=horizon,
+                                               budget=terms.run_cap, delta=terms.delta,
+                                               accountant=terms.accountant))
+    except PrivacyBudgetExceeded as exc:
+        raise PrivacyBudgetExceeded(f"{exc}; this hospital refuses to train") from None
+    data.runs[req.run_id] = {"noise_multiplier": sigma, "sample_rate": req.sample_rate, "horizon_steps": horizon}
+    log.info("run %s: noise multiplier %.4f calibrated for %d steps at q=%.4g within epsilon %.3g", req.run_id,
+             sigma, horizon, req.sample_rate, terms.budget)
+    return sigma
+
+
+def check_unit(previous: set[str], unit: str, required: str = "auto") -> None:
+    """Refuse a round whose privacy unit differs from earlier releases' (or from the policy's).
+
+    Why refuse rather than convert: a patient-level release does not bound the effect of changing one image
+    of a patient (that is a *replacement* of the unit), and an image-level release bounds a patient with k
+    images only through group privacy (k times epsilon, with a worse delta). Neither composes with the other
+    in one ledger without an analysis this code does not do, so the ledger never mixes them.
+    """
+    if required != "auto" and unit != required:
+        raise UnitMismatch(
+            f"privacy: the site policy requires privacy.unit = {required!r}, but this site's training data gives "
+            f"{unit!r} units" + (" (no record carries a patient id: add patient_id to the manifest, or DICOM "
+                                 "PatientID)" if required == "patient" else ""))
+    other = previous - {unit}
+    if other:
+        raise UnitMismatch(
+            f"privacy: this round would release {unit}-level DP but the ledger already holds {sorted(other)[0]}-level "
+            "releases; one ledger never mixes privacy units (their epsilons do not compose). Restore the earlier "
+            "unit (patient ids in the manifest or not), or set the same privacy.unit in the site policy")
+
+
+def commit_round(state_dir: Path, reservation: Reservation) -> float:
+    """Mark the reserved releases committed; return epsilon now (every release, at the reservation's delta)."""
     ledger = PrivacyLedger(state_dir)
-    eps = math.nan
-    if plan.noise_multiplier > 0 and steps > 0:
-        eps = ledger.record(Release(run_id, int(server_round), plan.noise_multiplier, plan.sample_rate, int(steps),
-                                    plan.delta, KIND_DPSGD))
-    if plan.client_noise_multiplier > 0:
-        eps = ledger.record(Release(run_id, int(server_round), plan.client_noise_multiplier, 1.0, 1, plan.delta,
-                                    KIND_CLIENT))
-    return eps if not math.isnan(eps) else ledger.epsilon(delta=plan.delta)
+    ledger.commit(reservation.run_id, reservation.server_round)
+    eps = ledger.epsilon(delta=reservation.delta, accountant=reservation.accountant)
+    if math.isinf(eps):
+        raise PrivacyError("the ledger's epsilon is infinite (a release without noise): refusing to release")
+    return eps

@@ -82,6 +82,7 @@ def dp_objective_config(cfg: XR0Config) -> XR0Config:
             "DP mode refuses the KoLeo term (ssl.koleo-weight > 0): its nearest neighbours are other samples of "
             "the batch, so one patient's gradient depends on other patients. DP-compatible alternative: set "
             "ssl.koleo-weight = 0 (DINO + iBOT with per-sample targets and a frozen center is the DP default)")
+    cfg = _without_drop_path(cfg)
     if s.centering != DP_CENTERING:
         if s.centering != preset_ssl.centering:
             what = {"ema": "DINO's EMA center updated from raw private batches",
@@ -94,6 +95,21 @@ def dp_objective_config(cfg: XR0Config) -> XR0Config:
                  DP_CENTERING)
         cfg = dataclasses.replace(cfg, ssl=dataclasses.replace(s, centering=DP_CENTERING))
     return cfg
+
+
+def _without_drop_path(cfg: XR0Config) -> XR0Config:
+    """Stochastic depth draws its masks from one RNG stream over the whole batch, so one unit's presence would
+    shift every later unit's masks (not allowed by the add/remove proof, D14). The preset's rate is set to 0
+    under DP (logged); an explicitly chosen other rate is refused."""
+    rate = cfg.model.drop_path
+    if rate == 0:
+        return cfg
+    if rate != from_flat({"preset": cfg.preset}).model.drop_path:
+        raise BatchCoupledLossError(
+            f"DP mode refuses model.drop-path = {rate:g}: stochastic depth masks come from one random stream over "
+            "the batch, so one patient's presence changes the others' masks. Set model.drop-path = 0")
+    log.info("DP mode: the preset's drop-path %g is set to 0 (per-unit randomness)", rate)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, drop_path=0.0))
 
 
 def check_per_sample(model: nn.Module) -> None:
@@ -279,10 +295,14 @@ class DPSession:
         Poisson rate q (default from the config: ``privacy.sample-rate`` or batch-size / units).
     seed : int, optional
         Tests and benchmarks only: fixes sampling and noise. Default: secret randomness.
+    view_secret : int, optional
+        Secret per-round seed of the views and iBOT masks, which are keyed by (this seed, the image's stable
+        key, step), never by the image's position in the batch: one unit's presence changes nothing about
+        the others' views (D14). Default: a fresh secret (``secrets``), or derived from ``seed`` in tests.
     """
 
     def __init__(self, trainer, noise_multiplier: float, sample_rate: float | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, view_secret: int | None = None) -> None:
         from opacus.optimizers import DPOptimizer
 
         p = trainer.cfg.privacy
@@ -300,6 +320,9 @@ class DPSession:
             trainer.optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
             expected_batch_size=self.sample_rate * self.units.n_units, loss_reduction="mean",
             generator=noise_generator(trainer.device, None if seed is None else seed + 1))
+        if view_secret is None:
+            view_secret = secrets.randbits(63) if seed is None else seed + 2
+        self.view_secret = int(view_secret)
         self.steps = 0
 
     def step(self, trainer, maker, schedules, step: int, *, rng_seed: int) -> dict[str, float]:
@@ -317,7 +340,8 @@ class DPSession:
         params = _params(model)
         unit_loss = torch.zeros(0)
         if n_units:
-            batch = to_device({k: v for k, v in maker.build(step, images).items() if k != "index"}, device)
+            batch = to_device({k: v for k, v in maker.build(step, images, secret=self.view_secret).items()
+                               if k != "index"}, device)
             with _step_rng(device, rng_seed), autocast(device, trainer.cfg.train.precision):
                 grads, unit_loss = GRAD_ROUTES[self.mode](model, batch, slots.to(device), n_units,
                                                           hp["teacher_temp"])

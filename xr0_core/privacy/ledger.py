@@ -7,8 +7,14 @@ accountants, the history is the state and epsilon is always *derived* from it; n
 
 Writes are atomic (temp file, fsync, rename) and serialised across processes by an exclusive ``flock`` on
 ``ledger.lock``: a SuperNode restarted mid-round, or two Ray actors serving the same hospital, can never
-lose or tear a release. A release is recorded *before* the weights are returned to the Flower client, so
-a crash between the two over-counts (safe) and never under-counts.
+lose or tear a release. A round's release is *reserved* (written as ``pending``, counted in full) in the same
+locked transaction as the budget check, before any training, and committed after
+(:mod:`xr0_core.privacy.budget`): a crash at any point over-counts (safe) and never under-counts, and two
+concurrent runs cannot both spend the same remaining budget.
+
+The budget, delta and accountant belong to the site policy (:mod:`xr0_core.site.policy`); a ledger written
+before policies existed may still hold them: :func:`xr0_core.site.state.site_policy` moves them into a
+new policy file once.
 
 References: Opacus ``accountants/`` (history of (noise_multiplier, sample_rate, steps)); Mironov,
 "Renyi Differential Privacy" (2017); Mironov, Talwar, Zhang, "Renyi DP of the Sampled Gaussian Mechanism"
@@ -22,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +38,9 @@ LEDGER_FORMAT = "xr0-privacy-ledger/1"
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 KIND_DPSGD = "dp-sgd"  # sample-level DP-SGD steps of one round (patient / image unit)
 KIND_CLIENT = "client"  # client-level Gaussian release of a clipped update (protects the whole site's data)
+CLIENT_SENSITIVITY = 2.0  # add/remove one patient moves a clipped update (norm <= C) by up to 2C
+STATUS_PENDING = "pending"  # reserved before training; counts in full
+STATUS_COMMITTED = "committed"
 
 
 class PrivacyError(RuntimeError):
@@ -48,10 +57,16 @@ class LedgerError(PrivacyError):
 
 @dataclass(frozen=True)
 class Release:
-    """One mechanism whose output left the site.
+    """One mechanism whose output left (or may have left) the site.
 
     ``steps`` compositions of a Poisson-subsampled Gaussian mechanism with ``noise_multiplier`` sigma
-    (noise std = sigma * clip norm) and sampling rate ``sample_rate``.
+    (noise std = sigma * clip norm) and sampling rate ``sample_rate``. ``sensitivity`` is the L2 sensitivity
+    of what is released in units of the clip norm for the ledger's neighbouring relation (add/remove one
+    unit): 1 for DP-SGD sums of clipped per-unit gradients, 2 for a clipped client update (the site sends an
+    update whether or not the patient is in it, so two updates of norm <= C differ by up to 2C).
+    ``unit`` is the privacy unit (``patient`` | ``image``) the release protects. ``status`` is ``pending``
+    from the reservation before training until the round finished (a pending release counts in full: a
+    crash over-counts, never under-counts) and ``committed`` after.
     """
 
     run_id: str
@@ -62,19 +77,33 @@ class Release:
     delta: float
     kind: str = KIND_DPSGD
     time: float = 0.0
+    unit: str = ""
+    status: str = STATUS_COMMITTED
+    sensitivity: float = 0.0  # 0: the kind's (1 for dp-sgd, 2 for client); older ledgers have none
+
+    @property
+    def effective_sensitivity(self) -> float:
+        if self.sensitivity > 0:
+            return float(self.sensitivity)
+        return CLIENT_SENSITIVITY if self.kind == KIND_CLIENT else 1.0
 
     def history_entry(self) -> tuple[float, float, int]:
-        return (float(self.noise_multiplier), float(self.sample_rate), int(self.steps))
+        """``(sigma / sensitivity, q, steps)``: the Gaussian mechanism with sensitivity 1 the accountant sees."""
+        return (float(self.noise_multiplier) / self.effective_sensitivity, float(self.sample_rate), int(self.steps))
 
 
 @dataclass
 class LedgerData:
-    budget: float | None = None  # epsilon the site allows in total (None: not set yet)
-    delta: float | None = None
-    accountant: str = "rdp"
-    unit: str = ""
+    budget: float | None = None  # legacy (format 1 before site policies): the site policy owns the budget now
+    delta: float | None = None  # legacy, idem
+    accountant: str = "rdp"  # legacy, idem
+    unit: str = ""  # legacy: one unit for the whole site (releases carry their own unit now)
     releases: list[Release] = field(default_factory=list)
     runs: dict[str, dict] = field(default_factory=dict)  # run id -> {"noise_multiplier": sigma chosen}
+
+    def release_units(self) -> set[str]:
+        """The privacy units of the releases so far (a legacy release takes the ledger's old ``unit``)."""
+        return {r.unit or self.unit for r in self.releases if (r.unit or self.unit)}
 
 
 # ---------------------------------------------------------------------------------------------- accounting
@@ -161,7 +190,7 @@ class PrivacyLedger:
             raise LedgerError(f"{self.path} is not an XR-0 privacy ledger (format {raw.get('format')!r})")
         return LedgerData(
             budget=raw.get("budget"), delta=raw.get("delta"), accountant=raw.get("accountant", "rdp"),
-            unit=raw.get("unit", ""), releases=[Release(**r) for r in raw.get("releases", [])],
+            unit=raw.get("unit", ""), releases=[_release(r, self.path) for r in raw.get("releases", [])],
             runs=dict(raw.get("runs", {})),
         )
 
@@ -192,31 +221,35 @@ class PrivacyLedger:
     def history(data: LedgerData, kind: str | None = None) -> list[tuple[float, float, int]]:
         return [r.history_entry() for r in data.releases if kind is None or r.kind == kind]
 
-    def epsilon(self, data: LedgerData | None = None, delta: float | None = None) -> float:
-        """Epsilon spent at ``delta`` (default: the ledger's delta) over every release."""
+    def epsilon(self, data: LedgerData | None = None, delta: float | None = None, accountant: str | None = None,
+                run_id: str | None = None) -> float:
+        """Epsilon spent at ``delta`` with ``accountant`` (the site policy's; a legacy ledger's own values when
+        not given) over every release, pending ones included (or over one run's, with ``run_id``)."""
         data = data or self.read()
         d = delta if delta is not None else data.delta
         if d is None:
-            raise LedgerError(f"{self.path} has no delta: set privacy-delta in the node config")
-        return epsilon_of(self.history(data), d, data.accountant)
+            raise LedgerError(f"{self.path}: no delta given; the site policy (xr0 site policy) sets it")
+        releases = [r for r in data.releases if run_id is None or r.run_id == run_id]
+        return epsilon_of([r.history_entry() for r in releases], d, accountant or data.accountant)
 
     # -- changes
-    def set_budget(self, budget: float, delta: float, accountant: str | None = None) -> None:
-        """Record the site's own budget (epsilon, delta); refuses a delta change once releases exist."""
-        check_budget_values(budget, delta)
+    def commit(self, run_id: str, server_round: int) -> int:
+        """Mark this round's pending releases committed (they already count); returns how many."""
         with self.transaction() as data:
-            if data.releases and data.delta is not None and not math.isclose(data.delta, delta):
-                raise LedgerError(f"{self.path}: delta is {data.delta:g} for the {len(data.releases)} releases "
-                                  f"already made; it cannot change to {delta:g}")
-            data.budget, data.delta = float(budget), float(delta)
-            if accountant:
-                data.accountant = accountant
+            n = 0
+            for i, r in enumerate(data.releases):
+                if r.run_id == run_id and r.round == server_round and r.status == STATUS_PENDING:
+                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_COMMITTED})
+                    n += 1
+            return n
 
-    def record(self, release: Release) -> float:
-        """Append ``release`` and return the new epsilon at the ledger's delta."""
-        with self.transaction() as data:
-            data.releases.append(release if release.time else Release(**{**asdict(release), "time": time.time()}))
-            return self.epsilon(data)
+
+def _release(raw: dict, path: Path) -> Release:
+    known = {f.name for f in fields(Release)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise LedgerError(f"{path}: a release has unknown fields {unknown}; was it written by a newer XR-0?")
+    return Release(**raw)
 
 
 def check_budget_values(budget: float, delta: float) -> None:

@@ -75,6 +75,24 @@ def _prune(folder: Path, keep: int) -> None:
         old.with_suffix(".json").unlink(missing_ok=True)
 
 
+def start_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec, state_dir: Path) -> None:
+    """Load the global weights into a fresh trainer, then the site's newest local state of this run."""
+    previous = latest_state_before(state_dir, spec.run_key, spec.server_round)
+    # A fresh trainer's teacher starts as a copy of the received global weights; a saved state replaces it.
+    trainer.load_shared_state_dict(dict(global_weights))
+    if previous is not None:
+        trainer.load_site_state(previous)
+
+
+def save_round_state(trainer, spec: RoundSpec, state_dir: Path) -> Path:
+    """Save the site's local state after round ``spec.server_round`` (keeps the newest ``KEEP_STATES``)."""
+    folder = _state_dir(state_dir, spec.run_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = trainer.save_site_state(folder / f"round-{spec.server_round:05d}.safetensors")
+    _prune(folder, KEEP_STATES)
+    return path
+
+
 def run_local_round(
     trainer,  # a fresh xr0_core.train.state.SiteTrainer (no local history yet)
     global_weights: Mapping[str, torch.Tensor],
@@ -82,15 +100,11 @@ def run_local_round(
     state_dir: Path,
     *,
     progress: bool = False,
-    privacy_budget: float | None = None,
-    privacy_delta: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Load global weights and the site's previous state, train ``spec.local_steps``, save the new state.
+    """A plain (non-private) local round: load global weights and state, train ``spec.local_steps``, save.
 
-    With ``privacy.enabled`` / ``privacy.client-level`` the round goes through the site's privacy ledger
-    (xr0_core/privacy/round.py): budget check first (``PrivacyBudgetExceeded`` refuses the round), the release
-    recorded before the weights are returned, and ``epsilon`` added to the metrics. ``privacy_budget`` /
-    ``privacy_delta`` are the hospital's own node-config values (None: the ledger's).
+    A private round is composed by :func:`xr0_core.site.round.run_site_round` from the same pieces
+    (:func:`start_round`, ``trainer.train``, :func:`save_round_state`) around the privacy ledger.
 
     Returns
     -------
@@ -99,25 +113,9 @@ def run_local_round(
     metrics : dict[str, float]
         Scalars only: loss parts, ``num-examples``, ``train-seconds``.
     """
-    previous = latest_state_before(state_dir, spec.run_key, spec.server_round)
-    # A fresh trainer's teacher starts as a copy of the received global weights; a saved state replaces it.
-    trainer.load_shared_state_dict(dict(global_weights))
-    if previous is not None:
-        trainer.load_site_state(previous)
-    cfg = trainer.cfg
-    private = cfg.privacy.enabled or cfg.privacy.client_level
-    if private:  # privacy (xr0_core/privacy): refuse before training when the budget would be exceeded
-        from xr0_core.privacy.round import begin_private_round
-
-        round_privacy = begin_private_round(trainer, spec, state_dir, privacy_budget, privacy_delta)
+    start_round(trainer, global_weights, spec, state_dir)
     metrics = trainer.train(
         spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps, progress=progress
     )
-    folder = _state_dir(state_dir, spec.run_key)
-    folder.mkdir(parents=True, exist_ok=True)
-    trainer.save_site_state(folder / f"round-{spec.server_round:05d}.safetensors")
-    _prune(folder, KEEP_STATES)
-    shared = trainer.shared_state_dict()
-    if private:  # ledger first, then the (clipped, noised) weights may leave
-        shared, metrics = round_privacy.finish(shared, dict(global_weights), metrics)
-    return shared, metrics
+    save_round_state(trainer, spec, state_dir)
+    return trainer.shared_state_dict(), metrics

@@ -1,0 +1,445 @@
+"""The site policy: what a hospital allows, in one TOML file in its state folder (DESIGN D14).
+
+A hospital trusts its own node and this file, nothing else. The coordinator's run config may ask for *more*
+protection than the policy (DP on where the policy does not require it, more noise, a smaller delta, secure
+aggregation), never less; every conflict is a :class:`PolicyRefusal` raised before any training, whose
+message reaches the coordinator's report as the site's reason.
+
+This module is the only reader and writer of the file: privacy, secure aggregation, the ClientApp and the
+deployment commands all call :func:`load_policy` / :func:`negotiate`.
+
+File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
+
+    format = "xr0-site-policy/1"
+
+    [privacy]
+    required = true              # DP required (default: true as soon as a budget is set)
+    budget = 8.0                 # lifetime epsilon over every round of every run
+    delta = 1e-05
+    accountant = "rdp"           # rdp | prv (gdp never enforces: it under-reports)
+    run-cap = 0.0                # most epsilon one run may spend (0: only the lifetime budget)
+    max-noise-multiplier = 10.0  # above this sigma the site refuses instead of training on noise
+    unit = "auto"                # auto | patient | image: the privacy unit this site insists on
+
+    [secagg]
+    required = false             # refuse plain (unmasked) training rounds
+    min-threshold = 2            # smallest Shamir threshold t the site accepts
+    min-degree = 1               # smallest number of neighbours in the masking graph
+
+    [release]
+    train-metrics = ["*"]        # glob patterns of training metrics that may leave (DP narrows them further)
+    eval-metrics = ["*"]         # glob patterns of evaluation metrics that may leave
+    declared-examples = 0        # under DP, the weight sent as num-examples (0: 1, equal weights)
+
+    [evaluation]
+    enabled = true               # answer federated evaluation requests at all
+    after-budget-spent = false   # evaluate (held-out patients only) once the privacy budget is spent
+
+    [apps]
+    allowed-versions = []        # app versions this site runs (empty: any); see app_version()
+
+References: Bonawitz et al. (2017) and Bell et al. (2020) for the secure-aggregation parameters; Opacus
+accountants for ``accountant``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from xr0_core.atomic import atomic_write
+
+POLICY_FILE = "policy.toml"
+POLICY_FORMAT = "xr0-site-policy/1"
+ENFORCING_ACCOUNTANTS = ("rdp", "prv")
+UNITS = ("auto", "patient", "image")
+
+# Under sample-level DP only these may leave a site (losses and timings are computed from private data
+# without noise; ``sample-rate`` and ``noise-multiplier`` reveal the patient count).
+DP_SAFE_TRAIN_METRICS = ("epsilon", "privacy-delta", "privacy-budget", "dp-steps", "num-examples",
+                         "partition-id")
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or holds a bad value; the message names the file and the key."""
+
+
+class PolicyRefusal(RuntimeError):
+    """The site refuses this round: the run config asks for less protection than its policy allows.
+
+    The message starts with ``site policy:`` and says which key conflicts and what to change.
+    """
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    required: bool | None = None  # None: required iff a budget is set
+    budget: float | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    run_cap: float = 0.0
+    max_noise_multiplier: float = 10.0
+    unit: str = "auto"
+
+    @property
+    def dp_required(self) -> bool:
+        return bool(self.required) if self.required is not None else self.budget is not None
+
+
+@dataclass(frozen=True)
+class SecAggPolicy:
+    required: bool = False
+    min_threshold: int = 2
+    min_degree: int = 1
+
+
+@dataclass(frozen=True)
+class ReleasePolicy:
+    train_metrics: tuple[str, ...] = ("*",)
+    eval_metrics: tuple[str, ...] = ("*",)
+    declared_examples: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationPolicy:
+    enabled: bool = True
+    after_budget_spent: bool = False
+
+
+@dataclass(frozen=True)
+class AppsPolicy:
+    allowed_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """A hospital's policy (see the module docstring for the file and every key's meaning)."""
+
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
+    secagg: SecAggPolicy = field(default_factory=SecAggPolicy)
+    release: ReleasePolicy = field(default_factory=ReleasePolicy)
+    evaluation: EvaluationPolicy = field(default_factory=EvaluationPolicy)
+    apps: AppsPolicy = field(default_factory=AppsPolicy)
+    path: str = ""  # where it was read from ("" = defaults, no file)
+
+    # -- the derived rules every caller uses -------------------------------------------------------
+    def train_metric_allowed(self, name: str, private: bool) -> bool:
+        """May the training metric ``name`` leave? Under DP only :data:`DP_SAFE_TRAIN_METRICS` can."""
+        if private and name not in DP_SAFE_TRAIN_METRICS:
+            return False
+        return _matches(name, self.release.train_metrics)
+
+    def eval_metric_allowed(self, name: str) -> bool:
+        return _matches(name, self.release.eval_metrics)
+
+
+_SECTIONS = {"privacy": PrivacyPolicy, "secagg": SecAggPolicy, "release": ReleasePolicy,
+             "evaluation": EvaluationPolicy, "apps": AppsPolicy}
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def known_keys() -> list[str]:
+    """Every ``section.key`` of the policy file."""
+    return sorted(f"{s}.{_dash(f.name)}" for s, cls in _SECTIONS.items() for f in fields(cls))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _check(policy: SitePolicy, where: str) -> SitePolicy:
+    p, s = policy.privacy, policy.secagg
+    problems = []
+    if p.budget is not None and not (p.budget > 0 and math.isfinite(p.budget)):
+        problems.append(f"privacy.budget must be a positive finite epsilon, got {p.budget!r}")
+    if not 0 < p.delta < 1:
+        problems.append(f"privacy.delta must be in (0, 1), got {p.delta!r} (well below 1 / number of patients)")
+    if p.accountant not in ENFORCING_ACCOUNTANTS:
+        problems.append(f"privacy.accountant must be one of {', '.join(ENFORCING_ACCOUNTANTS)}, got "
+                        f"{p.accountant!r} (gdp under-reports epsilon and never enforces a budget)")
+    if not (p.run_cap >= 0 and math.isfinite(p.run_cap)):
+        problems.append(f"privacy.run-cap must be >= 0 (0: no per-run cap), got {p.run_cap!r}")
+    if not p.max_noise_multiplier > 0:
+        problems.append(f"privacy.max-noise-multiplier must be > 0, got {p.max_noise_multiplier!r}")
+    if p.unit not in UNITS:
+        problems.append(f"privacy.unit must be one of {', '.join(UNITS)}, got {p.unit!r}")
+    if p.required is True and p.budget is None:
+        problems.append("privacy.required = true needs privacy.budget (the lifetime epsilon)")
+    if s.min_threshold < 2:
+        problems.append(f"secagg.min-threshold must be >= 2 (t = 1 lets one share rebuild a secret), "
+                        f"got {s.min_threshold}")
+    if s.min_degree < 1:
+        problems.append(f"secagg.min-degree must be >= 1, got {s.min_degree}")
+    if policy.release.declared_examples < 0:
+        problems.append("release.declared-examples must be >= 0")
+    if problems:
+        raise PolicyError(f"{where}: " + "; ".join(problems))
+    return policy
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any, where: str) -> Any:
+    key = f"{section}.{_dash(f.name)}"
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kind = type(default) if default is not None else None
+    if f.name in ("required", "budget"):  # optional fields
+        kind = bool if f.name == "required" else float
+    if isinstance(value, str) and kind is not str and kind is not tuple:
+        text = value.strip().lower()
+        if text in ("", "none", "auto") and f.name in ("required", "budget"):
+            return None
+        value = {"true": True, "false": False}.get(text, value)
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind is tuple:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return tuple(value)
+        if kind is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        want = {bool: "true or false", tuple: "a list of strings", int: "an integer", float: "a number"}.get(
+            kind, "a string")  # type: ignore[arg-type]
+        raise PolicyError(f"{where}: {key} = {value!r} must be {want}") from None
+
+
+def from_mapping(raw: Mapping[str, Any], where: str = "site policy") -> SitePolicy:
+    """A checked :class:`SitePolicy` from the parsed TOML (sections of dash-named keys)."""
+    fmt = raw.get("format", POLICY_FORMAT)
+    if fmt != POLICY_FORMAT:
+        raise PolicyError(f"{where}: format {fmt!r} is not {POLICY_FORMAT!r}")
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"format"})
+    if unknown:
+        raise PolicyError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
+    parts = {}
+    for section, cls in _SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, Mapping):
+            raise PolicyError(f"{where}: [{section}] must be a table")
+        by_dash = {_dash(f.name): f for f in fields(cls)}
+        bad = sorted(set(table) - set(by_dash))
+        if bad:
+            raise PolicyError(f"{where}: unknown key(s) {', '.join(f'{section}.{b}' for b in bad)}; known: "
+                              f"{', '.join(f'{section}.{k}' for k in sorted(by_dash))}")
+        parts[section] = cls(**{by_dash[k].name: _coerce(section, by_dash[k], v, where) for k, v in table.items()})
+    return _check(SitePolicy(**parts), where)
+
+
+# ---------------------------------------------------------------------------------------------- the file
+def policy_path(state_dir: str | Path, node_config: Mapping[str, object] | None = None) -> Path:
+    """The policy file: the node config's ``policy`` when given, else ``<state-dir>/policy.toml``."""
+    named = (node_config or {}).get("policy")
+    if named:
+        return Path(str(named)).expanduser().resolve()
+    return Path(state_dir).expanduser() / POLICY_FILE
+
+
+def load_policy(path: str | Path) -> SitePolicy:
+    """Read the policy file; a missing file gives the defaults (DP not required until a budget is set)."""
+    path = Path(path)
+    if not path.is_file():
+        return SitePolicy()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PolicyError(f"site policy {path} is unreadable ({exc}); fix the file (`xr0 site policy "
+                          "--state-dir DIR` shows the expected keys)") from None
+    return dataclasses.replace(from_mapping(raw, where=f"site policy {path}"), path=str(path))
+
+
+def to_toml(policy: SitePolicy) -> str:
+    """The policy as TOML (every key written, so the file documents itself)."""
+    lines = ["# XR-0 site policy: what this hospital allows. The coordinator's run config may ask for more",
+             "# protection, never less. Edit with `xr0 site policy --state-dir DIR --set KEY=VALUE`.",
+             f'format = "{POLICY_FORMAT}"']
+    for section in _SECTIONS:
+        lines += ["", f"[{section}]"]
+        obj = getattr(policy, section)
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue  # optional, unset
+            lines.append(f"{_dash(f.name)} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def save_policy(policy: SitePolicy, path: str | Path) -> SitePolicy:
+    """Write ``policy`` atomically (mode 0600: it is the site's security configuration)."""
+    path = Path(path)
+    _check(policy, f"site policy {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(to_toml(policy))
+        tmp.chmod(0o600)
+
+    atomic_write(path, write)
+    return dataclasses.replace(policy, path=str(path))
+
+
+def with_values(policy: SitePolicy, values: Mapping[str, Any]) -> SitePolicy:
+    """``policy`` with ``section.key = value`` changes (strings are coerced; unknown keys refused)."""
+    sections = {s: dict(dataclasses.asdict(getattr(policy, s))) for s in _SECTIONS}
+    for dotted, value in values.items():
+        section, _, key = dotted.partition(".")
+        if section not in _SECTIONS:
+            raise PolicyError(f"unknown policy key {dotted!r}; known: {', '.join(known_keys())}")
+        by_dash = {_dash(f.name): f for f in fields(_SECTIONS[section])}
+        if key not in by_dash:
+            raise PolicyError(f"unknown policy key {dotted!r}; known: {', '.join(known_keys())}")
+        sections[section][by_dash[key].name] = _coerce(section, by_dash[key], value, "site policy")
+    new = SitePolicy(**{s: _SECTIONS[s](**v) for s, v in sections.items()}, path=policy.path)
+    return _check(new, "site policy")
+
+
+NODE_BUDGET = "privacy-budget"
+NODE_DELTA = "privacy-delta"
+
+
+def node_budget(node_config: Mapping[str, object]) -> tuple[float | None, float | None]:
+    """``privacy-budget`` and ``privacy-delta`` from a SuperNode's node config (None when absent)."""
+    def num(key: str) -> float | None:
+        if key not in node_config or node_config[key] in ("", None):
+            return None
+        try:
+            return float(node_config[key])  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise PolicyError(f"node config {key} = {node_config[key]!r} is not a number") from None
+    return num(NODE_BUDGET), num(NODE_DELTA)
+
+
+def adopt_node_budget(path: Path, budget: float | None, delta: float | None) -> SitePolicy:
+    """Merge a node config's ``privacy-budget`` / ``privacy-delta`` into the policy file.
+
+    The node config is the hospital's own, so it is trusted like the file; where both set a value the
+    *stricter* wins (the smaller epsilon, the smaller delta). A policy without a budget takes the node
+    config's and is written, so the budget outlives the node config.
+    """
+    policy = load_policy(path)
+    if budget is None and delta is None:
+        return policy
+    p = policy.privacy
+    new_budget = budget if p.budget is None else (min(p.budget, budget) if budget is not None else p.budget)
+    new_delta = min(p.delta, delta) if delta is not None else p.delta
+    if new_budget == p.budget and new_delta == p.delta:
+        return policy
+    changed = dataclasses.replace(policy, privacy=dataclasses.replace(p, budget=new_budget, delta=new_delta))
+    return save_policy(_check(changed, f"site policy {path}"), path)
+
+
+# ---------------------------------------------------------------------------------------------- negotiation
+@dataclass(frozen=True)
+class PrivacyTerms:
+    """What the site will do in this run, after the policy and the run config met.
+
+    ``private`` is false only when neither asks for DP. ``delta`` and ``accountant`` are the site's (the run
+    config may only lower delta).
+    """
+
+    private: bool
+    sample_level: bool
+    client_level: bool
+    budget: float | None
+    delta: float
+    accountant: str
+    run_cap: float
+    max_noise_multiplier: float
+    unit: str
+
+
+def negotiate(policy: SitePolicy, cfg: Any) -> PrivacyTerms:
+    """Meet the run config ``cfg`` (an :class:`~xr0_core.config.XR0Config`) with the site's policy.
+
+    Raises
+    ------
+    PolicyRefusal
+        The run config asks for less protection than the policy allows: DP off where it is required, an
+        accountant that is not the site's (``gdp`` never), a larger delta, a fixed noise multiplier above
+        the policy's maximum, plain aggregation where secure aggregation is required, or a secure-aggregation
+        threshold below the policy's minimum.
+    """
+    p, rc = policy.privacy, cfg.privacy
+    where = f" ({policy.path})" if policy.path else ""
+    refuse = []
+    dp = bool(rc.enabled or rc.client_level)
+    if p.dp_required and not dp:
+        refuse.append(f"this hospital requires differential privacy (budget epsilon {p.budget:g}), but the run "
+                      "config has privacy.enabled = false: set privacy.enabled = true")
+    if rc.accountant and rc.accountant != p.accountant:
+        why = ("gdp under-reports epsilon and is never used to enforce a budget" if rc.accountant == "gdp"
+               else f"this hospital accounts with {p.accountant}")
+        refuse.append(f"the run config asks for privacy.accountant = {rc.accountant!r}: {why}; remove "
+                      "privacy.accountant from the run config (each site uses its own)")
+    delta = p.delta
+    if rc.target_delta:
+        if rc.target_delta > p.delta * (1 + 1e-12):
+            refuse.append(f"the run config asks for privacy.target-delta = {rc.target_delta:g}, larger than this "
+                          f"hospital's delta {p.delta:g}: a run may ask for a smaller delta, never a larger one")
+        else:
+            delta = float(rc.target_delta)
+    if dp and rc.noise_multiplier > p.max_noise_multiplier:
+        refuse.append(f"privacy.noise-multiplier = {rc.noise_multiplier:g} is above this hospital's "
+                      f"max-noise-multiplier {p.max_noise_multiplier:g}: it would train on noise")
+    if rc.client_level and rc.client_noise_multiplier <= 0:
+        refuse.append("privacy.client-level needs privacy.client-noise-multiplier > 0")
+    s = cfg.secagg
+    if policy.secagg.required and not s.enabled:
+        refuse.append("this hospital requires secure aggregation, but the run config has secagg.enabled = false")
+    if s.enabled and s.threshold and s.threshold < policy.secagg.min_threshold:
+        refuse.append(f"secagg.threshold = {s.threshold} is below this hospital's min-threshold "
+                      f"{policy.secagg.min_threshold}")
+    if refuse:
+        raise PolicyRefusal("site policy" + where + ": " + "; ".join(refuse))
+    if dp and p.budget is None:
+        raise PolicyRefusal(
+            "site policy: differential privacy is on but this hospital has no privacy budget: set it with "
+            "`xr0 site policy --state-dir DIR --set privacy.budget=8` (or the SuperNode's --node-config "
+            "'privacy-budget=8.0 privacy-delta=1e-5')")
+    return PrivacyTerms(private=dp, sample_level=bool(rc.enabled), client_level=bool(rc.client_level),
+                        budget=p.budget, delta=delta, accountant=p.accountant, run_cap=p.run_cap,
+                        max_noise_multiplier=p.max_noise_multiplier, unit=p.unit)
+
+
+def check_secagg_plain_round(policy: SitePolicy) -> None:
+    """A plain (unmasked) ``train`` message: refused when the policy requires secure aggregation."""
+    if policy.secagg.required:
+        raise PolicyRefusal("site policy: this hospital requires secure aggregation and refuses a plain train "
+                            "message (its weights would reach the coordinator unmasked)")
+
+
+def check_app_version(policy: SitePolicy, version: str) -> None:
+    """Refuse an app version outside the policy's allow-list (an empty list allows any)."""
+    allowed = policy.apps.allowed_versions
+    if allowed and version not in allowed:
+        raise PolicyRefusal(f"site policy: app version {version!r} is not approved by this hospital "
+                            f"(apps.allowed-versions = {list(allowed)})")

@@ -1,0 +1,116 @@
+"""One hospital's federated round, composed: policy, training, privacy, what leaves (D3, D4, D14).
+
+``xr0_core.train`` knows nothing of privacy and ``xr0_core.privacy`` nothing of training; this module puts
+them together in the only order that never under-counts:
+
+1. :func:`~xr0_core.site.policy.negotiate`: the run config meets the site policy; a conflict refuses the
+   round before anything else happens.
+2. load the global weights and the site's state of this run (nothing is written);
+3. private rounds: reserve the release in the ledger (budget, run cap, noise cap, unit checks; charged as
+   pending) and attach the DP-SGD session;
+4. train, then save the local SSL state (the steps it holds are already charged);
+5. private rounds: client-level DP, commit the reservation;
+6. keep only the metrics the policy lets leave (under DP never losses, timings, the sample rate or the noise
+   multiplier; ``num-examples`` is the policy's declared weight, not the site's count).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from xr0_core.site.policy import PolicyRefusal, SitePolicy, negotiate
+from xr0_core.train.federated import RoundSpec, run_local_round, save_round_state, start_round
+
+log = logging.getLogger(__name__)
+
+
+def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec, state_dir: Path,
+                   policy: SitePolicy, *, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One local round under the site's policy.
+
+    Parameters
+    ----------
+    trainer : xr0_core.train.state.SiteTrainer
+        Fresh (no local history yet); under DP its cache holds only the site's training patients.
+    policy : SitePolicy
+        The hospital's policy (:func:`xr0_core.site.state.site_policy`).
+
+    Returns
+    -------
+    shared : dict[str, Tensor]
+        The shared parameter set to send (clipped and noised under client-level DP).
+    metrics : dict[str, float]
+        Only what the policy lets leave.
+
+    Raises
+    ------
+    PolicyRefusal, xr0_core.privacy.ledger.PrivacyError
+        Before any training (nothing charged, nothing saved).
+    """
+    terms = negotiate(policy, trainer.cfg)
+    if not terms.private:
+        shared, metrics = run_local_round(trainer, global_weights, spec, state_dir, progress=progress)
+        return shared, release_metrics(policy, metrics, private=False)
+    from xr0_core.privacy.round import begin_private_round
+
+    start_round(trainer, global_weights, spec, state_dir)
+    private = begin_private_round(trainer, spec, state_dir, terms)  # charged from here on
+    metrics = trainer.train(spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps,
+                            progress=progress)
+    save_round_state(trainer, spec, state_dir)
+    shared, metrics = private.finish(trainer.shared_state_dict(), dict(global_weights), metrics)
+    return shared, release_metrics(policy, metrics, private=True)
+
+
+def release_metrics(policy: SitePolicy, metrics: Mapping[str, float], *, private: bool) -> dict[str, float]:
+    """The training metrics that may leave: the policy's allow-list, narrowed under DP (see
+    :data:`~xr0_core.site.policy.DP_SAFE_TRAIN_METRICS`). Under DP ``num-examples`` (the weight in the
+    federated mean) is the policy's ``release.declared-examples`` (1 when 0), a constant chosen by the
+    hospital, so the reply does not reveal how many patients it has."""
+    out = {k: float(v) for k, v in metrics.items() if policy.train_metric_allowed(k, private)}
+    if private:
+        out["num-examples"] = float(policy.release.declared_examples or 1)
+    kept = sorted(set(metrics) - set(out))
+    if kept:
+        log.info("metrics kept at the site by its policy: %s", ", ".join(kept))
+    return out
+
+
+def check_evaluation(policy: SitePolicy, cfg, state_dir: Path) -> bool:
+    """May this site answer an evaluation request now? Returns whether evaluation is private (DP run).
+
+    Raises
+    ------
+    PolicyRefusal
+        Evaluation is off in the policy, or the run is private and the site's budget is spent and the policy
+        does not allow evaluation after that (``evaluation.after-budget-spent``).
+    """
+    if not policy.evaluation.enabled:
+        raise PolicyRefusal("site policy: this hospital does not take part in federated evaluation "
+                            "(evaluation.enabled = false)")
+    terms = negotiate(policy, cfg)
+    if not terms.private:
+        return False
+    if not policy.evaluation.after_budget_spent and budget_spent(policy, terms.delta, state_dir):
+        raise PolicyRefusal("site policy: this hospital's privacy budget is spent, and its policy does not allow "
+                            "evaluation after that (evaluation.after-budget-spent = false)")
+    return True
+
+
+SPENT_FRACTION = 0.99  # epsilon at 99 % of the budget leaves no room for a useful round: "spent"
+
+
+def budget_spent(policy: SitePolicy, delta: float, state_dir: Path) -> bool:
+    """Whether epsilon spent (pending releases included) has reached 99 % of the lifetime budget."""
+    from xr0_core.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(state_dir)
+    if policy.privacy.budget is None or not ledger.exists():
+        return False
+    eps = ledger.epsilon(delta=delta, accountant=policy.privacy.accountant)
+    return math.isinf(eps) or eps >= SPENT_FRACTION * policy.privacy.budget
