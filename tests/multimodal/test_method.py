@@ -31,6 +31,7 @@ def test_sharing_mode_decides_what_trains_and_leaves(mm_cfg, mode):
     # Exactly the trainable parameters travel (plus XR-0's mask token); frozen tower weights stay.
     assert set(shared) == (trainable | {"mask_token"})
     assert all(v.dtype == torch.float32 for v in shared.values())
+    assert all(v.ndim >= 1 for v in shared.values())  # Flower's ArrayRecord turns 0-d tensors into [1]
     report = model.sharing_report()
     assert report.to_json()["bytes_per_round"] == sum(4 * v.numel() for v in shared.values())
     assert report.text_bytes["all"] > report.text_bytes["top-k"] > report.text_bytes["projection"] > 0

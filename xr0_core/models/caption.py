@@ -48,7 +48,8 @@ class CaptionDecoder(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, word_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # log of the cosine-logit scale
+        # Log of the cosine-logit scale; shape [1] (Flower's ArrayRecord turns 0-d arrays into [1]).
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(10.0)]))
         self.max_len = int(max_len)
 
     def hidden(self, memory: torch.Tensor, ids: torch.Tensor, words: torch.Tensor) -> torch.Tensor:

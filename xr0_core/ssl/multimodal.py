@@ -77,8 +77,9 @@ class ContrastiveHead(nn.Module):
         self.image_proj = nn.Linear(image_dim, proj_dim)
         self.text_proj = nn.Linear(text_dim, proj_dim)
         init = math.log(10.0) if kind == "siglip" else math.log(1 / 0.07)
-        self.logit_scale = nn.Parameter(torch.tensor(init))
-        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if kind == "siglip" else None
+        # Shape [1], not a 0-d scalar: Flower's ArrayRecord returns 0-d arrays as [1].
+        self.logit_scale = nn.Parameter(torch.tensor([init]))
+        self.logit_bias = nn.Parameter(torch.tensor([-10.0])) if kind == "siglip" else None
 
 
 @dataclass(frozen=True)

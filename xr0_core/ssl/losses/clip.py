@@ -27,7 +27,7 @@ class CLIPLoss(nn.Module):
     identical reports.
 
     Shapes:
-        image ``[B, E]``, text ``[B, E]`` (L2-normalised inside), logit_scale scalar (log of the inverse
+        image ``[B, E]``, text ``[B, E]`` (L2-normalised inside), logit_scale scalar or ``[1]`` (log of the inverse
         temperature, learnable, clamped to ``log 100`` as CLIP), same bool ``[B, B]`` optional (identical
         reports) -> loss ``[B]``.
 

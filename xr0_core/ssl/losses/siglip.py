@@ -17,7 +17,7 @@ class SigLIPLoss(nn.Module):
     ``z_ij = +1`` for its own report (and identical reports), ``-1`` otherwise; ``t = exp(logit_scale)``.
 
     Shapes:
-        image ``[B, E]``, text ``[B, E]`` (L2-normalised inside), logit_scale scalar, logit_bias scalar,
+        image ``[B, E]``, text ``[B, E]`` (L2-normalised inside), logit_scale and logit_bias scalars (or ``[1]``),
         same bool ``[B, B]`` optional -> loss ``[B]``.
 
     Coupling: batch (the negatives of sample i are the other reports of the batch). Refused under sample-level
