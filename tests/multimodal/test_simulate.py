@@ -21,7 +21,7 @@ def mm_run(tmp_path_factory, bert_dir):
 
     root = tmp_path_factory.mktemp("mmsim")
     data = root / "hospitals"
-    dirs = [Path(d) for d in write_federation(data, 2, 16, 3, image_size=64)]
+    dirs = [Path(d) for d in write_federation(data, 2, 40, 3, image_size=64)]
     # The second hospital has no reports at all (its report column is emptied).
     manifest = sorted(dirs)[1] / "manifest.csv"
     rows = list(csv.DictReader(manifest.open()))
