@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,25 @@ def simulated_site_names(cfg: XR0Config) -> list[str]:
     return [p.name for p in hospital_dirs(root)]
 
 
+def evaluation_summary(entry: dict[str, Any]) -> str:
+    """One line for an evaluate round: how many hospitals answered and the headline number vs random init;
+    "nothing to evaluate" when no hospital had labelled held-out images (not an error)."""
+    status = [s["status"] for s in entry["sites"]]
+    ok = status.count("ok")
+    if ok == 0 and status and all(st == "empty" for st in status):
+        return f"nothing to evaluate (none of the {len(status)} hospitals has labelled held-out images)"
+    text = f"{ok}/{len(status)} sites ok"
+    empty = status.count("empty")
+    if empty:
+        text += f", {empty} with nothing to evaluate"
+    m = entry["metrics"]
+    for pre, rnd, label in (("classification/anatomy/knn-accuracy", "classification/anatomy/random/knn-accuracy",
+                             "anatomy k-NN"), ("knn-anatomy", "knn-anatomy-random", "anatomy k-NN")):
+        if pre in m and rnd in m:
+            return f"{text}; {label} {m[pre]:.3f} vs random init {m[rnd]:.3f} (details in report.html)"
+    return text
+
+
 class Coordinator:
     """Runs one federation (fresh or resumed) and writes everything the coordinator keeps."""
 
@@ -67,6 +85,8 @@ class Coordinator:
             kind=cfg.federation.server_optimizer, lr=cfg.federation.server_lr, momentum=cfg.federation.server_momentum
         )
         self._round_started = time.monotonic()
+        self._run_started = time.monotonic()
+        self._rounds_this_run = 0
         self._tb = None
         self._failed_rounds = 0  # consecutive train rounds without a usable reply
 
@@ -149,20 +169,34 @@ class Coordinator:
             f"({cause})")
 
     def _print_progress(self, entry: dict[str, Any]) -> None:
+        """The round on the console: the progress bar after a train round, one line after an evaluation,
+        one line per hospital that did not take part (with its reason)."""
+        from xr0_core.console import console, eta
+
+        con = console()
         status = {s["name"]: s["status"] for s in entry["sites"]}
         ok = sum(v == "ok" for v in status.values())
-        parts = [f"[xr0] round {entry['round']}/{self.cfg.federation.rounds} {entry['kind']}:",
-                 f"{ok}/{len(status)} sites ok"]
         m = entry["metrics"]
-        for key in ("loss", "epsilon", "knn-anatomy", "knn-anatomy-random", "classification/anatomy/knn-accuracy",
-                    "classification/anatomy/random/knn-accuracy"):
-            if key in m:
-                parts.append(f"{key} {m[key]:.4f}")
-        parts.append(f"({entry['seconds']:.1f} s)")
-        bad = [f"{s['name']} {s['status']}: {s['reason']}" for s in entry["sites"] if s["status"] != "ok"]
-        print(" ".join(parts), file=sys.stderr, flush=True)
-        for line in bad:
-            print(f"[xr0]   {line}", file=sys.stderr, flush=True)
+        total = self.cfg.federation.rounds
+        if entry["kind"] == "train":
+            parts = [f"train {ok}/{len(status)} sites ok"]
+            if "loss" in m:
+                parts.append(f"loss {m['loss']:.3f}")
+            eps = [s["metrics"]["epsilon"] for s in entry["sites"] if "epsilon" in s["metrics"]]
+            if eps:
+                parts.append(f"ε ≤ {max(eps):.2f}")
+            self._rounds_this_run += 1
+            parts.append(f"({entry['seconds']:.0f} s)")
+            left = eta(self._rounds_this_run, self._rounds_this_run + total - entry["round"],
+                       time.monotonic() - self._run_started)
+            if left:
+                parts.append(left)
+            con.progress(entry["round"], total, " ".join(parts))
+        else:
+            con.line(f"evaluate round {entry['round']}: " + evaluation_summary(entry))
+        for s in entry["sites"]:
+            if s["status"] not in ("ok", "empty"):
+                con.line(f"  {s['name']} {s['status']}: {s['reason']}")
 
     def _log_tensorboard(self, entry: dict[str, Any]) -> None:
         try:
@@ -210,7 +244,7 @@ class Coordinator:
                 evaluate_every=cfg.eval.every,
                 on_round_end=self.on_round_end,
             )
-            self._round_started = time.monotonic()
+            self._round_started = self._run_started = time.monotonic()
             try:
                 strategy.start(
                     grid=grid,
@@ -222,8 +256,7 @@ class Coordinator:
                 )
             except FederationStalled as exc:
                 stop_reason = str(exc)
-                print(f"[xr0] {stop_reason}", file=sys.stderr, flush=True)
-                log.error("%s", stop_reason)
+                log.error("%s", stop_reason)  # echoed on the console by xr0_core/console.py
                 if self._tb is not None:
                     self._tb.close()
                 return self.finish(stop_reason=stop_reason)

@@ -104,6 +104,11 @@ def run_federation(
     if client_app is None:
         from client.app import app as client_app
 
+    from flwr.common.logger import update_console_handler
+
+    # Colour codes only on a terminal; in OUT/logs/ (xr0_core/console.py) plain text with timestamps.
+    tty = os.isatty(2)
+    update_console_handler(colored=tty, timestamps=not tty)
     flat = cfg.to_flat()
     write_app_dir(app_dir, flat)
     init_args: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}

@@ -52,24 +52,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Flower, Ray and library output on the terminal (default: OUT/logs/simulate.log)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    from xr0_core.console import quiet_console
+
+    t0 = time.monotonic()
+    out: Path = args.out.expanduser().resolve()
+    # The project's lines and one progress bar on the terminal; Flower, Ray and warnings in OUT/logs/.
     # --json promises one JSON object on stdout: everything printed while running goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        summary = _simulate(args)
+    with quiet_console(out / "logs", "simulate", verbose=args.verbose) as con, \
+            contextlib.redirect_stdout(sys.stderr):
+        summary = _simulate(args, con)
+        con.end_progress()
+        if summary.get("status") != "stopped":
+            con.line(f"done: {summary['rounds_completed']} rounds in {time.monotonic() - t0:.0f} s; "
+                     f"report {summary['report']}" + ("" if args.verbose else f"; logs {con.log_path.parent}"))
     if args.json:
         print_json(summary)
     if summary.get("status") == "stopped":
         print(f"xr0: error: {summary['stop_reason']}; no model exported; report {summary['report']}", file=sys.stderr)
         return 1
-    if not args.json:
-        print(f"[xr0] done: {summary['rounds_completed']} rounds; report {summary['report']}")
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> dict[str, Any]:
+def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
     from xr0_core.config import ConfigError, from_flat
 
     from .sites import SimulationDataError, check_given, describe_sites, ensure_synthetic
@@ -109,8 +121,13 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     except SimulationDataError as exc:
         raise CLIError(str(exc)) from None
     if args.data and args.sites != len(dirs):
-        print(f"[xr0] --data holds {len(dirs)} hospitals: simulating all of them", file=sys.stderr, flush=True)
+        con.line(f"--data holds {len(dirs)} hospitals: simulating all of them")
     sites = describe_sites(dirs, out / "sites")
+    con.line(f"simulate: {len(dirs)} hospitals ({'given' if args.data else 'synthetic'}, "
+             f"{sum(s.get('images', 0) or 0 for s in sites)} images), preset {cfg.preset}, "
+             f"{cfg.federation.rounds} rounds x {cfg.train.local_steps} local steps"
+             + (", DP" if cfg.privacy.enabled or cfg.privacy.client_level else "")
+             + (", secure aggregation" if cfg.secagg.enabled else ""))
     if cfg.privacy.enabled or cfg.privacy.client_level:
         _prepare_privacy(cfg, args, out / "sites", [d.name for d in dirs])
 
@@ -125,9 +142,11 @@ def _simulate(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(str(exc)) from None
     run_json = out / "run.json"
     if not run_json.exists():
-        raise CLIError(f"the federation ended without writing {run_json}; see the log above")
+        where = "the output above" if args.verbose else str(con.log_path)
+        raise CLIError(f"the federation ended without writing {run_json}; see {where}")
     summary = json.loads(run_json.read_text())
     summary["sites"] = sites
+    summary["data_source"] = "given" if args.data else "synthetic"
     if cfg.privacy.enabled or cfg.privacy.client_level:  # epsilon per hospital from its own ledger
         from xr0_core.privacy.ledger import PrivacyLedger
         from xr0_core.site.state import site_policy

@@ -46,7 +46,7 @@ class SiteOutcome:
     """What one site did in one round, as the server saw it."""
 
     node_id: int
-    status: str  # "ok" | "dropped" | "failed"
+    status: str  # "ok" | "dropped" | "failed" | "empty" (evaluation: nothing to evaluate there)
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -294,8 +294,12 @@ class XR0FedAvg(FedAvg):
                 continue
             metric_records = list(msg.content.metric_records.values())
             metrics = _scalar_metrics(metric_records[0]) if metric_records else {}
-            if metrics.get(keys.NUM_EXAMPLES, 0) <= 0:
-                sites.append(SiteOutcome(node, "dropped", "evaluation reply without positive num-examples", metrics))
+            n = metrics.get(keys.NUM_EXAMPLES)
+            if n is not None and n == 0:  # a hospital without labelled held-out images: nothing went wrong
+                sites.append(SiteOutcome(node, "empty", "nothing to evaluate", metrics))
+                continue
+            if n is None or n < 0:
+                sites.append(SiteOutcome(node, "dropped", "evaluation reply without a valid num-examples", metrics))
                 continue
             sites.append(SiteOutcome(node, "ok", "", metrics))
         if not sites:

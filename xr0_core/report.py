@@ -1,67 +1,469 @@
-"""The run report: ``report.html`` with PNG curves next to the JSON it is drawn from.
+"""The run report of a federation: ``report.html`` with PNGs next to the JSON it is drawn from.
 
 Inputs are plain JSON-able objects (the coordinator's ``metrics.json`` history and run summary), so the
 report can be rebuilt from files after the run (``write_report(out, json.load(...), ...)``).
+
+The page is a list of sections, :data:`SECTIONS`: each is a function ``(RunReport) -> str`` returning its
+HTML (``""`` when it has nothing to say, e.g. the privacy section of a run without DP). To add a section,
+write one function and insert it into the list where it belongs; sections do not know about each other.
+Shared HTML helpers live in :mod:`xr0_core.htmlpage`; the downstream-evaluation tables in
+:mod:`xr0_core.eval.evaluation_report`.
+
+The summary at the top answers "did pretraining help?": per task, the pretrained backbone minus the
+random-init one with a 95 % interval. Each hospital computes a paired bootstrap over its own patients
+(``<task>/ci/<metric>/{diff,low,high,se,units}``, scalars: nothing else leaves); the coordinator pools them
+stratified by hospital: difference = units-weighted mean of the hospitals' differences, standard error =
+sqrt(sum(w_i^2 se_i^2)), interval = difference +- 1.96 SE (one hospital: its own percentile interval).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
 from xr0_core.atomic import atomic_write
 from xr0_core.eval.multimodal_report import multimodal_section
+from xr0_core.htmlpage import details, image, note, page, table
 
-EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/",
-                 "zeroshot/")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
+EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
+FAMILY_ORDER = tuple(f.rstrip("/") for f in EVAL_FAMILIES)
+LOWER_IS_BETTER = ("mre-px", "mre-mm")  # metrics where a smaller number is the better model
+LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/state.py: per-round summary of the per-step loss
+Z95 = 1.959964
 
 
-def _table(headers: list[str], rows: Iterable[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+@dataclass
+class RunReport:
+    """What every section reads: the output folder (PNGs go there), the run summary and the history."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.summary.get("config", {}) or {}
+
+    @property
+    def train(self) -> list[dict[str, Any]]:
+        return [r for r in self.history if r.get("kind") == "train"]
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return [r for r in self.history if r.get("kind") == "evaluate"]
+
+    def site_names(self) -> list[str]:
+        names = {s["name"] for r in self.history for s in r.get("sites", [])}
+        names |= {s["name"] for s in self.summary.get("sites") or []}
+        return sorted(names)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "loss") -> Path | None:
-    """Aggregate and per-site ``metric`` over train rounds as a PNG; None when nothing to plot."""
-    train = [r for r in history if r["kind"] == "train"]
-    if not any(metric in r["metrics"] for r in train):
-        return None
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    xs = [r["round"] for r in train if metric in r["metrics"]]
-    ax.plot(xs, [r["metrics"][metric] for r in train if metric in r["metrics"]], "k-o", lw=2, label="weighted mean")
-    names = sorted({s["name"] for r in train for s in r["sites"]})
-    for name in names:
-        pts = [(r["round"], s["metrics"][metric]) for r in train for s in r["sites"]
-               if s["name"] == name and s["status"] == "ok" and metric in s["metrics"]]
-        if pts:
-            ax.plot(*zip(*pts), "--", marker=".", alpha=0.7, label=name)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(metric)
-    ax.set_title(f"local SSL {metric} per round")
-    ax.grid(alpha=0.3)
-    if len(names) <= 12:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
+    _plt().close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def _is_task_key(key: str) -> bool:
+    return key.startswith(EVAL_FAMILIES)
+
+
+def site_intervals(metrics: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """``<task>/ci/<metric>/<part>`` keys of one hospital -> ``{task: {"metric", "diff", "low", ...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        if "/ci/" not in key:
+            continue
+        task, rest = key.split("/ci/", 1)
+        metric, _, part = rest.rpartition("/")
+        out.setdefault(task, {"metric": metric})[part] = value
+    return {t: v for t, v in out.items() if {"diff", "se", "units"} <= set(v)}
+
+
+def pooled_interval(per_site: list[dict[str, Any]]) -> dict[str, float]:
+    """Stratified pooling of hospitals' paired intervals (module docstring); ``{"diff", "low", "high"}``."""
+    per_site = [s for s in per_site if s.get("units", 0) > 0 and math.isfinite(s.get("diff", math.nan))]
+    if not per_site:
+        return {"diff": math.nan, "low": math.nan, "high": math.nan, "units": 0.0}
+    total = sum(s["units"] for s in per_site)
+    if len(per_site) == 1:
+        s = per_site[0]
+        return {"diff": s["diff"], "low": s["low"], "high": s["high"], "units": total}
+    diff = sum(s["units"] * s["diff"] for s in per_site) / total
+    se = math.sqrt(sum((s["units"] / total) ** 2 * s["se"] ** 2 for s in per_site if math.isfinite(s["se"])))
+    return {"diff": diff, "low": diff - Z95 * se, "high": diff + Z95 * se, "units": total}
+
+
+def verdict(metric: str, low: float, high: float) -> str:
+    """"better" / "worse" when the whole interval says so, "not shown" when it straddles 0."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no interval"
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    lo, hi = sorted((sign * low, sign * high))
+    if lo > 0:
+        return "better"
+    if hi < 0:
+        return "worse"
+    return "not shown"
+
+
+def summary_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per task of the last evaluation with results: pooled pretrained / random values of the
+    interval's metric, the pooled difference with its interval, the verdict, hospitals and units."""
+    from xr0_core.eval.evaluation_report import headline_metrics, split_flat
+
+    evals = [r for r in history if r.get("kind") == "evaluate" and any(s["status"] == "ok" for s in r["sites"])]
+    if not evals:
+        return []
+    last = evals[-1]
+    pooled = split_flat(last["metrics"])
+    ok = [s for s in last["sites"] if s["status"] == "ok"]
+    per_site = {s["name"]: site_intervals(s["metrics"]) for s in ok}
+    rows = []
+    tasks = sorted({t for t, _ in pooled}, key=lambda t: (FAMILY_ORDER.index(t.split("/")[0])
+                                                           if t.split("/")[0] in FAMILY_ORDER else 99, t))
+    headline = dict(headline_metrics(pooled))
+    for task in tasks:
+        cis = [dict(ci[task], site=name) for name, ci in per_site.items() if task in ci]
+        metric = cis[0]["metric"] if cis else headline.get(task)
+        if metric is None or (task, metric) not in pooled:
+            continue
+        cis = [c for c in cis if c["metric"] == metric]
+        iv = pooled_interval(cis)
+        values = pooled[(task, metric)]
+        rows.append({"family": task.split("/")[0], "task": task.split("/", 1)[1], "metric": metric,
+                     "pretrained": values.get("pretrained", math.nan), "random": values.get("random", math.nan),
+                     **iv, "verdict": verdict(metric, iv["low"], iv["high"]), "hospitals": len(cis),
+                     "per_site": cis, "round": last["round"]})
+    m = last["metrics"]  # the cheap anatomy probe (eval.tasks = none): no per-patient scores, no interval
+    for key, label in (("knn-anatomy", "anatomy k-NN"), ("linear-anatomy", "anatomy linear probe")):
+        if key in m and f"{key}-random" in m:
+            rows.append({"family": "anatomy probe", "task": label, "metric": "accuracy", "pretrained": m[key],
+                         "random": m[f"{key}-random"], "diff": m[key] - m[f"{key}-random"], "low": math.nan,
+                         "high": math.nan, "units": m.get("num-examples", math.nan), "verdict": "no interval",
+                         "hospitals": len(ok), "per_site": [], "round": last["round"]})
+    return rows
+
+
+def plot_forest(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Forest plot: per task, the gain over random init (oriented so right = pretrained better) with its
+    95 % interval (pooled: diamond and bar) and each hospital's difference (grey dots). One row per task with
+    its own axis, since tasks measure in different units (accuracy, pixels). None without intervals."""
+    rows = [r for r in rows if math.isfinite(r["low"])]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7.0, 0.62 * len(rows) + 0.9), dpi=100, squeeze=False)
+    colours = {"better": "#0a6b2d", "worse": "#a4161a", "not shown": "#555555"}
+    for ax, r in zip(axes[:, 0], rows):
+        sign = -1.0 if r["metric"] in LOWER_IS_BETTER else 1.0
+        lo, hi = sorted((sign * r["low"], sign * r["high"]))
+        c = colours.get(r["verdict"], "#555555")
+        ax.plot([lo, hi], [0, 0], color=c, lw=2.5)
+        ax.plot([sign * r["diff"]], [0], "D", color=c, ms=7)
+        sites = [sign * s["diff"] for s in r["per_site"]]
+        ax.plot(sites, [0.45] * len(sites), "o", color="#999999", ms=3.5)
+        ax.axvline(0.0, color="black", lw=0.8, ls="--")
+        # A zero-width interval (both backbones right on every row) still gets a readable axis.
+        span = max([abs(lo), abs(hi)] + [abs(v) for v in sites] + [0.02])
+        ax.set_xlim(min(lo, -0.1 * span, *sites) - 0.1 * span, max(hi, 0.1 * span, *sites) + 0.1 * span)
+        ax.set_ylim(-0.6, 0.9)
+        ax.set_yticks([])
+        ax.set_ylabel(f"{r['family']}/{r['task']}\n{r['metric']}", rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("gain over random init (right = pretrained better); bar: 95 % interval, "
+                           "grey: hospitals", fontsize=8)
+    fig.tight_layout(h_pad=0.3)
+    return _save(fig, path)
+
+
+def summary_section(rep: RunReport) -> str:
+    """Did pretraining help? Verdict table and forest plot (or: nothing to evaluate)."""
+    if rep.evals and not any(s["status"] == "ok" for r in rep.evals for s in r["sites"]):
+        if all(s["status"] == "empty" for r in rep.evals for s in r["sites"]):
+            return ("<h2>Summary: did pretraining help?</h2>"
+                    + note("nothing to evaluate: no hospital has labelled held-out images (e.g. eval.tasks = none "
+                           "on unlabelled data), so there is no downstream number to compare; training ran normally"))
+        return "<h2>Summary: did pretraining help?</h2>" + note("no hospital returned an evaluation (see the per-round table)")
+    rows = summary_rows(rep.history)
+    if not rows:
+        return ""
+    badge = {"better": "better", "worse": "worse", "not shown": "unclear", "no interval": "unclear"}
+    cells = []
+    for r in rows:
+        diff = f"{r['diff']:+.3f}" if math.isfinite(r["diff"]) else "-"
+        ci = f"{diff} [{r['low']:+.3f}, {r['high']:+.3f}]" if math.isfinite(r["low"]) else diff
+        cells.append([html.escape(r["family"]), html.escape(r["task"]), html.escape(r["metric"]), r["pretrained"],
+                      r["random"], ci,
+                      f"<span class='{badge[r['verdict']]}'>{html.escape(r['verdict'])}</span>",
+                      r["hospitals"], int(r["units"]) if math.isfinite(r["units"]) else ""])
+    out = ["<h2>Summary: did pretraining help?</h2>",
+           note(f"frozen backbone after round {rows[0]['round']}: pretrained minus random init (same heads, same "
+                "test rows). Interval: 95 %, paired bootstrap over patients at each hospital, pooled across "
+                "hospitals by test units. 'better' / 'worse' only when the whole interval is on one side of 0."),
+           table(["family", "task", "metric", "pretrained", "random init", "difference [95 % interval]", "verdict",
+                  "sites", "units"], cells, raw=True, text_columns=3)]
+    png = plot_forest(rows, rep.out_dir / "summary_forest.png")
+    if png is not None:
+        out.append(image(png.name, "forest plot: gain over random init per task with 95 % intervals"))
+    return "\n".join(out)
+
+
+def run_line_section(rep: RunReport) -> str:
+    """One line under the title: preset, rounds, steps, seed, run key, privacy and aggregation mode."""
+    cfg, s = rep.cfg, rep.summary
+    mode = []
+    if cfg.get("privacy.enabled"):
+        mode.append("sample-level DP")
+    if cfg.get("privacy.client-level"):
+        mode.append("client-level DP")
+    if cfg.get("secagg.enabled"):
+        mode.append("secure aggregation")
+    stopped = ""
+    if s.get("status") == "stopped":
+        stopped = (f"<p class='worse'>run stopped: {html.escape(str(s.get('stop_reason', '')))}; no model was "
+                   "exported</p>")
+    return stopped + note(f"preset {cfg.get('preset', '?')}, rounds completed {s.get('rounds_completed', '?')} of "
+                f"{cfg.get('federation.rounds', '?')}, local steps {cfg.get('train.local-steps', '?')}, seed "
+                f"{cfg.get('seed', '?')}, {', '.join(mode) or 'no DP, plain aggregation'}, run {s.get('run_key', '')}")
+
+
+# ---------------------------------------------------------------------------------------- hospitals
+
+
+def hospitals_section(rep: RunReport) -> str:
+    """Images per hospital and anatomy (columns that are empty everywhere are left out)."""
+    sites = rep.summary.get("sites") or []
+    if not sites:
+        return ""
+    anatomies = sorted({a for s in sites for a in s.get("by_anatomy", {})})
+    rows = [[s["name"], s.get("images", "")] + [s.get("by_anatomy", {}).get(a, 0) for a in anatomies]
+            + [s.get("scanner", "")] for s in sites]
+    return "<h2>Hospitals</h2>" + table(["hospital", "images"] + anatomies + ["scanner"], rows)
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def loss_points(rep: RunReport, name: str) -> tuple[list[float], list[float], bool]:
+    """(global steps, losses, per_step) of one hospital: the per-step summary when sites sent it
+    (``loss-curve-*``), else one point per round at the round's last step."""
+    from xr0_core.train.state import loss_curve_steps
+
+    local = int(rep.cfg.get("train.local-steps", 1) or 1)
+    xs: list[float] = []
+    ys: list[float] = []
+    per_step = False
+    for r in rep.train:
+        for s in r["sites"]:
+            if s["name"] != name or s["status"] != "ok":
+                continue
+            curve = sorted(k for k in s["metrics"] if k.startswith(LOSS_CURVE_PREFIX))
+            start = (r["round"] - 1) * local
+            if curve:
+                per_step = True
+                centres = loss_curve_steps(local)[:len(curve)]
+                xs += [start + c for c in centres]
+                ys += [s["metrics"][k] for k in curve]
+            elif "loss" in s["metrics"]:
+                xs.append(start + local - 1)
+                ys.append(s["metrics"]["loss"])
+    return xs, ys, per_step
+
+
+def plot_curves(rep: RunReport, path: Path) -> tuple[Path | None, bool]:
+    """Local SSL loss per hospital over global steps (PNG); (None, False) when no hospital sent a loss."""
+    lines = {n: loss_points(rep, n) for n in rep.site_names()}
+    lines = {n: v for n, v in lines.items() if v[0]}
+    if not lines:
+        return None, False
+    plt = _plt()
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=100)
+    per_step = any(v[2] for v in lines.values())
+    for name, (xs, ys, _) in sorted(lines.items()):
+        ax.plot(xs, ys, "-", marker="." if len(xs) < 40 else None, lw=1.2, alpha=0.85, label=name)
+    local = int(rep.cfg.get("train.local-steps", 1) or 1)
+    for r in rep.train[:-1]:
+        ax.axvline(r["round"] * local - 0.5, color="#bbbbbb", lw=0.6, ls=":")
+    ax.set_xlabel("global step (dotted: round boundaries)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("local SSL loss")
+    ax.set_title("local SSL loss per hospital" + ("" if per_step else " (per round)"), fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(lines) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path), per_step
+
+
+def training_section(rep: RunReport) -> str:
+    """Per-step loss curves per hospital (each site sends a few per-round scalars summarising its steps)."""
+    if not rep.train:
+        return ""
+    png, per_step = plot_curves(rep, rep.out_dir / "curve_loss.png")
+    out = ["<h2>Training</h2>"]
+    if png is None:
+        if any("epsilon" in s["metrics"] for r in rep.train for s in r["sites"]):
+            out.append(note("no loss curve: under DP the losses are computed from private data without noise, so "
+                            "they stay in each hospital's log (docs/privacy.md)"))
+        else:
+            out.append(note("no hospital reported a loss"))
+        return "\n".join(out)
+    out.append(image(png.name, "local SSL loss per hospital over global steps"))
+    if per_step:
+        out.append(note("each point is the mean loss of a slice of a round's local steps (up to 8 per round), "
+                        "computed at the hospital; per-step values stay there"))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ privacy
+
+
+def plot_epsilon(rep: RunReport, path: Path) -> Path | None:
+    """ε after every round per hospital, with each hospital's budget dashed."""
+    names = rep.site_names()
+    series = {n: [(r["round"], s["metrics"]["epsilon"], s["metrics"].get("privacy-budget"))
+                  for r in rep.train for s in r["sites"] if s["name"] == n and "epsilon" in s["metrics"]]
+              for n in names}
+    series = {n: v for n, v in series.items() if v}
+    if not series:
+        return None
+    plt = _plt()
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.2), dpi=100)
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=4, label=name)
+        budget = pts[-1][2]
+        if budget is not None and i < 12:
+            ax.axhline(budget, color=line.get_color(), ls="--", lw=0.8, alpha=0.7)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("ε spent (dashed: budget)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if len(series) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def privacy_section(rep: RunReport) -> str:
+    """ε of every hospital after every train round (the ``epsilon`` metric each DP site reports from its
+    ledger), the budget left, and the hospitals that refused with their reason; "" without DP."""
+    train = rep.train
+    if not any("epsilon" in s["metrics"] for r in train for s in r["sites"]):
+        return ""
+    names = sorted({s["name"] for r in train for s in r["sites"]})
+    rows = []
+    for r in train:
+        by = {s["name"]: s for s in r["sites"]}
+        rows.append([r["round"]] + [(f"{by[n]['metrics']['epsilon']:.3f}" if n in by and "epsilon" in by[n]["metrics"]
+                                     else (by[n]["status"] if n in by else "")) for n in names])
+    last: dict[str, dict[str, float]] = {}
+    for r in train:
+        for s in r["sites"]:
+            if "epsilon" in s["metrics"]:
+                last[s["name"]] = s["metrics"]
+    summary = []
+    for n in names:
+        if n not in last:
+            continue
+        m = last[n]
+        budget = m.get("privacy-budget")
+        left = budget - m["epsilon"] if budget is not None else ""
+        summary.append([n, m["epsilon"], budget, left, m.get("privacy-delta", ""), m.get("noise-multiplier", ""),
+                        m.get("sample-rate", ""), m.get("dp-steps", "")])
+    refused = [[r["round"], s["name"], s.get("reason", "")] for r in train for s in r["sites"] if s["status"] != "ok"]
+    unit = "client-level" if rep.cfg.get("privacy.client-level") and not rep.cfg.get("privacy.enabled") else \
+        "patient-level (image-level without patient ids)"
+    out = ["<h2>Privacy</h2>",
+           note(f"{unit} ε at each hospital's δ, accumulated over every round of every run it took part in, as "
+                "recorded in its own privacy ledger before its weights left (docs/privacy.md)"),
+           table(["hospital", "ε spent", "budget", "budget left", "δ", "noise multiplier", "sample rate",
+                  "DP steps (last round)"], summary)]
+    png = plot_epsilon(rep, rep.out_dir / "privacy_epsilon.png")
+    if png is not None:
+        out.append(image(png.name, "epsilon per hospital per round"))
+    out.append(details("ε per hospital after each round", table(["round"] + names, rows)))
+    if refused:
+        out.append(note("hospitals that did not train, with their reason"))
+        out.append(table(["round", "hospital", "reason"], refused))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------ secure aggregation
+
+SECAGG_COLUMNS = (("secagg-uploads", "masked uploads"), ("secagg-dropped", "dropped"),
+                  ("secagg-threshold", "threshold"), ("secagg-clipped", "clipped coordinates"),
+                  ("secagg-weight-capped", "weights capped"), ("secagg-error-bound", "error bound"),
+                  ("secagg-skipped", "round skipped"))
+
+
+def secagg_section(rep: RunReport) -> str:
+    """Per round: masked uploads, dropouts (and why), clipping counts and the bound on the quantisation
+    error of the unmasked mean; "" when secure aggregation was off."""
+    rounds = [r for r in rep.train if any(k.startswith("secagg-") for k in r["metrics"])]
+    if not rounds and not rep.cfg.get("secagg.enabled"):
+        return ""
+    rows = [[r["round"]] + [r["metrics"].get(k, "") for k, _ in SECAGG_COLUMNS] for r in rounds]
+    drops = [[r["round"], s["name"], s["status"], s.get("reason", "")] for r in rounds for s in r["sites"]
+             if s["status"] != "ok"]
+    cfg = rep.cfg
+    out = ["<h2>Secure aggregation</h2>",
+           note("the coordinator saw only the sum of masked updates (SecAgg+, docs/secure-aggregation.md). "
+                f"Update coordinates are clipped to ±{cfg.get('secagg.quant-range', '?')} and quantised to "
+                f"{cfg.get('secagg.quant-bits', '?')} bits; clipped coordinates are counted, never silent. "
+                "Error bound: the decoded mean is within this distance (per coordinate) of the exact "
+                "example-weighted mean of the clipped updates."),
+           table(["round"] + [label for _, label in SECAGG_COLUMNS], rows)]
+    if drops:
+        out.append(note("hospitals whose update did not count, with the stage and reason"))
+        out.append(table(["round", "hospital", "status", "reason"], drops))
+    elif rounds:
+        out.append(note("no hospital dropped out"))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------- evaluation, rounds
+
+
+def evaluation_section(rep: RunReport) -> str:
+    """Downstream tasks per hospital (pretrained / random), and the pooled comparison of --compare-pooled."""
+    out = []
+    comp = rep.summary.get("comparison")
+    if rep.evals and any(s["status"] == "ok" for r in rep.evals for s in r["sites"]):
+        from xr0_core.eval.evaluation_report import federated_section
+
+        out.append(federated_section(rep.out_dir, rep.history))
+    if comp:
+        names = sorted({k for row in comp for k in row if k != "backbone"})
+        out.append("<h3>Federated vs pooled vs random init</h3>")
+        out.append(note("anatomy k-NN / linear probe on held-out images of all hospitals (--compare-pooled)"))
+        out.append(table(["backbone"] + names, [[row["backbone"]] + [row.get(n, "") for n in names] for row in comp]))
+    if not any(out):
+        return ""
+    return "<h2>Evaluation (frozen backbone)</h2>" + "\n".join(out)
 
 
 def _round_rows(history: list[dict[str, Any]], metric_names: list[str]) -> list[list[Any]]:
@@ -73,47 +475,61 @@ def _round_rows(history: list[dict[str, Any]], metric_names: list[str]) -> list[
     return rows
 
 
-def privacy_section(history: list[dict[str, Any]]) -> str:
-    """Epsilon of every hospital after every train round (from the ``epsilon`` metric each DP site reports),
-    and the hospitals that refused, with their reason. Empty when no site reported epsilon."""
-    train = [r for r in history if r["kind"] == "train"]
-    if not any("epsilon" in s["metrics"] for r in train for s in r["sites"]):
+def _table_metric(key: str) -> bool:
+    """Keys worth a column in the per-round table (task keys have their own section)."""
+    return not (key == "partition-id" or key.startswith(LOSS_CURVE_PREFIX) or _is_task_key(key))
+
+
+def rounds_section(rep: RunReport) -> str:
+    """Per round, per hospital: status, reason, scalar metrics (folded: it is long)."""
+    if not rep.history:
         return ""
-    names = sorted({s["name"] for r in train for s in r["sites"]})
-    rows = []
-    for r in train:
-        by = {s["name"]: s for s in r["sites"]}
-        rows.append([r["round"]] + [(f"{by[n]['metrics']['epsilon']:.3f}" if n in by and "epsilon" in by[n]["metrics"]
-                                     else (by[n]["status"] if n in by else "")) for n in names])
-    last = {}
-    for r in train:
-        for s in r["sites"]:
-            if "epsilon" in s["metrics"]:
-                last[s["name"]] = s["metrics"]
-    summary = [[n, last[n]["epsilon"], last[n].get("privacy-budget", ""), last[n].get("privacy-delta", ""),
-                last[n].get("noise-multiplier", "")] for n in names if n in last]
-    refused = [[r["round"], s["name"], s.get("reason", "")] for r in train for s in r["sites"] if s["status"] != "ok"]
-    out = ["<h2>Privacy (epsilon per hospital)</h2>",
-           "<p class='note'>patient-level (image-level without patient ids) epsilon at each hospital's delta, "
-           "accumulated over every round of every run it took part in (docs/privacy.md)</p>",
-           _table(["round"] + names, rows),
-           _table(["hospital", "epsilon", "budget", "delta", "noise multiplier"], summary)]
-    if refused:
-        out.append("<p class='note'>hospitals that did not train</p>")
-        out.append(_table(["round", "hospital", "reason"], refused))
-    return "\n".join(out)
+    names = sorted({k for r in rep.history for s in r["sites"] for k in s["metrics"] if _table_metric(k)})
+    agg = sorted({k for r in rep.history for k in r["metrics"] if _table_metric(k)})
+    return ("<h2>Per round</h2>"
+            + table(["round", "kind", "hospitals ok", "seconds"] + agg,
+                    [[r["round"], r["kind"], f"{sum(s['status'] == 'ok' for s in r['sites'])}/{len(r['sites'])}",
+                      r.get("seconds", "")] + [r["metrics"].get(k, "") for k in agg] for r in rep.history])
+            + details("per hospital", table(["round", "kind", "hospital", "status", "reason"] + names,
+                                            _round_rows(rep.history, names))))
 
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left} h2{margin-top:1.6em} .note{color:#555;font-size:13px}
-"""
+def config_section(rep: RunReport) -> str:
+    """The full flat configuration, folded."""
+    return "<h2>Configuration</h2>" + details(
+        f"{len(rep.cfg)} keys (config hash in checkpoints/)",
+        "<pre>" + html.escape(json.dumps(rep.cfg, indent=1, sort_keys=True)) + "</pre>")
+
+
+Section = Callable[[RunReport], str]
+# The page, top to bottom. Each entry: (id, function). Add a section by inserting one entry.
+SECTIONS: list[tuple[str, Section]] = [
+    ("run", run_line_section),
+    ("summary", summary_section),
+    ("hospitals", hospitals_section),
+    ("training", training_section),
+    ("privacy", privacy_section),
+    ("multimodal", lambda rep: multimodal_section(rep.summary, rep.history)),  # mXR-0 ("" when image-only)
+    ("secure-aggregation", secagg_section),
+    ("evaluation", evaluation_section),
+    ("rounds", rounds_section),
+    ("configuration", config_section),
+]
+
+
+def render(rep: RunReport, sections: list[tuple[str, Section]] | None = None) -> str:
+    """The whole HTML page from ``sections`` (default :data:`SECTIONS`); each section's HTML is wrapped in a
+    ``<section id=...>``; empty sections are left out."""
+    parts = []
+    for sid, fn in (SECTIONS if sections is None else sections):
+        body = fn(rep)
+        if body:
+            parts.append(f"<section id='{sid}'>{body}</section>")
+    return page("XR-0 federated pretraining", parts)
 
 
 def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> Path:
-    """Write ``report.html`` (+ ``curve_loss.png``) into ``out_dir``.
+    """Write ``report.html`` (+ PNGs) and the model card into ``out_dir``.
 
     Parameters
     ----------
@@ -125,55 +541,10 @@ def write_report(out_dir: Path, summary: dict[str, Any], history: list[dict[str,
         ``metrics.json["rounds"]``: one entry per train / evaluate round with per-site outcomes.
     """
     out_dir = Path(out_dir)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>XR-0 federated run</title>"
-             f"<style>{CSS}</style></head><body><h1>XR-0 federated pretraining</h1>"]
-    cfg = summary.get("config", {})
-    parts.append(
-        "<p class='note'>"
-        + html.escape(
-            f"preset {cfg.get('preset', '?')}, rounds completed {summary.get('rounds_completed', '?')} "
-            f"of {cfg.get('federation.rounds', '?')}, local steps {cfg.get('train.local-steps', '?')}, "
-            f"seed {cfg.get('seed', '?')}, run {summary.get('run_key', '')}"
-        )
-        + "</p>"
-    )
-    sites = summary.get("sites") or []
-    if sites:
-        anatomies = sorted({a for s in sites for a in s.get("by_anatomy", {})})
-        parts.append("<h2>Hospitals</h2>")
-        rows = [[s["name"], s.get("images", "")] + [s.get("by_anatomy", {}).get(a, 0) for a in anatomies]
-                + [s.get("scanner", "")] for s in sites]
-        parts.append(_table(["hospital", "images"] + anatomies + ["scanner"], rows))
-    curve = plot_curves(history, out_dir / "curve_loss.png")
-    if curve is not None:
-        parts.append(f"<h2>Training</h2><img src='{curve.name}' alt='loss curve'>")
-    parts.append(privacy_section(history))  # epsilon per hospital per round (xr0_core/privacy; "" without DP)
-    parts.append(multimodal_section(summary, history))  # mXR-0 bytes per round and zero-shot ("" when image-only)
-    evals = [r for r in history if r["kind"] == "evaluate"]
-    # Downstream-task keys (<family>/<task>/...) have their own section; keep the generic tables readable.
-    task_keys = {k for r in history for m in [r["metrics"], *(s["metrics"] for s in r["sites"])] for k in m
-                 if k.startswith(EVAL_FAMILIES)}
-    if evals or summary.get("comparison"):
-        parts.append("<h2>Evaluation (frozen backbone)</h2>")
-    if summary.get("comparison"):
-        comp = summary["comparison"]
-        names = sorted({k for row in comp for k in row if k != "backbone"})
-        parts.append(_table(["backbone"] + names, [[row["backbone"]] + [row.get(n, "") for n in names] for row in comp]))
-    if evals:
-        from xr0_core.eval.report import federated_section  # downstream tasks: pretrained vs random
-
-        parts.append(federated_section(out_dir, history))
-        names = sorted({k for r in evals for k in r["metrics"]} - task_keys)
-        parts.append("<p class='note'>federated evaluation, example-weighted over hospitals</p>")
-        parts.append(_table(["round"] + names, [[r["round"]] + [r["metrics"].get(n, "") for n in names] for r in evals]))
-    if history:
-        names = sorted({k for r in history for s in r["sites"] for k in s["metrics"]} - {"partition-id"} - task_keys)
-        parts.append("<h2>Per round, per hospital</h2>")
-        parts.append(_table(["round", "kind", "hospital", "status", "reason"] + names, _round_rows(history, names)))
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=1, sort_keys=True)) + "</pre>")
-    parts.append("</body></html>")
+    rep = RunReport(out_dir, summary, history)
+    text = render(rep)
     path = out_dir / "report.html"
-    atomic_write(path, lambda p: p.write_text("\n".join(parts)))
+    atomic_write(path, lambda p: p.write_text(text))
     from xr0_core.model_card import write_model_card
 
     write_model_card(out_dir, summary, history)  # rebuilt with every report, so it never lags behind
@@ -189,10 +560,3 @@ def rewrite_outputs(out_dir: Path, summary: dict[str, Any]) -> Path:
     history = json.loads(metrics.read_text())["rounds"] if metrics.exists() else []
     atomic_write_json(out_dir / "run.json", summary)
     return write_report(out_dir, summary, history)
-
-
-def write_evaluation_report(out_dir: Path, body: dict[str, Any], examples: dict[str, dict[str, list]]) -> Path:
-    """``report.html`` of a local ``xr0 evaluate`` run (see :func:`xr0_core.eval.report.write_local_report`)."""
-    from xr0_core.eval.report import write_local_report
-
-    return write_local_report(Path(out_dir), body, examples, CSS)

@@ -42,7 +42,7 @@ def test_simulate_dp_reports_epsilon_and_a_refusing_hospital(hospitals, tmp_path
         assert "simulated partition 2" in failed[0]["reason"]
         assert "epsilon" in by["site00"]["metrics"] and not any(k.startswith("loss") for k in by["site00"]["metrics"])
     report = (out / "report.html").read_text()
-    assert "Privacy (epsilon per hospital)" in report and "simulated partition 2" in report
+    assert "<h2>Privacy</h2>" in report and "simulated partition 2" in report
     card = json.loads((out / "model_card.json").read_text())  # epsilon ends in the model card (D3, D11)
     assert card["differential_privacy"] and card["sites"]["site00"]["epsilon"] == eps["site00"]
     assert "privacy budget" in card["sites"]["site02"]["last_problem"]

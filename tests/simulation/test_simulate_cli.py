@@ -36,6 +36,7 @@ def finished_run(hospitals, tmp_path_factory):
     left = kill_new_ray(before)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert not left, f"xr0 simulate left {len(left)} Ray processes"
+    (base / "A" / "console.txt").write_text(proc.stderr)  # what a person saw
     return json.loads(proc.stdout), base / "A", data
 
 
@@ -75,6 +76,35 @@ def test_simulate_writes_every_promised_output(finished_run):
     assert any(not np.allclose(final[k], init[k].numpy()) for k in final)
 
 
+def test_console_is_short_and_the_rest_is_in_the_log(finished_run):
+    _, out, _ = finished_run
+    console = (out / "console.txt").read_text().splitlines()
+    assert 3 <= len(console) <= 15, "\n".join(console)
+    assert all(line.startswith("[xr0]") for line in console), "\n".join(console)
+    assert console[-1].startswith("[xr0] done: 2 rounds") and str(out / "report.html") in console[-1]
+    assert sum(line.startswith("[xr0] round ") for line in console) == ROUNDS  # one bar line per round
+    assert not any("\x1b[" in line for line in console)  # no colour escapes
+    log = (out / "logs" / "simulate.log").read_text()
+    assert "ROUND 1/2" in log and "Starting XR0FedAvg strategy" in log  # Flower's banner went to the log
+
+
+def test_report_and_model_card_of_a_run_are_readable(finished_run, tmp_path):
+    from tests.report.browser import check_page
+    from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
+
+    _, out, _ = finished_run
+    html = (out / "report.html").read_text()
+    for needle in ("Summary: did pretraining help?", "95 % interval", "summary_forest.png", "curve_loss.png",
+                   "mean loss of a slice", "<details><summary>"):
+        assert needle in html, needle
+    page = check_page(out / "report.html", tmp_path / "browser")
+    assert page.problems() == [], page.problems()
+    assert page.images >= 2 and {"summary", "training", "evaluation"} <= set(page.sections)
+    meta, sections = parse_card((out / "model_card.md").read_text())
+    assert meta["license"] and "federated-learning" in meta["tags"] and meta["pipeline_tag"]
+    assert [s for s in sections if s in REQUIRED_SECTIONS] == list(REQUIRED_SECTIONS)
+
+
 def test_exported_backbone_loads_with_timm_and_gives_the_same_features(finished_run):
     summary, out, _ = finished_run
     from xr0_core.config import from_flat
@@ -108,7 +138,7 @@ def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
     try:
         for line in proc.stderr:  # the coordinator prints this line after round 1's checkpoint is on disk
             seen.append(line)
-            if line.startswith("[xr0] round 1/2 train"):
+            if line.startswith("[xr0] round 1/2 ["):
                 break
     finally:
         _kill_group(proc)

@@ -40,6 +40,15 @@ def test_pretrain_writes_outputs(tmp_path, capsys):
         assert (tmp_path / "a" / name).is_file(), name
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # A Hugging Face model card (YAML front matter + the required sections), like a federated run's.
+    from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
+
+    meta, sections = parse_card((tmp_path / "a" / "model_card.md").read_text())
+    assert meta["library_name"] == "timm" and "federated-learning" not in meta["tags"]
+    assert [s for s in sections if s in REQUIRED_SECTIONS] == list(REQUIRED_SECTIONS)
+    card = json.loads((tmp_path / "a" / "model_card.json").read_text())
+    assert card["summary"][0]["task"] == "anatomy k-NN" and card["sites"]["local data"]["images"] == 12
+    assert (tmp_path / "a" / "logs" / "pretrain.log").is_file()
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, capsys, monkeypatch):

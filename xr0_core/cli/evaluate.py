@@ -153,11 +153,11 @@ def _run(args: argparse.Namespace) -> int:
     body = result.to_json()
     body["checkpoint"] = str(args.checkpoint)
     if args.out is not None:
-        from xr0_core.report import write_evaluation_report
+        from xr0_core.eval.evaluation_report import write_local_report
 
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "evaluation.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        page = write_evaluation_report(args.out, body, result.examples)
+        page = write_local_report(args.out, body, result.examples)
         print(f"xr0 evaluate: wrote {page}", file=sys.stderr)
     if args.json:
         print_json(body)

@@ -11,7 +11,9 @@ Writes to OUT:
   same schedules (bitwise the same run on CPU);
 - ``backbone.safetensors`` + ``backbone.json`` -- the timm-compatible export (D11);
 - ``curve.png`` -- the loss curve;
-- ``summary.json`` -- what ``--json`` prints.
+- ``summary.json`` -- what ``--json`` prints;
+- ``model_card.md`` / ``model_card.json`` -- the Hugging Face model card (:mod:`xr0_core.model_card`);
+- ``logs/pretrain.log`` -- library output and warnings (``--verbose`` shows them on the terminal instead).
 
 At the end it measures k-NN anatomy accuracy on held-out images (``split == test``; without splits a seeded
 20 % of patients) for the pretrained backbone and for the random-init backbone it started from, so
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override in flat form, e.g. --set train.batch-size=32 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.add_argument("--verbose", action="store_true",
+                   help="show library output and warnings on the terminal (default: OUT/logs/pretrain.log)")
     p.add_argument("--multimodal", action="store_true",
                    help="mXR-0: also learn from reports (text tower, contrastive + captioning; sets multimodal.enabled)")
     p.set_defaults(func=_run)
@@ -87,15 +90,24 @@ def _index(args: argparse.Namespace) -> list[Any]:
     for folder in args.data:
         try:
             # Headers only: the image cache decodes every pixel once anyway and skips what fails.
-            index = index_site(folder, args.manifest, verify_pixels=False, progress=sys.stderr.isatty())
+            index = index_site(folder, args.manifest, verify_pixels=False, progress=False)
         except (SiteDataError, ManifestError) as exc:
             raise CLIError(str(exc)) from None
         for s in index.skipped[:5]:
-            print(f"xr0 pretrain: skipped {s.path}: {s.reason}", file=sys.stderr)
+            _say(f"xr0 pretrain: skipped {s.path}: {s.reason}")
         if len(index.skipped) > 5:
-            print(f"xr0 pretrain: ... {len(index.skipped) - 5} more skipped (see `xr0 site check`)", file=sys.stderr)
+            _say(f"xr0 pretrain: ... {len(index.skipped) - 5} more skipped (see `xr0 site check`)")
         records.extend(index.records)
     return records
+
+
+def _say(text: str) -> None:
+    """A project line on the terminal (stderr is the log while :func:`quiet_console` is open)."""
+    from xr0_core.console import console
+
+    con = console()
+    con.stream.write(text + "\n")
+    con.stream.flush()
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -223,7 +235,7 @@ def _multimodal(trainer, test_records: list[Any], cfg, out: Path) -> dict[str, A
 
     sharing = trainer.model.sharing_report()
     for line in sharing.lines():
-        print(f"xr0 pretrain: {line}", file=sys.stderr)
+        _say(f"xr0 pretrain: {line}")
     zs = evaluate_zeroshot(cfg, test_records, trainer.shared_state_dict(), rows="all", device=trainer.device)
     res: dict[str, Any] = {"multimodal": {**sharing.to_json(), "zeroshot": zs,
                                           "reports_train": int(sum(1 for r in trainer.records
@@ -240,6 +252,18 @@ def _multimodal(trainer, test_records: list[Any], cfg, out: Path) -> dict[str, A
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xr0_core.console import quiet_console
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    # The project's lines and the step bar on the terminal; library output and warnings in OUT/logs/.
+    with quiet_console(args.out / "logs", "pretrain", verbose=args.verbose) as con:
+        summary = _pretrain(args, con)
+    if args.json:  # after the block: stdout is the log inside it
+        print_json(summary)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from tqdm import tqdm
 
     from xr0_core.export import export_backbone
@@ -266,11 +290,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         rows = []
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
-          f"steps {trainer.step}..{total - 1} on {trainer.device}", file=sys.stderr)
+    _say(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
+         f"steps {trainer.step}..{total - 1} on {trainer.device}" + ("" if args.verbose else f"; logs in {out / 'logs'}"))
 
-    bar = tqdm(total=total, initial=trainer.step, desc="pretrain", unit="step", file=sys.stderr,
-               disable=args.json and not sys.stderr.isatty())
+    # One bar on the terminal; off the terminal (CI, pipes) a handful of lines, not one per refresh.
+    bar = tqdm(total=total, initial=trainer.step, desc="pretrain", unit="step", file=con.stream,
+               disable=args.json and not con.tty, mininterval=0.5 if con.tty else 30.0)
     with metrics_path.open("a") as fh:
         def on_step(step: int, m: dict[str, float]) -> None:
             row = {"step": step, **{k: m[k] for k in sorted(m)}}
@@ -309,17 +334,23 @@ def _run(args: argparse.Namespace) -> int:
                                                        "backbone.json", "curve.png")},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    if args.json:
-        print_json(summary)
-    else:
+    from xr0_core.model_card import pretrain_card, write_card
+
+    by_anatomy: dict[str, int] = {}
+    for r in trainer.cache.kept:
+        a = getattr(r, "anatomy", None) or "unknown"
+        by_anatomy[a] = by_anatomy.get(a, 0) + 1
+    export = json.loads((out / "backbone.json").read_text())
+    write_card(out, pretrain_card(summary, cfg.to_flat(), export, by_anatomy))
+    if not args.json:
         print(f"xr0 pretrain: loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f}; "
               f"k-NN anatomy accuracy {_fmt(summary['knn_accuracy'])} (random init "
               f"{_fmt(summary['knn_accuracy_random'])}; gain 95% CI {_fmt(summary.get('knn_gain_ci95'))}), "
               f"linear probe {_fmt(summary.get('linear_accuracy'))} (random init {_fmt(summary.get('linear_accuracy_random'))}); "
-              f"outputs in {out}", file=sys.stderr)
+              f"outputs in {out}", file=con.stream)
         if cfg.multimodal.enabled:
             print(f"xr0 pretrain: zero-shot image-to-report Recall@5 {_fmt(summary.get('retrieval_r5'))} (random "
                   f"image weights {_fmt(summary.get('retrieval_r5_random'))}); report generation BLEU-4 "
                   f"{_fmt(summary.get('report_bleu4'))} (random {_fmt(summary.get('report_bleu4_random'))})",
-                  file=sys.stderr)
-    return 0
+                  file=con.stream)
+    return summary

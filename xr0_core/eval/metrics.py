@@ -48,14 +48,34 @@ def paired_bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, groups: Se
     -------
     (low, high) : floats, ``nan`` for an empty test set.
     """
-    a = np.asarray(correct_a, dtype=np.float64)
-    b = np.asarray(correct_b, dtype=np.float64)
+    s = paired_bootstrap(correct_a, correct_b, groups, n_resamples, level, seed)
+    return s["low"], s["high"]
+
+
+def paired_bootstrap(values_a: np.ndarray, values_b: np.ndarray, groups: Sequence | None = None,
+                     n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """:func:`paired_bootstrap_ci` for any per-row scores (correctness, Dice, IoU, error), with more detail.
+
+    Parameters
+    ----------
+    values_a, values_b : float arrays [M], the two models' scores on the same rows
+    groups, n_resamples, level, seed : as :func:`paired_bootstrap_ci`
+
+    Returns
+    -------
+    dict with ``diff`` (mean(a) - mean(b) on all rows), ``low`` / ``high`` (percentile interval), ``se``
+    (standard deviation of the resampled differences) and ``units`` (number of groups); ``nan`` values
+    and ``units`` 0 for an empty set.
+    """
+    a = np.asarray(values_a, dtype=np.float64)
+    b = np.asarray(values_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired correctness vectors must be 1-D and of one length, got {a.shape} and {b.shape}")
+        raise ValueError(f"paired score vectors must be 1-D and of one length, got {a.shape} and {b.shape}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    nan = float("nan")
     if a.size == 0:
-        return float("nan"), float("nan")
+        return {"diff": nan, "low": nan, "high": nan, "se": nan, "units": 0.0}
     keys = np.arange(a.size) if groups is None else np.unique(np.asarray(list(groups)), return_inverse=True)[1]
     n_groups = int(keys.max()) + 1
     diff_sum = np.bincount(keys, weights=a - b, minlength=n_groups)  # [G]
@@ -63,7 +83,9 @@ def paired_bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, groups: Se
     draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_resamples, n_groups))  # [R, G]
     diffs = diff_sum[draws].sum(axis=1) / count[draws].sum(axis=1)  # [R]
     tail = (1.0 - level) / 2.0
-    return float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1.0 - tail))
+    return {"diff": float((a - b).mean()), "low": float(np.quantile(diffs, tail)),
+            "high": float(np.quantile(diffs, 1.0 - tail)), "se": float(diffs.std(ddof=1)) if n_resamples > 1 else nan,
+            "units": float(n_groups)}
 
 
 def binary_auroc(scores: np.ndarray, target: np.ndarray) -> float:
@@ -205,13 +227,18 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score) / 100.0
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (``rouge-score``, no stemming) over hypothesis / reference pairs."""
+def rouge_l_each(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """ROUGE-L F-measure (``rouge-score``, no stemming) of each hypothesis / reference pair, ``[M]``."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    if not hypotheses:
-        return float("nan")
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)]))
+    return np.asarray([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references)],
+                      dtype=np.float64)
+
+
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (``rouge-score``, no stemming) over hypothesis / reference pairs."""
+    each = rouge_l_each(hypotheses, references)
+    return float(each.mean()) if len(each) else float("nan")

@@ -38,6 +38,30 @@ log = logging.getLogger(__name__)
 PRETRAINED, RANDOM = "pretrained", "random"
 NUM_EXAMPLES = "num-examples"
 RANDOM_TAG = "random"
+CI_TAG = "ci"  # <task>/ci/<metric>/<part>: the paired interval of evaluated minus random init
+CI_PARTS = ("diff", "low", "high", "se", "units")
+
+
+def paired_intervals(main: Mapping[str, dict], baseline: Mapping[str, dict], data: EvalSet,
+                     seed: int) -> dict[str, dict[str, Any]]:
+    """Per task: ``main`` minus ``baseline`` on the task's per-unit metric, paired bootstrap over patients.
+
+    ``main`` / ``baseline`` map task -> ``(per_row, rows)`` of :class:`TaskOutput`. Images of one patient
+    are resampled together (record ``patient_id``; a record without one is its own patient).
+    """
+    from xr0_core.eval.metrics import paired_bootstrap
+
+    out: dict[str, dict[str, Any]] = {}
+    for task in sorted(set(main) & set(baseline)):
+        (per_a, rows_a), (per_b, rows_b) = main[task], baseline[task]
+        for metric in sorted(set(per_a) & set(per_b)):
+            a, b = per_a[metric], per_b[metric]
+            if len(a) == 0 or len(a) != len(b) or list(rows_a) != list(rows_b):
+                continue  # units differ between backbones (should not happen): no pairing, no interval
+            groups = [getattr(data.records[i], "patient_id", None) or f"row-{i}" for i in rows_a]
+            out[task] = {"metric": metric, **paired_bootstrap(a, b, groups, seed=derive_seed(seed, "ci", task))}
+            break
+    return out
 
 
 @dataclass
@@ -52,6 +76,9 @@ class EvalResult:
     skipped : list of str, one reason per task (or family) that did not run
     examples : dict backbone -> task -> list of qualitative examples (only with ``examples > 0``; these
         hold pixels and text and must never leave a hospital)
+    intervals : dict task -> {"metric", "diff", "low", "high", "se", "units"}
+        Evaluated minus random-init backbone on one per-unit metric, with a paired bootstrap 95 % interval
+        over patients (:func:`paired_intervals`).
     images : int, decodable images evaluated; ``undecodable``: images skipped with their reasons
     """
 
@@ -62,11 +89,14 @@ class EvalResult:
     examples: dict[str, dict[str, list]] = field(default_factory=dict)
     images: int = 0
     undecodable: list[tuple[str, str]] = field(default_factory=list)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: EvalSet | None = field(default=None, repr=False)  # the evaluated set (local only, never serialised)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"tasks", "baseline_random", "skipped", "counts", "images"}`` (the ``xr0 evaluate --json`` body)."""
+        """``{"tasks", "baseline_random", "skipped", "counts", "images", "intervals"}`` (the ``xr0 evaluate
+        --json`` body)."""
         return {"tasks": self.tasks, "baseline_random": self.baseline_random, "skipped": list(self.skipped),
-                "counts": dict(self.counts), "images": self.images}
+                "counts": dict(self.counts), "images": self.images, "intervals": dict(self.intervals)}
 
     def flat_metrics(self) -> dict[str, float]:
         """Flat scalar keys for a Flower ``MetricRecord``: ``<task>/<metric>``, ``<task>/random/<metric>`` and
@@ -78,6 +108,9 @@ class EvalResult:
         for task, values in self.baseline_random.items():
             out.update({f"{task}/{RANDOM_TAG}/{m}": float(v) for m, v in values.items()})
             out.setdefault(f"{task}/{NUM_EXAMPLES}", float(self.counts.get(task, 0)))
+        for task, ci in self.intervals.items():  # <task>/ci/<metric>/{diff,low,high,se,units}
+            for part in CI_PARTS:
+                out[f"{task}/{CI_TAG}/{ci['metric']}/{part}"] = float(ci[part])
         return out
 
 
@@ -164,6 +197,7 @@ def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Ca
     data = build_eval_set(records, cfg.model.img_size, derive_seed(cfg.seed, "eval-split"), reader)
     result = EvalResult(images=len(data),
                         undecodable=[(str(getattr(r, "path", r)), why) for r, why in data.skipped])
+    result.data = data
     planned, result.skipped = plan_tasks(data)
     chosen = select_tasks(cfg.eval.tasks if tasks is None else tasks, planned)
 
@@ -215,6 +249,7 @@ def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Ca
                 continue
             outputs[name]["metrics"][task] = finite
             outputs[name]["examples"][task] = out.examples
+            outputs[name].setdefault("per_row", {})[task] = (out.per_row, out.rows)
             result.counts[task] = out.n_test
     return outputs, result
 
@@ -229,6 +264,9 @@ def evaluate_models(cfg: XR0Config, records: Sequence[Any], model: Callable[[], 
     result.tasks = main["metrics"]
     result.baseline_random = outputs[RANDOM]["metrics"]
     result.examples = {name: out["examples"] for name, out in outputs.items()}
+    if model is not None:
+        result.intervals = paired_intervals(outputs[PRETRAINED].get("per_row", {}),
+                                            outputs[RANDOM].get("per_row", {}), result.data, cfg.seed)
     return result
 
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 SITE_STATE_FORMAT = "xr0-site-state/1"
 _OPTIM_PREFIX = "optim."
 _META_KEY = "xr0"
+LOSS_CURVE_PREFIX = "loss-curve-"  # per-round summary of the per-step loss (scalars; see loss_curve_metrics)
+LOSS_CURVE_POINTS = 8
 
 
 def build_model(cfg: XR0Config) -> XR0SSL:
@@ -137,7 +139,8 @@ class SiteTrainer:
         -------
         dict
             ``loss`` (mean over the steps), ``loss-<part>`` (means), ``loss-first`` (first step's loss),
-            ``num-examples``, ``train-seconds``, ``lr`` (last step).
+            ``num-examples``, ``train-seconds``, ``lr`` (last step), and the per-step curve in a few scalars
+            ``loss-curve-00 ..`` (:func:`loss_curve_metrics`).
         """
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -153,6 +156,7 @@ class SiteTrainer:
         schedules = Schedules.build(self.cfg, total_steps)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
+        step_losses: list[float] = []  # [num_steps], summarised into a few scalars below
         first_loss = float("nan")
         last: dict[str, float] = {}
         bar = None
@@ -173,6 +177,7 @@ class SiteTrainer:
             self.step = step + 1
             if i == 0:
                 first_loss = last["loss"]
+            step_losses.append(float(last["loss"]))
             for k, v in last.items():
                 if k.startswith("loss"):
                     sums[k] = sums.get(k, 0.0) + v
@@ -188,6 +193,7 @@ class SiteTrainer:
         metrics = {k: v / num_steps for k, v in sums.items()}
         metrics.update({"loss-first": first_loss, "num-examples": float(self.num_examples),
                         "train-seconds": time.perf_counter() - t0, "lr": last.get("lr", 0.0)})
+        metrics.update(loss_curve_metrics(step_losses))
         return metrics
 
     # ------------------------------------------------------------------ site state
@@ -249,3 +255,25 @@ class SiteTrainer:
             raise ValueError(f"{path} was written with another config (hash {meta.get('config_hash')}, now "
                              f"{self.cfg.hash()}); use the same preset and overrides, or start fresh")
         self.load_site_state_dict(load_file(str(path)))
+
+
+def loss_curve_metrics(step_losses: list[float], points: int = LOSS_CURVE_POINTS) -> dict[str, float]:
+    """The per-step loss of one round as at most ``points`` scalars: the mean over equal slices of the steps.
+
+    Per-step values stay at the site; these few scalars let the coordinator draw a per-step curve per
+    hospital (slice ``b`` of ``n`` steps covers local steps ``floor(b n / B) .. floor((b + 1) n / B) - 1``,
+    ``B = min(points, n)``; :func:`loss_curve_steps` gives their centres).
+    """
+    n = len(step_losses)
+    bins = min(points, n)
+    out = {}
+    for b in range(bins):
+        lo, hi = b * n // bins, (b + 1) * n // bins
+        out[f"{LOSS_CURVE_PREFIX}{b:02d}"] = float(sum(step_losses[lo:hi]) / (hi - lo))
+    return out
+
+
+def loss_curve_steps(num_steps: int, points: int = LOSS_CURVE_POINTS) -> list[float]:
+    """Centre (local step, 0-based) of each slice :func:`loss_curve_metrics` averages, ``[min(points, n)]``."""
+    bins = min(points, num_steps)
+    return [((b * num_steps // bins) + ((b + 1) * num_steps // bins) - 1) / 2 for b in range(bins)]

@@ -242,11 +242,19 @@ def extract(backbone: nn.Module, data: EvalSet, *, patches: bool, batch_size: in
 
 @dataclass
 class TaskOutput:
-    """Metrics of one task for one backbone, the number of test examples scored, qualitative examples."""
+    """Metrics of one task for one backbone, the number of test examples scored, qualitative examples.
+
+    ``per_row`` holds, for one metric that is a mean over scored units (a test image, a query, a phrase),
+    the value of every unit ``[U]``, and ``rows`` the :class:`EvalSet` row of each unit ``[U]`` (whose patient
+    is the bootstrap's resampling unit). The suite pairs them between backbones for the interval of the
+    difference; they never leave the hospital.
+    """
 
     metrics: dict[str, float]
     n_test: int
     examples: list[dict] = field(default_factory=list)
+    per_row: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,10 @@ def _knn(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, n_classes: in
 
 
 def scores(probs: np.ndarray, y: np.ndarray, binary: bool) -> dict[str, float]:
-    """AUROC for a binary label; accuracy and macro AUROC otherwise."""
+    """AUROC and accuracy for a binary label (accuracy is what the paired interval is on: AUROC does not
+    decompose per image); accuracy and macro AUROC otherwise."""
     if binary:
-        return {"auroc": metrics.binary_auroc(probs[:, 1], y)}
+        return {"auroc": metrics.binary_auroc(probs[:, 1], y), "accuracy": metrics.accuracy(probs.argmax(1), y)}
     return {"accuracy": metrics.accuracy(probs.argmax(1), y), "macro-auroc": metrics.macro_auroc(probs, y)}
 
 
@@ -97,4 +98,5 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
     out.update({f"linear-{k}": v for k, v in scores(lin, y_te, prep.binary).items()})
     knn = _knn(x_tr, y_tr, x_te, c, ctx.knn_k)
     out.update({f"knn-{k}": v for k, v in scores(knn, y_te, prep.binary).items()})
-    return TaskOutput(out, len(te))
+    correct = (lin.argmax(1) == y_te).astype(np.float64)  # [M]: the paired interval is on linear accuracy
+    return TaskOutput(out, len(te), per_row={"linear-accuracy": correct}, rows=list(te))

@@ -139,4 +139,4 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
                              "target": box_view, "iou": ious[-1]})
     ious_arr = np.asarray(ious)
     return TaskOutput({"mean-iou": float(ious_arr.mean()), "acc@0.5": float((ious_arr >= 0.5).mean())},
-                      len(te), examples)
+                      len(te), examples, per_row={"mean-iou": ious_arr}, rows=[i for i, _, _ in te])

@@ -124,4 +124,6 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
         mm = np.concatenate(errs_mm)
         out["mre-mm"] = float(mm.mean())
         out[f"success@{ctx.landmark_radius_mm:g}mm"] = metrics.success_rate(mm, ctx.landmark_radius_mm)
-    return TaskOutput(out, len(te), examples)
+    # Per image: its mean radial error (the pooled mre-px weighs points; equal when images have equal counts).
+    per_image = np.asarray([e.mean() for e in errs_px])
+    return TaskOutput(out, len(te), examples, per_row={"mre-px": per_image}, rows=list(te))

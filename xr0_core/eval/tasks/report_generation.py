@@ -139,5 +139,7 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
             kept = kept[:kept.index(tok.sep_token_id)] if tok.sep_token_id in kept else kept
             hyps.append(normalise_text(tok.decode(kept, skip_special_tokens=True)))
     examples = [{"generated": h, "reference": r} for h, r in list(zip(hyps, prep.references))[:ctx.examples]]
+    each = metrics.rouge_l_each(hyps, prep.references)  # [M]
     return TaskOutput({"bleu4": metrics.bleu4(hyps, prep.references),
-                       "rouge-l": metrics.rouge_l(hyps, prep.references)}, len(prep.test), examples)
+                       "rouge-l": float(each.mean()) if len(each) else float("nan")}, len(prep.test), examples,
+                      per_row={"rouge-l": each}, rows=list(prep.test))

@@ -133,4 +133,7 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
         if kind == "report-image":
             sim, relevant = sim.T, relevant.T
     recall = metrics.recall_at_k(sim, relevant, KS)
-    return TaskOutput({f"recall@{k}": v for k, v in recall.items()}, len(prep.test))
+    keep = relevant.any(axis=1)  # [Q]: queries that have an answer (as recall_at_k)
+    hit1 = relevant[np.arange(len(sim)), sim.argmax(axis=1)][keep].astype(np.float64)  # first max = stable top-1
+    return TaskOutput({f"recall@{k}": v for k, v in recall.items()}, len(prep.test),
+                      per_row={"recall@1": hit1}, rows=[r for r, k in zip(prep.test, keep) if k])

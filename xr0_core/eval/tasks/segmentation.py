@@ -116,18 +116,20 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
     train_head(head, loss, len(tr), ctx.budget, seeded(ctx.seed, task, "batches"))
     classes = list(range(1, prep.n_classes))
     per_class: dict[int, list[float]] = {c: [] for c in classes}
-    examples = []
+    examples, per_image = [], []
     with torch.no_grad():
         for start in range(0, len(te), 32):
             rows = te[start:start + 32]
             pred = head(feats.patches[rows]).argmax(1).numpy()
             for k, i in enumerate(rows):
                 target = prep.masks[i]
-                for c, d in metrics.dice_per_class(pred[k], target, classes, valid=target != IGNORE).items():
+                dice = metrics.dice_per_class(pred[k], target, classes, valid=target != IGNORE)
+                for c, d in dice.items():
                     per_class[c].append(d)
+                per_image.append(float(np.mean(list(dice.values()))))
                 if len(examples) < ctx.examples:
                     examples.append({"image": data.views[i, 0].float().numpy(), "pred": pred[k].astype(np.uint8),
                                      "target": target})
     out = {f"dice-{c}": float(np.mean(v)) for c, v in per_class.items()}
     out["dice-mean"] = float(np.mean(list(out.values())))
-    return TaskOutput(out, len(te), examples)
+    return TaskOutput(out, len(te), examples, per_row={"dice-mean": np.asarray(per_image)}, rows=list(te))

@@ -1,5 +1,7 @@
-"""HTML pieces and PNGs for downstream evaluation: pretrained vs random per task, pooled and per hospital,
-metric-per-round curves, and (local evaluation only) qualitative examples.
+"""The evaluation report: downstream tasks, pretrained vs random per task, pooled and per hospital,
+metric-per-round curves, and (local ``xr0 evaluate`` only) qualitative examples. The federated run report
+(:mod:`xr0_core.report`) embeds :func:`federated_section`; ``xr0 evaluate`` writes :func:`write_local_report`.
+HTML helpers are shared (:mod:`xr0_core.htmlpage`).
 
 Inputs are JSON-able: the coordinator's history (``metrics.json["rounds"]``, evaluate entries hold flat keys
 ``<task>/<metric>``, ``<task>/random/<metric>``, ``<task>/num-examples``) or an ``xr0 evaluate`` body.
@@ -12,27 +14,22 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from xr0_core.htmlpage import details, page
+from xr0_core.htmlpage import fmt as _fmt
+from xr0_core.htmlpage import table as _table
+
 RANDOM_SEGMENT = "/random/"
+CI_SEGMENT = "/ci/"  # <task>/ci/<metric>/<part> (xr0_core/eval/suite.py): read by the run report's summary
 FAMILIES = ("classification", "retrieval", "segmentation", "landmarks", "grounding", "report_generation")
 # The metric drawn per round for each family (the first one a task reports, in this order).
 HEADLINE = ("linear-auroc", "linear-accuracy", "recall@1", "dice-mean", "mre-px", "mean-iou", "rouge-l", "bleu4")
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
-
-
-def _table(headers: list[str], rows: Iterable[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def split_flat(metrics: dict[str, float]) -> dict[tuple[str, str], dict[str, float]]:
     """Flat evaluation keys -> ``{(task, metric): {"pretrained": v, "random": v}}`` (other keys ignored)."""
     out: dict[tuple[str, str], dict[str, float]] = {}
     for key, value in metrics.items():
-        if not key.startswith(FAMILIES) or key.endswith("/num-examples"):
+        if not key.startswith(FAMILIES) or key.endswith("/num-examples") or CI_SEGMENT in key:
             continue
         if RANDOM_SEGMENT in key:
             task, metric = key.rsplit(RANDOM_SEGMENT, 1)
@@ -63,9 +60,11 @@ def evaluation_table(history: list[dict[str, Any]]) -> str:
         rows.append(row)
     headers = ["task", "metric", "test examples", "pretrained (pooled)", "random init (pooled)"] + \
               [f"{s['name']} (pre / rand)" for s in sites]
-    return (f"<h3>Downstream tasks, round {last['round']}</h3><p class='note'>frozen backbone, light heads trained "
+    return (f"<h3>Downstream tasks per hospital, round {last['round']}</h3><p class='note'>frozen backbone, light heads trained "
             "at each hospital on its train split, scored on its test split; pooled = weighted by each hospital's "
-            "test examples of that task; random init measured in the same dispatch</p>" + _table(headers, rows))
+            "test examples of that task; random init measured in the same dispatch</p>"
+            + details(f"every metric of {len({t for t, _ in pooled})} tasks, pooled and per hospital ({len(rows)} rows)",
+                      _table(headers, rows)))
 
 
 def headline_metrics(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -83,9 +82,10 @@ def headline_metrics(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Headline metric per task over evaluate rounds: pooled (black), per hospital (dashed), random (grey)."""
+    """Headline metric per task over evaluate rounds: pooled (black), per hospital (dashed), random (grey).
+    None with fewer than two evaluate rounds (one round is a table, not a curve)."""
     evals = [r for r in history if r.get("kind") == "evaluate" and split_flat(r.get("metrics", {}))]
-    if not evals:
+    if len(evals) < 2:
         return None
     keys = headline_metrics({k for r in evals for k in split_flat(r["metrics"])})
     if not keys:
@@ -140,12 +140,19 @@ def federated_section(out_dir: Path, history: list[dict[str, Any]]) -> str:
 
 
 def comparison_table(body: dict[str, Any]) -> str:
+    """Task, metric, test examples, evaluated vs random init, and (on the task's per-unit metric) the
+    difference with its paired patient-level bootstrap 95 % interval."""
     rows = []
     for task in sorted(set(body.get("tasks", {})) | set(body.get("baseline_random", {}))):
         pre, rnd = body.get("tasks", {}).get(task, {}), body.get("baseline_random", {}).get(task, {})
+        ci = body.get("intervals", {}).get(task, {})
         for metric in sorted(set(pre) | set(rnd)):
-            rows.append([task, metric, body.get("counts", {}).get(task, ""), pre.get(metric, ""), rnd.get(metric, "")])
-    return _table(["task", "metric", "test examples", "evaluated backbone", "random init"], rows)
+            interval = (f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci.get("metric") == metric
+                        else "")
+            rows.append([task, metric, body.get("counts", {}).get(task, ""), pre.get(metric, ""), rnd.get(metric, ""),
+                         interval])
+    return _table(["task", "metric", "test examples", "evaluated backbone", "random init",
+                   "difference [95 % interval]"], rows)
 
 
 def draw_examples(out_dir: Path, examples: dict[str, dict[str, list]]) -> list[tuple[str, str]]:
@@ -195,13 +202,12 @@ def report_examples_html(examples: dict[str, dict[str, list]]) -> str:
     return _table(["backbone", "reference report", "generated report"], rows) if rows else ""
 
 
-def write_local_report(out_dir: Path, body: dict[str, Any], examples: dict[str, dict[str, list]], css: str) -> Path:
+def write_local_report(out_dir: Path, body: dict[str, Any], examples: dict[str, dict[str, list]]) -> Path:
     """``report.html`` of one ``xr0 evaluate`` run: the comparison table, skipped tasks, qualitative examples."""
     from xr0_core.atomic import atomic_write
 
     out_dir = Path(out_dir)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>XR-0 evaluation</title><style>{css}</style>"
-             f"</head><body><h1>XR-0 evaluation</h1><p class='note'>checkpoint {html.escape(str(body.get('checkpoint')))}"
+    parts = [f"<p class='note'>checkpoint {html.escape(str(body.get('checkpoint')))}"
              f", {body.get('images', '?')} images</p><h2>Tasks (frozen backbone)</h2>", comparison_table(body)]
     if body.get("skipped"):
         parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in body["skipped"]) + "</ul>")
@@ -211,7 +217,9 @@ def write_local_report(out_dir: Path, body: dict[str, Any], examples: dict[str, 
         parts.append("<h2>Qualitative examples (test rows)</h2>")
         parts += [f"<h3>{html.escape(t)}</h3><img src='{n}' alt='{html.escape(t)}'>" for t, n in pngs]
         parts.append(text)
-    parts.append("<h2>Raw</h2><pre>" + html.escape(json.dumps(body, indent=1, sort_keys=True)) + "</pre></body></html>")
+    parts.append("<h2>Raw</h2><details><summary>the --json body</summary><pre>"
+                 + html.escape(json.dumps(body, indent=1, sort_keys=True)) + "</pre></details>")
     path = out_dir / "report.html"
-    atomic_write(path, lambda p: p.write_text("\n".join(parts)))
+    document = page("XR-0 evaluation", parts)
+    atomic_write(path, lambda p: p.write_text(document))
     return path

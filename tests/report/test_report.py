@@ -1,0 +1,104 @@
+"""The run report and the model card from a made-up history: verdicts and pooled intervals, sections that
+appear only when they apply, no empty columns, a folded configuration, a Hugging Face model card; and the
+page in headless Chromium (no broken image, silent console, not wider than the window)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.report import fakerun
+from tests.report.browser import check_page
+from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
+from xr0_core.report import pooled_interval, summary_rows, verdict, write_report
+
+
+def test_verdict_follows_the_interval_and_the_metric_direction():
+    assert verdict("linear-accuracy", 0.01, 0.2) == "better"
+    assert verdict("linear-accuracy", -0.2, -0.01) == "worse"
+    assert verdict("linear-accuracy", -0.05, 0.1) == "not shown"
+    assert verdict("mre-px", -2.0, -0.5) == "better"  # fewer pixels of error is better
+    assert verdict("mre-px", 0.5, 2.0) == "worse"
+    assert verdict("linear-accuracy", math.nan, math.nan) == "no interval"
+
+
+def test_pooled_interval_is_stratified_by_hospital():
+    one = pooled_interval([{"diff": 0.1, "low": 0.02, "high": 0.15, "se": 0.03, "units": 10}])
+    assert (one["low"], one["high"]) == (0.02, 0.15)  # one hospital: its own percentile interval
+    two = pooled_interval([{"diff": 0.1, "low": 0, "high": 0, "se": 0.04, "units": 10},
+                           {"diff": 0.4, "low": 0, "high": 0, "se": 0.02, "units": 30}])
+    assert two["diff"] == pytest.approx((10 * 0.1 + 30 * 0.4) / 40)
+    se = math.sqrt((0.25 * 0.04) ** 2 + (0.75 * 0.02) ** 2)
+    assert two["low"] == pytest.approx(two["diff"] - 1.959964 * se)
+    assert two["high"] == pytest.approx(two["diff"] + 1.959964 * se)
+
+
+def test_summary_rows_pool_the_hospitals_intervals():
+    rows = {r["task"]: r for r in summary_rows(fakerun.history())}
+    acc = rows["anatomy"]
+    assert acc["metric"] == "linear-accuracy" and acc["hospitals"] == 3 and acc["verdict"] == "better"
+    assert acc["random"] == pytest.approx(0.8) and acc["pretrained"] > acc["random"]
+    assert acc["low"] < acc["diff"] < acc["high"]
+    assert rows["joints"]["metric"] == "mre-px" and rows["joints"]["verdict"] == "better"
+
+
+def test_default_report_sections_and_page(tmp_path):
+    out = tmp_path / "run"
+    write_report(out, fakerun.summary(), fakerun.history())
+    html = (out / "report.html").read_text()
+    assert "Summary: did pretraining help?" in html and "summary_forest.png" in html
+    assert "curve_loss.png" in html and "mean loss of a slice" in html  # per-step summary, not per round
+    assert "<th>scanner</th>" not in html  # every hospital left it empty
+    assert "<details><summary>8 keys" in html  # configuration folded
+    assert "id='privacy'" not in html and "id='secure-aggregation'" not in html
+    assert "http://" not in html and "https://" not in html  # offline: nothing fetched
+    page = check_page(out / "report.html", tmp_path / "browser")
+    assert page.problems() == [], page.problems()
+    assert page.images == 2 and page.screenshot.stat().st_size > 10_000
+    assert page.sections[:2] == ["run", "summary"]
+
+
+def test_dp_secagg_report_sections_and_page(tmp_path):
+    out = tmp_path / "run"
+    write_report(out, fakerun.summary(dp=True, secagg=True), fakerun.history(dp=True, secagg=True))
+    html = (out / "report.html").read_text()
+    assert "privacy_epsilon.png" in html and "budget left" in html
+    assert "masked uploads" in html and "error bound" in html and "no hospital dropped out" in html
+    assert "under DP the losses" in html  # no curve, and it says why
+    page = check_page(out / "report.html", tmp_path / "browser")
+    assert page.problems() == [], page.problems()
+    assert {"privacy", "secure-aggregation", "summary"} <= set(page.sections)
+
+
+def test_nothing_to_evaluate_is_said_as_such(tmp_path):
+    hist = fakerun.history()
+    ev = hist[-1]
+    ev["metrics"] = {"num-examples": 0.0}
+    for s in ev["sites"]:
+        s.update(status="empty", reason="nothing to evaluate", metrics={"num-examples": 0.0})
+    out = tmp_path / "run"
+    write_report(out, fakerun.summary(), hist)
+    html = (out / "report.html").read_text()
+    assert "nothing to evaluate" in html and "dropped" not in html
+    card = (out / "model_card.md").read_text()
+    assert "Nothing to evaluate" in card
+    from server.run import evaluation_summary
+
+    assert evaluation_summary(ev).startswith("nothing to evaluate")
+
+
+def test_model_card_is_a_hugging_face_card(tmp_path):
+    out = tmp_path / "run"
+    write_report(out, fakerun.summary(dp=True, secagg=True), fakerun.history(dp=True, secagg=True))
+    meta, sections = parse_card((out / "model_card.md").read_text())
+    assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "image-feature-extraction"
+    assert {"differential-privacy", "secure-aggregation", "federated-learning"} <= set(meta["tags"])
+    assert "linear-accuracy" in meta["metrics"]
+    assert [s for s in sections if s in REQUIRED_SECTIONS] == list(REQUIRED_SECTIONS)
+    text = (out / "model_card.md").read_text()
+    assert "(ε = 2.700, δ = 1e-05)-DP" in text  # site00 after 3 rounds
+    assert "chest 20, knee 28" in text and "synthetic phantoms" in text
+    hub = pytest.importorskip("huggingface_hub")  # the Hub's own parser, when installed (it is, via transformers)
+    card = hub.ModelCard.load(out / "model_card.md")
+    assert card.data.license == "apache-2.0" and "timm" == card.data.library_name
