@@ -163,7 +163,7 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
         mm = summary["multimodal"]
         lines = SharingReport(mm["text_sharing"], mm["text_top_k"], mm["image_bytes"], mm["text_bytes"]).lines()
         for line in lines:
-            print(f"[xr0] {line}", file=sys.stderr, flush=True)
+            con.line(line)
     if args.compare_pooled and summary.get("status") != "stopped":
         from .compare import compare_backbones
 
