@@ -20,7 +20,8 @@ def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[di
     from server.checkpoint import load_latest
     from xr0_core.data.index import index_site
     from xr0_core.data.splits import holdout_split
-    from xr0_core.eval.anatomy import anatomy_scores, backbone_from_shared
+    from xr0_core.eval.anatomy import anatomy_scores, pixel_anatomy_scores
+    from xr0_core.eval.baseline import backbone_from_shared, random_init_backbone
     from xr0_core.runtime import resolve_device
     from xr0_core.train.federated import initial_shared_state
     from xr0_core.train.state import SiteTrainer
@@ -44,8 +45,12 @@ def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[di
         (f"pooled ({steps} steps)", pooled.shared_state_dict()),
         ("random init", None),
     ):
-        scores = anatomy_scores(cfg, backbone_from_shared(cfg, weights).to(device), train, test, names, device)
+        backbone = random_init_backbone(cfg) if weights is None else backbone_from_shared(cfg, weights)
+        scores = anatomy_scores(cfg, backbone.to(device), train, test, names, device)
         rows.append({"backbone": label, "knn-anatomy": scores["knn"], "linear-anatomy": scores["linear"],
                      "test-images": int(scores["n_test"])})
+    scores = pixel_anatomy_scores(cfg, train, test, names)
+    rows.append({"backbone": "raw pixels (no backbone)", "knn-anatomy": scores["knn"],
+                 "linear-anatomy": scores["linear"], "test-images": int(scores["n_test"])})
     rows[1]["final-loss"] = metrics.get("loss")
     return rows

@@ -44,6 +44,10 @@ class ModelConfig:
     head_bottleneck_dim: int = 64
     head_layers: int = 3
     ibot_out_dim: int = 16  # iBOT patch prototypes (separate head, as DINOv2); same reasoning as head_out_dim
+    # Start from a local pretrained backbone (timm / DINOv2 / RAD-DINO / XR-0 export; xr0_core/models/init_from.py)
+    # instead of random init. init-sha256 names the file: every site checks it before training.
+    init_from: str = ""
+    init_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,15 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (bf16 autocast on CUDA only)
     num_workers: int = 0
     load_size: int = 96  # images are decoded once and cached with this shorter side
+    # SSL health (xr0_core/train/health.py: RankMe, entropies, prototype usage) on a fixed probe batch every K
+    # global steps and at the end of every training call; 0 disables. Not measured under DP (it reads private
+    # images outside the accountant).
+    health_every: int = 50
+    # Where decoded images live (xr0_core/data/source.py): ram | prepared (memory-mapped shards in the site's
+    # state folder, `xr0 site prepare`) | auto (prepared from 1000 images or when already prepared).
+    image_cache: str = "auto"
+    compile: bool = False  # torch.compile the student and teacher (CUDA; first steps are slow)
+    log_every: int = 0  # gather step metrics on the host every K steps; 0: 1 on CPU, 25 on CUDA (no per-step sync)
 
 
 @dataclass(frozen=True)
@@ -228,7 +241,7 @@ _SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval",
 
 HASH_EXCLUDED = frozenset(
     {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
-     "train.num-workers", "federation.max-failed-rounds"}
+     "train.num-workers", "train.log-every", "model.init-from", "federation.max-failed-rounds"}
 )
 
 # Where files live and how evaluation is done never change the trained weights.
@@ -380,8 +393,14 @@ def validate(cfg: XR0Config) -> None:
         (t.batch_size >= 2, "train.batch-size must be >= 2"),
         (t.local_steps >= 1, "train.local-steps must be >= 1"),
         (t.steps >= 1, "train.steps must be >= 1"),
+        (t.health_every >= 0, "train.health-every must be >= 0 (0: no health measurements)"),
         (t.device in ("auto", "cuda", "cpu"), "train.device must be auto, cuda or cpu"),
         (t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
+        (t.image_cache in ("auto", "ram", "prepared"), "train.image-cache must be auto, ram or prepared"),
+        (t.log_every >= 0, "train.log-every must be >= 0 (0: automatic)"),
+        (not m.init_from or (len(m.init_sha256) == 64 and all(c in "0123456789abcdef" for c in m.init_sha256)),
+         "model.init-from needs model.init-sha256 = the file's SHA-256 (64 lower-case hex digits; "
+         "`sha256sum FILE`): every site checks it before training"),
         (f.rounds >= 1, "federation.rounds must be >= 1"),
         (f.min_replies >= 1, "federation.min-replies must be >= 1"),
         (f.max_failed_rounds >= 0, "federation.max-failed-rounds must be >= 0 (0: never stop)"),

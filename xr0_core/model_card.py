@@ -26,6 +26,13 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else None
 
 
+def _ssl_health(history: list[dict[str, Any]]) -> dict[str, Any]:
+    from xr0_core.train.health import assess_history
+
+    v = assess_history(history)
+    return {"status": v["status"], "sites": {n: {"status": s["status"], "reasons": s["reasons"]} for n, s in v["sites"].items()}}
+
+
 def build_card(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     """The card of a federated run (JSON-able)."""
     from xr0_core.report import summary_rows
@@ -66,6 +73,7 @@ def build_card(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[s
         "client_level_dp": bool(cfg.get("privacy.client-level")),
         "sites": sites,
         "evaluation": {"round": evals[-1]["round"], "metrics": evals[-1]["metrics"]} if evals else None,
+        "ssl_health": _ssl_health(history),
         "nothing_to_evaluate": bool(evals) and all(s["status"] == "empty" for r in evals for s in r["sites"]),
         "summary": rows,
     }
@@ -231,7 +239,7 @@ def card_markdown(card: dict[str, Any]) -> str:
             "the evaluation uses light heads on frozen features, not fine-tuning;"]
     if card.get("data_source") == "synthetic":
         lims.insert(0, "trained and evaluated on synthetic phantoms: no claim about real radiographs;")
-    if any(r["verdict"] in ("not shown", "no interval") for r in card["summary"]):
+    if any(r["verdict"] in ("not shown", "no interval", "too few patients") for r in card["summary"]):
         lims.append("where the verdict is 'not shown', pretraining did not measurably beat random init here;")
     if card["differential_privacy"]:
         lims.append("DP noise costs accuracy; ε holds for the privacy unit stated above, at each site's δ;")

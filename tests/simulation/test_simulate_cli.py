@@ -58,13 +58,19 @@ def test_simulate_writes_every_promised_output(finished_run):
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     # --compare-pooled: federated vs pooled (same total steps) vs random init, on held-out images.
     rows = {row["backbone"].split(" ")[0]: row for row in summary["comparison"]}
-    assert set(rows) == {"federated", "pooled", "random"}
+    assert set(rows) == {"federated", "pooled", "random", "raw"}  # raw pixels: the no-backbone baseline
     assert all(0 <= rows[k]["knn-anatomy"] <= 1 and 0 <= rows[k]["linear-anatomy"] <= 1 for k in rows)
     assert "pooled (12 steps)" in report  # 3 hospitals x 2 rounds x 2 local steps
     # Federated evaluation ran after the last round, for the global and the random-init backbone.
     evals = [r for r in rounds if r["kind"] == "evaluate"]
     assert evals and {"classification/anatomy/knn-accuracy", "classification/anatomy/random/knn-accuracy",
+                      "classification/anatomy/pixels/knn-accuracy",
                       "segmentation/mask/dice-mean"} <= set(evals[-1]["metrics"]), sorted(evals[-1]["metrics"])
+    # SSL health: every hospital's train reply carries it; the verdict is in the summary, report and card.
+    assert all("health/rankme-cls" in s["metrics"] for r in train for s in r["sites"])
+    assert summary["health"]["status"] in ("ok", "collapsed", "not learning")
+    assert set(summary["health"]["sites"]) == {"site00", "site01", "site02"}
+    assert "SSL health" in report and card["ssl_health"]["status"] == summary["health"]["status"]
     # Each hospital kept its own local SSL state; the weights moved away from the initial ones.
     from xr0_core.config import from_flat
     from xr0_core.train.federated import initial_shared_state
@@ -94,9 +100,11 @@ def test_report_and_model_card_of_a_run_are_readable(finished_run, tmp_path):
 
     _, out, _ = finished_run
     html = (out / "report.html").read_text()
-    for needle in ("Summary: did pretraining help?", "95 % interval", "summary_forest.png", "curve_loss.png",
-                   "mean loss of a slice", "<details><summary>"):
+    for needle in ("Summary: did pretraining help?", "95 % interval", "curve_loss.png", "mean loss of a slice",
+                   "<details><summary>"):
         assert needle in html, needle
+    # 12 images per hospital: the forest plot when a hospital scored 2+ patients, else the honest verdict.
+    assert "summary_forest.png" in html or "too few patients" in html
     page = check_page(out / "report.html", tmp_path / "browser")
     assert page.problems() == [], page.problems()
     assert page.images >= 2 and {"summary", "training", "evaluation"} <= set(page.sections)

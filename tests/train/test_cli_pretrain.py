@@ -40,6 +40,14 @@ def test_pretrain_writes_outputs(tmp_path, capsys):
         assert (tmp_path / "a" / name).is_file(), name
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # raw-pixel baseline beside random init, with the paired interval of the difference
+    assert set(summary["baseline_pixels"]) == {"knn_accuracy", "linear_accuracy"}
+    low, high = summary["knn_gain_vs_pixels_ci95"]
+    assert low <= summary["knn_gain_vs_pixels"] <= high or low == high
+    # SSL health: measured at the end of every training call (checkpoint chunks of 2 steps), in the summary
+    assert [r["step"] for r in rows if "health/rankme-cls" in r] == [1, 3]
+    assert summary["health"]["status"] in ("ok", "collapsed", "not learning")
+    assert summary["health"]["last"]["rankme-cls"] >= 1.0
     # A Hugging Face model card (YAML front matter + the required sections), like a federated run's.
     from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
 

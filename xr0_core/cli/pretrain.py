@@ -182,20 +182,45 @@ def _resume(trainer, out: Path, total_steps: int) -> None:
         raise CLIError(f"--resume: {exc}") from None
 
 
+def _images(cfg, serve: list[Any], every: list[Any], args: argparse.Namespace, out: Path):
+    """The image source of ``serve`` (prepared shards under ``out`` cover ``every`` record, held-out ones too)."""
+    import os
+
+    from xr0_core.data.source import open_site_images
+
+    root = os.path.commonpath([str(Path(d).expanduser().resolve()) for d in args.data])
+    return open_site_images(cfg, serve, out, data_dir=root, prepare_records=every, workers=os.cpu_count() or 1,
+                            progress=False)  # the quiet console owns the terminal
+
+
+def _test_images(trainer, test_records: list[Any], cfg):
+    """Held-out images from the same kind of source as the training images (same pixels either way)."""
+    from xr0_core.data.dataset import ImageCache
+
+    folder = getattr(trainer.cache, "folder", None)
+    if folder is not None:
+        from xr0_core.data.prepared import PreparedImages
+
+        return PreparedImages(test_records, folder)
+    return ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+
+
 def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     """k-NN and linear-probe anatomy accuracy of the trained student backbone and of the initial (random)
     backbone, on the same held-out images."""
     import torch
 
-    from xr0_core.data.dataset import ImageCache
+    import torch.nn.functional as F
+
+    from xr0_core.data.views import center_view
     from xr0_core.eval.anatomy import linear_probe_accuracy
+    from xr0_core.eval.baseline import random_init_backbone
     from xr0_core.eval.features import extract_features
     from xr0_core.eval.knn import knn_correct
     from xr0_core.eval.metrics import paired_bootstrap_ci
-    from xr0_core.train.state import build_model
 
     train_cache = trainer.cache.decode()
-    test_cache = ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+    test_cache = _test_images(trainer, test_records, cfg)
     train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
     test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
     names = sorted({train_cache.kept[i].anatomy for i in train_rows})
@@ -210,11 +235,18 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
         return result
     y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
     y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
-    random_backbone = build_model(cfg).student["backbone"].to(trainer.device)
+    random_backbone = random_init_backbone(cfg).to(trainer.device)
+
+    def pixels(cache, rows):  # the raw-pixel baseline: the same centre view, flattened (eval/baseline.py)
+        return F.normalize(torch.stack([center_view(cache[i], cfg.model.img_size).flatten() for i in rows]), dim=-1)
+
     correct = {}
-    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone)):
-        f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
-        f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
+    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone), ("_pixels", None)):
+        if backbone is None:
+            f_train, f_test = pixels(train_cache, train_rows), pixels(test_cache, test_rows)
+        else:
+            f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
+            f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
         correct[tag] = knn_correct(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k).numpy()
         result[f"knn_accuracy{tag}"] = float(correct[tag].mean())
         result[f"linear_accuracy{tag}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test, seed=cfg.seed)
@@ -224,6 +256,11 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     result["knn_gain"] = result["knn_accuracy"] - result["knn_accuracy_random"]
     result["knn_gain_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_random"], groups=patients,
                                                        seed=cfg.seed))
+    result["knn_gain_vs_pixels"] = result["knn_accuracy"] - result["knn_accuracy_pixels"]
+    result["knn_gain_vs_pixels_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_pixels"], groups=patients,
+                                                                 seed=cfg.seed))
+    result["baseline_pixels"] = {"knn_accuracy": result.pop("knn_accuracy_pixels"),
+                                 "linear_accuracy": result.pop("linear_accuracy_pixels")}
     return result
 
 
@@ -266,6 +303,7 @@ def _run(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from xr0_core.data.dataset import ssl_records
     from xr0_core.export import export_backbone
     from xr0_core.train.state import SiteTrainer
 
@@ -280,7 +318,9 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from xr0_core.data.splits import holdout_split
 
     train_records, test_records = holdout_split(records, cfg.seed)
-    trainer = SiteTrainer(cfg, train_records, site=SITE)
+    # Large sites read prepared shards from OUT/prepared (train.image-cache; D16), small ones decode into RAM.
+    images = _images(cfg, ssl_records(train_records), records, args, out)
+    trainer = SiteTrainer(cfg, train_records, site=SITE, cache=images)
     if trainer.num_examples == 0:
         raise CLIError("no training images left after holding out the test split")
     metrics_path = out / "metrics.jsonl"
@@ -317,6 +357,9 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     losses = [r["loss"] for r in rows]
     if rows:
         _plot_curve(rows, out / "curve.png")
+    from xr0_core.train.health import assess
+
+    health = assess([r for r in rows if any(k.startswith("health/") for k in r)], losses)
     summary: dict[str, Any] = {
         "steps": total,
         "initial_loss": _window_mean(losses, first=True),
@@ -326,6 +369,7 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
         "skipped_images": len(trainer.cache.skipped),
         **_knn(trainer, test_records, cfg),
         **multimodal,
+        "health": health,
         "seconds": round(time.perf_counter() - t0, 1),
         "device": str(trainer.device),
         "config_hash": cfg.hash(),
@@ -353,4 +397,15 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
                   f"image weights {_fmt(summary.get('retrieval_r5_random'))}); report generation BLEU-4 "
                   f"{_fmt(summary.get('report_bleu4'))} (random {_fmt(summary.get('report_bleu4_random'))})",
                   file=con.stream)
+        pix = summary.get("baseline_pixels") or {}
+        if pix:
+            print(f"xr0 pretrain: raw-pixel baseline: k-NN {_fmt(pix.get('knn_accuracy'))}, linear probe "
+                  f"{_fmt(pix.get('linear_accuracy'))} (pretrained k-NN minus pixels 95% CI "
+                  f"{_fmt(summary.get('knn_gain_vs_pixels_ci95'))})", file=con.stream)
+    last = health.get("last", {})
+    print(f"xr0 pretrain: SSL health {health['status'].upper()}"
+          + (f" (RankMe CLS {last['rankme-cls']:.1f}, patch {last.get('rankme-patch', float('nan')):.1f}, "
+             f"prototypes used {last.get('prototype-usage', float('nan')):.0f}/{last.get('prototypes', float('nan')):.0f})"
+             if "rankme-cls" in last else "")
+          + "".join(f"; {r}" for r in health["reasons"]), file=con.stream)
     return summary

@@ -17,17 +17,8 @@ from torch import nn
 
 from xr0_core.config import XR0Config
 from xr0_core.data.splits import holdout_split
+from xr0_core.eval.baseline import backbone_from_shared, random_init_backbone  # noqa: F401 (re-exported)
 from xr0_core.runtime import derive_seed, resolve_device
-
-
-def backbone_from_shared(cfg: XR0Config, shared: Mapping[str, torch.Tensor] | None) -> nn.Module:
-    """The student backbone with ``shared`` weights loaded (``None``: the random-init round-0 weights)."""
-    from xr0_core.train.state import build_model
-
-    model = build_model(cfg)
-    if shared is not None:
-        model.load_shared_state_dict({k: torch.as_tensor(v) for k, v in shared.items()}, strict=True)
-    return model.student["backbone"].eval()
 
 
 def labelled_features(cfg: XR0Config, backbone: nn.Module, records: Sequence[Any], names: list[str],
@@ -53,6 +44,29 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
     clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
     clf.fit(train_x.numpy(), train_y.numpy())
     return float((clf.predict(test_x.numpy()) == test_y.numpy()).mean())
+
+
+def pixel_anatomy_scores(cfg: XR0Config, train: Sequence[Any], test: Sequence[Any], names: list[str]) -> dict[str, float]:
+    """:func:`anatomy_scores` of the raw-pixel baseline (:mod:`xr0_core.eval.baseline`): the same centre view
+    the backbone sees, flattened, the same k-NN and linear probe."""
+    from xr0_core.data.dataset import ImageCache
+    from xr0_core.data.views import center_view
+    from xr0_core.eval.knn import knn_accuracy
+
+    def xy(records: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = ImageCache([r for r in records if r.anatomy in names], cfg.train.load_size, progress=False)
+        if len(cache) == 0:
+            return torch.zeros(0, cfg.model.img_size ** 2), torch.zeros(0, dtype=torch.long)
+        x = torch.stack([center_view(cache[i], cfg.model.img_size).flatten() for i in range(len(cache))])
+        return x, torch.tensor([names.index(r.anatomy) for r in cache.kept], dtype=torch.long)
+
+    tr_x, tr_y = xy(train)
+    te_x, te_y = xy(test)
+    if len(tr_y) == 0 or len(te_y) == 0:
+        return {"knn": float("nan"), "linear": float("nan"), "n_test": float(len(te_y))}
+    unit = torch.nn.functional.normalize
+    return {"knn": knn_accuracy(unit(tr_x, dim=-1), tr_y, unit(te_x, dim=-1), te_y, k=cfg.eval.knn_k),
+            "linear": linear_probe_accuracy(tr_x, tr_y, te_x, te_y, seed=cfg.seed), "n_test": float(len(te_y))}
 
 
 def anatomy_scores(cfg: XR0Config, backbone: nn.Module, train: Sequence[Any], test: Sequence[Any],
@@ -85,8 +99,8 @@ def knn_anatomy_report(cfg: XR0Config, records: Sequence[Any], shared: Mapping[s
     if not train or not test or len(names) < 2:
         return {"num-examples": 0}
     out: dict[str, float] = {}
-    for tag, weights in (("", shared), ("-random", None)):
-        scores = anatomy_scores(cfg, backbone_from_shared(cfg, weights).to(device), train, test, names, device)
+    for tag, make in (("", lambda: backbone_from_shared(cfg, shared)), ("-random", lambda: random_init_backbone(cfg))):
+        scores = anatomy_scores(cfg, make().to(device), train, test, names, device)
         out[f"knn-anatomy{tag}"] = scores["knn"]
         out[f"linear-anatomy{tag}"] = scores["linear"]
         out["num-examples"] = int(scores["n_test"])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from xr0_core.config import XR0Config
+from xr0_core.eval.baseline import PIXELS, backbone_from_shared, pixel_applicable, pixel_features, random_init_backbone
 from xr0_core.eval.tasks import FAMILY_ORDER, TASK_FAMILIES, family_of
 from xr0_core.eval.tasks.base import (
     EvalDataError,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 PRETRAINED, RANDOM = "pretrained", "random"
 NUM_EXAMPLES = "num-examples"
 RANDOM_TAG = "random"
+PIXELS_TAG = "pixels"
 CI_TAG = "ci"  # <task>/ci/<metric>/<part>: the paired interval of evaluated minus random init
 CI_PARTS = ("diff", "low", "high", "se", "units")
 
@@ -72,6 +74,9 @@ class EvalResult:
     ----------
     tasks, baseline_random : dict task -> {metric: value}
         ``nan`` values are left out (a metric that is not measurable on this data is absent).
+    baseline_pixels : dict task -> {metric: value}
+        The raw-pixel baseline (:mod:`xr0_core.eval.baseline`), for the tasks it applies to
+        (classification, image-image retrieval).
     counts : dict task -> test examples scored
     skipped : list of str, one reason per task (or family) that did not run
     examples : dict backbone -> task -> list of qualitative examples (only with ``examples > 0``; these
@@ -84,6 +89,7 @@ class EvalResult:
 
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline_random: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline_pixels: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     examples: dict[str, dict[str, list]] = field(default_factory=dict)
@@ -93,20 +99,24 @@ class EvalResult:
     data: EvalSet | None = field(default=None, repr=False)  # the evaluated set (local only, never serialised)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"tasks", "baseline_random", "skipped", "counts", "images", "intervals"}`` (the ``xr0 evaluate
-        --json`` body)."""
-        return {"tasks": self.tasks, "baseline_random": self.baseline_random, "skipped": list(self.skipped),
+        """``{"tasks", "baseline_random", "baseline_pixels", "skipped", "counts", "images", "intervals"}``
+        (the ``xr0 evaluate --json`` body)."""
+        return {"tasks": self.tasks, "baseline_random": self.baseline_random,
+                "baseline_pixels": self.baseline_pixels, "skipped": list(self.skipped),
                 "counts": dict(self.counts), "images": self.images, "intervals": dict(self.intervals)}
 
     def flat_metrics(self) -> dict[str, float]:
         """Flat scalar keys for a Flower ``MetricRecord``: ``<task>/<metric>``, ``<task>/random/<metric>`` and
-        ``<task>/num-examples`` (the weight of this site's numbers for that task in the federated mean)."""
+        ``<task>/pixels/<metric>``, ``<task>/num-examples`` (the weight of this site's numbers for that task in the federated mean)."""
         out: dict[str, float] = {}
         for task, values in self.tasks.items():
             out.update({f"{task}/{m}": float(v) for m, v in values.items()})
             out[f"{task}/{NUM_EXAMPLES}"] = float(self.counts.get(task, 0))
         for task, values in self.baseline_random.items():
             out.update({f"{task}/{RANDOM_TAG}/{m}": float(v) for m, v in values.items()})
+            out.setdefault(f"{task}/{NUM_EXAMPLES}", float(self.counts.get(task, 0)))
+        for task, values in self.baseline_pixels.items():
+            out.update({f"{task}/{PIXELS_TAG}/{m}": float(v) for m, v in values.items()})
             out.setdefault(f"{task}/{NUM_EXAMPLES}", float(self.counts.get(task, 0)))
         for task, ci in self.intervals.items():  # <task>/ci/<metric>/{diff,low,high,se,units}
             for part in CI_PARTS:
@@ -170,7 +180,7 @@ def subsample(records: Sequence[Any], max_images: int, seed: int) -> list[Any]:
 def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Callable[[], nn.Module]], *,
               tasks: str | Sequence[str] | None = None, device: torch.device | str | None = None,
               strict: bool = True, examples: int = 0, text: TextCache | None = None,
-              reader: Callable[[Any], Any] | None = None) -> tuple[dict[str, dict], EvalResult]:
+              reader: Callable[[Any], Any] | None = None, pixels: bool = False) -> tuple[dict[str, dict], EvalResult]:
     """Evaluate several backbones on one dataset.
 
     Parameters
@@ -187,6 +197,7 @@ def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Ca
     examples : qualitative examples to keep per task (local use only)
     text : a :class:`TextCache` (default: the tower of ``eval.text-encoder`` when a task needs one)
     reader : image reader (default :func:`xr0_core.data.images.read_image`)
+    pixels : also score the raw-pixel baseline (output key ``"pixels"``) on the tasks it applies to
 
     Returns
     -------
@@ -228,13 +239,16 @@ def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Ca
     need_patches = any(family_of(t).needs_patches for t in prepared)
 
     outputs: dict[str, dict] = {}
-    for name, factory in backbones.items():
-        backbone = factory().to(device)
-        feats = extract(backbone, data, patches=need_patches, batch_size=cfg.eval.batch_size, device=device,
-                        precision=cfg.train.precision)
-        del backbone  # only the features are needed from here on
+    sources: dict[str, Callable[[], Any]] = {
+        name: (lambda f=factory: _backbone_features(cfg, f, data, need_patches, device)) for name, factory in backbones.items()}
+    if pixels:
+        sources[PIXELS] = lambda: pixel_features(data)
+    for name, features in sources.items():
+        feats = features()
         outputs[name] = {"metrics": {}, "examples": {}}
         for task, prep in prepared.items():
+            if name == PIXELS and not pixel_applicable(task):
+                continue
             try:
                 out = family_of(task).module.run(task, data, prep, feats, ctx)
             except Exception as exc:  # noqa: BLE001 -- one failing head must not hide the other tasks
@@ -254,16 +268,25 @@ def run_suite(cfg: XR0Config, records: Sequence[Any], backbones: Mapping[str, Ca
     return outputs, result
 
 
+def _backbone_features(cfg: XR0Config, factory: Callable[[], nn.Module], data: EvalSet, patches: bool,
+                       device: torch.device) -> Any:
+    backbone = factory().to(device)
+    return extract(backbone, data, patches=patches, batch_size=cfg.eval.batch_size, device=device,
+                   precision=cfg.train.precision)  # the backbone is freed on return: only features are kept
+
+
 def evaluate_models(cfg: XR0Config, records: Sequence[Any], model: Callable[[], nn.Module] | None,
                     random_init: Callable[[], nn.Module], **kwargs: Any) -> EvalResult:
-    """:func:`run_suite` for one backbone (``model``; ``None`` = the random-init backbone itself) and the
-    random-init baseline, folded into an :class:`EvalResult`."""
+    """:func:`run_suite` for one backbone (``model``; ``None`` = the random-init backbone itself), the
+    random-init and the raw-pixel baselines, folded into an :class:`EvalResult`."""
     backbones = {RANDOM: random_init} if model is None else {PRETRAINED: model, RANDOM: random_init}
+    kwargs.setdefault("pixels", True)
     outputs, result = run_suite(cfg, records, backbones, **kwargs)
     main = outputs[PRETRAINED if model is not None else RANDOM]
     result.tasks = main["metrics"]
     result.baseline_random = outputs[RANDOM]["metrics"]
-    result.examples = {name: out["examples"] for name, out in outputs.items()}
+    result.baseline_pixels = outputs.get(PIXELS, {}).get("metrics", {})
+    result.examples = {name: out["examples"] for name, out in outputs.items() if name != PIXELS}
     if model is not None:
         result.intervals = paired_intervals(outputs[PRETRAINED].get("per_row", {}),
                                             outputs[RANDOM].get("per_row", {}), result.data, cfg.seed)
@@ -275,10 +298,8 @@ def evaluate_backbone(cfg: XR0Config, records: Sequence[Any], shared: Mapping[st
                       **kwargs: Any) -> EvalResult:
     """Evaluate the student backbone in the shared weights ``shared`` (``None``: the random-init round-0
     weights) and the random-init baseline on ``records``; see :func:`run_suite` for the options."""
-    from xr0_core.eval.anatomy import backbone_from_shared
-
     model = None if shared is None else (lambda: backbone_from_shared(cfg, shared))
-    result = evaluate_models(cfg, records, model, lambda: backbone_from_shared(cfg, None), tasks=tasks,
+    result = evaluate_models(cfg, records, model, lambda: random_init_backbone(cfg), tasks=tasks,
                              device=device, **kwargs)
     if cfg.multimodal.enabled:  # mXR-0: zero-shot retrieval and report generation with the model's own heads
         from xr0_core.eval.zeroshot import add_zeroshot

@@ -56,6 +56,9 @@ BACKBONES: Registry[BackbonePreset] = Registry("backbone")
 # a step of batch 16 x (2 global + 4 local crops) takes a fraction of a second on 2 cores, and the 64-token
 # grid is fine enough for iBOT masking to mean something.
 BACKBONES.add("vit-tiny-p8", BackbonePreset("vit_tiny_patch16_224", 8, {"depth": 4}))
+# The same 4-block ViT-Tiny with 16-pixel patches: 128-pixel crops at the token count (and step cost) of
+# vit-tiny-p8 at 64 pixels (resolution ablation, docs/ablations.md).
+BACKBONES.add("vit-tiny-p16", BackbonePreset("vit_tiny_patch16_224", 16, {"depth": 4}))
 # Unit tests and smoke runs: same code path, a fraction of the compute (not for learning anything).
 BACKBONES.add("vit-micro-p8", BackbonePreset("vit_tiny_patch16_224", 8, {"depth": 2, "embed_dim": 64, "num_heads": 2}))
 BACKBONES.add("vit-s-p16", BackbonePreset("vit_small_patch16_224", 16))

@@ -46,6 +46,9 @@ def initial_shared_state(cfg: XR0Config) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         method = build_method(cfg)
+    from xr0_core.models.init_from import apply_init_from
+
+    apply_init_from(method, cfg.model)  # model.init-from (SHA-256 checked); no-op when unset
     return method.shared_state_dict()
 
 

@@ -1,0 +1,311 @@
+"""Does the backbone learn on real radiographs? Pretrain on the dev set's train split, probe every label.
+
+    python bench/real_probe.py [--data ../shared/data/covid-chest-mhh] [--preset cpu-tiny]
+                               [--steps 100,300,600] [--protocol test|cv] [--features cls|cls+mean]
+                               [--set key=value ...] [--out bench/results/real_probe]
+
+One SSL run on the images of ``split == train`` (no labels used), with schedules spanning the largest step
+count; at step 0 (random init) and at every listed step the frozen student backbone is probed on every
+``label_<name>`` column with the evaluation suite's linear probe (standardised features, L2 logistic
+regression), next to the raw-pixel baseline (the same resized view, flattened, the same probe).
+
+Protocols:
+
+- ``test``: probe trained on the train split, scored on the test split (patients disjoint). Look at it once,
+  after choosing a recipe;
+- ``cv``: 5-fold cross-validation by patient *within the train split* (out-of-fold scores); use this to
+  choose a recipe, so the test split stays untouched.
+
+Every difference (pretrained - random init, pretrained - raw pixels) carries a paired, patient-level
+bootstrap 95 % interval. Writes ``results.json``, ``table.md`` and ``curve.png`` (AUROC vs steps, one panel
+per label, baselines as lines) to ``--out``, and prints the table. Timing: process CPU seconds as well as
+wall seconds (the machine this ran on may be shared; CPU seconds do not count time spent waiting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_SET = Path("shared") / "data" / "covid-chest-mhh"
+
+
+def dev_set_path(repo: Path = REPO) -> Path:
+    """``../shared/data/covid-chest-mhh`` next to the repository (CI, the main checkout); from a git worktree,
+    next to the main checkout it belongs to (``.git`` is then a file naming ``<main>/.git/worktrees/<name>``)."""
+    candidates = [repo.parent / DEV_SET]
+    git = repo / ".git"
+    if git.is_file() and git.read_text().startswith("gitdir:"):
+        gitdir = Path(git.read_text().split(":", 1)[1].strip())
+        if gitdir.parent.name == "worktrees":
+            candidates.append(gitdir.parent.parent.parent.parent / DEV_SET)
+    return next((c for c in candidates if (c / "manifest.csv").is_file()), candidates[0])
+
+TEST, TRAIN = "test", "train"
+
+
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def probe_scores(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[str], protocol: str,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive-class scores of the linear probe and the rows they belong to.
+
+    ``test``: fit on ``split == train`` rows, score ``split == test`` rows. ``cv``: 5-fold GroupKFold by
+    patient over the train rows, out-of-fold scores of every train row.
+
+    Shapes: ``x [N, D]``, ``y [N]`` (int, -1 = missing) -> ``(scores [M], rows [M])``.
+    """
+    from xr0_core.eval.tasks.classification import _linear_probe
+
+    has = y >= 0
+    if protocol == "test":
+        tr = np.flatnonzero(has & (np.array(split) == TRAIN))
+        te = np.flatnonzero(has & (np.array(split) == TEST))
+        return _linear_probe(x[tr], y[tr], x[te], 2, seed)[:, 1], te
+    from sklearn.model_selection import GroupKFold
+
+    rows = np.flatnonzero(has & (np.array(split) == TRAIN))
+    scores = np.zeros(len(rows))
+    g = np.array(groups)[rows]
+    for fit, held in GroupKFold(n_splits=5).split(rows, y[rows], g):
+        scores[held] = _linear_probe(x[rows[fit]], y[rows[fit]], x[rows[held]], 2, seed)[:, 1]
+    return scores, rows
+
+
+def feature_matrix(feats: Any, kind: str) -> np.ndarray:
+    """``cls``: CLS token ``[N, D]``; ``cls+mean``: CLS and the mean patch token ``[N, 2D]``."""
+    cls = feats.cls.float()
+    if kind == "cls":
+        return cls.numpy()
+    if kind == "cls+mean":
+        import torch
+
+        return torch.cat([cls, feats.patches.float().mean(1)], dim=1).numpy()
+    raise SystemExit(f"--features {kind!r}: use cls or cls+mean")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=None, help="dev set folder (default ../shared/data/covid-chest-mhh)")
+    p.add_argument("--preset", default="cpu-tiny")
+    p.add_argument("--steps", default="100,300,600", help="comma-separated step counts to probe at")
+    p.add_argument("--protocol", choices=("test", "cv", "both"), default="test",
+                   help="both: cv and test probes at every step (the table shows the first: cv)")
+    p.add_argument("--features", default="cls", help="cls or cls+mean, or both comma-separated (the first one "
+                   "makes the table; results.json holds all)")
+    p.add_argument("--labels", default="", help="comma-separated label names (default: all label_ columns)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "real_probe")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--save-weights", action="store_true", help="write weights-<step>.safetensors to --out")
+    p.add_argument("--from-weights", type=Path, default=None, metavar="DIR",
+                   help="no training: probe DIR/weights-<step>.safetensors of an earlier --save-weights run "
+                        "(same preset and --set), e.g. to score the chosen recipe on the test split once")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from xr0_core.config import from_flat
+    from xr0_core.data.images import read_image
+    from xr0_core.data.index import index_site
+    from xr0_core.eval.baseline import (
+        backbone_from_shared,
+        paired_bootstrap_auroc_ci,
+        pixel_features,
+        random_init_backbone,
+    )
+    from xr0_core.eval.metrics import binary_auroc
+    from xr0_core.eval.tasks.base import build_eval_set, extract
+    from xr0_core.train.health import probe_health
+    from xr0_core.train.state import SiteTrainer
+
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
+    if not steps or steps[0] < 1:
+        raise SystemExit("--steps: give positive step counts, e.g. 100,300,600")
+    args.data = args.data or dev_set_path()
+    if not (args.data / "manifest.csv").is_file():
+        raise SystemExit(f"dev set not found at {args.data} (expected manifest.csv there); pass --data")
+    flat = {"preset": args.preset, "seed": args.seed, "train.device": "cpu", **_parse_sets(args.overrides),
+            "train.steps": steps[-1]}
+    cfg = from_flat(flat)
+    records = index_site(args.data, verify_pixels=False).records
+    train_records = [r for r in records if r.split != TEST]
+    decoded: dict[Any, Any] = {}
+
+    def reader(path: Any) -> Any:  # decode each PNG once for the probe views and the SSL cache
+        if path not in decoded:
+            decoded[path] = read_image(path)
+        return decoded[path]
+
+    data = build_eval_set(records, cfg.model.img_size, cfg.seed, reader=reader)
+    split = [TEST if r.split == TEST else TRAIN for r in data.records]
+    groups = [r.patient_id or str(r.path) for r in data.records]
+    names = sorted({n for r in data.records for n in r.labels})
+    if args.labels:
+        names = [n for n in names if n in set(args.labels.split(","))]
+    labels = {n: np.array([int(r.labels.get(n, -1)) if r.labels.get(n) is not None else -1
+                           for r in data.records]) for n in names}
+
+    protocols = ["cv", "test"] if args.protocol == "both" else [args.protocol]
+
+    def probe_all(x: np.ndarray, protocol: str | None = None) -> dict[str, dict[str, Any]]:
+        out = {}
+        for n in names:
+            s, rows = probe_scores(x, labels[n], split, groups, protocol or protocols[0], cfg.seed)
+            out[n] = {"scores": s, "rows": rows, "auroc": binary_auroc(s, labels[n][rows])}
+        return out
+
+    def aurocs(x: np.ndarray) -> dict[str, dict[str, float]]:
+        """AUROC per label under every requested protocol (for the curve)."""
+        return {pr: {n: r[n]["auroc"] for n in names} for pr in protocols for r in [probe_all(x, pr)]}
+
+    def with_ci(a: dict, b: dict) -> dict[str, Any]:
+        out = {}
+        for n in names:
+            rows = a[n]["rows"]
+            lo, hi = paired_bootstrap_auroc_ci(a[n]["scores"], b[n]["scores"], labels[n][rows],
+                                               [groups[i] for i in rows], seed=cfg.seed)
+            out[n] = {"diff": a[n]["auroc"] - b[n]["auroc"], "ci95": [lo, hi]}
+        return out
+
+    print(f"real_probe: {len(train_records)} train images, {len(records) - len(train_records)} test; "
+          f"labels {names}; preset {cfg.preset}; protocol {args.protocol}; features {args.features}",
+          file=sys.stderr)
+    pixels = probe_all(pixel_features(data).cls.numpy())  # the table's protocol
+    random_bb = random_init_backbone(cfg)
+    kinds = [k.strip() for k in args.features.split(",") if k.strip()]
+
+    def probe_kinds(feats: Any) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+        mats = {k: feature_matrix(feats, k) for k in kinds}
+        return {k: probe_all(m) for k, m in mats.items()}, {k: aurocs(m) for k, m in mats.items()}
+
+    random_all, random_curve = probe_kinds(extract(random_bb, data, patches=True))
+    random_res = random_all[kinds[0]]
+    trainer = None
+    if args.from_weights is None:
+        trainer = SiteTrainer(cfg, train_records, site="real-probe", device=torch.device("cpu"), reader=reader)
+        len(trainer.cache)  # decode now
+    decoded.clear()
+    print(f"  setup (decode, baselines) {time.process_time() - t_cpu:.0f} CPU-s", file=sys.stderr)
+    probe_x = torch.stack([v for v in data.views[[i for i, s in enumerate(split) if s == TRAIN][:64]]])
+    curve: list[dict[str, Any]] = [{"step": 0, "health": probe_health(random_bb, probe_x),
+                                    "auroc": {n: random_res[n]["auroc"] for n in names},
+                                    "auroc_by_features": random_curve}]
+    pixel_x = pixel_features(data).cls.numpy()
+    pixel_curve = aurocs(pixel_x)
+    last_loss = float("nan")
+    final: dict[str, Any] = {}
+    for target in steps:
+        t0 = time.perf_counter()
+        if trainer is None:
+            from safetensors.torch import load_file
+
+            backbone = backbone_from_shared(cfg, load_file(str(args.from_weights / f"weights-{target}.safetensors")))
+            last_loss = float("nan")
+        else:
+            m = trainer.train(target - trainer.step, start_step=trainer.step, total_steps=steps[-1])
+            last_loss = m["loss"]
+            backbone = trainer.model.student["backbone"]
+        final_all, final_curve = probe_kinds(extract(backbone, data, patches=True))
+        final = final_all[kinds[0]]
+        row = {"step": target, "loss": last_loss, "health": probe_health(backbone, probe_x),
+               "auroc": {n: final[n]["auroc"] for n in names}, "auroc_by_features": final_curve}
+        if args.save_weights and trainer is not None:
+            from safetensors.torch import save_file
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            save_file(trainer.shared_state_dict(), str(args.out / f"weights-{target}.safetensors"))
+        curve.append(row)
+        print(f"  step {target}: loss {last_loss:.3f} ({time.perf_counter() - t0:.0f} wall-s, "
+              f"{time.process_time() - t_cpu:.0f} CPU-s so far) "
+              + " | ".join(f"{k}/{pr}: " + " ".join(f"{n} {v[pr][n]:.3f}" for n in names)
+                           for k, v in row["auroc_by_features"].items() for pr in protocols)
+              + f"  rankme-cls {row['health']['rankme-cls']:.1f}", file=sys.stderr)
+
+    table = []
+    vs_random, vs_pixels = with_ci(final, random_res), with_ci(final, pixels)
+    for n in names:
+        table.append({"label": n, "n_scored": int(len(final[n]["rows"])), "pretrained": final[n]["auroc"],
+                      "random_init": random_res[n]["auroc"], "pixels": pixels[n]["auroc"],
+                      "pretrained_minus_random": vs_random[n]["diff"], "ci95_vs_random": vs_random[n]["ci95"],
+                      "pretrained_minus_pixels": vs_pixels[n]["diff"], "ci95_vs_pixels": vs_pixels[n]["ci95"]})
+    cpu_s, wall_s = time.process_time() - t_cpu, time.perf_counter() - t_wall
+    result = {"preset": cfg.preset, "overrides": _parse_sets(args.overrides), "steps": steps,
+              "protocol": args.protocol, "features": args.features, "config_hash": cfg.hash(),
+              "train_images": len(train_records), "images": len(data), "table": table, "curve": curve,
+              "pixels_by_protocol": pixel_curve, "cpu_seconds": round(cpu_s, 1),
+              "from_weights": str(args.from_weights) if args.from_weights else None, "wall_seconds": round(wall_s, 1), "torch_threads": torch.get_num_threads()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    md = render_table(result)
+    (args.out / "table.md").write_text(md)
+    if not args.no_plot:
+        plot_curve(result, args.out / "curve.png")
+    print(md)
+    return 0
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def render_table(result: dict[str, Any]) -> str:
+    over = " ".join(f"{k}={v}" for k, v in result["overrides"].items()) or "-"
+    source = (f"weights of {result['from_weights']} at steps {result['steps']}" if result.get("from_weights")
+              else f"{result['steps'][-1]} steps")
+    lines = [f"preset `{result['preset']}` (overrides: {over}), {source} on "
+             f"{result['train_images']} train images; protocol `{result['protocol']}`, features "
+             f"`{result['features']}`; {result['cpu_seconds']:.0f} CPU-s, {result['wall_seconds']:.0f} wall-s "
+             f"({result['torch_threads']} torch threads)", "",
+             "| label | n | pretrained | random init | raw pixels | pre - random (95% CI) | pre - pixels (95% CI) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["table"]:
+        lines.append(f"| {r['label']} | {r['n_scored']} | {r['pretrained']:.3f} | {r['random_init']:.3f} | "
+                     f"{r['pixels']:.3f} | {r['pretrained_minus_random']:+.3f} {_ci(r['ci95_vs_random'])} | "
+                     f"{r['pretrained_minus_pixels']:+.3f} {_ci(r['ci95_vs_pixels'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["label"] for r in result["table"]]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    steps = [c["step"] for c in result["curve"]]
+    for ax, r in zip(axes[0], result["table"]):
+        n = r["label"]
+        ax.plot(steps, [c["auroc"][n] for c in result["curve"]], "o-", label="pretrained")
+        ax.axhline(r["random_init"], color="gray", ls="--", label="random init")
+        ax.axhline(r["pixels"], color="tab:red", ls=":", label="raw pixels")
+        ax.set_title(f"label_{n} ({result['protocol']})", fontsize=9)
+        ax.set_xlabel("SSL steps")
+        ax.set_ylabel("AUROC")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""SSL health: is the backbone learning, or collapsing? Measured on a fixed probe batch during training.
+
+A falling SSL loss does not say the features are useful: DINO-style objectives can collapse (every image to
+one point, or to a handful of prototypes) while their loss looks fine. These are the standard cheap checks,
+all computed without gradient on the same fixed probe images every time (so values are comparable across
+steps and rounds):
+
+- ``rankme-cls`` / ``rankme-patch``: RankMe (effective rank) of the centred CLS features and of the mean
+  patch features ``[N, D]``: ``exp(entropy(singular values / their sum))``; 1 = every image maps to one
+  point or one line;
+- ``feature-std``: mean per-dimension standard deviation of the L2-normalised CLS features across the probe
+  images (DINO's collapse check; ~0 = constant output);
+- ``teacher-entropy`` / ``student-entropy``: mean per-image entropy (nats) of the teacher's centred,
+  sharpened prototype distribution and of the student's; ``log K`` = uniform (no information), ~0 = one-hot;
+- ``prototype-usage``: how many of the K prototypes are the teacher's top choice for at least one probe image;
+- ``center-norm``: L2 norm of the DINO center (0 under Sinkhorn centering);
+- ``knn-probe``: leave-one-out k-NN accuracy of a label on the probe images, when the site has one.
+
+:func:`assess` turns a sequence of such measurements into a verdict: ``collapsed``, ``not learning`` or
+``ok``, with the reasons, so a run can say so in its output.
+
+References:
+    Garrido et al., "RankMe: Assessing the Downstream Performance of Pretrained Self-Supervised
+    Representations by Their Rank" (ICML 2023); Caron et al., DINO (2021), section 5.3 (collapse:
+    entropy and KL of the teacher output).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OK, COLLAPSED, NOT_LEARNING = "ok", "collapsed", "not learning"
+PREFIX = "health/"
+
+# Thresholds of the verdict. A constant backbone has RankMe 1 and feature std 0 exactly; a random-init ViT on
+# radiographs already has a RankMe of ~15-20 (docs/ablations.md), so below 2 nothing but collapse remains.
+COLLAPSE_RANKME = 2.0
+COLLAPSE_STD = 1e-3
+# "Not learning": the features of the probe batch did not move (relative change of the CLS features since the
+# first measurement) and the loss did not fall.
+STILL_CHANGE = 1e-4
+
+
+def rankme(features: torch.Tensor, eps: float = 1e-7, center: bool = True) -> float:
+    """Effective rank of ``features [N, D]``: ``exp(-sum p log p)``, ``p = s / sum(s)`` over singular values.
+
+    With ``center`` (default) the mean feature is removed first: ViT features share a large common
+    component that would otherwise dominate the spectrum and hide how the images differ. 1 for features
+    that all lie on one line (or are all equal); at most ``min(N, D)``.
+    """
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise ValueError(f"rankme expects features [N, D] with N > 0, got {tuple(features.shape)}")
+    x = features.double()
+    if center:
+        x = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    if float(s.sum()) <= eps:
+        return 1.0
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def feature_std(features: torch.Tensor) -> float:
+    """Mean per-dimension std across rows of the L2-normalised ``features [N, D]`` (0 = constant output)."""
+    if features.shape[0] < 2:
+        return float("nan")
+    return float(F.normalize(features.float(), dim=-1).std(dim=0).mean())
+
+
+def mean_entropy(probs: torch.Tensor) -> float:
+    """Mean entropy (nats) of the rows of ``probs [N, K]``."""
+    return float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+
+
+def knn_probe(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
+    """Leave-one-out cosine k-NN accuracy of ``labels [N]`` (long, -1 = unknown) on ``features [N, D]``."""
+    keep = labels >= 0
+    x, y = F.normalize(features[keep].float(), dim=-1), labels[keep].long()
+    if len(y) < 3 or len(torch.unique(y)) < 2:
+        return float("nan")
+    sim = x @ x.t()
+    sim.fill_diagonal_(-float("inf"))
+    idx = sim.topk(min(k, len(y) - 1), dim=1).indices  # [N, k]
+    votes = torch.zeros(len(y), int(y.max()) + 1).scatter_add_(1, y[idx], torch.ones(idx.shape))
+    return float((votes.argmax(1) == y).float().mean())
+
+
+@torch.no_grad()
+def _tokens(backbone: nn.Module, views: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    from xr0_core.data.transforms import normalize
+
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        out = [backbone.forward_features(normalize(views[i:i + batch_size].float()).to(device)).float().cpu()
+               for i in range(0, len(views), batch_size)]
+    finally:
+        backbone.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def probe_health(backbone: nn.Module, views: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Backbone-only health on the probe images.
+
+    Parameters
+    ----------
+    backbone : timm ViT (``forward_features -> [B, 1 + N, D]``)
+    views : Tensor [P, 1, S, S], float in [0, 1] (un-normalised evaluation views)
+    labels : long Tensor [P], optional (-1 = unknown): adds ``knn-probe``
+
+    Returns
+    -------
+    dict: ``rankme-cls``, ``rankme-patch``, ``feature-std`` (and ``knn-probe``).
+    """
+    tok = _tokens(backbone, views)
+    cls, patch = tok[:, 0], tok[:, 1:].mean(1)
+    out = {"rankme-cls": rankme(cls), "rankme-patch": rankme(patch), "feature-std": feature_std(cls)}
+    if labels is not None:
+        out["knn-probe"] = knn_probe(cls, labels)
+    return out
+
+
+@torch.no_grad()
+def ssl_health(model: Any, views: torch.Tensor, teacher_temp: float,
+               labels: torch.Tensor | None = None) -> dict[str, float]:
+    """:func:`probe_health` of the student backbone plus the prototype-level checks of an
+    :class:`~xr0_core.ssl.method.XR0SSL` (teacher / student entropy, prototype usage, center norm).
+
+    ``views [P, 1, S, S]`` in [0, 1]; ``teacher_temp`` of the current step. Keys are bare (no prefix).
+    """
+    out = probe_health(model.student["backbone"], views, labels)
+    t_tok = _tokens(model.teacher["backbone"], views)
+    s_tok = _tokens(model.student["backbone"], views)
+    dev = next(model.teacher.parameters()).device
+    center = model.dino_loss.centering.center.float().cpu()
+    t_logits = model.teacher["dino_head"](t_tok[:, 0].to(dev)).float().cpu()
+    head = model.student["dino_head"]
+    was_training = head.training
+    head.eval()
+    try:
+        s_logits = head(s_tok[:, 0].to(dev)).float().cpu()
+    finally:
+        head.train(was_training)
+    t_probs = torch.softmax((t_logits - center) / teacher_temp, dim=-1)
+    s_probs = torch.softmax(s_logits / model.dino_loss.student_temp, dim=-1)
+    out.update({
+        "teacher-entropy": mean_entropy(t_probs),
+        "student-entropy": mean_entropy(s_probs),
+        "prototype-usage": float(len(torch.unique(t_probs.argmax(-1)))),
+        "prototypes": float(t_probs.shape[-1]),
+        "center-norm": float(center.norm()),
+    })
+    return out
+
+
+def assess(history: Sequence[Mapping[str, float]], losses: Sequence[float] = ()) -> dict[str, Any]:
+    """Verdict on a run from its health measurements (oldest first; bare or ``health/``-prefixed keys).
+
+    ``collapsed``: the last measurement has RankMe(CLS) < 2 or feature std < 1e-3 (every image maps to
+    (nearly) the same feature). Prototype usage and entropies are reported, not judged: a random-init
+    teacher already sends similar images to one prototype, so they alone would raise false alarms. ``not learning``: the loss did not fall from its first to its last tenth (``losses``) and
+    the probe features did not change. Otherwise ``ok``.
+
+    Returns
+    -------
+    dict: ``status`` (ok | collapsed | not learning), ``reasons`` (list of str), ``last`` (the last
+    measurement, bare keys).
+    """
+    rows = [{k[len(PREFIX):] if k.startswith(PREFIX) else k: float(v) for k, v in h.items()} for h in history]
+    rows = [r for r in rows if "rankme-cls" in r]
+    if not rows:
+        return {"status": "unknown", "reasons": ["no health measurement"], "last": {}}
+    last = rows[-1]
+    reasons = []
+    if last["rankme-cls"] < COLLAPSE_RANKME:
+        reasons.append(f"RankMe of CLS features is {last['rankme-cls']:.2f} (< {COLLAPSE_RANKME}): the probe images "
+                       "map to (nearly) one direction")
+    if last.get("feature-std", 1.0) < COLLAPSE_STD:
+        reasons.append(f"feature std across probe images is {last['feature-std']:.2e} (< {COLLAPSE_STD}): "
+                       "constant output")
+    if reasons:
+        return {"status": COLLAPSED, "reasons": reasons, "last": last}
+    losses = [x for x in losses if math.isfinite(x)]
+    if len(losses) >= 10:
+        w = max(1, len(losses) // 10)
+        first, end = sum(losses[:w]) / w, sum(losses[-w:]) / w
+        still = last.get("feature-change", 1.0) < STILL_CHANGE
+        if end >= first and still:
+            reasons.append(f"the loss did not fall ({first:.3f} -> {end:.3f}) and the probe features did not move")
+            return {"status": NOT_LEARNING, "reasons": reasons, "last": last}
+    return {"status": OK, "reasons": reasons, "last": last}
+
+
+class HealthMonitor:
+    """Fixed probe batch + the features of the first measurement, for :func:`ssl_health` during training.
+
+    Parameters
+    ----------
+    views : Tensor [P, 1, S, S] in [0, 1]
+        The probe images (the trainer takes the first P cached training images, resized: fixed across steps).
+    labels : long Tensor [P], optional
+        A label for ``knn-probe`` (-1 = unknown).
+    reference : nn.Module, optional
+        The initial (round-0) backbone: ``feature-change`` is measured against its probe features, so the
+        value depends on the weights only (the same after a resume or in a new round's trainer).
+    """
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor | None = None,
+                 reference: nn.Module | None = None) -> None:
+        if views.ndim != 4 or views.shape[0] < 2:
+            raise ValueError(f"health probe needs views [P >= 2, 1, S, S], got {tuple(views.shape)}")
+        self.views = views
+        self.labels = labels
+        self._first = None if reference is None else _tokens(reference, views)[:, 0]
+
+    def measure(self, model: Any, teacher_temp: float) -> dict[str, float]:
+        """``health/<key>`` scalars of the model now, with ``feature-change`` (relative L2 change of the probe
+        CLS features from the reference backbone's, else from this monitor's first measurement)."""
+        out = ssl_health(model, self.views, teacher_temp, self.labels)
+        cls = _tokens(model.student["backbone"], self.views)[:, 0]
+        if self._first is None:
+            self._first = cls
+        out["feature-change"] = float((cls - self._first).norm() / self._first.norm().clamp_min(1e-12))
+        return {PREFIX + k: v for k, v in out.items()}
+
+
+PROBE_IMAGES = 64
+
+
+def build_monitor(cache: Any, img_size: int, n: int = PROBE_IMAGES,
+                  reference: nn.Module | None = None) -> HealthMonitor:
+    """A :class:`HealthMonitor` on the first ``n`` images of an :class:`~xr0_core.data.dataset.ImageCache`
+    (resized whole to ``img_size``, as the evaluation view), with anatomy labels for ``knn-probe`` when the
+    probe images hold at least two anatomies.
+
+    Shapes: probe views ``[min(n, len(cache)), 1, img_size, img_size]``.
+    """
+    from xr0_core.data.transforms import resize
+
+    count = min(n, len(cache))
+    views = torch.stack([resize(cache[i].float(), img_size).clamp(0.0, 1.0) for i in range(count)])
+    anatomies = [getattr(r, "anatomy", None) for r in cache.kept[:count]]
+    names = sorted({a for a in anatomies if a})
+    labels = None
+    if len(names) >= 2:
+        labels = torch.tensor([names.index(a) if a else -1 for a in anatomies], dtype=torch.long)
+    return HealthMonitor(views, labels, reference)
+
+
+def assess_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Verdict of a federated run from its round history (``metrics.json["rounds"]``): each hospital's train
+    replies carry ``health/*`` and ``loss`` scalars; each hospital is assessed on its own sequence.
+
+    Returns
+    -------
+    dict: ``status`` (the worst over hospitals: collapsed > not learning > ok; ``unknown`` without any
+    measurement, e.g. under DP), ``sites`` (name -> :func:`assess` result).
+    """
+    per_site: dict[str, list[Mapping[str, float]]] = {}
+    losses: dict[str, list[float]] = {}
+    for entry in history:
+        if entry.get("kind") != "train":
+            continue
+        for site in entry.get("sites", []):
+            m = site.get("metrics", {})
+            name = str(site.get("name", site.get("node_id", "?")))
+            if any(k.startswith(PREFIX) for k in m):
+                per_site.setdefault(name, []).append(m)
+            if "loss" in m:
+                losses.setdefault(name, []).append(float(m["loss"]))
+    sites = {name: assess(rows, losses.get(name, [])) for name, rows in sorted(per_site.items())}
+    order = [COLLAPSED, NOT_LEARNING, OK]
+    status = next((s for s in order if any(v["status"] == s for v in sites.values())), "unknown")
+    return {"status": status, "sites": sites}
+
+
+def health_section(history: Sequence[Mapping[str, Any]]) -> str:
+    """HTML for the run report: the verdict and the last health measurement of every hospital ("" when no
+    hospital measured any, e.g. under DP)."""
+    import html
+
+    verdict = assess_history(history)
+    if not verdict["sites"]:
+        return ""
+    keys = ["rankme-cls", "rankme-patch", "feature-std", "teacher-entropy", "student-entropy",
+            "prototype-usage", "center-norm", "knn-probe", "feature-change"]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["hospital", "status", *keys, "reasons"])
+    rows = []
+    for name, v in verdict["sites"].items():
+        cells = [name, v["status"]] + [f"{v['last'][k]:.3g}" if k in v["last"] else "" for k in keys]
+        cells.append("; ".join(v["reasons"]))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return (f"<h2>SSL health: {html.escape(verdict['status'])}</h2><p class='note'>last measurement per "
+            "hospital on its fixed probe images (xr0_core/train/health.py): RankMe near 1 or feature std near 0 "
+            "= collapsed</p><table><tr>" + head + "</tr>" + "".join(rows) + "</table>")
