@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, default=8.0,
                    help="with --dp: each simulated hospital's own budget, written to its ledger (default 8)")
     p.add_argument("--delta", type=float, default=1e-5, help="with --dp: each hospital's delta (default 1e-5)")
+    p.add_argument("--multimodal", action="store_true",
+                   help="mXR-0: hospitals with reports also train a text tower (sets multimodal.enabled); "
+                        "hospitals without reports train image-only in the same federation")
     p.add_argument("--init-from", type=Path, default=None, metavar="FILE",
                    help="start from a local backbone (timm / DINOv2 / RAD-DINO / XR-0 export); its SHA-256 goes "
                    "into the run config and every hospital checks it (sets model.init-from, model.init-sha256)")
@@ -104,6 +107,8 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
         flat["secagg.enabled"] = True
     if args.dp:
         flat["privacy.enabled"] = True
+    if getattr(args, "multimodal", False):
+        flat["multimodal.enabled"] = True
     if args.rounds is not None:
         flat["federation.rounds"] = args.rounds
     if args.local_steps is not None:
@@ -184,6 +189,13 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
             site["epsilon"] = (ledger.epsilon(delta=policy.delta, accountant=policy.accountant)
                                if ledger.exists() else 0.0)
             site["delta"] = policy.delta
+    if cfg.multimodal.enabled and "multimodal" in summary:  # bytes each hospital uploads per round, per mode
+        from xr0_core.ssl.multimodal import SharingReport
+
+        mm = summary["multimodal"]
+        lines = SharingReport(mm["text_sharing"], mm["text_top_k"], mm["image_bytes"], mm["text_bytes"]).lines()
+        for line in lines:
+            con.line(line)
     if args.compare_pooled and summary.get("status") != "stopped":
         from .compare import compare_backbones
 

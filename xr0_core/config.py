@@ -177,6 +177,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class MultimodalConfig:
+    """mXR-0: image-report pretraining with a BERT text tower (D6; xr0_core/ssl/multimodal.py).
+
+    Sites without reports train the image objectives only, in the same federation.
+    """
+
+    enabled: bool = False
+    text_encoder: str = ""  # local BERT folder (config.json, vocab.txt, weights); "": the bundled MiniLM-L6
+    # Which text parameters train and leave a site: all | top-k (the top text-top-k layers) | projection (text
+    # projection only, tower frozen) | frozen (tower and text projection fixed; only the image side learns).
+    text_sharing: str = "projection"
+    text_top_k: int = 1
+    contrastive: str = "clip"  # clip (InfoNCE) | siglip (sigmoid) | none; batch-coupled: refused under DP
+    contrastive_weight: float = 1.0
+    caption_weight: float = 0.5  # image -> report decoder (per-sample: the DP-compatible image-text term)
+    proj_dim: int = 128  # shared image-text embedding size
+    max_tokens: int = 64  # reports are truncated to this many WordPiece tokens ([CLS] and [SEP] included)
+    caption_width: int = 128
+    caption_layers: int = 1
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Where a simulated federation finds its hospitals (ignored in deployment, where node config rules)."""
 
@@ -195,6 +217,7 @@ class XR0Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_flat(self) -> dict[str, Scalar]:
@@ -214,7 +237,7 @@ class XR0Config:
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval", "simulation")
+_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval", "multimodal", "simulation")
 
 HASH_EXCLUDED = frozenset(
     {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
@@ -413,10 +436,29 @@ def validate(cfg: XR0Config) -> None:
         (0 < cfg.secagg.quant_range < float("inf"), "secagg.quant-range must be a positive number"),
         (0 < cfg.secagg.weight_cap < float("inf"), "secagg.weight-cap must be a positive number"),
         (cfg.secagg.stage_timeout > 0, "secagg.stage-timeout must be > 0 seconds"),
+        *_multimodal_checks(cfg.multimodal),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def _multimodal_checks(mm: MultimodalConfig) -> list[tuple[bool, str]]:
+    return [
+        (mm.text_sharing in ("all", "top-k", "projection", "frozen"),
+         "multimodal.text-sharing must be all, top-k, projection or frozen"),
+        (mm.text_top_k >= 1, "multimodal.text-top-k must be >= 1"),
+        (mm.contrastive in ("clip", "siglip", "none"), "multimodal.contrastive must be clip, siglip or none"),
+        (mm.contrastive_weight >= 0 and mm.caption_weight >= 0,
+         "multimodal.contrastive-weight and multimodal.caption-weight must be >= 0"),
+        (not mm.enabled or (mm.contrastive != "none" and mm.contrastive_weight > 0) or mm.caption_weight > 0,
+         "multimodal.enabled needs an image-report term: multimodal.contrastive-weight > 0 (with contrastive "
+         "clip or siglip) or multimodal.caption-weight > 0"),
+        (mm.proj_dim >= 1 and mm.caption_width >= 8 and mm.caption_width % 4 == 0 and mm.caption_layers >= 1,
+         "multimodal.proj-dim >= 1, multimodal.caption-width >= 8 (a multiple of 4) and "
+         "multimodal.caption-layers >= 1 required"),
+        (mm.max_tokens >= 4, "multimodal.max-tokens must be >= 4"),
+    ]
 
 
 def as_dict(cfg: XR0Config) -> dict[str, Any]:

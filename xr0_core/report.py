@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xr0_core.atomic import atomic_write
+from xr0_core.eval.multimodal_report import multimodal_section
 from xr0_core.htmlpage import details, image, note, page, table
 
 EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
@@ -523,6 +524,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("training", training_section),
     ("ssl-health", health_section),
     ("privacy", privacy_section),
+    ("multimodal", lambda rep: multimodal_section(rep.summary, rep.history)),  # mXR-0 ("" when image-only)
     ("secure-aggregation", secagg_section),
     ("evaluation", evaluation_section),
     ("rounds", rounds_section),

@@ -1,7 +1,7 @@
 """``xr0 pretrain``: XR-0 self-supervised pretraining on local data (one site, or several folders pooled).
 
     xr0 pretrain --data DIR [--data DIR2 ...] [--manifest FILE] --preset cpu-tiny --steps N --out OUT
-                 [--resume] [--json] [--set key=value ...]
+                 [--resume] [--multimodal] [--json] [--set key=value ...]
 
 Writes to OUT:
 
@@ -20,6 +20,12 @@ At the end it measures k-NN anatomy accuracy on held-out images (``split == test
 "pretraining helped" is a measured number (D8). Held-out sets of one hospital are small, so the summary
 also gives ``knn_gain`` (pretrained minus random) with a paired, patient-level bootstrap 95 % interval
 ``knn_gain_ci95``: an interval that straddles 0 says the run is too short or the set too small to tell.
+
+``--multimodal`` (mXR-0, docs/multimodal.md) also trains on the reports, prints the upload bytes per
+text-sharing mode, adds ``retrieval_r5`` / ``retrieval_r5_random`` (zero-shot image-to-report Recall@5 on the
+held-out pairs with the model's own projections, trained vs random image weights with the same text tower),
+``report_bleu4`` / ``report_rouge_l`` (+ ``_random``) and writes ``text_tower/``,
+``multimodal_heads.safetensors`` and ``multimodal.json`` next to the backbone.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--verbose", action="store_true",
                    help="show library output and warnings on the terminal (default: OUT/logs/pretrain.log)")
+    p.add_argument("--multimodal", action="store_true",
+                   help="mXR-0: also learn from reports (text tower, contrastive + captioning; sets multimodal.enabled)")
     p.set_defaults(func=_run)
 
 
@@ -64,6 +72,8 @@ def _build_config(args: argparse.Namespace):
     flat: dict[str, Any] = {"preset": args.preset, **parse_sets(args.overrides)}
     if args.steps is not None:
         flat["train.steps"] = args.steps
+    if getattr(args, "multimodal", False):
+        flat["multimodal.enabled"] = True
     try:
         return from_flat(flat)
     except ConfigError as exc:
@@ -254,6 +264,30 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     return result
 
 
+def _multimodal(trainer, test_records: list[Any], cfg, out: Path) -> dict[str, Any]:
+    """mXR-0 outputs: upload bytes per text-sharing mode, zero-shot numbers on the held-out pairs (trained and
+    round-0 model, same text tower), and the text-side export next to the backbone."""
+    from xr0_core.eval.zeroshot import GEN, I2R, R2I, evaluate_zeroshot
+    from xr0_core.export_text import export_text_side
+
+    sharing = trainer.model.sharing_report()
+    for line in sharing.lines():
+        _say(f"xr0 pretrain: {line}")
+    zs = evaluate_zeroshot(cfg, test_records, trainer.shared_state_dict(), rows="all", device=trainer.device)
+    res: dict[str, Any] = {"multimodal": {**sharing.to_json(), "zeroshot": zs,
+                                          "reports_train": int(sum(1 for r in trainer.records
+                                                                   if getattr(r, "report", None)))}}
+    for key, (task, metric) in {"retrieval_r5": (I2R, "recall@5"), "retrieval_r5_report_to_image": (R2I, "recall@5"),
+                                "report_bleu4": (GEN, "bleu4"), "report_rouge_l": (GEN, "rouge-l")}.items():
+        res[key] = zs["tasks"].get(task, {}).get(metric)
+        res[f"{key}_random"] = zs["baseline_random"].get(task, {}).get(metric)
+    res["retrieval_pairs"] = zs["counts"].get(I2R, zs["counts"].get(GEN, 0))
+    if zs["skipped"]:
+        res["multimodal_note"] = "; ".join(zs["skipped"])
+    export_text_side(trainer.model, out)
+    return res
+
+
 def _run(args: argparse.Namespace) -> int:
     from xr0_core.console import quiet_console
 
@@ -319,6 +353,7 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
 
     export_backbone(trainer.model.student["backbone"], cfg.model, out / "backbone.safetensors",
                     extra={"steps": total, "config_hash": cfg.hash(), "preset": cfg.preset})
+    multimodal = _multimodal(trainer, test_records, cfg, out) if cfg.multimodal.enabled else {}
     losses = [r["loss"] for r in rows]
     if rows:
         _plot_curve(rows, out / "curve.png")
@@ -333,6 +368,7 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
         "num_heldout_images": len(test_records),
         "skipped_images": len(trainer.cache.skipped),
         **_knn(trainer, test_records, cfg),
+        **multimodal,
         "health": health,
         "seconds": round(time.perf_counter() - t0, 1),
         "device": str(trainer.device),
@@ -356,6 +392,11 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
               f"{_fmt(summary['knn_accuracy_random'])}; gain 95% CI {_fmt(summary.get('knn_gain_ci95'))}), "
               f"linear probe {_fmt(summary.get('linear_accuracy'))} (random init {_fmt(summary.get('linear_accuracy_random'))}); "
               f"outputs in {out}", file=con.stream)
+        if cfg.multimodal.enabled:
+            print(f"xr0 pretrain: zero-shot image-to-report Recall@5 {_fmt(summary.get('retrieval_r5'))} (random "
+                  f"image weights {_fmt(summary.get('retrieval_r5_random'))}); report generation BLEU-4 "
+                  f"{_fmt(summary.get('report_bleu4'))} (random {_fmt(summary.get('report_bleu4_random'))})",
+                  file=con.stream)
         pix = summary.get("baseline_pixels") or {}
         if pix:
             print(f"xr0 pretrain: raw-pixel baseline: k-NN {_fmt(pix.get('knn_accuracy'))}, linear probe "

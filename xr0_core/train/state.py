@@ -37,12 +37,14 @@ LOSS_CURVE_POINTS = 8
 
 def build_model(cfg: XR0Config) -> XR0SSL:
     """The SSL model with initial weights from torch seed ``derive_seed(cfg.seed, "init")``: every site and the
-    server build the same start. The global torch RNG is forked, so callers' random state is untouched."""
+    server build the same start. The global torch RNG is forked, so callers' random state is untouched.
+    With ``multimodal.enabled`` it is mXR-0's :class:`~xr0_core.ssl.multimodal.MultimodalXR0`."""
     from xr0_core.models.init_from import apply_init_from
+    from xr0_core.ssl.multimodal import build_method
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = XR0SSL(cfg)
+        model = build_method(cfg)
     apply_init_from(model, cfg.model)  # model.init-from: a local backbone, SHA-256 checked (no-op when unset)
     return model
 
@@ -106,6 +108,11 @@ class SiteTrainer:
     def _batch_maker(self) -> BatchMaker:
         if self._maker is None:
             self._maker = BatchMaker(self.cache, self.cfg, site=self.site, patch_size=self.model.patch_size)
+            if self.cfg.multimodal.enabled:  # mXR-0: each image's report tokens ride along (none: image-only)
+                from xr0_core.data.reports import ReportBatches, ReportTokens
+
+                tokens = ReportTokens(self.cache.kept, self.model.tokenizer, self.cfg.multimodal.max_tokens)
+                self._maker = ReportBatches(self._maker, tokens)
         return self._maker
 
     def measure_health(self, step: int, total_steps: int) -> dict[str, float]:
