@@ -65,7 +65,7 @@ def measure(preset: str, mode: str, batch: int, steps: int, device: str) -> dict
     else:
         session = DPSession(tr, noise_multiplier=1.0, sample_rate=1.0, seed=0)
         session.sampler.draw = lambda: (idx, torch.arange(b))  # exactly B units of one image each
-        maker.build = (lambda built: (lambda s, i: built))(maker.build(0, idx))  # same views as the plain run
+        maker.build = (lambda built: (lambda s, i, secret=None: built))(maker.build(0, idx))  # same views as the plain run
 
         def step(i):
             session.step(tr, maker, sched, i, rng_seed=i)

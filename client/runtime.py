@@ -30,7 +30,7 @@ MAX_CACHED_SITES = 4  # per process: 100 virtual hospitals on 24 GB must not kee
 @dataclass
 class SiteData:
     records: list[Any]  # usable SiteRecords
-    cache: Any  # xr0_core.data.dataset.ImageCache over the training records (see site_data)
+    cache: Any  # xr0_core.data.source.ImageSource over the training records (see site_data)
 
 
 _SITES: "OrderedDict[tuple, SiteData]" = OrderedDict()
@@ -47,15 +47,18 @@ def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
     if key in _SITES:
         _SITES.move_to_end(key)
         return _SITES[key]
-    from xr0_core.data.dataset import ImageCache, ssl_records
+    from xr0_core.data.dataset import ssl_records
     from xr0_core.data.index import index_site
+    from xr0_core.data.source import open_site_images
 
     # Headers only: the cache decodes every image anyway and skips (and logs) the ones that fail.
     index = index_site(site.data_dir, site.manifest, verify_pixels=False)
     if index.skipped:
         log.warning("site %s: %d files skipped (run `xr0 site check` for reasons)", site.name, len(index.skipped))
     train = private_training_records(index.records, site) if private else ssl_records(index.records)
-    data = SiteData(index.records, ImageCache(train, cfg.train.load_size, progress=False).decode())
+    # In RAM for small sites, else the prepared shards in the state folder (train.image-cache; D16).
+    images = open_site_images(cfg, train, site.state_dir, data_dir=site.data_dir, prepare_records=index.records)
+    data = SiteData(index.records, images)
     _SITES[key] = data
     while len(_SITES) > MAX_CACHED_SITES:
         _SITES.popitem(last=False)

@@ -296,6 +296,10 @@ class Coordinator:
             "report": str(self.out / "report.html"),
             "config": self.cfg.to_flat(),
         }
+        if self.cfg.multimodal.enabled and not stop_reason:  # mXR-0: text side exported; upload bytes per mode
+            from xr0_core.export_text import export_multimodal_from_shared
+
+            summary["multimodal"] = export_multimodal_from_shared(self.cfg, self.weights, self.out)
         write_report(self.out, summary, self.history)
         atomic_write_json(self.out / "run.json", summary)
         return summary

@@ -6,7 +6,7 @@ import sys
 
 from xr0_core.cli import CORE_COMMANDS, run
 
-COMMANDS = CORE_COMMANDS + ("simulation.simulate_cmd",)
+COMMANDS = CORE_COMMANDS + ("simulation.simulate_cmd", "server.deploy_cmd")
 
 
 def main(argv: list[str] | None = None) -> int:

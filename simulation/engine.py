@@ -76,6 +76,8 @@ def run_federation(
     cpus_per_client: int = 1,
     total_cpus: int | None = None,
     verbose: bool = False,
+    ray_address: str | None = None,
+    gpus_per_client: float = 0.0,
 ) -> None:
     """Run ``cfg.federation.rounds`` rounds with ``num_sites`` simulated hospitals.
 
@@ -92,7 +94,13 @@ def run_federation(
     cpus_per_client : int
         Ray CPU resources per ClientApp: ``total_cpus // cpus_per_client`` hospitals train at once.
     total_cpus : int, optional
-        CPUs Ray may use (default: all).
+        CPUs Ray may use (default: all). Ignored with ``ray_address`` (the cluster has its own).
+    ray_address : str, optional
+        Attach to a running Ray cluster (``ray start --head`` printed its ``HOST:PORT``) instead of starting a
+        local one; the ClientApps run on its nodes, which must hold this project at the same path (they get this
+        process's ``PYTHONPATH``). The cluster is left running afterwards: it is not ours to stop.
+    gpus_per_client : float
+        Ray GPU resources per ClientApp (0.25: four hospitals share a GPU), as Flower's Simulation Engine allows.
     """
     os.environ.update(FLOWER_ENV)
     from flwr.app import Context, RecordDict
@@ -111,11 +119,15 @@ def run_federation(
     update_console_handler(colored=tty, timestamps=not tty)
     flat = cfg.to_flat()
     write_app_dir(app_dir, flat)
+    if gpus_per_client < 0:
+        raise ValueError(f"gpus_per_client must be >= 0, got {gpus_per_client}")
     init_args: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
-    if total_cpus:
+    if ray_address:
+        init_args = {"address": ray_address, "configure_logging": False}  # Ray refuses num_cpus etc. here
+    elif total_cpus:
         init_args["num_cpus"] = int(total_cpus)
     backend_config = {
-        "client_resources": {"num_cpus": int(cpus_per_client), "num_gpus": 0.0},
+        "client_resources": {"num_cpus": int(cpus_per_client), "num_gpus": float(gpus_per_client)},
         "init_args": init_args,
     }
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
@@ -134,7 +146,8 @@ def run_federation(
         )
     finally:
         # Flower terminates its actors but leaves the local Ray cluster (raylet, GCS, idle workers) up for
-        # the rest of the process; a library call must not leave processes behind.
+        # the rest of the process; a library call must not leave processes behind. With ray_address this only
+        # disconnects: an attached cluster keeps running.
         import ray
 
         if ray.is_initialized():

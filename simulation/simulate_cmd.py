@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-steps", type=int, default=None, help="local SSL steps per round (default: preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-client", type=int, default=1, help="CPU cores per simulated hospital (default 1)")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="attach to a running Ray cluster (started with `ray start --head`, other machines joined "
+                   "with `ray start --address HOST:PORT`) instead of a local one; it is left running")
+    p.add_argument("--gpus-per-client", type=float, default=0.0,
+                   help="GPU share per simulated hospital (e.g. 0.5: two per GPU; default 0, CPU only)")
     p.add_argument("--compare-pooled", action="store_true",
                    help="also pretrain on the pooled data with the same total steps and compare on held-out images")
     p.add_argument("--secagg", action="store_true",
@@ -46,6 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, default=8.0,
                    help="with --dp: each simulated hospital's own budget, written to its ledger (default 8)")
     p.add_argument("--delta", type=float, default=1e-5, help="with --dp: each hospital's delta (default 1e-5)")
+    p.add_argument("--multimodal", action="store_true",
+                   help="mXR-0: hospitals with reports also train a text tower (sets multimodal.enabled); "
+                        "hospitals without reports train image-only in the same federation")
+    p.add_argument("--init-from", type=Path, default=None, metavar="FILE",
+                   help="start from a local backbone (timm / DINOv2 / RAD-DINO / XR-0 export); its SHA-256 goes "
+                   "into the run config and every hospital checks it (sets model.init-from, model.init-sha256)")
+    p.add_argument("--prepare-workers", type=int, default=None,
+                   help="processes decoding hospitals' images into prepared shards before the run "
+                   "(default: all cores; see train.image-cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
@@ -93,10 +107,19 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
         flat["secagg.enabled"] = True
     if args.dp:
         flat["privacy.enabled"] = True
+    if getattr(args, "multimodal", False):
+        flat["multimodal.enabled"] = True
     if args.rounds is not None:
         flat["federation.rounds"] = args.rounds
     if args.local_steps is not None:
         flat["train.local-steps"] = args.local_steps
+    if args.init_from is not None:
+        from xr0_core.models.init_from import file_sha256
+
+        init = args.init_from.expanduser().resolve()
+        if not init.is_file():
+            raise CLIError(f"--init-from {init} is not a file")
+        flat.update({"model.init-from": str(init), "model.init-sha256": file_sha256(init)})
     data_root = args.data.expanduser().resolve() if args.data else out / "hospitals"
     flat.update({
         "federation.out-dir": str(out),
@@ -123,6 +146,7 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
              f"{cfg.federation.rounds} rounds x {cfg.train.local_steps} local steps"
              + (", DP" if cfg.privacy.enabled or cfg.privacy.client_level else "")
              + (", secure aggregation" if cfg.secagg.enabled else ""))
+    _prepare_images(cfg, sites, args.prepare_workers, con)
     if cfg.privacy.enabled or cfg.privacy.client_level:
         _prepare_privacy(cfg, args, out / "sites", [d.name for d in dirs])
 
@@ -132,7 +156,10 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
 
     try:
         resume_point(out / "checkpoints", cfg)  # refuse before starting Ray; the ServerApp checks again
-        run_federation(cfg, len(dirs), app_dir=out / "flower-app", cpus_per_client=args.cpus_per_client)
+        if args.gpus_per_client < 0:
+            raise CLIError(f"--gpus-per-client must be >= 0, got {args.gpus_per_client}")
+        run_federation(cfg, len(dirs), app_dir=out / "flower-app", cpus_per_client=args.cpus_per_client,
+                       ray_address=args.ray_address, gpus_per_client=args.gpus_per_client)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     run_json = out / "run.json"
@@ -162,6 +189,13 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
             site["epsilon"] = (ledger.epsilon(delta=policy.delta, accountant=policy.accountant)
                                if ledger.exists() else 0.0)
             site["delta"] = policy.delta
+    if cfg.multimodal.enabled and "multimodal" in summary:  # bytes each hospital uploads per round, per mode
+        from xr0_core.ssl.multimodal import SharingReport
+
+        mm = summary["multimodal"]
+        lines = SharingReport(mm["text_sharing"], mm["text_top_k"], mm["image_bytes"], mm["text_bytes"]).lines()
+        for line in lines:
+            con.line(line)
     if args.compare_pooled and summary.get("status") != "stopped":
         from .compare import compare_backbones
 
@@ -170,6 +204,25 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
 
     rewrite_outputs(out, summary)
     return summary
+
+
+def _prepare_images(cfg, sites: list[dict[str, Any]], workers: int | None, con) -> None:
+    """Decode large hospitals into prepared shards here, in parallel over the cores, before Ray starts: the
+    simulated clients then read them memory-mapped (train.image-cache; D16). Small ones stay in RAM (auto)."""
+    import os
+
+    from xr0_core.data.prepared import prepare_site, prepared_dir
+    from xr0_core.data.source import PREPARED_DTYPE, cache_kind
+
+    for site in sites:
+        state = Path(site["state_dir"])
+        if cache_kind(cfg, int(site["images"]), state) != "prepared":
+            continue
+        folder = prepared_dir(state, cfg.train.load_size, PREPARED_DTYPE)
+        report = prepare_site(site["data_dir"], folder, cfg.train.load_size, dtype=PREPARED_DTYPE,
+                              workers=workers or os.cpu_count() or 1, verify=True)
+        con.line(f"{site['name']}: {report.images} images prepared in {folder} ({report.decoded} decoded now, "
+                 f"{report.images_per_second:.0f} images/s)")
 
 
 def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: list[str]) -> None:

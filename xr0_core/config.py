@@ -44,6 +44,10 @@ class ModelConfig:
     head_bottleneck_dim: int = 64
     head_layers: int = 3
     ibot_out_dim: int = 16  # iBOT patch prototypes (separate head, as DINOv2); same reasoning as head_out_dim
+    # Start from a local pretrained backbone (timm / DINOv2 / RAD-DINO / XR-0 export; xr0_core/models/init_from.py)
+    # instead of random init. init-sha256 names the file: every site checks it before training.
+    init_from: str = ""
+    init_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,11 @@ class TrainConfig:
     # global steps and at the end of every training call; 0 disables. Not measured under DP (it reads private
     # images outside the accountant).
     health_every: int = 50
+    # Where decoded images live (xr0_core/data/source.py): ram | prepared (memory-mapped shards in the site's
+    # state folder, `xr0 site prepare`) | auto (prepared from 1000 images or when already prepared).
+    image_cache: str = "auto"
+    compile: bool = False  # torch.compile the student and teacher (CUDA; first steps are slow)
+    log_every: int = 0  # gather step metrics on the host every K steps; 0: 1 on CPU, 25 on CUDA (no per-step sync)
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class MultimodalConfig:
+    """mXR-0: image-report pretraining with a BERT text tower (D6; xr0_core/ssl/multimodal.py).
+
+    Sites without reports train the image objectives only, in the same federation.
+    """
+
+    enabled: bool = False
+    text_encoder: str = ""  # local BERT folder (config.json, vocab.txt, weights); "": the bundled MiniLM-L6
+    # Which text parameters train and leave a site: all | top-k (the top text-top-k layers) | projection (text
+    # projection only, tower frozen) | frozen (tower and text projection fixed; only the image side learns).
+    text_sharing: str = "projection"
+    text_top_k: int = 1
+    contrastive: str = "clip"  # clip (InfoNCE) | siglip (sigmoid) | none; batch-coupled: refused under DP
+    contrastive_weight: float = 1.0
+    caption_weight: float = 0.5  # image -> report decoder (per-sample: the DP-compatible image-text term)
+    proj_dim: int = 128  # shared image-text embedding size
+    max_tokens: int = 64  # reports are truncated to this many WordPiece tokens ([CLS] and [SEP] included)
+    caption_width: int = 128
+    caption_layers: int = 1
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Where a simulated federation finds its hospitals (ignored in deployment, where node config rules)."""
 
@@ -186,6 +217,7 @@ class XR0Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    multimodal: MultimodalConfig = field(default_factory=MultimodalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def to_flat(self) -> dict[str, Scalar]:
@@ -205,11 +237,11 @@ class XR0Config:
         return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval", "simulation")
+_SECTIONS = ("model", "ssl", "train", "federation", "privacy", "secagg", "eval", "multimodal", "simulation")
 
 HASH_EXCLUDED = frozenset(
     {"federation.rounds", "federation.out-dir", "federation.resume", "federation.round-timeout", "train.device",
-     "train.num-workers", "federation.max-failed-rounds"}
+     "train.num-workers", "train.log-every", "model.init-from", "federation.max-failed-rounds"}
 )
 
 # Where files live and how evaluation is done never change the trained weights.
@@ -364,6 +396,11 @@ def validate(cfg: XR0Config) -> None:
         (t.health_every >= 0, "train.health-every must be >= 0 (0: no health measurements)"),
         (t.device in ("auto", "cuda", "cpu"), "train.device must be auto, cuda or cpu"),
         (t.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
+        (t.image_cache in ("auto", "ram", "prepared"), "train.image-cache must be auto, ram or prepared"),
+        (t.log_every >= 0, "train.log-every must be >= 0 (0: automatic)"),
+        (not m.init_from or (len(m.init_sha256) == 64 and all(c in "0123456789abcdef" for c in m.init_sha256)),
+         "model.init-from needs model.init-sha256 = the file's SHA-256 (64 lower-case hex digits; "
+         "`sha256sum FILE`): every site checks it before training"),
         (f.rounds >= 1, "federation.rounds must be >= 1"),
         (f.min_replies >= 1, "federation.min-replies must be >= 1"),
         (f.max_failed_rounds >= 0, "federation.max-failed-rounds must be >= 0 (0: never stop)"),
@@ -399,10 +436,29 @@ def validate(cfg: XR0Config) -> None:
         (0 < cfg.secagg.quant_range < float("inf"), "secagg.quant-range must be a positive number"),
         (0 < cfg.secagg.weight_cap < float("inf"), "secagg.weight-cap must be a positive number"),
         (cfg.secagg.stage_timeout > 0, "secagg.stage-timeout must be > 0 seconds"),
+        *_multimodal_checks(cfg.multimodal),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def _multimodal_checks(mm: MultimodalConfig) -> list[tuple[bool, str]]:
+    return [
+        (mm.text_sharing in ("all", "top-k", "projection", "frozen"),
+         "multimodal.text-sharing must be all, top-k, projection or frozen"),
+        (mm.text_top_k >= 1, "multimodal.text-top-k must be >= 1"),
+        (mm.contrastive in ("clip", "siglip", "none"), "multimodal.contrastive must be clip, siglip or none"),
+        (mm.contrastive_weight >= 0 and mm.caption_weight >= 0,
+         "multimodal.contrastive-weight and multimodal.caption-weight must be >= 0"),
+        (not mm.enabled or (mm.contrastive != "none" and mm.contrastive_weight > 0) or mm.caption_weight > 0,
+         "multimodal.enabled needs an image-report term: multimodal.contrastive-weight > 0 (with contrastive "
+         "clip or siglip) or multimodal.caption-weight > 0"),
+        (mm.proj_dim >= 1 and mm.caption_width >= 8 and mm.caption_width % 4 == 0 and mm.caption_layers >= 1,
+         "multimodal.proj-dim >= 1, multimodal.caption-width >= 8 (a multiple of 4) and "
+         "multimodal.caption-layers >= 1 required"),
+        (mm.max_tokens >= 4, "multimodal.max-tokens must be >= 4"),
+    ]
 
 
 def as_dict(cfg: XR0Config) -> dict[str, Any]:

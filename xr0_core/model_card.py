@@ -239,7 +239,7 @@ def card_markdown(card: dict[str, Any]) -> str:
             "the evaluation uses light heads on frozen features, not fine-tuning;"]
     if card.get("data_source") == "synthetic":
         lims.insert(0, "trained and evaluated on synthetic phantoms: no claim about real radiographs;")
-    if any(r["verdict"] in ("not shown", "no interval") for r in card["summary"]):
+    if any(r["verdict"] in ("not shown", "no interval", "too few patients") for r in card["summary"]):
         lims.append("where the verdict is 'not shown', pretraining did not measurably beat random init here;")
     if card["differential_privacy"]:
         lims.append("DP noise costs accuracy; ε holds for the privacy unit stated above, at each site's δ;")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xr0_core.atomic import atomic_write
+from xr0_core.eval.multimodal_report import multimodal_section
 from xr0_core.htmlpage import details, image, note, page, table
 
 EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
@@ -33,6 +34,8 @@ FAMILY_ORDER = tuple(f.rstrip("/") for f in EVAL_FAMILIES)
 LOWER_IS_BETTER = ("mre-px", "mre-mm")  # metrics where a smaller number is the better model
 LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/state.py: per-round summary of the per-step loss
 Z95 = 1.959964
+# Fewer patients than this (over all hospitals) and a bootstrap interval says more than the data: no verdict.
+MIN_UNITS = 10
 
 
 @dataclass
@@ -102,6 +105,9 @@ def pooled_interval(per_site: list[dict[str, Any]]) -> dict[str, float]:
     if not per_site:
         return {"diff": math.nan, "low": math.nan, "high": math.nan, "units": 0.0}
     total = sum(s["units"] for s in per_site)
+    if any(s["units"] < 2 for s in per_site):  # one patient: resampling it gives no spread, not certainty
+        diff = sum(s["units"] * s["diff"] for s in per_site) / total
+        return {"diff": diff, "low": math.nan, "high": math.nan, "units": total}
     if len(per_site) == 1:
         s = per_site[0]
         return {"diff": s["diff"], "low": s["low"], "high": s["high"], "units": total}
@@ -147,10 +153,10 @@ def summary_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cis = [c for c in cis if c["metric"] == metric]
         iv = pooled_interval(cis)
         values = pooled[(task, metric)]
+        verdict_ = verdict(metric, iv["low"], iv["high"]) if iv["units"] >= MIN_UNITS else "too few patients"
         rows.append({"family": task.split("/")[0], "task": task.split("/", 1)[1], "metric": metric,
                      "pretrained": values.get("pretrained", math.nan), "random": values.get("random", math.nan),
-                     **iv, "verdict": verdict(metric, iv["low"], iv["high"]), "hospitals": len(cis),
-                     "per_site": cis, "round": last["round"]})
+                     **iv, "verdict": verdict_, "hospitals": len(cis), "per_site": cis, "round": last["round"]})
     m = last["metrics"]  # the cheap anatomy probe (eval.tasks = none): no per-patient scores, no interval
     for key, label in (("knn-anatomy", "anatomy k-NN"), ("linear-anatomy", "anatomy linear probe")):
         if key in m and f"{key}-random" in m:
@@ -170,7 +176,7 @@ def plot_forest(rows: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     plt = _plt()
     fig, axes = plt.subplots(len(rows), 1, figsize=(7.0, 0.62 * len(rows) + 0.9), dpi=100, squeeze=False)
-    colours = {"better": "#0a6b2d", "worse": "#a4161a", "not shown": "#555555"}
+    colours = {"better": "#0a6b2d", "worse": "#a4161a"}
     for ax, r in zip(axes[:, 0], rows):
         sign = -1.0 if r["metric"] in LOWER_IS_BETTER else 1.0
         lo, hi = sorted((sign * r["low"], sign * r["high"]))
@@ -205,7 +211,8 @@ def summary_section(rep: RunReport) -> str:
     rows = summary_rows(rep.history)
     if not rows:
         return ""
-    badge = {"better": "better", "worse": "worse", "not shown": "unclear", "no interval": "unclear"}
+    badge = {"better": "better", "worse": "worse", "not shown": "unclear", "no interval": "unclear",
+             "too few patients": "unclear"}
     cells = []
     for r in rows:
         diff = f"{r['diff']:+.3f}" if math.isfinite(r["diff"]) else "-"
@@ -217,7 +224,8 @@ def summary_section(rep: RunReport) -> str:
     out = ["<h2>Summary: did pretraining help?</h2>",
            note(f"frozen backbone after round {rows[0]['round']}: pretrained minus random init (same heads, same "
                 "test rows). Interval: 95 %, paired bootstrap over patients at each hospital, pooled across "
-                "hospitals by test units. 'better' / 'worse' only when the whole interval is on one side of 0."),
+                f"hospitals by test units. 'better' / 'worse' only when the whole interval is on one side of 0 and at "
+                f"least {MIN_UNITS} patients were scored."),
            table(["family", "task", "metric", "pretrained", "random init", "difference [95 % interval]", "verdict",
                   "sites", "units"], cells, raw=True, text_columns=3)]
     png = plot_forest(rows, rep.out_dir / "summary_forest.png")
@@ -516,6 +524,7 @@ SECTIONS: list[tuple[str, Section]] = [
     ("training", training_section),
     ("ssl-health", health_section),
     ("privacy", privacy_section),
+    ("multimodal", lambda rep: multimodal_section(rep.summary, rep.history)),  # mXR-0 ("" when image-only)
     ("secure-aggregation", secagg_section),
     ("evaluation", evaluation_section),
     ("rounds", rounds_section),

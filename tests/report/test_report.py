@@ -102,3 +102,15 @@ def test_model_card_is_a_hugging_face_card(tmp_path):
     hub = pytest.importorskip("huggingface_hub")  # the Hub's own parser, when installed (it is, via transformers)
     card = hub.ModelCard.load(out / "model_card.md")
     assert card.data.license == "apache-2.0" and "timm" == card.data.library_name
+
+
+def test_too_few_patients_give_no_verdict():
+    # One patient per hospital: every resample is the same patient, spread 0; that is not certainty.
+    tiny = [{"diff": 0.2, "low": 0.2, "high": 0.2, "se": 0.0, "units": 1} for _ in range(3)]
+    iv = pooled_interval(tiny)
+    assert iv["diff"] == pytest.approx(0.2) and math.isnan(iv["low"]) and iv["units"] == 3
+    hist = fakerun.history()
+    for s in hist[-1]["sites"]:  # 3 patients per hospital: an interval, but 9 < MIN_UNITS
+        for k in [k for k in s["metrics"] if k.endswith("/units")]:
+            s["metrics"][k] = 3.0
+    assert {r["verdict"] for r in summary_rows(hist)} == {"too few patients"}

@@ -100,9 +100,11 @@ def test_report_and_model_card_of_a_run_are_readable(finished_run, tmp_path):
 
     _, out, _ = finished_run
     html = (out / "report.html").read_text()
-    for needle in ("Summary: did pretraining help?", "95 % interval", "summary_forest.png", "curve_loss.png",
-                   "mean loss of a slice", "<details><summary>"):
+    for needle in ("Summary: did pretraining help?", "95 % interval", "curve_loss.png", "mean loss of a slice",
+                   "<details><summary>"):
         assert needle in html, needle
+    # 12 images per hospital: the forest plot when a hospital scored 2+ patients, else the honest verdict.
+    assert "summary_forest.png" in html or "too few patients" in html
     page = check_page(out / "report.html", tmp_path / "browser")
     assert page.problems() == [], page.problems()
     assert page.images >= 2 and {"summary", "training", "evaluation"} <= set(page.sections)

@@ -20,6 +20,7 @@ CORE_COMMANDS = (
     "xr0_core.cli.pretrain",
     "xr0_core.cli.evaluate",
     "xr0_core.cli.privacy",
+    "xr0_core.cli.certs",
 )
 
 

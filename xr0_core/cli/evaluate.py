@@ -120,6 +120,7 @@ def load_backbone_source(args: argparse.Namespace) -> tuple[Any, Callable[[], An
                            f"pass the --preset / --set it was trained with: {str(exc)[:300]}") from None
 
     shared().eval()  # fail now, before decoding any image, when the weights do not fit
+    shared.weights = weights  # type: ignore[attr-defined]  # mXR-0: the text side for zero-shot evaluation
     return cfg, shared, f"shared weights {path}"
 
 
@@ -143,6 +144,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_models(cfg, index.records, model, lambda: backbone_from_shared(cfg, None),
                                  tasks=args.tasks, strict=True, examples=args.examples if args.out else 0)
+        if cfg.multimodal.enabled and getattr(model, "weights", None) is not None:
+            from xr0_core.eval.zeroshot import add_zeroshot  # the checkpoint carries a text tower + projections
+
+            add_zeroshot(result, cfg, index.records, model.weights)
     except (EvalDataError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     body = result.to_json()

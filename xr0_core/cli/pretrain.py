@@ -1,7 +1,7 @@
 """``xr0 pretrain``: XR-0 self-supervised pretraining on local data (one site, or several folders pooled).
 
     xr0 pretrain --data DIR [--data DIR2 ...] [--manifest FILE] --preset cpu-tiny --steps N --out OUT
-                 [--resume] [--json] [--set key=value ...]
+                 [--resume] [--multimodal] [--json] [--set key=value ...]
 
 Writes to OUT:
 
@@ -20,6 +20,12 @@ At the end it measures k-NN anatomy accuracy on held-out images (``split == test
 "pretraining helped" is a measured number (D8). Held-out sets of one hospital are small, so the summary
 also gives ``knn_gain`` (pretrained minus random) with a paired, patient-level bootstrap 95 % interval
 ``knn_gain_ci95``: an interval that straddles 0 says the run is too short or the set too small to tell.
+
+``--multimodal`` (mXR-0, docs/multimodal.md) also trains on the reports, prints the upload bytes per
+text-sharing mode, adds ``retrieval_r5`` / ``retrieval_r5_random`` (zero-shot image-to-report Recall@5 on the
+held-out pairs with the model's own projections, trained vs random image weights with the same text tower),
+``report_bleu4`` / ``report_rouge_l`` (+ ``_random``) and writes ``text_tower/``,
+``multimodal_heads.safetensors`` and ``multimodal.json`` next to the backbone.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--verbose", action="store_true",
                    help="show library output and warnings on the terminal (default: OUT/logs/pretrain.log)")
+    p.add_argument("--multimodal", action="store_true",
+                   help="mXR-0: also learn from reports (text tower, contrastive + captioning; sets multimodal.enabled)")
     p.set_defaults(func=_run)
 
 
@@ -64,6 +72,8 @@ def _build_config(args: argparse.Namespace):
     flat: dict[str, Any] = {"preset": args.preset, **parse_sets(args.overrides)}
     if args.steps is not None:
         flat["train.steps"] = args.steps
+    if getattr(args, "multimodal", False):
+        flat["multimodal.enabled"] = True
     try:
         return from_flat(flat)
     except ConfigError as exc:
@@ -172,12 +182,34 @@ def _resume(trainer, out: Path, total_steps: int) -> None:
         raise CLIError(f"--resume: {exc}") from None
 
 
+def _images(cfg, serve: list[Any], every: list[Any], args: argparse.Namespace, out: Path):
+    """The image source of ``serve`` (prepared shards under ``out`` cover ``every`` record, held-out ones too)."""
+    import os
+
+    from xr0_core.data.source import open_site_images
+
+    root = os.path.commonpath([str(Path(d).expanduser().resolve()) for d in args.data])
+    return open_site_images(cfg, serve, out, data_dir=root, prepare_records=every, workers=os.cpu_count() or 1,
+                            progress=False)  # the quiet console owns the terminal
+
+
+def _test_images(trainer, test_records: list[Any], cfg):
+    """Held-out images from the same kind of source as the training images (same pixels either way)."""
+    from xr0_core.data.dataset import ImageCache
+
+    folder = getattr(trainer.cache, "folder", None)
+    if folder is not None:
+        from xr0_core.data.prepared import PreparedImages
+
+        return PreparedImages(test_records, folder)
+    return ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+
+
 def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     """k-NN and linear-probe anatomy accuracy of the trained student backbone and of the initial (random)
     backbone, on the same held-out images."""
     import torch
 
-    from xr0_core.data.dataset import ImageCache
     import torch.nn.functional as F
 
     from xr0_core.data.views import center_view
@@ -188,7 +220,7 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     from xr0_core.eval.metrics import paired_bootstrap_ci
 
     train_cache = trainer.cache.decode()
-    test_cache = ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+    test_cache = _test_images(trainer, test_records, cfg)
     train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
     test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
     names = sorted({train_cache.kept[i].anatomy for i in train_rows})
@@ -232,6 +264,30 @@ def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
     return result
 
 
+def _multimodal(trainer, test_records: list[Any], cfg, out: Path) -> dict[str, Any]:
+    """mXR-0 outputs: upload bytes per text-sharing mode, zero-shot numbers on the held-out pairs (trained and
+    round-0 model, same text tower), and the text-side export next to the backbone."""
+    from xr0_core.eval.zeroshot import GEN, I2R, R2I, evaluate_zeroshot
+    from xr0_core.export_text import export_text_side
+
+    sharing = trainer.model.sharing_report()
+    for line in sharing.lines():
+        _say(f"xr0 pretrain: {line}")
+    zs = evaluate_zeroshot(cfg, test_records, trainer.shared_state_dict(), rows="all", device=trainer.device)
+    res: dict[str, Any] = {"multimodal": {**sharing.to_json(), "zeroshot": zs,
+                                          "reports_train": int(sum(1 for r in trainer.records
+                                                                   if getattr(r, "report", None)))}}
+    for key, (task, metric) in {"retrieval_r5": (I2R, "recall@5"), "retrieval_r5_report_to_image": (R2I, "recall@5"),
+                                "report_bleu4": (GEN, "bleu4"), "report_rouge_l": (GEN, "rouge-l")}.items():
+        res[key] = zs["tasks"].get(task, {}).get(metric)
+        res[f"{key}_random"] = zs["baseline_random"].get(task, {}).get(metric)
+    res["retrieval_pairs"] = zs["counts"].get(I2R, zs["counts"].get(GEN, 0))
+    if zs["skipped"]:
+        res["multimodal_note"] = "; ".join(zs["skipped"])
+    export_text_side(trainer.model, out)
+    return res
+
+
 def _run(args: argparse.Namespace) -> int:
     from xr0_core.console import quiet_console
 
@@ -247,6 +303,7 @@ def _run(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from xr0_core.data.dataset import ssl_records
     from xr0_core.export import export_backbone
     from xr0_core.train.state import SiteTrainer
 
@@ -261,7 +318,9 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from xr0_core.data.splits import holdout_split
 
     train_records, test_records = holdout_split(records, cfg.seed)
-    trainer = SiteTrainer(cfg, train_records, site=SITE)
+    # Large sites read prepared shards from OUT/prepared (train.image-cache; D16), small ones decode into RAM.
+    images = _images(cfg, ssl_records(train_records), records, args, out)
+    trainer = SiteTrainer(cfg, train_records, site=SITE, cache=images)
     if trainer.num_examples == 0:
         raise CLIError("no training images left after holding out the test split")
     metrics_path = out / "metrics.jsonl"
@@ -294,6 +353,7 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
 
     export_backbone(trainer.model.student["backbone"], cfg.model, out / "backbone.safetensors",
                     extra={"steps": total, "config_hash": cfg.hash(), "preset": cfg.preset})
+    multimodal = _multimodal(trainer, test_records, cfg, out) if cfg.multimodal.enabled else {}
     losses = [r["loss"] for r in rows]
     if rows:
         _plot_curve(rows, out / "curve.png")
@@ -308,6 +368,7 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
         "num_heldout_images": len(test_records),
         "skipped_images": len(trainer.cache.skipped),
         **_knn(trainer, test_records, cfg),
+        **multimodal,
         "health": health,
         "seconds": round(time.perf_counter() - t0, 1),
         "device": str(trainer.device),
@@ -331,6 +392,11 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
               f"{_fmt(summary['knn_accuracy_random'])}; gain 95% CI {_fmt(summary.get('knn_gain_ci95'))}), "
               f"linear probe {_fmt(summary.get('linear_accuracy'))} (random init {_fmt(summary.get('linear_accuracy_random'))}); "
               f"outputs in {out}", file=con.stream)
+        if cfg.multimodal.enabled:
+            print(f"xr0 pretrain: zero-shot image-to-report Recall@5 {_fmt(summary.get('retrieval_r5'))} (random "
+                  f"image weights {_fmt(summary.get('retrieval_r5_random'))}); report generation BLEU-4 "
+                  f"{_fmt(summary.get('report_bleu4'))} (random {_fmt(summary.get('report_bleu4_random'))})",
+                  file=con.stream)
         pix = summary.get("baseline_pixels") or {}
         if pix:
             print(f"xr0 pretrain: raw-pixel baseline: k-NN {_fmt(pix.get('knn_accuracy'))}, linear probe "

@@ -3,6 +3,10 @@
 ``xr0 site check --data DIR [--manifest FILE] [--json]`` decodes every image the way training will
 and reports what is usable (per anatomy, view and split, sizes, labels and annotations) and every
 skipped file with its reason. Exit 0 when at least one image is usable.
+
+``xr0 site prepare --data DIR --state-dir S [--preset P] [--workers N]`` decodes every usable image once,
+in parallel, into memory-mapped shards that training and evaluation read (D16; xr0_core/data/prepared.py).
+Rerun it after adding or changing files: only those are decoded; corrupt shards are found and rebuilt.
 """
 
 from __future__ import annotations
@@ -48,9 +52,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.set_defaults(func=_check)
 
+    prep = site_sub.add_parser(
+        "prepare",
+        help="decode every image once into memory-mapped shards (incremental, parallel)",
+        description="Decode every usable image once, in parallel, into memory-mapped integer shards at the "
+        "preset's load size, so training and evaluation need neither decoding nor RAM per image. Rerun after "
+        "adding or changing files: only those are decoded; every shard is verified and a corrupt one rebuilt.",
+    )
+    prep.add_argument("--data", required=True, type=Path, help="the site's data folder")
+    prep.add_argument("--manifest", type=Path, default=None,
+                      help="manifest CSV (default: DATA/manifest.csv if present, else every image under DATA)")
+    prep.add_argument("--state-dir", type=Path, default=None,
+                      help="the site's state folder, as in the SuperNode's node config (state-dir); "
+                      "shards go to STATE/prepared/")
+    prep.add_argument("--out", type=Path, default=None, help="write the shards here instead of STATE/prepared/...")
+    prep.add_argument("--preset", default="cpu-tiny", help="cpu-tiny | vit-s | vit-b (sets the load size)")
+    prep.add_argument("--load-size", type=int, default=None, help="override the preset's train.load-size")
+    prep.add_argument("--dtype", default="uint16", choices=["uint16", "uint8"], help="stored pixel type")
+    prep.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                      help="decoding processes (default: all CPU cores)")
+    prep.add_argument("--no-verify", action="store_true", help="skip checking existing shards' checksums")
+    prep.add_argument("--json", action="store_true", help="print only the JSON summary on stdout")
+    prep.set_defaults(func=_prepare)
+
     from xr0_core.cli.site_policy import register as register_policy
 
     register_policy(site_sub)
+
+    from xr0_core.cli.site_deploy import register as register_deploy
+
+    register_deploy(site_sub)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -79,6 +110,42 @@ def _check(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         _print_report(summary)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from xr0_core.config import ConfigError, from_flat
+    from xr0_core.data.index import SiteDataError
+    from xr0_core.data.manifest import ManifestError
+    from xr0_core.data.prepared import PreparedCacheError, prepare_site, prepared_dir
+
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    data = args.data.expanduser().resolve()
+    if not data.is_dir():
+        raise CLIError(f"--data must be an existing folder, got {data}")
+    try:
+        load_size = args.load_size or from_flat({"preset": args.preset}).train.load_size
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if args.state_dir is None and args.out is None:
+        raise CLIError("pass --state-dir: the site's state folder (the SuperNode's node config state-dir), where "
+                       "training looks for STATE/prepared/; or --out for a folder of your choice")
+    out = args.out.expanduser().resolve() if args.out else \
+        prepared_dir(args.state_dir.expanduser().resolve(), load_size, args.dtype)
+    try:
+        report = prepare_site(data, out, load_size, dtype=args.dtype, workers=args.workers, manifest=args.manifest,
+                              verify=not args.no_verify, progress=sys.stderr.isatty() and not args.json)
+    except (SiteDataError, ManifestError, PreparedCacheError) as exc:
+        raise CLIError(str(exc)) from None
+    summary = report.as_dict()
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"[xr0] prepared {summary['images']} images in {out} ({summary['unusable']} unusable); this run: "
+              f"{report.added} new, {report.changed} changed, {report.removed} removed, "
+              f"{len(report.corrupt_shards)} corrupt shards rebuilt, {report.images_per_second:.1f} images/s",
+              file=sys.stderr)
     return 0
 
 

@@ -36,7 +36,8 @@ def extract_features(backbone: nn.Module, cache_or_records: ImageCache | Sequenc
         float32 CPU, unit L2 norm per row.
     """
     device = torch.device(device)
-    cache = cache_or_records if isinstance(cache_or_records, ImageCache) else \
+    # Any image source (in-RAM ImageCache or prepared shards, xr0_core/data/source.py) has ``kept``.
+    cache = cache_or_records if hasattr(cache_or_records, "kept") else \
         ImageCache(list(cache_or_records), load_size or img_size, progress=True)
     n = len(cache)
     was_training = backbone.training

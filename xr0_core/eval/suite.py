@@ -299,5 +299,10 @@ def evaluate_backbone(cfg: XR0Config, records: Sequence[Any], shared: Mapping[st
     """Evaluate the student backbone in the shared weights ``shared`` (``None``: the random-init round-0
     weights) and the random-init baseline on ``records``; see :func:`run_suite` for the options."""
     model = None if shared is None else (lambda: backbone_from_shared(cfg, shared))
-    return evaluate_models(cfg, records, model, lambda: random_init_backbone(cfg), tasks=tasks,
-                           device=device, **kwargs)
+    result = evaluate_models(cfg, records, model, lambda: random_init_backbone(cfg), tasks=tasks,
+                             device=device, **kwargs)
+    if cfg.multimodal.enabled:  # mXR-0: zero-shot retrieval and report generation with the model's own heads
+        from xr0_core.eval.zeroshot import add_zeroshot
+
+        add_zeroshot(result, cfg, records, shared, device=device, strict=kwargs.get("strict", True))
+    return result

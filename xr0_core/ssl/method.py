@@ -47,6 +47,7 @@ class SSLOutput:
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
+    student_tokens: torch.Tensor | None = None  # [B, G, 1+N, D] student tokens of the global views (mXR-0 reuses them)
 
 
 class XR0SSL(nn.Module):
@@ -151,7 +152,8 @@ class XR0SSL(nn.Module):
         if self.koleo_loss is not None:
             parts["koleo"] = torch.stack([self.koleo_loss(s_cls_g[:, i]) for i in range(g)], dim=1).mean(dim=1)
         loss = sum(self.weights[k] * v for k, v in parts.items())
-        return SSLOutput(loss=loss, parts=parts, teacher={"dino": t_cls.detach(), "ibot": t_patch.detach()})
+        return SSLOutput(loss=loss, parts=parts, teacher={"dino": t_cls.detach(), "ibot": t_patch.detach()},
+                         student_tokens=s_tok.reshape(b, g, *s_tok.shape[1:]))
 
     # ------------------------------------------------------------------ updates (called by the loop only)
     @torch.no_grad()
@@ -221,7 +223,9 @@ class XR0SSL(nn.Module):
         if not_float:
             raise ValueError(f"shared weights must be floating point: {not_float[:5]}")
         student_sd = {k: torch.as_tensor(sd[k]) for k in expected if k in sd and k != MASK_TOKEN}
-        self.student.load_state_dict(student_sd, strict=strict)
+        # Keys were checked against shared_keys() above; a subclass may keep student tensors that never travel
+        # (mXR-0's frozen text tower), so the module-level load itself is not strict.
+        self.student.load_state_dict(student_sd, strict=False)
         if MASK_TOKEN in sd:
             self.mask_token.copy_(torch.as_tensor(sd[MASK_TOKEN]))
 

@@ -41,11 +41,14 @@ def initial_shared_state(cfg: XR0Config) -> dict[str, torch.Tensor]:
 
     The global torch RNG is forked, so calling this leaves the caller's random stream untouched.
     """
-    from xr0_core.ssl.method import XR0SSL
+    from xr0_core.ssl.multimodal import build_method  # XR0SSL, or mXR-0 with multimodal.enabled
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        method = XR0SSL(cfg)
+        method = build_method(cfg)
+    from xr0_core.models.init_from import apply_init_from
+
+    apply_init_from(method, cfg.model)  # model.init-from (SHA-256 checked); no-op when unset
     return method.shared_state_dict()
 
 

@@ -9,7 +9,7 @@ bitwise identical results on CPU whatever happened before -- what makes resume a
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -41,7 +41,9 @@ def build_optimizer(model: XR0SSL) -> torch.optim.AdamW:
     for name, p in trainable_parameters(model).items():
         (no_decay if no_weight_decay(name, p, model) else decay).append(p)
     groups = [{"params": decay, "wd_scale": 1.0}, {"params": no_decay, "wd_scale": 0.0}]
-    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=(0.9, 0.999))
+    # Fused (one kernel for all parameters) on CUDA; the CPU path keeps the reference implementation.
+    fused = all(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=(0.9, 0.999), fused=fused or None)
 
 
 @contextlib.contextmanager
@@ -57,13 +59,34 @@ def _step_rng(device: torch.device, seed: int) -> Iterator[None]:
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Copy a batch to ``device``; on CUDA the copies are asynchronous (the DataLoader pins host memory)."""
     non_blocking = device.type == "cuda"
     return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
 
 
+def host_metrics(metrics: Mapping[str, object], step: int | None = None) -> dict[str, float]:
+    """Device scalars of :func:`train_step` (``sync=False``) -> floats, in ONE device-to-host copy.
+
+    Raises
+    ------
+    FloatingPointError
+        The loss is not finite (the check :func:`train_step` skips when it does not sync).
+    """
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).cpu().tolist() if keys else []
+    out: dict[str, float] = {k: v for k, v in metrics.items() if not torch.is_tensor(v)}  # type: ignore[misc]
+    out.update(zip(keys, values))
+    loss = out.get("loss", 0.0)
+    if loss != loss or loss in (float("inf"), float("-inf")):
+        where = f" at step {step}" if step is not None else ""
+        raise FloatingPointError(f"non-finite SSL loss{where}: {loss}; lower train.lr or check the input images")
+    return out
+
+
 def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
                schedules: Schedules, step: int, *, device: torch.device, precision: str = "auto",
-               grad_clip: float = 0.0, rng_seed: int = 0) -> dict[str, float]:
+               grad_clip: float = 0.0, rng_seed: int = 0, sync: bool = True,
+               grad_hook: "Callable[[list[torch.Tensor]], None] | None" = None) -> dict[str, float]:
     """One optimisation step at global step ``step``.
 
     Order: set lr / wd from ``schedules[step]``; forward under autocast (teacher temperature of the step);
@@ -71,11 +94,14 @@ def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[s
     ``zero_grad``; EMA update of the teacher with ``momentum[step]``; center update (EMA mode) or center
     statistics (frozen-per-round mode).
 
+    ``sync=False`` (the GPU hot loop): nothing waits for the device; loss parts and grad norm come back as
+    device scalars and the finiteness check moves to :func:`host_metrics`, which the caller runs every K steps.
+
     Returns
     -------
     dict
         ``loss`` and ``loss-<part>`` (batch means), ``lr``, ``wd``, ``momentum``, ``teacher-temp``,
-        ``grad-norm`` (before clipping; NaN when not clipping).
+        ``grad-norm`` (before clipping; NaN when not clipping). Floats (``sync=True``) or 0-d tensors.
     """
     hp = schedules.at(step)
     for group in optimizer.param_groups:
@@ -87,24 +113,26 @@ def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[s
         with autocast(device, precision):
             out = model(batch, hp["teacher_temp"])
         loss = out.loss.float().mean()
-        if not torch.isfinite(loss):
+        if sync and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite SSL loss at step {step}: {float(loss)}; lower train.lr or "
                                      "check the input images")
         loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    grad_norm = float("nan")
+    if grad_hook is not None:  # data-parallel ranks average their gradients here (xr0_core/train/distributed.py)
+        grad_hook(params)
+    grad_norm: float | torch.Tensor = float("nan")
     if grad_clip > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.update_teacher(hp["momentum"])
     model.update_centers(out)
-    metrics = {"loss": float(loss.detach())}
+    metrics: dict[str, object] = {"loss": loss.detach()}
     for name, part in out.parts.items():
-        metrics[f"loss-{name}"] = float(part.detach().float().mean())
+        metrics[f"loss-{name}"] = part.detach().float().mean()
     metrics.update({"lr": hp["lr"], "wd": hp["wd"], "momentum": hp["momentum"],
                     "teacher-temp": hp["teacher_temp"], "grad-norm": grad_norm})
-    return metrics
+    return host_metrics(metrics, step) if sync else metrics  # type: ignore[return-value]
 
 
 def step_seed(seed: int, site: str, step: int) -> int:

@@ -24,7 +24,7 @@ from xr0_core.data.dataset import BatchMaker, ImageCache, StepDataset, ssl_recor
 from xr0_core.runtime import derive_seed, resolve_device
 from xr0_core.ssl.method import XR0SSL
 from xr0_core.ssl.schedules import Schedules
-from xr0_core.train.loop import build_optimizer, step_seed, train_step, trainable_parameters
+from xr0_core.train.loop import build_optimizer, host_metrics, step_seed, train_step, trainable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,16 @@ LOSS_CURVE_POINTS = 8
 
 def build_model(cfg: XR0Config) -> XR0SSL:
     """The SSL model with initial weights from torch seed ``derive_seed(cfg.seed, "init")``: every site and the
-    server build the same start. The global torch RNG is forked, so callers' random state is untouched."""
+    server build the same start. The global torch RNG is forked, so callers' random state is untouched.
+    With ``multimodal.enabled`` it is mXR-0's :class:`~xr0_core.ssl.multimodal.MultimodalXR0`."""
+    from xr0_core.models.init_from import apply_init_from
+    from xr0_core.ssl.multimodal import build_method
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        return XR0SSL(cfg)
+        model = build_method(cfg)
+    apply_init_from(model, cfg.model)  # model.init-from: a local backbone, SHA-256 checked (no-op when unset)
+    return model
 
 
 class SiteTrainer:
@@ -79,6 +85,8 @@ class SiteTrainer:
         self.teacher_ready = False  # False until the first shared weights are loaded or trained from
         self._maker: BatchMaker | None = None
         self._health = None  # xr0_core.train.health.HealthMonitor, built on first use
+        self._compiled = False
+        self.dist = None  # a xr0_core.train.distributed.DistContext: data-parallel over the site's GPUs
 
     @property
     def num_examples(self) -> int:
@@ -100,6 +108,11 @@ class SiteTrainer:
     def _batch_maker(self) -> BatchMaker:
         if self._maker is None:
             self._maker = BatchMaker(self.cache, self.cfg, site=self.site, patch_size=self.model.patch_size)
+            if self.cfg.multimodal.enabled:  # mXR-0: each image's report tokens ride along (none: image-only)
+                from xr0_core.data.reports import ReportBatches, ReportTokens
+
+                tokens = ReportTokens(self.cache.kept, self.model.tokenizer, self.cfg.multimodal.max_tokens)
+                self._maker = ReportBatches(self._maker, tokens)
         return self._maker
 
     def measure_health(self, step: int, total_steps: int) -> dict[str, float]:
@@ -172,36 +185,62 @@ class SiteTrainer:
             from tqdm import tqdm
 
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
+        self._maybe_compile()
+        grad_hook = None
+        if self.dist is not None:
+            from xr0_core.train import distributed
+
+            distributed.refuse_private(self.cfg)
+            grad_hook = lambda params: distributed.average_gradients(params, self.dist)  # noqa: E731
+        # Metrics reach the host every K steps (one device sync per K), never per step on a GPU.
+        sync_every = self.cfg.train.log_every or (25 if self.device.type == "cuda" else 1)
+        pending: list[tuple[int, dict, dict | None]] = []  # (step, raw metrics, health measured after it)
         for i, batch in enumerate(self._batches(start_step, num_steps)):
             step = start_step + i
             if self.dp is not None:  # per-unit clipping + noise (xr0_core/privacy/dp.py)
-                last = self.dp.step(self, self._batch_maker(), schedules, step,
-                                    rng_seed=step_seed(self.cfg.seed, self.site, step))
+                raw = self.dp.step(self, self._batch_maker(), schedules, step,
+                                   rng_seed=step_seed(self.cfg.seed, self.site, step))
             else:
                 batch.pop("index", None)
-                last = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
-                                  precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
-                                  rng_seed=step_seed(self.cfg.seed, self.site, step))
+                if self.dist is not None:  # the global batch of the step, this rank's share
+                    batch = distributed.shard_batch(batch, self.dist)
+                raw = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
+                                 precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
+                                 rng_seed=step_seed(self.cfg.seed, self.site, step), sync=sync_every == 1,
+                                 grad_hook=grad_hook)
             self.step = step + 1
             every = self.cfg.train.health_every
+            health_now = None
             if every > 0 and (self.step % every == 0 or i == num_steps - 1):
-                health = self.measure_health(step, total_steps)
-                last = {**last, **health}
-                metrics_health = health
-            if i == 0:
-                first_loss = last["loss"]
-            step_losses.append(float(last["loss"]))
-            for k, v in last.items():
-                if k.startswith("loss"):
-                    sums[k] = sums.get(k, 0.0) + v
-            if on_step is not None:
-                on_step(step, last)
+                # Measured on the model as it is after this step (not when its metrics reach the host).
+                health_now = self.measure_health(step, total_steps)
+                metrics_health = health_now
+            pending.append((step, raw, health_now))
+            if len(pending) < sync_every and i < num_steps - 1:
+                continue
+            for done, raw, health in pending:
+                last = host_metrics(raw, done)
+                if self.dist is not None:
+                    last = distributed.mean_metrics(last, self.dist)
+                if health is not None:
+                    last = {**last, **health}
+                if done == start_step:
+                    first_loss = last["loss"]
+                step_losses.append(float(last["loss"]))
+                for k, v in last.items():
+                    if k.startswith("loss"):
+                        sums[k] = sums.get(k, 0.0) + v
+                if on_step is not None:
+                    on_step(done, last)
             if bar is not None:
-                bar.update(1)
+                bar.update(len(pending))
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
+            pending.clear()
         if bar is not None:
             bar.close()
         if commit_centers and self.cfg.ssl.centering == "frozen-per-round":
+            if self.dist is not None:
+                distributed.sum_center_stats(self.model, self.dist)
             self.model.commit_centers()
         metrics = {k: v / num_steps for k, v in sums.items()}
         metrics.update({"loss-first": first_loss, "num-examples": float(self.num_examples),
@@ -209,6 +248,16 @@ class SiteTrainer:
         metrics.update(metrics_health)  # the last health measurement of this call (health/*)
         metrics.update(loss_curve_metrics(step_losses))
         return metrics
+
+    def _maybe_compile(self) -> None:
+        """``train.compile``: compile the student and teacher backbones in place (``nn.Module.compile`` keeps the
+        state-dict keys, so shared weights and site state are unchanged). Not with DP: per-unit gradients use
+        ``torch.func.vmap`` over the eager modules."""
+        if not self.cfg.train.compile or self._compiled or self.dp is not None:
+            return
+        for part in (self.model.student, self.model.teacher):
+            part["backbone"].compile()
+        self._compiled = True
 
     # ------------------------------------------------------------------ site state
     def site_state_dict(self) -> dict[str, torch.Tensor]:
@@ -237,7 +286,10 @@ class SiteTrainer:
                 raise ValueError(f"site state has optimizer state for unknown parameter {name!r}")
             p = params[name]
             # AdamW keeps ``step`` on CPU (non-capturable); moments live with the parameter.
-            target = value.clone() if slot == "step" else value.to(p.device, p.dtype).clone()
+            # Fused AdamW (CUDA) keeps ``step`` on the parameter's device too.
+            fused = any(g.get("fused") for g in self.optimizer.param_groups)
+            target = value.to(p.device).clone() if slot == "step" and fused else \
+                value.clone() if slot == "step" else value.to(p.device, p.dtype).clone()
             self.optimizer.state[p][slot] = target
         self.step = int(sd["step"])
         self.teacher_ready = bool(int(sd["teacher_ready"]))

@@ -14,6 +14,6 @@ LOSSES: Registry[type] = Registry("loss")
 
 def load_all() -> Registry[type]:
     """Import the loss modules (registration happens on import) and return :data:`LOSSES`."""
-    from xr0_core.ssl.losses import dino, ibot, koleo  # noqa: F401
+    from xr0_core.ssl.losses import caption, clip, dino, ibot, koleo, siglip  # noqa: F401
 
     return LOSSES

@@ -1,0 +1,54 @@
+"""``xr0 site doctor`` (preflight before starting the SuperNode) and ``xr0 site app-version`` (the string a
+hospital puts in its policy's ``apps.allowed-versions``); see xr0_core/deploy/doctor.py and appversion.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xr0_core.cli import CLIError, print_json
+
+
+def register(site_sub: argparse._SubParsersAction) -> None:
+    d = site_sub.add_parser("doctor", help="preflight: state folder, policy, node key, CA, data, SuperLink",
+                            description="Checks what the SuperNode will need; prints one line per problem and "
+                                        "exits 1 if there is any.")
+    d.add_argument("--state-dir", type=Path, required=True, help="the hospital's state folder (node config state-dir)")
+    d.add_argument("--policy", type=Path, default=None, help="policy file (default STATE_DIR/policy.toml)")
+    d.add_argument("--key", type=Path, default=None, help="the node private key (--auth-supernode-private-key)")
+    d.add_argument("--root-certificates", type=Path, default=None, help="the coordinator's ca.crt")
+    d.add_argument("--superlink", default=None, help="HOST:PORT the SuperNode dials")
+    d.add_argument("--data", type=Path, default=None, help="the data folder (node config data-path)")
+    d.add_argument("--json", action="store_true", help="print problems and notes as JSON on stdout")
+    d.set_defaults(func=_doctor)
+
+    v = site_sub.add_parser("app-version", help="the app version of a checkout (for apps.allowed-versions)")
+    v.add_argument("--app", type=Path, default=None, help="the reviewed checkout (default: the code running xr0)")
+    v.set_defaults(func=_app_version)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from xr0_core.deploy.doctor import doctor
+
+    found = doctor(args.state_dir.expanduser(), args.key, args.root_certificates, args.superlink, args.data,
+                   args.policy)
+    if args.json:
+        print_json({"problems": found.problems, "notes": found.notes})
+    stream = sys.stderr if args.json else sys.stdout
+    for line in found.problems:
+        print(f"problem: {line}", file=stream)
+    for line in found.notes:
+        print(f"note: {line}", file=stream)
+    print(f"site doctor: {len(found.problems)} problem(s)" if found.problems else "site doctor: ready", file=stream)
+    return 1 if found.problems else 0
+
+
+def _app_version(args: argparse.Namespace) -> int:
+    from xr0_core.deploy.appversion import app_version, app_version_of
+
+    try:
+        print(app_version_of(args.app.expanduser().resolve()) if args.app else app_version())
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
