@@ -15,6 +15,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;pad
 color:#222;line-height:1.4}
 h1{font-size:1.6em;margin:0 0 .3em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .scroll{overflow-x:auto;max-width:100%;margin:.5em 0 1.2em}
+section{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap} th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}

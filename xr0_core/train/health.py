@@ -299,4 +299,4 @@ def health_section(history: Sequence[Mapping[str, Any]]) -> str:
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return (f"<h2>SSL health: {html.escape(verdict['status'])}</h2><p class='note'>last measurement per "
             "hospital on its fixed probe images (xr0_core/train/health.py): RankMe near 1 or feature std near 0 "
-            "= collapsed</p><table><tr>" + head + "</tr>" + "".join(rows) + "</table>")
+            "= collapsed</p><div class='scroll'><table><tr>" + head + "</tr>" + "".join(rows) + "</table></div>")
