@@ -274,3 +274,15 @@ def test_a_process_killed_mid_training_leaves_its_round_charged(tmp_path):
     assert proc.returncode == 9
     (rel,) = PrivacyLedger(tmp_path).read().releases
     assert (rel.run_id, rel.status, rel.steps) == ("killed", STATUS_PENDING, 2)
+
+
+def test_a_dp_step_that_samples_no_unit_is_a_step_not_an_error(tmp_path, monkeypatch):
+    """Poisson sampling may draw nobody (secret randomness, small sites): the step still adds noise and is
+    counted; it must not be mistaken for a diverged loss."""
+    from xr0_core.privacy.units import PoissonUnitSampler
+
+    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    monkeypatch.setattr(PoissonUnitSampler, "draw", lambda self: empty)
+    _, m = _round(tmp_path, "empty", 1, cfg=tiny_cfg(**{"privacy.noise-multiplier": 1.0}))
+    (rel,) = PrivacyLedger(tmp_path).read().releases
+    assert rel.steps == 2 and rel.status == STATUS_COMMITTED and m["dp-steps"] == 2.0

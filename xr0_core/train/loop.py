@@ -77,6 +77,10 @@ def host_metrics(metrics: Mapping[str, object], step: int | None = None) -> dict
     out: dict[str, float] = {k: v for k, v in metrics.items() if not torch.is_tensor(v)}  # type: ignore[misc]
     out.update(zip(keys, values))
     loss = out.get("loss", 0.0)
+    if out.get("dp-units") == 0.0:
+        # A DP step whose Poisson draw sampled no unit has no loss (NaN by convention) but is a real step: it
+        # added noise and the accountant counts it. DPSession checks sampled units' losses itself.
+        return out
     if loss != loss or loss in (float("inf"), float("-inf")):
         where = f" at step {step}" if step is not None else ""
         raise FloatingPointError(f"non-finite SSL loss{where}: {loss}; lower train.lr or check the input images")
