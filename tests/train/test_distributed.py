@@ -75,10 +75,3 @@ def test_shard_refuses_uneven_batch():
     with pytest.raises(ValueError, match="multiple of the 4 GPUs"):
         shard_batch(batch, DistContext(0, 4))
 
-
-def test_dp_across_ranks_is_refused():
-    from xr0_core.train.distributed import refuse_private
-
-    with pytest.raises(RuntimeError, match="one noise draw"):
-        refuse_private(from_flat({"privacy.enabled": True, "ssl.centering": "frozen-per-round",
-                                  "ssl.koleo-weight": 0.0}))

@@ -16,9 +16,15 @@ targets, EMA centering, KoLeo) see the rank's share of the batch, not the global
 per rank. The equivalence test uses the per-sample objective (``ssl.centering = frozen-per-round``, no KoLeo,
 no drop-path), which is also the DP objective.
 
-DP-SGD across ranks is refused for now: the mechanism needs each rank's sum of clipped per-unit gradients
-all-reduced and ONE noise draw for the global batch (:func:`refuse_private`); running Opacus per rank would add
-noise W times with the wrong scale.
+DP-SGD across ranks (:mod:`xr0_core.privacy.dp`, the ``dist`` branch of ``DPSession``) is the same mechanism as
+one process: every rank draws the same secret Poisson sample of units (the sampler's seed and the round's view
+secret are rank 0's, broadcast once per round), keeps its contiguous share of the sampled units
+(:func:`unit_share`: whole units, shares may differ by one, a share may be empty), clips and sums its units'
+gradients; rank 0 adds the ONE Gaussian noise draw to its partial sum and a single all-reduce SUM
+(:func:`all_reduce_sum_`) gives every rank ``sum of clipped unit gradients + noise``, divided by the same
+expected batch size ``q * n_units`` as one process. The accountant sees one mechanism (q, sigma, steps); the
+ledger is reserved and committed once per site, by the process that launched the ranks
+(:mod:`xr0_core.site.parallel`).
 
 References: Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training" (VLDB 2020);
 ``torch.nn.parallel.DistributedDataParallel`` (which also averages gradients by all-reduce).
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -123,9 +129,47 @@ def mean_metrics(metrics: Mapping[str, float], ctx: DistContext) -> dict[str, fl
     return dict(zip(keys, (values / ctx.world_size).tolist()))
 
 
-def refuse_private(cfg) -> None:
-    """DP-SGD is not implemented across ranks (see the module docstring): refuse with the reason."""
-    if cfg.privacy.enabled:
-        raise RuntimeError("DP-SGD across several GPUs of a site is not implemented: it needs the ranks' sums of "
-                           "clipped per-unit gradients all-reduced and one noise draw for the global batch. Train "
-                           "this site on one GPU (gpus = 1) with privacy.enabled, or without DP on several GPUs")
+def all_reduce_sum_(tensors: Sequence[torch.Tensor], ctx: DistContext) -> None:
+    """Sum each tensor over ranks in place, in ONE coalesced all-reduce (all tensors on one device and dtype).
+
+    Every rank receives the same bits (the collective's result is shared, not recomputed per rank), which is
+    what keeps the ranks' optimizer steps identical.
+    """
+    import torch.distributed as dist
+
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+def agree_secret(value: int | None, ctx: DistContext) -> int:
+    """Rank 0's secret (``value``, or a fresh ``secrets.randbits(63)`` when None) on every rank (one broadcast).
+
+    The ranks of a site must draw the same Poisson sample of units and the same views; the value never leaves
+    the site's process group (loopback / the site's GPU interconnect).
+    """
+    import secrets
+
+    import torch.distributed as dist
+
+    mine = (secrets.randbits(63) if value is None else int(value)) if ctx.is_main else 0
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    t = torch.tensor([mine], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def unit_share(n_units: int, ctx: DistContext) -> tuple[int, int]:
+    """This rank's slots ``[lo, hi)`` of the ``n_units`` units sampled at a step (whole units, never split).
+
+    Contiguous blocks whose sizes differ by at most one; with fewer units than ranks some shares are empty
+    (such a rank still joins the step's all-reduce with a zero sum).
+    """
+    return ctx.rank * n_units // ctx.world_size, (ctx.rank + 1) * n_units // ctx.world_size

@@ -186,11 +186,16 @@ class SiteTrainer:
 
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
         self._maybe_compile()
+        if self.dp is not None and getattr(self.dp, "dist", None) is not self.dist:
+            # A session built before ``dist`` was set would clip AND add noise on every rank (W noise draws).
+            raise RuntimeError("the DP session was attached before the trainer joined its data-parallel group: "
+                               "set trainer.dist before building the DPSession")
         grad_hook = None
         if self.dist is not None:
             from xr0_core.train import distributed
 
-            distributed.refuse_private(self.cfg)
+            # Without DP: average the ranks' gradients after backward. Under DP the session clips per unit on
+            # each rank and all-reduces the clipped sums with the one noise draw (xr0_core/privacy/dp_ranks.py).
             grad_hook = lambda params: distributed.average_gradients(params, self.dist)  # noqa: E731
         # Metrics reach the host every K steps (one device sync per K), never per step on a GPU.
         sync_every = self.cfg.train.log_every or (25 if self.device.type == "cuda" else 1)
