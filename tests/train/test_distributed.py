@@ -67,11 +67,22 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert any(not torch.allclose(start[k], one[k]) for k in one)
 
 
-def test_shard_refuses_uneven_batch():
-    from xr0_core.train.distributed import DistContext, shard_batch
+def test_rank_blocks_equal_the_rows_of_the_global_batch():
+    """Each rank builds views for its block only; with repeated indices (sampling with replacement) across the
+    block boundary the blocks still equal the global batch's rows, and an uneven split is refused."""
+    from xr0_core.data.dataset import BatchMaker
+    from xr0_core.train.distributed import DistContext, RankBlocks
 
-    batch = {"global": torch.zeros(6, 2)}
-    assert shard_batch(batch, DistContext(1, 2))["global"].shape == (3, 2)
-    with pytest.raises(ValueError, match="multiple of the 4 GPUs"):
-        shard_batch(batch, DistContext(0, 4))
-
+    cfg = config()
+    maker = BatchMaker(images(), cfg, site="s", patch_size=8)
+    crossed = 0
+    for step in range(12):
+        whole = maker(step, 8)
+        blocks = [RankBlocks(maker, DistContext(r, 2))(step, 8) for r in (0, 1)]
+        for k in ("global", "local", "masks", "index"):
+            assert torch.equal(torch.cat([b[k] for b in blocks]), whole[k]), (step, k)
+        first, second = whole["index"][:4].tolist(), whole["index"][4:].tolist()
+        crossed += bool(set(first) & set(second))
+    assert crossed  # some image occurred in both blocks: its repeat number came from the other rank's block
+    with pytest.raises(ValueError, match="multiple of the 3 GPUs"):
+        RankBlocks(maker, DistContext(0, 3))(0, 8)

@@ -3,8 +3,9 @@
 A site's round on ``W`` processes (``torchrun --nproc_per_node W``, one per GPU; gloo on CPU for tests) trains
 the same weights as one process on the same global batch:
 
-- every rank draws the *global* batch of the step from ``(seed, site, step)`` (the same indices, views and masks
-  as a single process) and keeps its contiguous block of ``B / W`` images;
+- every rank draws the *global* batch indices of the step from ``(seed, site, step)`` (the same as a single
+  process) and builds views and masks only for its contiguous block of ``B / W`` images (:class:`RankBlocks`;
+  views are keyed by image and repeat, so the block equals those rows of the global batch);
 - after ``backward`` the gradients are averaged over ranks in one coalesced all-reduce (the mean over the
   global batch: each rank's loss is the mean over its equal share), before clipping and the optimizer, so
   every rank applies the identical update and the teacher EMA stays identical without communication;
@@ -76,20 +77,33 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def shard_batch(batch: Mapping[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
-    """This rank's contiguous block of a global batch (all tensors have the batch first).
+class RankBlocks:
+    """This rank's block of every step's global batch, building views only for that block.
 
-    Raises
-    ------
-    ValueError
-        The global batch size is not a multiple of the world size (shares must be equal for the mean of means
-        to be the global mean).
+    The step's indices come from the generator of ``(seed, site, step)`` exactly as in one process; views and
+    masks are keyed by each image and its repeat within the whole batch (:meth:`BatchMaker.build`), so the
+    block holds the same tensors as the matching rows of the global batch, for ``1 / W`` of the view work.
+
+    Parameters
+    ----------
+    maker : BatchMaker (or a wrapper with ``indices`` and ``build``)
+    ctx : DistContext
     """
-    n = next(iter(batch.values())).shape[0]
-    if n % ctx.world_size:
-        raise ValueError(f"train.batch-size {n} must be a multiple of the {ctx.world_size} GPUs of the site")
-    per = n // ctx.world_size
-    return {k: v[ctx.rank * per:(ctx.rank + 1) * per] for k, v in batch.items()}
+
+    def __init__(self, maker, ctx: DistContext) -> None:
+        self.maker, self.ctx = maker, ctx
+
+    def __call__(self, step: int, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        bsz = int(batch_size or self.maker.cfg.train.batch_size)
+        if bsz % self.ctx.world_size:
+            raise ValueError(f"train.batch-size {bsz} must be a multiple of the {self.ctx.world_size} GPUs of the site")
+        per = bsz // self.ctx.world_size
+        idx = self.maker.indices(step, bsz)
+        lo = self.ctx.rank * per
+        before: dict[int, int] = {}
+        for j in idx[:lo].tolist():
+            before[j] = before.get(j, 0) + 1
+        return self.maker.build(step, idx[lo:lo + per], repeats=before)
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter], ctx: DistContext) -> None:
