@@ -374,9 +374,9 @@ class DPSession:
         # raising alone would leave the others waiting in the gradient all-reduce).
         totals = torch.tensor([float(unit_loss.double().sum()), float(images.numel())], dtype=torch.float64)
         if self.dist is not None:
-            from xr0_core.train.distributed import all_reduce_sum_
+            from xr0_core.train.distributed import all_reduce_sum_, collective_device
 
-            totals = totals.to(device)
+            totals = totals.to(collective_device())
             all_reduce_sum_([totals], self.dist)
             totals = totals.cpu()
         loss_sum, n_images = float(totals[0]), int(totals[1])

@@ -138,9 +138,18 @@ def mean_metrics(metrics: Mapping[str, float], ctx: DistContext) -> dict[str, fl
     import torch.distributed as dist
 
     keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(values)
-    return dict(zip(keys, (values / ctx.world_size).tolist()))
+    return dict(zip(keys, (values / ctx.world_size).cpu().tolist()))
+
+
+def collective_device() -> torch.device:
+    """Where host-side values must live for a collective: the rank's GPU under nccl (it has no CPU tensors)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce_sum_(tensors: Sequence[torch.Tensor], ctx: DistContext) -> None:
@@ -173,9 +182,7 @@ def agree_secret(value: int | None, ctx: DistContext) -> int:
     import torch.distributed as dist
 
     mine = (secrets.randbits(63) if value is None else int(value)) if ctx.is_main else 0
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
-        else torch.device("cpu")
-    t = torch.tensor([mine], dtype=torch.int64, device=device)
+    t = torch.tensor([mine], dtype=torch.int64, device=collective_device())
     dist.broadcast(t, src=0)
     return int(t.item())
 
