@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -65,10 +62,9 @@ def capture_grads(trainer) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp-ranks")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "privacy" / "dp_rank_worker.py"), str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    from tests.torchrun import run_torchrun
+
+    proc = run_torchrun(ROOT / "tests" / "privacy" / "dp_rank_worker.py", str(out))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 

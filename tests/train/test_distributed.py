@@ -4,9 +4,6 @@ as one process on the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +37,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
     from xr0_core.train.state import SiteTrainer
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "train" / "ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    from tests.torchrun import run_torchrun
+
+    proc = run_torchrun(ROOT / "tests" / "train" / "ddp_worker.py", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single = SiteTrainer(config(), [], site="s", cache=images())

@@ -12,6 +12,9 @@ them together in the only order that never under-counts:
 5. private rounds: client-level DP, commit the reservation;
 6. keep only the metrics the policy lets leave (under DP never losses, timings, the sample rate or the noise
    multiplier; ``num-examples`` is the policy's declared weight, not the site's count).
+
+:func:`run_parallel_site_round` is the same order with steps 2 and 4 on ``W`` data-parallel processes (node config
+``gpus``; :mod:`xr0_core.site.parallel`): reservation and commit stay here, once per round.
 """
 
 from __future__ import annotations
