@@ -27,9 +27,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -188,21 +185,8 @@ def launch_round(cfg: XR0Config, images, global_weights: Mapping[str, torch.Tens
 
 
 def _run_torchrun(folder: Path, workers: int) -> int:
-    """torchrun in its own process group; killed with all its ranks if this process is interrupted."""
-    root = str(Path(__file__).resolve().parents[2])  # the ranks import this very tree of xr0_core
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node",
-           str(workers), "--max-restarts", "0", "-m", "xr0_core.site.rank", str(folder)]
+    """torchrun over :mod:`xr0_core.site.rank`, the ranks' output in ``folder/ranks.log``."""
+    from xr0_core.train.distributed import launch
+
     with (folder / RANKS_LOG).open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            return proc.wait()
-        finally:
-            if proc.poll() is None:  # interrupted (KeyboardInterrupt, a signal): take the ranks down too
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        return launch("xr0_core.site.rank", [str(folder)], workers, stdout=out)

@@ -194,3 +194,44 @@ def unit_share(n_units: int, ctx: DistContext) -> tuple[int, int]:
     (such a rank still joins the step's all-reduce with a zero sum).
     """
     return ctx.rank * n_units // ctx.world_size, (ctx.rank + 1) * n_units // ctx.world_size
+
+
+def launch(module: str, args: Sequence[str], workers: int, *, stdout=None) -> int:
+    """Run ``python -m torch.distributed.run --standalone --nproc-per-node W -m module args`` and wait.
+
+    torchrun runs in its own process group: if this process is interrupted (KeyboardInterrupt, an exception
+    from a signal handler) the group, ranks included, is terminated (then killed after 30 s). A failing rank
+    makes torchrun stop the others and exit non-zero (``--max-restarts 0``).
+
+    Parameters
+    ----------
+    stdout : file object, optional
+        Where the ranks' stdout and stderr go (default: this process's).
+
+    Returns
+    -------
+    int
+        torchrun's exit code.
+    """
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])  # the ranks import this very tree of xr0_core
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node",
+           str(workers), "--max-restarts", "0", "-m", module, *args]
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT if stdout is not None else None, env=env,
+                            start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
