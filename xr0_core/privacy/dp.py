@@ -293,6 +293,9 @@ class DPSession:
     Parameters
     ----------
     trainer : SiteTrainer
+        On a data-parallel rank, ``trainer.dist`` must be set BEFORE the session is built: the ranks then share
+        rank 0's secrets and the session's optimizer adds the noise once for the group (``SiteTrainer.train``
+        refuses a session built for another group).
     noise_multiplier : float
         sigma (noise std = sigma * C).
     sample_rate : float, optional
