@@ -13,8 +13,9 @@ Protocols:
 
 - ``test``: probe trained on the train split, scored on the test split (patients disjoint). Look at it once,
   after choosing a recipe;
-- ``cv``: 5-fold cross-validation by patient *within the train split* (out-of-fold scores); use this to
-  choose a recipe, so the test split stays untouched.
+- ``cv``: 5 x repeated, label-stratified 5-fold cross-validation by patient *within the train split*
+  (out-of-fold rank percentiles averaged over the repeats, :func:`probe_scores`); use this to choose a
+  recipe, so the test split stays untouched.
 
 Every difference (pretrained - random init, pretrained - raw pixels) carries a paired, patient-level
 bootstrap 95 % interval. Writes ``results.json``, ``table.md`` and ``curve.png`` (AUROC vs steps, one panel
@@ -49,6 +50,7 @@ def dev_set_path(repo: Path = REPO) -> Path:
     return next((c for c in candidates if (c / "manifest.csv").is_file()), candidates[0])
 
 TEST, TRAIN = "test", "train"
+CV_REPEATS = 5  # shuffled stratified group 5-fold splits averaged by the cv protocol
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
@@ -62,14 +64,21 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def probe_scores(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[str], protocol: str,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int, repeats: int = CV_REPEATS) -> tuple[np.ndarray, np.ndarray]:
     """Positive-class scores of the linear probe and the rows they belong to.
 
-    ``test``: fit on ``split == train`` rows, score ``split == test`` rows. ``cv``: 5-fold GroupKFold by
-    patient over the train rows, out-of-fold scores of every train row.
+    ``test``: fit on ``split == train`` rows, score ``split == test`` rows. ``cv``: over the train rows,
+    ``repeats`` times a shuffled 5-fold split by patient, stratified by the label (``StratifiedGroupKFold``:
+    the 13 female patients of the dev set's train split spread over the folds); each held-out fold's scores
+    are turned into within-fold rank percentiles (so the fold models' different intercepts do not mix into
+    one ranking: pooled raw out-of-fold scores of a weak probe score *below* chance, an artefact), and each
+    row's score is the mean of its percentiles over the repeats (a lower-variance estimate than one split).
 
     Shapes: ``x [N, D]``, ``y [N]`` (int, -1 = missing) -> ``(scores [M], rows [M])``.
     """
+    from scipy.stats import rankdata
+    from sklearn.model_selection import StratifiedGroupKFold
+
     from xr0_core.eval.tasks.classification import _linear_probe
 
     has = y >= 0
@@ -77,13 +86,14 @@ def probe_scores(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[st
         tr = np.flatnonzero(has & (np.array(split) == TRAIN))
         te = np.flatnonzero(has & (np.array(split) == TEST))
         return _linear_probe(x[tr], y[tr], x[te], 2, seed)[:, 1], te
-    from sklearn.model_selection import GroupKFold
-
     rows = np.flatnonzero(has & (np.array(split) == TRAIN))
     scores = np.zeros(len(rows))
     g = np.array(groups)[rows]
-    for fit, held in GroupKFold(n_splits=5).split(rows, y[rows], g):
-        scores[held] = _linear_probe(x[rows[fit]], y[rows[fit]], x[rows[held]], 2, seed)[:, 1]
+    for r in range(repeats):
+        folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=(seed + r) % 2**32)
+        for fit, held in folds.split(rows, y[rows], g):
+            s = _linear_probe(x[rows[fit]], y[rows[fit]], x[rows[held]], 2, seed)[:, 1]
+            scores[held] += rankdata(s) / len(s) / repeats
     return scores, rows
 
 

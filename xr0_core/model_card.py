@@ -91,9 +91,17 @@ def pretrain_card(summary: dict[str, Any], cfg_flat: dict[str, Any], export: dic
         low, high = (ci if ci and len(ci) == 2 else (math.nan, math.nan))
         from xr0_core.report import verdict
 
-        rows.append({"family": "anatomy probe", "task": label, "metric": "accuracy", "pretrained": pre,
-                     "random": rnd, "diff": pre - rnd, "low": low, "high": high,
-                     "verdict": verdict("accuracy", low, high), "units": summary.get("knn_test"), "hospitals": 1})
+        row = {"family": "anatomy probe", "task": label, "metric": "accuracy", "pretrained": pre,
+               "random": rnd, "diff": pre - rnd, "low": low, "high": high,
+               "verdict": verdict("accuracy", low, high), "units": summary.get("knn_test"), "hospitals": 1}
+        pix = _num((summary.get("baseline_pixels") or {}).get(key))
+        if pix is not None:  # the raw-pixel baseline of the same probe (xr0 pretrain --json: baseline_pixels)
+            ci_pix = summary.get("knn_gain_vs_pixels_ci95") if key == "knn_accuracy" else None
+            lo_p, hi_p = (ci_pix if ci_pix and len(ci_pix) == 2 else (math.nan, math.nan))
+            row["pixels"] = pix
+            row["vs_pixels"] = {"diff": pre - pix, "low": lo_p, "high": hi_p,
+                                "verdict": verdict("accuracy", lo_p, hi_p)}
+        rows.append(row)
     return {
         "kind": "local",
         "model": export,
@@ -222,13 +230,19 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += ["## Evaluation", ""]
     if card["summary"]:
         lines += ["Frozen backbone; light heads trained on each site's train split, scored on its test split. "
-                  "Random init = the same architecture untrained, same heads and rows. Interval: 95 %, paired "
+                  "Random init = the same architecture untrained, same heads and rows; raw pixels = the same "
+                  "resized image, flattened, same head (classification and retrieval). Interval: 95 %, paired "
                   "bootstrap over patients (pooled across hospitals).", ""]
-        lines += _md_table(["task", "metric", "pretrained", "random init", "difference", "95 % interval", "verdict"],
+        def interval(iv: dict[str, Any] | None) -> str:
+            return (f"{_fmt(iv.get('diff'), '+.3f')} [{_fmt(iv['low'], '+.3f')}, {_fmt(iv['high'], '+.3f')}]"
+                    if iv and _num(iv.get("low")) is not None else (_fmt(iv.get("diff"), "+.3f") if iv else "-"))
+
+        lines += _md_table(["task", "metric", "pretrained", "random init", "minus random [95 % interval]", "verdict",
+                            "raw pixels", "minus pixels [95 % interval]", "vs pixels"],
                            [[f"{r['family']}/{r['task']}", r["metric"], _fmt(r["pretrained"]), _fmt(r["random"]),
-                             _fmt(r.get("diff"), "+.3f"),
-                             f"[{_fmt(r['low'], '+.3f')}, {_fmt(r['high'], '+.3f')}]" if _num(r.get("low")) is not None
-                             else "-", r["verdict"]] for r in card["summary"]])
+                             interval(r), r["verdict"], _fmt(r.get("pixels")) if _num(r.get("pixels")) is not None
+                             else "-", interval(r.get("vs_pixels")),
+                             (r.get("vs_pixels") or {}).get("verdict", "-")] for r in card["summary"]])
     elif card.get("nothing_to_evaluate"):
         lines += ["Nothing to evaluate: no site had labelled held-out images."]
     else:
@@ -241,6 +255,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         lims.insert(0, "trained and evaluated on synthetic phantoms: no claim about real radiographs;")
     if any(r["verdict"] in ("not shown", "no interval", "too few patients") for r in card["summary"]):
         lims.append("where the verdict is 'not shown', pretraining did not measurably beat random init here;")
+    if any((r.get("vs_pixels") or {}).get("verdict") in ("worse", "not shown") for r in card["summary"]):
+        lims.append("where 'vs pixels' is not 'better', the backbone did not measurably beat a linear model on the "
+                    "raw resized image: do not use it for that task in place of one;")
     if card["differential_privacy"]:
         lims.append("DP noise costs accuracy; ε holds for the privacy unit stated above, at each site's δ;")
     lims.append("bias: the anatomy, scanner and population mix of the contributing sites is all the model saw.")

@@ -87,13 +87,15 @@ def _is_task_key(key: str) -> bool:
     return key.startswith(EVAL_FAMILIES)
 
 
-def site_intervals(metrics: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """``<task>/ci/<metric>/<part>`` keys of one hospital -> ``{task: {"metric", "diff", "low", ...}}``."""
+def site_intervals(metrics: dict[str, float], segment: str = "/ci/") -> dict[str, dict[str, Any]]:
+    """``<task>/ci/<metric>/<part>`` keys of one hospital -> ``{task: {"metric", "diff", "low", ...}}``.
+
+    ``segment="/ci-pixels/"`` reads the intervals against the raw-pixel baseline instead of random init."""
     out: dict[str, dict[str, Any]] = {}
     for key, value in metrics.items():
-        if "/ci/" not in key:
+        if segment not in key:
             continue
-        task, rest = key.split("/ci/", 1)
+        task, rest = key.split(segment, 1)
         metric, _, part = rest.rpartition("/")
         out.setdefault(task, {"metric": metric})[part] = value
     return {t: v for t, v in out.items() if {"diff", "se", "units"} <= set(v)}
@@ -141,6 +143,7 @@ def summary_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     pooled = split_flat(last["metrics"])
     ok = [s for s in last["sites"] if s["status"] == "ok"]
     per_site = {s["name"]: site_intervals(s["metrics"]) for s in ok}
+    per_site_pixels = {s["name"]: site_intervals(s["metrics"], "/ci-pixels/") for s in ok}
     rows = []
     tasks = sorted({t for t, _ in pooled}, key=lambda t: (FAMILY_ORDER.index(t.split("/")[0])
                                                            if t.split("/")[0] in FAMILY_ORDER else 99, t))
@@ -154,9 +157,18 @@ def summary_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         iv = pooled_interval(cis)
         values = pooled[(task, metric)]
         verdict_ = verdict(metric, iv["low"], iv["high"]) if iv["units"] >= MIN_UNITS else "too few patients"
+        # The same difference against the raw-pixel baseline, where it applies (classification, retrieval).
+        cis_pix = [dict(ci[task], site=name) for name, ci in per_site_pixels.items()
+                   if task in ci and ci[task]["metric"] == metric]
+        iv_pix = pooled_interval(cis_pix) if cis_pix else None
+        vs_pixels = None
+        if iv_pix is not None:
+            vs_pixels = {**iv_pix, "verdict": (verdict(metric, iv_pix["low"], iv_pix["high"])
+                                               if iv_pix["units"] >= MIN_UNITS else "too few patients")}
         rows.append({"family": task.split("/")[0], "task": task.split("/", 1)[1], "metric": metric,
                      "pretrained": values.get("pretrained", math.nan), "random": values.get("random", math.nan),
-                     **iv, "verdict": verdict_, "hospitals": len(cis), "per_site": cis, "round": last["round"]})
+                     "pixels": values.get("pixels", math.nan), **iv, "verdict": verdict_, "vs_pixels": vs_pixels,
+                     "hospitals": len(cis), "per_site": cis, "round": last["round"]})
     m = last["metrics"]  # the cheap anatomy probe (eval.tasks = none): no per-patient scores, no interval
     for key, label in (("knn-anatomy", "anatomy k-NN"), ("linear-anatomy", "anatomy linear probe")):
         if key in m and f"{key}-random" in m:
@@ -213,21 +225,32 @@ def summary_section(rep: RunReport) -> str:
         return ""
     badge = {"better": "better", "worse": "worse", "not shown": "unclear", "no interval": "unclear",
              "too few patients": "unclear"}
+    def interval(iv: dict[str, Any] | None) -> str:
+        if not iv:
+            return "-"
+        diff = f"{iv['diff']:+.3f}" if math.isfinite(iv["diff"]) else "-"
+        return f"{diff} [{iv['low']:+.3f}, {iv['high']:+.3f}]" if math.isfinite(iv["low"]) else diff
+
+    def tag(v: str) -> str:
+        return f"<span class='{badge[v]}'>{html.escape(v)}</span>"
+
     cells = []
     for r in rows:
-        diff = f"{r['diff']:+.3f}" if math.isfinite(r["diff"]) else "-"
-        ci = f"{diff} [{r['low']:+.3f}, {r['high']:+.3f}]" if math.isfinite(r["low"]) else diff
+        pix = r.get("vs_pixels")
         cells.append([html.escape(r["family"]), html.escape(r["task"]), html.escape(r["metric"]), r["pretrained"],
-                      r["random"], ci,
-                      f"<span class='{badge[r['verdict']]}'>{html.escape(r['verdict'])}</span>",
+                      r["random"], interval(r), tag(r["verdict"]),
+                      r["pixels"] if math.isfinite(r.get("pixels", math.nan)) else "-", interval(pix),
+                      tag(pix["verdict"]) if pix else "-",
                       r["hospitals"], int(r["units"]) if math.isfinite(r["units"]) else ""])
     out = ["<h2>Summary: did pretraining help?</h2>",
            note(f"frozen backbone after round {rows[0]['round']}: pretrained minus random init (same heads, same "
                 "test rows). Interval: 95 %, paired bootstrap over patients at each hospital, pooled across "
                 f"hospitals by test units. 'better' / 'worse' only when the whole interval is on one side of 0 and at "
-                f"least {MIN_UNITS} patients were scored."),
-           table(["family", "task", "metric", "pretrained", "random init", "difference [95 % interval]", "verdict",
-                  "sites", "units"], cells, raw=True, text_columns=3)]
+                f"least {MIN_UNITS} patients were scored. Raw pixels: the same resized image, flattened, with the same "
+                "head (classification and image-image retrieval): a backbone below it is worse than no backbone."),
+           table(["family", "task", "metric", "pretrained", "random init", "minus random [95 % interval]", "verdict",
+                  "raw pixels", "minus pixels [95 % interval]", "vs pixels", "sites", "units"], cells, raw=True,
+                 text_columns=3)]
     png = plot_forest(rows, rep.out_dir / "summary_forest.png")
     if png is not None:
         out.append(image(png.name, "forest plot: gain over random init per task with 95 % intervals"))

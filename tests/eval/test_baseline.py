@@ -60,3 +60,26 @@ def test_suite_reports_the_pixel_baseline(fast_cfg, records):
     assert all(pixel_applicable(t) for t in body["baseline_pixels"])
     flat = result.flat_metrics()
     assert any("/pixels/" in k for k in flat)
+
+
+def test_suite_intervals_against_pixels_are_the_paired_difference(fast_cfg, records):
+    """Every difference carries its interval: pretrained minus raw pixels as well as minus random init, on the
+    same per-patient units, and both leave as flat scalar keys."""
+    import dataclasses
+
+    from xr0_core.eval.baseline import random_init_backbone
+    from xr0_core.eval.suite import evaluate_models
+
+    other = dataclasses.replace(fast_cfg, seed=fast_cfg.seed + 7)  # another random init plays "pretrained"
+    result = evaluate_models(fast_cfg, records, lambda: random_init_backbone(other),
+                             lambda: random_init_backbone(fast_cfg), tasks="classification", device="cpu")
+    assert result.intervals_pixels, "no interval against the raw-pixel baseline"
+    assert set(result.intervals_pixels) <= set(result.baseline_pixels)
+    for task, ci in result.intervals_pixels.items():
+        metric = ci["metric"]  # the per-unit metric (linear accuracy): its mean difference is the point estimate
+        assert ci["diff"] == pytest.approx(result.tasks[task][metric] - result.baseline_pixels[task][metric])
+        assert ci["low"] <= ci["diff"] <= ci["high"]
+        flat = result.flat_metrics()
+        assert flat[f"{task}/ci-pixels/{metric}/diff"] == pytest.approx(ci["diff"])
+        assert f"{task}/ci/{metric}/diff" in flat  # the random-init interval is still there
+    assert "intervals_pixels" in result.to_json()

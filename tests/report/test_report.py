@@ -114,3 +114,25 @@ def test_too_few_patients_give_no_verdict():
         for k in [k for k in s["metrics"] if k.endswith("/units")]:
             s["metrics"][k] = 3.0
     assert {r["verdict"] for r in summary_rows(hist)} == {"too few patients"}
+
+
+def test_summary_rows_pool_the_intervals_against_raw_pixels():
+    """The summary reads each hospital's `<task>/ci-pixels/...` keys and pools them like the random-init ones."""
+    hist = fakerun.history()
+    ev = hist[-1]
+    for i, site in enumerate(ev["sites"]):  # hospital i: pretrained beats pixels by 0.1 * (i + 1)
+        task, metric, diff = "classification/anatomy", "linear-accuracy", 0.1 * (i + 1)
+        site["metrics"].update({f"{task}/pixels/{metric}": 0.8 - diff + 0.05 * (i + 1),
+                                f"{task}/ci-pixels/{metric}/diff": diff, f"{task}/ci-pixels/{metric}/low": diff - 0.04,
+                                f"{task}/ci-pixels/{metric}/high": diff + 0.04, f"{task}/ci-pixels/{metric}/se": 0.02,
+                                f"{task}/ci-pixels/{metric}/units": 10.0 + i})
+    from strategies.eval_aggregate import pooled_metrics
+
+    ev["metrics"] = pooled_metrics([s["metrics"] for s in ev["sites"]])
+    rows = {r["task"]: r for r in summary_rows(hist)}
+    pix = rows["anatomy"]["vs_pixels"]
+    units = [10.0, 11.0, 12.0]
+    assert pix["diff"] == pytest.approx(sum(u * 0.1 * (i + 1) for i, u in enumerate(units)) / sum(units))
+    assert pix["low"] < pix["diff"] < pix["high"] and pix["verdict"] == "better"
+    assert math.isfinite(rows["anatomy"]["pixels"])
+    assert rows["joints"]["vs_pixels"] is None  # no pixel baseline for landmarks

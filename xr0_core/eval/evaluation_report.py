@@ -19,21 +19,27 @@ from xr0_core.htmlpage import fmt as _fmt
 from xr0_core.htmlpage import table as _table
 
 RANDOM_SEGMENT = "/random/"
+PIXELS_SEGMENT = "/pixels/"  # <task>/pixels/<metric>: the raw-pixel baseline (xr0_core/eval/baseline.py)
 CI_SEGMENT = "/ci/"  # <task>/ci/<metric>/<part> (xr0_core/eval/suite.py): read by the run report's summary
+CI_PIXELS_SEGMENT = "/ci-pixels/"  # <task>/ci-pixels/<metric>/<part>: evaluated minus raw pixels
 FAMILIES = ("classification", "retrieval", "segmentation", "landmarks", "grounding", "report_generation")
 # The metric drawn per round for each family (the first one a task reports, in this order).
 HEADLINE = ("linear-auroc", "linear-accuracy", "recall@1", "dice-mean", "mre-px", "mean-iou", "rouge-l", "bleu4")
 
 
 def split_flat(metrics: dict[str, float]) -> dict[tuple[str, str], dict[str, float]]:
-    """Flat evaluation keys -> ``{(task, metric): {"pretrained": v, "random": v}}`` (other keys ignored)."""
+    """Flat evaluation keys -> ``{(task, metric): {"pretrained": v, "random": v, "pixels": v}}`` (other keys
+    ignored; ``pixels`` only for the tasks the raw-pixel baseline applies to)."""
     out: dict[tuple[str, str], dict[str, float]] = {}
     for key, value in metrics.items():
-        if not key.startswith(FAMILIES) or key.endswith("/num-examples") or CI_SEGMENT in key:
+        if (not key.startswith(FAMILIES) or key.endswith("/num-examples") or CI_SEGMENT in key
+                or CI_PIXELS_SEGMENT in key):
             continue
-        if RANDOM_SEGMENT in key:
-            task, metric = key.rsplit(RANDOM_SEGMENT, 1)
-            out.setdefault((task, metric), {})["random"] = value
+        for segment, tag in ((RANDOM_SEGMENT, "random"), (PIXELS_SEGMENT, "pixels")):
+            if segment in key:
+                task, metric = key.rsplit(segment, 1)
+                out.setdefault((task, metric), {})[tag] = value
+                break
         else:
             task, metric = key.rsplit("/", 1)
             out.setdefault((task, metric), {})["pretrained"] = value
@@ -52,17 +58,19 @@ def evaluation_table(history: list[dict[str, Any]]) -> str:
     rows = []
     for (task, metric), v in sorted(pooled.items()):
         n = last["metrics"].get(f"{task}/num-examples", "")
-        row = [task, metric, n, v.get("pretrained", ""), v.get("random", "")]
+        row = [task, metric, n, v.get("pretrained", ""), v.get("random", ""), v.get("pixels", "")]
         for s in sites:
             sv = per_site[s["name"]].get((task, metric), {})
             row.append(f"{_fmt(sv['pretrained']) if 'pretrained' in sv else '-'} / "
                        f"{_fmt(sv['random']) if 'random' in sv else '-'}")
         rows.append(row)
-    headers = ["task", "metric", "test examples", "pretrained (pooled)", "random init (pooled)"] + \
+    headers = ["task", "metric", "test examples", "pretrained (pooled)", "random init (pooled)",
+               "raw pixels (pooled)"] + \
               [f"{s['name']} (pre / rand)" for s in sites]
     return (f"<h3>Downstream tasks per hospital, round {last['round']}</h3><p class='note'>frozen backbone, light heads trained "
             "at each hospital on its train split, scored on its test split; pooled = weighted by each hospital's "
-            "test examples of that task; random init measured in the same dispatch</p>"
+            "test examples of that task; random init and raw pixels (the same resized image, flattened, same head; "
+            "classification and image-image retrieval only) measured in the same dispatch</p>"
             + details(f"every metric of {len({t for t, _ in pooled})} tasks, pooled and per hospital ({len(rows)} rows)",
                       _table(headers, rows)))
 
@@ -82,7 +90,8 @@ def headline_metrics(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Headline metric per task over evaluate rounds: pooled (black), per hospital (dashed), random (grey).
+    """Headline metric per task over evaluate rounds: pooled (black), per hospital (dashed), random (grey),
+    raw pixels (ochre, where the pixel baseline applies).
     None with fewer than two evaluate rounds (one round is a table, not a curve)."""
     evals = [r for r in history if r.get("kind") == "evaluate" and split_flat(r.get("metrics", {}))]
     if len(evals) < 2:
@@ -100,11 +109,11 @@ def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path | None:
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), dpi=90, squeeze=False)
     for ax, (task, metric) in zip(axes.flat, keys):
         xs = [r["round"] for r in evals]
-        for tag, style in (("pretrained", "-o"), ("random", ":s")):
+        for tag, style, colour in (("pretrained", "-o", "black"), ("random", ":s", "grey"), ("pixels", "-.^", "#b07d00")):
             ys = [split_flat(r["metrics"]).get((task, metric), {}).get(tag) for r in evals]
             pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), style, color="black" if tag == "pretrained" else "grey", label=f"pooled {tag}")
+                ax.plot(*zip(*pts), style, color=colour, label=f"pooled {tag}")
         names = sorted({s["name"] for r in evals for s in r.get("sites", [])})
         for name in names:
             pts = [(r["round"], split_flat(s["metrics"]).get((task, metric), {}).get("pretrained"))
@@ -140,19 +149,22 @@ def federated_section(out_dir: Path, history: list[dict[str, Any]]) -> str:
 
 
 def comparison_table(body: dict[str, Any]) -> str:
-    """Task, metric, test examples, evaluated vs random init, and (on the task's per-unit metric) the
-    difference with its paired patient-level bootstrap 95 % interval."""
+    """Task, metric, test examples, evaluated vs random init vs raw pixels, and (on the task's per-unit
+    metric) the differences with their paired patient-level bootstrap 95 % intervals."""
+
+    def interval(ci: dict[str, Any], metric: str) -> str:
+        return f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci.get("metric") == metric else ""
+
     rows = []
     for task in sorted(set(body.get("tasks", {})) | set(body.get("baseline_random", {}))):
         pre, rnd = body.get("tasks", {}).get(task, {}), body.get("baseline_random", {}).get(task, {})
-        ci = body.get("intervals", {}).get(task, {})
+        pix = body.get("baseline_pixels", {}).get(task, {})
+        ci, ci_pix = body.get("intervals", {}).get(task, {}), body.get("intervals_pixels", {}).get(task, {})
         for metric in sorted(set(pre) | set(rnd)):
-            interval = (f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci.get("metric") == metric
-                        else "")
             rows.append([task, metric, body.get("counts", {}).get(task, ""), pre.get(metric, ""), rnd.get(metric, ""),
-                         interval])
-    return _table(["task", "metric", "test examples", "evaluated backbone", "random init",
-                   "difference [95 % interval]"], rows)
+                         pix.get(metric, ""), interval(ci, metric), interval(ci_pix, metric)])
+    return _table(["task", "metric", "test examples", "evaluated backbone", "random init", "raw pixels",
+                   "minus random init [95 % interval]", "minus raw pixels [95 % interval]"], rows)
 
 
 def draw_examples(out_dir: Path, examples: dict[str, dict[str, list]]) -> list[tuple[str, str]]:

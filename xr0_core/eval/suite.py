@@ -41,6 +41,7 @@ NUM_EXAMPLES = "num-examples"
 RANDOM_TAG = "random"
 PIXELS_TAG = "pixels"
 CI_TAG = "ci"  # <task>/ci/<metric>/<part>: the paired interval of evaluated minus random init
+CI_PIXELS_TAG = "ci-pixels"  # <task>/ci-pixels/<metric>/<part>: evaluated minus the raw-pixel baseline
 CI_PARTS = ("diff", "low", "high", "se", "units")
 
 
@@ -84,6 +85,8 @@ class EvalResult:
     intervals : dict task -> {"metric", "diff", "low", "high", "se", "units"}
         Evaluated minus random-init backbone on one per-unit metric, with a paired bootstrap 95 % interval
         over patients (:func:`paired_intervals`).
+    intervals_pixels : dict task -> same fields
+        Evaluated backbone minus the raw-pixel baseline, same pairing (tasks the pixel baseline applies to).
     images : int, decodable images evaluated; ``undecodable``: images skipped with their reasons
     """
 
@@ -96,14 +99,16 @@ class EvalResult:
     images: int = 0
     undecodable: list[tuple[str, str]] = field(default_factory=list)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    intervals_pixels: dict[str, dict[str, Any]] = field(default_factory=dict)
     data: EvalSet | None = field(default=None, repr=False)  # the evaluated set (local only, never serialised)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"tasks", "baseline_random", "baseline_pixels", "skipped", "counts", "images", "intervals"}``
-        (the ``xr0 evaluate --json`` body)."""
+        """``{"tasks", "baseline_random", "baseline_pixels", "skipped", "counts", "images", "intervals",
+        "intervals_pixels"}`` (the ``xr0 evaluate --json`` body)."""
         return {"tasks": self.tasks, "baseline_random": self.baseline_random,
                 "baseline_pixels": self.baseline_pixels, "skipped": list(self.skipped),
-                "counts": dict(self.counts), "images": self.images, "intervals": dict(self.intervals)}
+                "counts": dict(self.counts), "images": self.images, "intervals": dict(self.intervals),
+                "intervals_pixels": dict(self.intervals_pixels)}
 
     def flat_metrics(self) -> dict[str, float]:
         """Flat scalar keys for a Flower ``MetricRecord``: ``<task>/<metric>``, ``<task>/random/<metric>`` and
@@ -118,9 +123,10 @@ class EvalResult:
         for task, values in self.baseline_pixels.items():
             out.update({f"{task}/{PIXELS_TAG}/{m}": float(v) for m, v in values.items()})
             out.setdefault(f"{task}/{NUM_EXAMPLES}", float(self.counts.get(task, 0)))
-        for task, ci in self.intervals.items():  # <task>/ci/<metric>/{diff,low,high,se,units}
-            for part in CI_PARTS:
-                out[f"{task}/{CI_TAG}/{ci['metric']}/{part}"] = float(ci[part])
+        for tag, intervals in ((CI_TAG, self.intervals), (CI_PIXELS_TAG, self.intervals_pixels)):
+            for task, ci in intervals.items():  # <task>/<tag>/<metric>/{diff,low,high,se,units}
+                for part in CI_PARTS:
+                    out[f"{task}/{tag}/{ci['metric']}/{part}"] = float(ci[part])
         return out
 
 
@@ -290,6 +296,9 @@ def evaluate_models(cfg: XR0Config, records: Sequence[Any], model: Callable[[], 
     if model is not None:
         result.intervals = paired_intervals(outputs[PRETRAINED].get("per_row", {}),
                                             outputs[RANDOM].get("per_row", {}), result.data, cfg.seed)
+    if PIXELS in outputs:  # the evaluated backbone (random init itself when model is None) minus raw pixels
+        result.intervals_pixels = paired_intervals(main.get("per_row", {}), outputs[PIXELS].get("per_row", {}),
+                                                   result.data, cfg.seed)
     return result
 
 
