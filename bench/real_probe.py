@@ -97,6 +97,35 @@ def probe_scores(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[st
     return scores, rows
 
 
+def permutation_null(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[str], protocol: str, seed: int,
+                     n: int) -> np.ndarray:
+    """AUROC of the probe when the label carries no information: ``n`` times, the labels are shuffled between
+    *patients* (each patient keeps one label for all its images, the label counts stay the same; train and test
+    patients are shuffled within their split) and the same protocol is rerun.
+
+    The spread of these numbers is the chance band of the protocol on this data: a difference between two
+    feature sets that is small against it cannot be told apart from luck, whatever the point estimates say.
+
+    Shapes: ``x [N, D]``, ``y [N]`` (-1 = missing) -> ``[n]`` AUROCs.
+    """
+    from xr0_core.eval.metrics import binary_auroc
+
+    rng = np.random.default_rng(seed)
+    g, sp = np.asarray(groups), np.asarray(split)
+    out = []
+    for _ in range(n):
+        yp = np.full_like(y, -1)
+        for part in (TRAIN, TEST):
+            rows = np.flatnonzero((sp == part) & (y >= 0))
+            patients = list(dict.fromkeys(g[rows]))
+            label = {p: y[rows][g[rows] == p][0] for p in patients}
+            shuffled = dict(zip(patients, rng.permutation([label[p] for p in patients])))
+            yp[rows] = [shuffled[p] for p in g[rows]]
+        scores, rows = probe_scores(x, yp, split, groups, protocol, seed)
+        out.append(binary_auroc(scores, yp[rows]))
+    return np.array(out)
+
+
 def feature_matrix(feats: Any, kind: str) -> np.ndarray:
     """``cls``: CLS token ``[N, D]``; ``cls+mean``: CLS and the mean patch token ``[N, 2D]``."""
     cls = feats.cls.float()
@@ -121,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", default="", help="comma-separated label names (default: all label_ columns)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--null", type=int, default=0, metavar="N",
+                   help="also measure the protocol's chance band: N label shuffles between patients, probed on the "
+                        "random-init features (permutation_null); 40 is enough for its 5-95 %% range")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "real_probe")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--save-weights", action="store_true", help="write weights-<step>.safetensors to --out")
@@ -206,8 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         mats = {k: feature_matrix(feats, k) for k in kinds}
         return {k: probe_all(m) for k, m in mats.items()}, {k: aurocs(m) for k, m in mats.items()}
 
-    random_all, random_curve = probe_kinds(extract(random_bb, data, patches=True))
+    random_feats = extract(random_bb, data, patches=True)
+    random_all, random_curve = probe_kinds(random_feats)
     random_res = random_all[kinds[0]]
+    null: dict[str, dict[str, float]] = {}
+    if args.null > 0:
+        x0 = feature_matrix(random_feats, kinds[0])
+        for n in names:
+            draws = permutation_null(x0, labels[n], split, groups, protocols[0], cfg.seed, args.null)
+            null[n] = {"n": args.null, "mean": float(draws.mean()), "sd": float(draws.std()),
+                       "q05": float(np.quantile(draws, 0.05)), "q95": float(np.quantile(draws, 0.95))}
+            print(f"  chance band of {n} ({protocols[0]}): mean {null[n]['mean']:.3f} sd {null[n]['sd']:.3f} "
+                  f"5-95 % [{null[n]['q05']:.3f}, {null[n]['q95']:.3f}]", file=sys.stderr)
     trainer = None
     if args.from_weights is None:
         trainer = SiteTrainer(cfg, train_records, site="real-probe", device=torch.device("cpu"), reader=reader)
@@ -260,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"preset": cfg.preset, "overrides": _parse_sets(args.overrides), "steps": steps,
               "protocol": args.protocol, "features": args.features, "config_hash": cfg.hash(),
               "train_images": len(train_records), "images": len(data), "table": table, "curve": curve,
-              "pixels_by_protocol": pixel_curve, "cpu_seconds": round(cpu_s, 1),
+              "pixels_by_protocol": pixel_curve, "chance_band": null, "cpu_seconds": round(cpu_s, 1),
               "from_weights": str(args.from_weights) if args.from_weights else None, "wall_seconds": round(wall_s, 1), "torch_threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
@@ -290,6 +332,10 @@ def render_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['label']} | {r['n_scored']} | {r['pretrained']:.3f} | {r['random_init']:.3f} | "
                      f"{r['pixels']:.3f} | {r['pretrained_minus_random']:+.3f} {_ci(r['ci95_vs_random'])} | "
                      f"{r['pretrained_minus_pixels']:+.3f} {_ci(r['ci95_vs_pixels'])} |")
+    for label, band in sorted((result.get("chance_band") or {}).items()):
+        lines.append(f"\nChance band of `{label}` under this protocol ({band['n']} label shuffles between patients, "
+                     f"random-init features): mean {band['mean']:.3f}, sd {band['sd']:.3f}, 5-95 % "
+                     f"[{band['q05']:.3f}, {band['q95']:.3f}]. Differences small against sd cannot be told from luck.")
     return "\n".join(lines) + "\n"
 
 
@@ -307,6 +353,9 @@ def plot_curve(result: dict[str, Any], path: Path) -> None:
         ax.plot(steps, [c["auroc"][n] for c in result["curve"]], "o-", label="pretrained")
         ax.axhline(r["random_init"], color="gray", ls="--", label="random init")
         ax.axhline(r["pixels"], color="tab:red", ls=":", label="raw pixels")
+        band = (result.get("chance_band") or {}).get(n)
+        if band:
+            ax.axhspan(band["q05"], band["q95"], color="gray", alpha=0.15, label="chance band (5-95 %)")
         ax.set_title(f"label_{n} ({result['protocol']})", fontsize=9)
         ax.set_xlabel("SSL steps")
         ax.set_ylabel("AUROC")

@@ -472,6 +472,11 @@ def secagg_section(rep: RunReport) -> str:
         out.append(table(["round", "hospital", "status", "reason"], drops))
     elif rounds:
         out.append(note("no hospital dropped out"))
+    notes = [[r["round"], "skipped" if not r.get("updated", True) else "warning", text]
+             for r in rep.train for text in ([r["reason"]] if r.get("reason") else []) + list(r.get("warnings", []))]
+    if notes:
+        out.append(note("rounds the coordinator skipped (global weights unchanged) and settings that cost accuracy"))
+        out.append(table(["round", "kind", "what happened"], notes))
     return "\n".join(out)
 
 
@@ -510,6 +515,12 @@ def _table_metric(key: str) -> bool:
     return not (key == "partition-id" or key.startswith(LOSS_CURVE_PREFIX) or _is_task_key(key))
 
 
+def _round_note(r: dict[str, Any]) -> str:
+    """Why a round did not move the global model, and its warnings (``RoundOutcome.reason`` / ``warnings``)."""
+    parts = [f"skipped: {r['reason']}" if not r.get("updated", True) else r["reason"]] if r.get("reason") else []
+    return "; ".join(parts + list(r.get("warnings", [])))
+
+
 def rounds_section(rep: RunReport) -> str:
     """Per round, per hospital: status, reason, scalar metrics (folded: it is long)."""
     if not rep.history:
@@ -517,9 +528,10 @@ def rounds_section(rep: RunReport) -> str:
     names = sorted({k for r in rep.history for s in r["sites"] for k in s["metrics"] if _table_metric(k)})
     agg = sorted({k for r in rep.history for k in r["metrics"] if _table_metric(k)})
     return ("<h2>Per round</h2>"
-            + table(["round", "kind", "hospitals ok", "seconds"] + agg,
+            + table(["round", "kind", "hospitals ok", "seconds", "note"] + agg,
                     [[r["round"], r["kind"], f"{sum(s['status'] == 'ok' for s in r['sites'])}/{len(r['sites'])}",
-                      r.get("seconds", "")] + [r["metrics"].get(k, "") for k in agg] for r in rep.history])
+                      r.get("seconds", ""), _round_note(r)] + [r["metrics"].get(k, "") for k in agg]
+                     for r in rep.history])
             + details("per hospital", table(["round", "kind", "hospital", "status", "reason"] + names,
                                             _round_rows(rep.history, names))))
 

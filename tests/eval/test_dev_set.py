@@ -65,3 +65,27 @@ def test_pixel_and_random_baselines_find_the_projection(eval_set):
         scores, rows = probe_scores(x, y, split, groups, "test", seed=0)
         assert set(np.array(split)[rows]) == {"test"}
         assert binary_auroc(scores, y[rows]) > 0.8
+
+
+def test_cv_protocol_and_chance_band(eval_set):
+    """The cv protocol (repeated, label-stratified group folds inside the train split) finds the easy label, and
+    the permutation chance band sits around 0.5, far below it: the band measures luck, not the features."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from real_probe import permutation_null, probe_scores
+
+    from xr0_core.eval.baseline import pixel_features
+    from xr0_core.eval.metrics import binary_auroc
+
+    y = np.array([r.labels["projection"] for r in eval_set.records])
+    split = ["test" if r.split == "test" else "train" for r in eval_set.records]
+    groups = [r.patient_id for r in eval_set.records]
+    x = pixel_features(eval_set).cls.numpy()
+    scores, rows = probe_scores(x, y, split, groups, "cv", seed=0, repeats=2)
+    assert set(np.array(split)[rows]) == {"train"} and len(rows) == split.count("train")
+    assert binary_auroc(scores, y[rows]) > 0.8
+    band = permutation_null(x, y, split, groups, "test", seed=0, n=12)
+    assert 0.3 < band.mean() < 0.7, band
+    test_scores, test_rows = probe_scores(x, y, split, groups, "test", seed=0)
+    assert np.quantile(band, 0.95) < 0.9 < binary_auroc(test_scores, y[test_rows])

@@ -136,3 +136,16 @@ def test_summary_rows_pool_the_intervals_against_raw_pixels():
     assert pix["low"] < pix["diff"] < pix["high"] and pix["verdict"] == "better"
     assert math.isfinite(rows["anatomy"]["pixels"])
     assert rows["joints"]["vs_pixels"] is None  # no pixel baseline for landmarks
+
+
+def test_skipped_rounds_and_warnings_are_shown(tmp_path):
+    """A secure-aggregation round the coordinator skipped says why, and quantisation warnings are on the page."""
+    hist = fakerun.history(dp=True, secagg=True)
+    hist[1].update(updated=False, reason="poisoning bound: a weight word above the cap")
+    hist[0]["warnings"] = ["4.2 % of update coordinates were clipped"]
+    out = tmp_path / "run"
+    write_report(out, fakerun.summary(dp=True, secagg=True), hist)
+    html = (out / "report.html").read_text()
+    assert "skipped: poisoning bound: a weight word above the cap" in html  # per-round table
+    assert "4.2 % of update coordinates were clipped" in html
+    assert html.count("poisoning bound") == 2  # and in the secure-aggregation section
