@@ -112,7 +112,6 @@ def train_site(
     data = site_data(cfg, site, private=private)
     if not data.cache.kept:
         raise RuntimeError(f"site {site.name} has no training images (all are split=test or unusable)")
-    trainer = SiteTrainer(cfg, data.records, site=site.name, cache=data.cache)
     spec = RoundSpec(
         server_round=instruction.server_round,
         global_step=instruction.global_step,
@@ -120,11 +119,20 @@ def train_site(
         local_steps=instruction.local_steps,
         run_key=instruction.run_key,
     )
-    shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy)
+    if site.gpus > 1:  # node config gpus: the round's training runs on that many data-parallel processes
+        from xr0_core.site.round import run_parallel_site_round
+
+        shared, metrics = run_parallel_site_round(cfg, data.cache, weights, spec, site.state_dir, policy,
+                                                  site=site.name, workers=site.gpus)
+        num_examples = len(data.cache.kept)
+    else:
+        trainer = SiteTrainer(cfg, data.records, site=site.name, cache=data.cache)
+        shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy)
+        num_examples = trainer.num_examples
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})
     if not private:
-        out["num-examples"] = int(trainer.num_examples)
+        out["num-examples"] = int(num_examples)
         if policy.train_metric_allowed("site-seconds", private=False):
             out["site-seconds"] = time.perf_counter() - t0  # whole local work: data, model, training, state I/O
     return shared, out

@@ -14,6 +14,8 @@ Deployment node config (``flower-supernode --node-config '...'``; strings need T
                       not followed); never sent to the server
 ``privacy-budget``    merged into the site policy's privacy.budget (the stricter value wins)
 ``privacy-delta``     merged into the site policy's privacy.delta (the stricter value wins)
+``gpus``              data-parallel processes of the local round (default 1; one per GPU on CUDA,
+                      gloo processes on CPU): xr0_core/site/parallel.py
 ====================  =========================================================================
 
 Simulation: Flower gives ``partition-id``; hospital ``i`` is the ``i``-th entry of
@@ -46,6 +48,7 @@ class Site:
     privacy_budget: float | None = None  # node config privacy-budget (merged into the site policy)
     privacy_delta: float | None = None  # node config privacy-delta
     policy_file: Path | None = None  # node config policy (None: <state-dir>/policy.toml)
+    gpus: int = 1  # node config gpus: data-parallel processes of the local round
 
     def policy(self):
         """The site policy (:func:`xr0_core.site.state.site_policy`), node-config budget merged in."""
@@ -60,6 +63,25 @@ def site_name_of(path: Path) -> str:
     (a link ``mhh -> /mnt/pacs/covid-chest-mhh`` is hospital ``mhh``). The one naming rule of simulate, the
     ClientApp, the coordinator's report and the state folder."""
     return Path(str(path).rstrip("/")).name
+
+
+def node_gpus(node_config: Mapping[str, object]) -> int:
+    """Node config ``gpus`` (default 1) as a whole number >= 1.
+
+    Raises
+    ------
+    SiteConfigError
+        Not a whole number >= 1 (the message gives the line to pass).
+    """
+    value = node_config.get("gpus", 1)
+    try:
+        gpus = int(str(value))  # TOML gives an int; "2.5", true and "two" are refused
+    except ValueError:
+        gpus = 0
+    if gpus < 1:
+        raise SiteConfigError(f"node config gpus = {value!r}: give the number of GPUs (data-parallel processes) "
+                              "the hospital's local round may use, e.g. --node-config '... gpus=2' (default 1)")
+    return gpus
 
 
 def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
@@ -89,7 +111,8 @@ def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
         site = Site(name, given.resolve(), state_dir,
                     Path(str(manifest)).expanduser().resolve() if manifest else None,
                     privacy_budget=budget, privacy_delta=delta,
-                    policy_file=Path(str(policy)).expanduser().resolve() if policy else None)
+                    policy_file=Path(str(policy)).expanduser().resolve() if policy else None,
+                    gpus=node_gpus(node_config))
     elif PARTITION_ID in node_config:
         pid = int(node_config[PARTITION_ID])  # type: ignore[arg-type]
         root = Path(cfg.simulation.data_root).expanduser()

@@ -131,3 +131,28 @@ def test_heldout_anatomy_unseen_in_training_is_not_scored(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["knn_accuracy"] is None and summary["knn_test"] == 0 and "knn_gain_ci95" not in summary
     assert "k-NN skipped" in summary["knn_note"]
+
+
+def test_pretrain_on_two_processes_matches_one(tmp_path):
+    """``--gpus 2`` (torchrun, gloo on CPU) trains the same checkpoint as one process; rank 0 writes the outputs."""
+    data = write_toy_site(tmp_path / "site", 15, seed=0, size=40, with_split=True)
+    per_sample = ["--set", "ssl.centering=frozen-per-round", "--set", "ssl.koleo-weight=0",
+                  "--set", "model.drop-path=0"]
+    assert _pretrain(data, tmp_path / "one", 4, *per_sample) == 0
+    assert _pretrain(data, tmp_path / "two", 4, *per_sample, "--gpus", "2") == 0
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["num_train_images"] == 12
+    one, two = (load_file(str(tmp_path / d / "checkpoint.safetensors")) for d in ("one", "two"))
+    assert set(one) == set(two)
+    for k in one:  # float summation order across ranks, four AdamW steps
+        assert torch.allclose(two[k], one[k], atol=5e-5, rtol=1e-4), k
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # rank 0 alone wrote the metrics
+    assert (tmp_path / "two" / "logs" / "pretrain-rank1.log").is_file()
+    assert (tmp_path / "two" / "backbone.safetensors").is_file()
+
+
+def test_pretrain_refuses_more_processes_than_the_batch_allows(tmp_path, capsys):
+    data = write_toy_site(tmp_path / "site", 6, seed=0, size=40)
+    assert _pretrain(data, tmp_path / "x", 2, "--gpus", "3") == 2
+    assert "train.batch-size 4 must be a multiple of --gpus = 3" in capsys.readouterr().err

@@ -4,9 +4,6 @@ as one process on the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +37,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
     from xr0_core.train.state import SiteTrainer
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "train" / "ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    from tests.torchrun import run_torchrun
+
+    proc = run_torchrun(ROOT / "tests" / "train" / "ddp_worker.py", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single = SiteTrainer(config(), [], site="s", cache=images())
@@ -67,18 +63,22 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert any(not torch.allclose(start[k], one[k]) for k in one)
 
 
-def test_shard_refuses_uneven_batch():
-    from xr0_core.train.distributed import DistContext, shard_batch
+def test_rank_blocks_equal_the_rows_of_the_global_batch():
+    """Each rank builds views for its block only; with repeated indices (sampling with replacement) across the
+    block boundary the blocks still equal the global batch's rows, and an uneven split is refused."""
+    from xr0_core.data.dataset import BatchMaker
+    from xr0_core.train.distributed import DistContext, RankBlocks
 
-    batch = {"global": torch.zeros(6, 2)}
-    assert shard_batch(batch, DistContext(1, 2))["global"].shape == (3, 2)
-    with pytest.raises(ValueError, match="multiple of the 4 GPUs"):
-        shard_batch(batch, DistContext(0, 4))
-
-
-def test_dp_across_ranks_is_refused():
-    from xr0_core.train.distributed import refuse_private
-
-    with pytest.raises(RuntimeError, match="one noise draw"):
-        refuse_private(from_flat({"privacy.enabled": True, "ssl.centering": "frozen-per-round",
-                                  "ssl.koleo-weight": 0.0}))
+    cfg = config()
+    maker = BatchMaker(images(), cfg, site="s", patch_size=8)
+    crossed = 0
+    for step in range(12):
+        whole = maker(step, 8)
+        blocks = [RankBlocks(maker, DistContext(r, 2))(step, 8) for r in (0, 1)]
+        for k in ("global", "local", "masks", "index"):
+            assert torch.equal(torch.cat([b[k] for b in blocks]), whole[k]), (step, k)
+        first, second = whole["index"][:4].tolist(), whole["index"][4:].tolist()
+        crossed += bool(set(first) & set(second))
+    assert crossed  # some image occurred in both blocks: its repeat number came from the other rank's block
+    with pytest.raises(ValueError, match="multiple of the 3 GPUs"):
+        RankBlocks(maker, DistContext(0, 3))(0, 8)

@@ -21,6 +21,11 @@ At the end it measures k-NN anatomy accuracy on held-out images (``split == test
 also gives ``knn_gain`` (pretrained minus random) with a paired, patient-level bootstrap 95 % interval
 ``knn_gain_ci95``: an interval that straddles 0 says the run is too short or the set too small to tell.
 
+``--gpus W`` re-runs the command under ``torchrun`` on W data-parallel processes
+(:mod:`xr0_core.train.distributed`): the same weights as one process on the same global batches (per-sample
+objective; batch-coupled terms see each rank's block). Rank 0 writes every output and runs the evaluation;
+rank ``r`` logs to ``logs/pretrain-rank<r>.log``.
+
 ``--multimodal`` (mXR-0, docs/multimodal.md) also trains on the reports, prints the upload bytes per
 text-sharing mode, adds ``retrieval_r5`` / ``retrieval_r5_random`` (zero-shot image-to-report Recall@5 on the
 held-out pairs with the model's own projections, trained vs random image weights with the same text tower),
@@ -63,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="show library output and warnings on the terminal (default: OUT/logs/pretrain.log)")
     p.add_argument("--multimodal", action="store_true",
                    help="mXR-0: also learn from reports (text tower, contrastive + captioning; sets multimodal.enabled)")
+    p.add_argument("--gpus", type=int, default=1, metavar="W",
+                   help="train data-parallel on W processes (one per GPU; gloo processes on CPU), launched with "
+                        "torchrun; rank 0 writes every output (default 1)")
     p.set_defaults(func=_run)
 
 
@@ -289,18 +297,66 @@ def _multimodal(trainer, test_records: list[Any], cfg, out: Path) -> dict[str, A
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from xr0_core.console import quiet_console
 
+    if args.gpus < 1:
+        raise CLIError(f"--gpus {args.gpus}: give the number of data-parallel processes (>= 1)")
+    if args.gpus > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _launch_ranks(args)
+    from xr0_core.train.distributed import init_from_env
+
+    from xr0_core.site.rank import rank_device
+
+    ctx = None
+    if args.gpus > 1:  # a rank under torchrun (launched by _launch_ranks)
+        device = rank_device(_build_config(args))
+        ctx = init_from_env("nccl" if device.type == "cuda" else "gloo")
+    main = ctx is None or ctx.is_main
     args.out.mkdir(parents=True, exist_ok=True)
     # The project's lines and the step bar on the terminal; library output and warnings in OUT/logs/.
-    with quiet_console(args.out / "logs", "pretrain", verbose=args.verbose) as con:
-        summary = _pretrain(args, con)
-    if args.json:  # after the block: stdout is the log inside it
+    try:
+        with quiet_console(args.out / "logs", "pretrain" if main else f"pretrain-rank{ctx.rank}",
+                           verbose=args.verbose and main) as con:
+            summary = _pretrain(args, con, ctx)
+    finally:
+        if ctx is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if args.json and main:  # after the block: stdout is the log inside it
         print_json(summary)
     return 0
 
 
-def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """Re-run this very command under torchrun on ``args.gpus`` processes (refused first if they cannot run)."""
+    from xr0_core.site.parallel import ParallelRoundError, check_workers
+    from xr0_core.train.distributed import launch
+
+    cfg = _build_config(args)
+    try:
+        check_workers(cfg, args.gpus, private=False)
+    except ParallelRoundError as exc:
+        raise CLIError(str(exc).replace("node config gpus", "--gpus")) from None
+    argv = [str(a) for d in args.data for a in ("--data", d)] + ["--preset", args.preset, "--out", str(args.out),
+                                                                  "--checkpoint-every", str(args.checkpoint_every),
+                                                                  "--gpus", str(args.gpus)]
+    argv += ["--manifest", str(args.manifest)] if args.manifest is not None else []
+    argv += ["--steps", str(args.steps)] if args.steps is not None else []
+    argv += [a for o in args.overrides for a in ("--set", o)]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--json", args.json), ("--verbose", args.verbose),
+                                   ("--multimodal", args.multimodal)) if on]
+    rc = launch("xr0_core.cli.pretrain", argv, args.gpus)
+    if rc != 0:
+        raise CLIError(f"data-parallel pretraining on {args.gpus} processes failed (torchrun exit code {rc}); see "
+                       f"{args.out / 'logs'}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, con, ctx=None) -> dict[str, Any]:
+    """The run; with ``ctx`` (a rank of ``--gpus W``) every rank trains and only rank 0 writes and evaluates."""
     from tqdm import tqdm
 
     from xr0_core.data.dataset import ssl_records
@@ -318,9 +374,24 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
     from xr0_core.data.splits import holdout_split
 
     train_records, test_records = holdout_split(records, cfg.seed)
+    main = ctx is None or ctx.is_main
     # Large sites read prepared shards from OUT/prepared (train.image-cache; D16), small ones decode into RAM.
+    if not main:  # rank 0 brings the prepared folder up to date first; the others then only read it
+        import torch.distributed as dist
+
+        dist.barrier()
     images = _images(cfg, ssl_records(train_records), records, args, out)
-    trainer = SiteTrainer(cfg, train_records, site=SITE, cache=images)
+    if main and ctx is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+    device = None
+    if ctx is not None:
+        from xr0_core.site.rank import rank_device
+
+        device = rank_device(cfg)
+    trainer = SiteTrainer(cfg, train_records, site=SITE, cache=images, device=device)
+    trainer.dist = ctx
     if trainer.num_examples == 0:
         raise CLIError("no training images left after holding out the test split")
     metrics_path = out / "metrics.jsonl"
@@ -329,14 +400,19 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
         rows = [r for r in _read_metrics(metrics_path) if r["step"] < trainer.step]
     else:
         rows = []
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _say(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
-         f"steps {trainer.step}..{total - 1} on {trainer.device}" + ("" if args.verbose else f"; logs in {out / 'logs'}"))
+    if main:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _say(f"xr0 pretrain: {trainer.num_examples} training images, {len(test_records)} held out; "
+             f"steps {trainer.step}..{total - 1} on {trainer.device}"
+             + (f" x {ctx.world_size} processes" if ctx is not None else "")
+             + ("" if args.verbose else f"; logs in {out / 'logs'}"))
 
     # One bar on the terminal; off the terminal (CI, pipes) a handful of lines, not one per refresh.
     bar = tqdm(total=total, initial=trainer.step, desc="pretrain", unit="step", file=con.stream,
-               disable=args.json and not con.tty, mininterval=0.5 if con.tty else 30.0)
-    with metrics_path.open("a") as fh:
+               disable=(args.json and not con.tty) or not main, mininterval=0.5 if con.tty else 30.0)
+    import contextlib
+
+    with (metrics_path.open("a") if main else contextlib.nullcontext()) as fh:
         def on_step(step: int, m: dict[str, float]) -> None:
             row = {"step": step, **{k: m[k] for k in sorted(m)}}
             rows.append(row)
@@ -347,9 +423,12 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
 
         while trainer.step < total:
             n = min(args.checkpoint_every - trainer.step % args.checkpoint_every, total - trainer.step)
-            trainer.train(n, start_step=trainer.step, total_steps=total, on_step=on_step)
-            _save_checkpoint(trainer, out, total)
+            trainer.train(n, start_step=trainer.step, total_steps=total, on_step=on_step if main else None)
+            if main:
+                _save_checkpoint(trainer, out, total)
     bar.close()
+    if not main:  # rank 0 exports and evaluates the (identical) trained model
+        return {}
 
     export_backbone(trainer.model.student["backbone"], cfg.model, out / "backbone.safetensors",
                     extra={"steps": total, "config_hash": cfg.hash(), "preset": cfg.preset})
@@ -409,3 +488,16 @@ def _pretrain(args: argparse.Namespace, con) -> dict[str, Any]:
              if "rankme-cls" in last else "")
           + "".join(f"; {r}" for r in health["reasons"]), file=con.stream)
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xr0_core.cli.pretrain ARGS`` (what ``--gpus W`` runs on every rank)."""
+    import sys
+
+    from xr0_core.cli import run
+
+    return run(["pretrain", *(sys.argv[1:] if argv is None else argv)], ["xr0_core.cli.pretrain"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

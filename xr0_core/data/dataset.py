@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -171,17 +171,20 @@ class BatchMaker:
             self._keys = [image_key(r) for r in self.cache.kept]
         return self._keys[j]
 
-    def build(self, step: int, idx: torch.Tensor, *, secret: int | None = None) -> dict[str, torch.Tensor]:
+    def build(self, step: int, idx: torch.Tensor, *, secret: int | None = None,
+              repeats: Mapping[int, int] | None = None) -> dict[str, torch.Tensor]:
         """Views and masks of the given cache indices ``idx [B]`` at ``step`` (same layout as ``__call__``).
 
         Each image's views and iBOT masks come from a generator keyed by (seed, the image's stable key, step,
         and which repeat of the image in this batch it is), never by its position in the batch: adding or
         removing another image changes nothing about this one's views. ``secret`` replaces the public run
         seed under DP (a secret per-round seed: the coordinator knows the run seed). DP training
-        (xr0_core/privacy) draws ``idx`` itself by Poisson sampling of privacy units.
+        (xr0_core/privacy) draws ``idx`` itself by Poisson sampling of privacy units. ``repeats``: how often
+        each index already occurred earlier in the step's batch, when ``idx`` is a later block of it (a
+        data-parallel rank builds only its block, with the views the whole batch would give it).
         """
         glob, loc, masks = [], [], []
-        seen: dict[int, int] = {}
+        seen: dict[int, int] = {j: n - 1 for j, n in (repeats or {}).items()}
         source = ("secret", secret) if secret is not None else ("run", self.seed, self.site)
         for j in idx.tolist():
             repeat = seen[j] = seen.get(j, -1) + 1

@@ -18,6 +18,10 @@ Per-unit gradients come from one of two routes (``privacy.grad-sample-mode``):
 - ``"microbatch"``: one forward/backward per unit. Slow, but exact for any model; the reference the vmap
   route is tested against.
 
+On a site's data-parallel ranks (``trainer.dist``, :mod:`xr0_core.train.distributed`) every rank draws the same
+secret sample, takes its share of whole units, and :class:`~xr0_core.privacy.dp_ranks.RankDPOptimizer` adds the
+noise once (rank 0) inside one all-reduce SUM of the clipped sums: the same mechanism, q, sigma and steps.
+
 References: Abadi et al., "Deep Learning with Differential Privacy" (2016); Opacus
 ``optimizers/optimizer.py`` (``DPOptimizer``); Yu et al., "ViP" (2024) and Sander et al. (2023) on DP SSL.
 """
@@ -289,6 +293,9 @@ class DPSession:
     Parameters
     ----------
     trainer : SiteTrainer
+        On a data-parallel rank, ``trainer.dist`` must be set BEFORE the session is built: the ranks then share
+        rank 0's secrets and the session's optimizer adds the noise once for the group (``SiteTrainer.train``
+        refuses a session built for another group).
     noise_multiplier : float
         sigma (noise std = sigma * C).
     sample_rate : float, optional
@@ -314,14 +321,26 @@ class DPSession:
         self.max_grad_norm = float(p.max_grad_norm)
         # mXR-0 declares "microbatch": the vmap route maps the image loss only.
         self.mode = getattr(trainer.model, "dp_grad_sample_mode", None) or p.grad_sample_mode
-        self.sampler = PoissonUnitSampler(self.units, self.sample_rate, p.images_per_unit,
-                                          seed=None if seed is None else seed)
-        self.optimizer = DPOptimizer(
-            trainer.optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
-            expected_batch_size=self.sample_rate * self.units.n_units, loss_reduction="mean",
-            generator=noise_generator(trainer.device, None if seed is None else seed + 1))
         if view_secret is None:
             view_secret = secrets.randbits(63) if seed is None else seed + 2
+        sampler_seed = secrets.randbits(63) if seed is None else seed
+        # Data-parallel ranks (xr0_core/train/distributed.py) draw the same units and views: rank 0's secrets.
+        self.dist = getattr(trainer, "dist", None)
+        if self.dist is not None:
+            from xr0_core.train.distributed import agree_secret
+
+            sampler_seed = agree_secret(sampler_seed, self.dist)
+            view_secret = agree_secret(view_secret, self.dist)
+        self.sampler = PoissonUnitSampler(self.units, self.sample_rate, p.images_per_unit, seed=sampler_seed)
+        options = dict(noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                       expected_batch_size=self.sample_rate * self.units.n_units, loss_reduction="mean",
+                       generator=noise_generator(trainer.device, None if seed is None else seed + 1))
+        if self.dist is None:
+            self.optimizer = DPOptimizer(trainer.optimizer, **options)
+        else:  # clip per rank, noise once on rank 0, one all-reduce SUM (xr0_core/privacy/dp_ranks.py)
+            from xr0_core.privacy.dp_ranks import RankDPOptimizer
+
+            self.optimizer = RankDPOptimizer(trainer.optimizer, dist=self.dist, **options)
         self.view_secret = int(view_secret)
         self.steps = 0
 
@@ -335,28 +354,46 @@ class DPSession:
             group["lr"] = hp["lr"]
             group["weight_decay"] = hp["wd"] * group.get("wd_scale", 1.0)
         model.train()
-        images, slots = self.sampler.draw()
+        images, slots = self.sampler.draw()  # the global draw (identical on every rank)
         n_units = int(slots.max()) + 1 if slots.numel() else 0
+        if self.dist is not None:  # this rank's whole units: slots [lo, hi), renumbered from 0
+            from xr0_core.train.distributed import unit_share
+
+            lo, hi = unit_share(n_units, self.dist)
+            mine = (slots >= lo) & (slots < hi)
+            images, slots, n_mine = images[mine], slots[mine] - lo, hi - lo
+        else:
+            n_mine = n_units
         params = _params(model)
         unit_loss = torch.zeros(0)
-        if n_units:
+        grads = None
+        if n_mine:
             batch = to_device({k: v for k, v in maker.build(step, images, secret=self.view_secret).items()
                                if k != "index"}, device)
             with _step_rng(device, rng_seed), autocast(device, trainer.cfg.train.precision):
-                grads, unit_loss = GRAD_ROUTES[self.mode](model, batch, slots.to(device), n_units,
+                grads, unit_loss = GRAD_ROUTES[self.mode](model, batch, slots.to(device), n_mine,
                                                           hp["teacher_temp"])
-            if not torch.isfinite(unit_loss).all():
-                raise FloatingPointError(f"non-finite SSL loss at DP step {step}; lower train.lr")
-            for k, p in params.items():
-                p.grad_sample = grads[k].to(p.dtype)
-        else:  # no unit sampled: the step still adds noise (the accountant counts every step)
-            for p in params.values():
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        # [loss sum, images] over all ranks: every rank takes the same decision on a non-finite loss (a rank
+        # raising alone would leave the others waiting in the gradient all-reduce).
+        totals = torch.tensor([float(unit_loss.double().sum()), float(images.numel())], dtype=torch.float64)
+        if self.dist is not None:
+            from xr0_core.train.distributed import all_reduce_sum_, collective_device
+
+            totals = totals.to(collective_device())
+            all_reduce_sum_([totals], self.dist)
+            totals = totals.cpu()
+        loss_sum, n_images = float(totals[0]), int(totals[1])
+        if loss_sum != loss_sum or loss_sum in (float("inf"), float("-inf")):
+            raise FloatingPointError(f"non-finite SSL loss at DP step {step}; lower train.lr")
+        for k, p in params.items():
+            # no unit here: zero rows; the step still adds noise (the accountant counts every step)
+            p.grad_sample = grads[k].to(p.dtype) if grads is not None else \
+                torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         model.update_teacher(hp["momentum"])
         # No center update: under DP the centers never see raw private batches.
         self.steps += 1
-        return {"loss": float(unit_loss.mean()) if unit_loss.numel() else float("nan"), "lr": hp["lr"],
+        return {"loss": loss_sum / n_units if n_units else float("nan"), "lr": hp["lr"],
                 "wd": hp["wd"], "momentum": hp["momentum"], "teacher-temp": hp["teacher_temp"],
-                "dp-units": float(n_units), "dp-images": float(images.numel())}
+                "dp-units": float(n_units), "dp-images": float(n_images)}

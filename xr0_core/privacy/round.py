@@ -4,9 +4,11 @@ Called by :mod:`xr0_core.site.round` only, which composes policy, training and t
 ``xr0_core.train`` knows nothing of privacy).
 
 1. :func:`begin_private_round`: privacy units from the site's training records, Poisson rate q, then the
-   reservation (:func:`xr0_core.privacy.budget.reserve_round`: budget, run cap, noise cap and unit checks,
-   release charged as pending), then a :class:`~xr0_core.privacy.dp.DPSession` with the reserved sigma and a
-   fresh secret per-round seed for views and masks.
+   reservation (:func:`reserve_private_round` -> :func:`xr0_core.privacy.budget.reserve_round`: budget, run
+   cap, noise cap and unit checks, release charged as pending), then (:func:`attach_session`) a
+   :class:`~xr0_core.privacy.dp.DPSession` with the reserved sigma and a fresh secret per-round seed for views
+   and masks. A round on several processes reserves once in the launching process and attaches a session on
+   every rank (:mod:`xr0_core.site.parallel`).
 2. training (by the caller);
 3. :meth:`PrivateRound.finish`: client-level clip + noise, commit the reservation, and the metrics that may
    leave (epsilon, delta, budget, DP steps; never losses, the sample rate or the noise multiplier, which
@@ -31,23 +33,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PrivateRound:
-    trainer: Any  # SiteTrainer
+    """A reserved private round: what training must use (``noise_multiplier``, ``sample_rate``, ``n_units``) and
+    what :meth:`finish` commits."""
+
     reservation: Reservation
     state_dir: Path
     unit: str
     client_level: bool
     client_clip: float
+    sample_level: bool = True
+    sample_rate: float = 1.0
+    n_units: int = 0
+
+    @property
+    def noise_multiplier(self) -> float:
+        return float(self.reservation.noise_multiplier)
 
     def finish(self, shared: dict[str, torch.Tensor], global_weights: Mapping[str, torch.Tensor],
-               metrics: dict[str, float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+               metrics: dict[str, float], *, steps: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Client-level DP (if on), commit the reservation, and return what may leave (before policy filters).
 
-        The DP session's step count must equal the reserved steps: fewer would still be charged in full
-        (over-count), more would be an under-count and is refused.
+        ``steps``: DP-SGD steps the session ran (0 without sample-level DP); it must not exceed the reserved
+        steps: fewer would still be charged in full (over-count), more would be an under-count and is refused.
         """
         res = self.reservation
-        steps = self.trainer.dp.steps if self.trainer.dp is not None else 0
-        self.trainer.dp = None
         if steps > res.steps:
             raise RuntimeError(f"DP session ran {steps} steps but {res.steps} were reserved: not releasing")
         if self.client_level:
@@ -66,11 +75,13 @@ class PrivateRound:
         return shared, out
 
 
-def begin_private_round(trainer, spec, state_dir: Path, terms) -> PrivateRound:
-    """Reserve this round in the ledger and attach a DP-SGD session to ``trainer`` (sample-level DP).
+def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> PrivateRound:
+    """Reserve this round in the ledger (charged as pending from here on); attaches nothing.
 
     Parameters
     ----------
+    records : sequence
+        The training images' records (``ImageSource.kept``): privacy units and q come from them.
     spec : xr0_core.train.federated.RoundSpec
     terms : xr0_core.site.policy.PrivacyTerms
 
@@ -79,9 +90,7 @@ def begin_private_round(trainer, spec, state_dir: Path, terms) -> PrivateRound:
     PrivacyBudgetExceeded, NoiseAboveCap, UnitMismatch, PrivacyError
         Before any training; nothing was charged.
     """
-    cfg = trainer.cfg
-    len(trainer.cache)  # decode now: units come from the kept records
-    units = privacy_units(trainer.cache.kept)
+    units = privacy_units(records)
     q = sample_rate_for(cfg.train.batch_size, units.n_units, cfg.privacy.sample_rate) if terms.sample_level else 1.0
     req = RoundRequest(run_id=spec.run_key, server_round=spec.server_round, local_steps=spec.local_steps,
                        remaining_steps=spec.total_steps - spec.global_step, sample_rate=q, unit=units.kind,
@@ -89,10 +98,43 @@ def begin_private_round(trainer, spec, state_dir: Path, terms) -> PrivateRound:
                        client_level=terms.client_level, client_sigma=cfg.privacy.client_noise_multiplier)
     res = reserve_round(Path(state_dir), terms, req)
     if terms.sample_level:
-        from xr0_core.privacy.dp import DPSession
-
-        trainer.dp = DPSession(trainer, res.noise_multiplier, q, view_secret=secrets.randbits(63))
         log.info("DP round %d: unit %s, sigma %.4f, q %.4g, epsilon %.3f -> %.3f of %g (delta %g)",
                  spec.server_round, units.describe(), res.noise_multiplier, q, res.epsilon_before,
                  res.epsilon_after, res.budget, res.delta)
-    return PrivateRound(trainer, res, Path(state_dir), units.kind, terms.client_level, cfg.privacy.client_clip)
+    return PrivateRound(res, Path(state_dir), units.kind, terms.client_level, cfg.privacy.client_clip,
+                        sample_level=terms.sample_level, sample_rate=q, n_units=units.n_units)
+
+
+def attach_session(trainer, noise_multiplier: float, sample_rate: float, n_units: int) -> None:
+    """Give ``trainer`` the DP-SGD session of a reserved round: the reserved sigma and q, a fresh secret
+    per-round seed for views and masks. On data-parallel ranks set ``trainer.dist`` first (the ranks then agree
+    on rank 0's secrets).
+
+    Raises
+    ------
+    UnitMismatch
+        The trainer's images form another number of units than the reservation was made for.
+    """
+    from xr0_core.privacy.budget import UnitMismatch
+    from xr0_core.privacy.dp import DPSession
+
+    n = privacy_units(trainer.cache.kept).n_units
+    if n != n_units:
+        raise UnitMismatch(f"the training images form {n} privacy units but the round was reserved for "
+                           f"{n_units}: the site's data changed during the round; rerun it")
+    trainer.dp = DPSession(trainer, noise_multiplier, sample_rate, view_secret=secrets.randbits(63))
+
+
+def begin_private_round(trainer, spec, state_dir: Path, terms) -> PrivateRound:
+    """Reserve this round in the ledger and attach a DP-SGD session to ``trainer`` (one process).
+
+    Raises
+    ------
+    PrivacyBudgetExceeded, NoiseAboveCap, UnitMismatch, PrivacyError
+        Before any training; nothing was charged.
+    """
+    len(trainer.cache)  # decode now: units come from the kept records
+    private = reserve_private_round(trainer.cfg, trainer.cache.kept, spec, state_dir, terms)
+    if private.sample_level:
+        attach_session(trainer, private.noise_multiplier, private.sample_rate, private.n_units)
+    return private

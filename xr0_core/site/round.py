@@ -12,6 +12,9 @@ them together in the only order that never under-counts:
 5. private rounds: client-level DP, commit the reservation;
 6. keep only the metrics the policy lets leave (under DP never losses, timings, the sample rate or the noise
    multiplier; ``num-examples`` is the policy's declared weight, not the site's count).
+
+:func:`run_parallel_site_round` is the same order with steps 2 and 4 on ``W`` data-parallel processes (node config
+``gpus``; :mod:`xr0_core.site.parallel`): reservation and commit stay here, once per round.
 """
 
 from __future__ import annotations
@@ -63,7 +66,45 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
     metrics = trainer.train(spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps,
                             progress=progress)
     save_round_state(trainer, spec, state_dir)
-    shared, metrics = private.finish(trainer.shared_state_dict(), dict(global_weights), metrics)
+    steps = trainer.dp.steps if trainer.dp is not None else 0
+    trainer.dp = None
+    shared, metrics = private.finish(trainer.shared_state_dict(), dict(global_weights), metrics, steps=steps)
+    return shared, release_metrics(policy, metrics, private=True)
+
+
+
+def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec,
+                            state_dir: Path, policy: SitePolicy, *, site: str, workers: int,
+                            progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """:func:`run_site_round` with the training on ``workers`` data-parallel processes (node config ``gpus``).
+
+    Same order and the same single reservation: policy -> process-count check -> (private) reserve once HERE
+    -> the ranks load state, train and rank 0 saves it (:func:`xr0_core.site.parallel.launch_round`) ->
+    (private) commit once HERE with the steps the ranks ran -> filtered metrics. A failed rank raises
+    :class:`~xr0_core.site.parallel.ParallelRoundError` after the reservation: the round stays charged.
+
+    Parameters
+    ----------
+    images : ImageSource
+        The site's training images (``kept`` gives the privacy units); the ranks reopen the same source.
+    """
+    from xr0_core.site.parallel import check_workers, launch_round
+
+    terms = negotiate(policy, cfg)
+    check_workers(cfg, workers, private=terms.private)  # refused before anything is charged
+    if not terms.private:
+        shared, metrics, _ = launch_round(cfg, images, global_weights, spec, state_dir, site=site,
+                                          workers=workers, progress=progress)
+        return shared, release_metrics(policy, metrics, private=False)
+    from xr0_core.privacy.round import reserve_private_round
+
+    len(images)  # decode now: units come from the kept records
+    private = reserve_private_round(cfg, images.kept, spec, state_dir, terms)  # charged from here on
+    dp = {"noise_multiplier": private.noise_multiplier, "sample_rate": private.sample_rate,
+          "n_units": private.n_units} if private.sample_level else None
+    shared, metrics, steps = launch_round(cfg, images, global_weights, spec, state_dir, site=site, workers=workers,
+                                          dp=dp, progress=progress)
+    shared, metrics = private.finish(shared, dict(global_weights), metrics, steps=steps)
     return shared, release_metrics(policy, metrics, private=True)
 
 

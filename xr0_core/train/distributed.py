@@ -3,8 +3,9 @@
 A site's round on ``W`` processes (``torchrun --nproc_per_node W``, one per GPU; gloo on CPU for tests) trains
 the same weights as one process on the same global batch:
 
-- every rank draws the *global* batch of the step from ``(seed, site, step)`` (the same indices, views and masks
-  as a single process) and keeps its contiguous block of ``B / W`` images;
+- every rank draws the *global* batch indices of the step from ``(seed, site, step)`` (the same as a single
+  process) and builds views and masks only for its contiguous block of ``B / W`` images (:class:`RankBlocks`;
+  views are keyed by image and repeat, so the block equals those rows of the global batch);
 - after ``backward`` the gradients are averaged over ranks in one coalesced all-reduce (the mean over the
   global batch: each rank's loss is the mean over its equal share), before clipping and the optimizer, so
   every rank applies the identical update and the teacher EMA stays identical without communication;
@@ -16,9 +17,15 @@ targets, EMA centering, KoLeo) see the rank's share of the batch, not the global
 per rank. The equivalence test uses the per-sample objective (``ssl.centering = frozen-per-round``, no KoLeo,
 no drop-path), which is also the DP objective.
 
-DP-SGD across ranks is refused for now: the mechanism needs each rank's sum of clipped per-unit gradients
-all-reduced and ONE noise draw for the global batch (:func:`refuse_private`); running Opacus per rank would add
-noise W times with the wrong scale.
+DP-SGD across ranks (:mod:`xr0_core.privacy.dp`, the ``dist`` branch of ``DPSession``) is the same mechanism as
+one process: every rank draws the same secret Poisson sample of units (the sampler's seed and the round's view
+secret are rank 0's, broadcast once per round), keeps its contiguous share of the sampled units
+(:func:`unit_share`: whole units, shares may differ by one, a share may be empty), clips and sums its units'
+gradients; rank 0 adds the ONE Gaussian noise draw to its partial sum and a single all-reduce SUM
+(:func:`all_reduce_sum_`) gives every rank ``sum of clipped unit gradients + noise``, divided by the same
+expected batch size ``q * n_units`` as one process. The accountant sees one mechanism (q, sigma, steps); the
+ledger is reserved and committed once per site, by the process that launched the ranks
+(:mod:`xr0_core.site.parallel`).
 
 References: Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training" (VLDB 2020);
 ``torch.nn.parallel.DistributedDataParallel`` (which also averages gradients by all-reduce).
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -70,20 +77,33 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def shard_batch(batch: Mapping[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
-    """This rank's contiguous block of a global batch (all tensors have the batch first).
+class RankBlocks:
+    """This rank's block of every step's global batch, building views only for that block.
 
-    Raises
-    ------
-    ValueError
-        The global batch size is not a multiple of the world size (shares must be equal for the mean of means
-        to be the global mean).
+    The step's indices come from the generator of ``(seed, site, step)`` exactly as in one process; views and
+    masks are keyed by each image and its repeat within the whole batch (:meth:`BatchMaker.build`), so the
+    block holds the same tensors as the matching rows of the global batch, for ``1 / W`` of the view work.
+
+    Parameters
+    ----------
+    maker : BatchMaker (or a wrapper with ``indices`` and ``build``)
+    ctx : DistContext
     """
-    n = next(iter(batch.values())).shape[0]
-    if n % ctx.world_size:
-        raise ValueError(f"train.batch-size {n} must be a multiple of the {ctx.world_size} GPUs of the site")
-    per = n // ctx.world_size
-    return {k: v[ctx.rank * per:(ctx.rank + 1) * per] for k, v in batch.items()}
+
+    def __init__(self, maker, ctx: DistContext) -> None:
+        self.maker, self.ctx = maker, ctx
+
+    def __call__(self, step: int, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        bsz = int(batch_size or self.maker.cfg.train.batch_size)
+        if bsz % self.ctx.world_size:
+            raise ValueError(f"train.batch-size {bsz} must be a multiple of the {self.ctx.world_size} GPUs of the site")
+        per = bsz // self.ctx.world_size
+        idx = self.maker.indices(step, bsz)
+        lo = self.ctx.rank * per
+        before: dict[int, int] = {}
+        for j in idx[:lo].tolist():
+            before[j] = before.get(j, 0) + 1
+        return self.maker.build(step, idx[lo:lo + per], repeats=before)
 
 
 def average_gradients(params: Iterable[torch.nn.Parameter], ctx: DistContext) -> None:
@@ -118,14 +138,100 @@ def mean_metrics(metrics: Mapping[str, float], ctx: DistContext) -> dict[str, fl
     import torch.distributed as dist
 
     keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(values)
-    return dict(zip(keys, (values / ctx.world_size).tolist()))
+    return dict(zip(keys, (values / ctx.world_size).cpu().tolist()))
 
 
-def refuse_private(cfg) -> None:
-    """DP-SGD is not implemented across ranks (see the module docstring): refuse with the reason."""
-    if cfg.privacy.enabled:
-        raise RuntimeError("DP-SGD across several GPUs of a site is not implemented: it needs the ranks' sums of "
-                           "clipped per-unit gradients all-reduced and one noise draw for the global batch. Train "
-                           "this site on one GPU (gpus = 1) with privacy.enabled, or without DP on several GPUs")
+def collective_device() -> torch.device:
+    """Where host-side values must live for a collective: the rank's GPU under nccl (it has no CPU tensors)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum_(tensors: Sequence[torch.Tensor], ctx: DistContext) -> None:
+    """Sum each tensor over ranks in place, in ONE coalesced all-reduce (all tensors on one device and dtype).
+
+    Every rank receives the same bits (the collective's result is shared, not recomputed per rank), which is
+    what keeps the ranks' optimizer steps identical.
+    """
+    import torch.distributed as dist
+
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+def agree_secret(value: int | None, ctx: DistContext) -> int:
+    """Rank 0's secret (``value``, or a fresh ``secrets.randbits(63)`` when None) on every rank (one broadcast).
+
+    The ranks of a site must draw the same Poisson sample of units and the same views; the value never leaves
+    the site's process group (loopback / the site's GPU interconnect).
+    """
+    import secrets
+
+    import torch.distributed as dist
+
+    mine = (secrets.randbits(63) if value is None else int(value)) if ctx.is_main else 0
+    t = torch.tensor([mine], dtype=torch.int64, device=collective_device())
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def unit_share(n_units: int, ctx: DistContext) -> tuple[int, int]:
+    """This rank's slots ``[lo, hi)`` of the ``n_units`` units sampled at a step (whole units, never split).
+
+    Contiguous blocks whose sizes differ by at most one; with fewer units than ranks some shares are empty
+    (such a rank still joins the step's all-reduce with a zero sum).
+    """
+    return ctx.rank * n_units // ctx.world_size, (ctx.rank + 1) * n_units // ctx.world_size
+
+
+def launch(module: str, args: Sequence[str], workers: int, *, stdout=None) -> int:
+    """Run ``python -m torch.distributed.run --standalone --nproc-per-node W -m module args`` and wait.
+
+    torchrun runs in its own process group: if this process is interrupted (KeyboardInterrupt, an exception
+    from a signal handler) the group, ranks included, is terminated (then killed after 30 s). A failing rank
+    makes torchrun stop the others and exit non-zero (``--max-restarts 0``).
+
+    Parameters
+    ----------
+    stdout : file object, optional
+        Where the ranks' stdout and stderr go (default: this process's).
+
+    Returns
+    -------
+    int
+        torchrun's exit code.
+    """
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])  # the ranks import this very tree of xr0_core
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node",
+           str(workers), "--max-restarts", "0", "-m", module, *args]
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT if stdout is not None else None, env=env,
+                            start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

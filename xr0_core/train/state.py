@@ -132,12 +132,16 @@ class SiteTrainer:
     def _batches(self, start: int, n: int):
         if self.dp is not None:  # DP-SGD draws its own Poisson batches of privacy units
             return (None for _ in range(n))
-        self._batch_maker()
+        maker = self._batch_maker()
+        if self.dist is not None:  # data-parallel: this rank's block of each global batch, views for it only
+            from xr0_core.train.distributed import RankBlocks
+
+            maker = RankBlocks(maker, self.dist)
         workers = self.cfg.train.num_workers
         if workers <= 0:
-            return (self._maker(start + i) for i in range(n))
+            return (maker(start + i) for i in range(n))
         return iter(torch.utils.data.DataLoader(
-            StepDataset(self._maker, start, n), batch_size=None, shuffle=False, num_workers=workers,
+            StepDataset(maker, start, n), batch_size=None, shuffle=False, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False))
 
     def train(self, num_steps: int, *, start_step: int, total_steps: int, progress: bool = False,
@@ -186,11 +190,16 @@ class SiteTrainer:
 
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
         self._maybe_compile()
+        if self.dp is not None and getattr(self.dp, "dist", None) is not self.dist:
+            # A session built before ``dist`` was set would clip AND add noise on every rank (W noise draws).
+            raise RuntimeError("the DP session was attached before the trainer joined its data-parallel group: "
+                               "set trainer.dist before building the DPSession")
         grad_hook = None
         if self.dist is not None:
             from xr0_core.train import distributed
 
-            distributed.refuse_private(self.cfg)
+            # Without DP: average the ranks' gradients after backward. Under DP the session clips per unit on
+            # each rank and all-reduces the clipped sums with the one noise draw (xr0_core/privacy/dp_ranks.py).
             grad_hook = lambda params: distributed.average_gradients(params, self.dist)  # noqa: E731
         # Metrics reach the host every K steps (one device sync per K), never per step on a GPU.
         sync_every = self.cfg.train.log_every or (25 if self.device.type == "cuda" else 1)
@@ -201,9 +210,7 @@ class SiteTrainer:
                 raw = self.dp.step(self, self._batch_maker(), schedules, step,
                                    rng_seed=step_seed(self.cfg.seed, self.site, step))
             else:
-                batch.pop("index", None)
-                if self.dist is not None:  # the global batch of the step, this rank's share
-                    batch = distributed.shard_batch(batch, self.dist)
+                batch.pop("index", None)  # on data-parallel ranks: already this rank's block (RankBlocks)
                 raw = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
                                  precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
                                  rng_seed=step_seed(self.cfg.seed, self.site, step), sync=sync_every == 1,
