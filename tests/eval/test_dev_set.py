@@ -89,3 +89,19 @@ def test_cv_protocol_and_chance_band(eval_set):
     assert 0.3 < band.mean() < 0.7, band
     test_scores, test_rows = probe_scores(x, y, split, groups, "test", seed=0)
     assert np.quantile(band, 0.95) < 0.9 < binary_auroc(test_scores, y[test_rows])
+
+
+def test_same_patient_top1_counts_nearest_neighbour_of_the_same_patient():
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from real_reid import same_patient_top1
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    patients = np.array(["a", "a", "b", "b", "c", "c"])
+    x = np.repeat(centres, 2, axis=0) + 0.01 * rng.normal(size=(6, 16))
+    assert same_patient_top1(x, patients).tolist() == [1.0] * 6
+    x[1] = centres[1] + 0.01  # image 1 now looks like patient b: it and its former twin miss
+    hits = same_patient_top1(x, patients)
+    assert hits[1] == 0.0 and hits[2:].tolist() == [1.0] * 4
