@@ -116,7 +116,7 @@ def test_too_few_patients_give_no_verdict():
     assert {r["verdict"] for r in summary_rows(hist)} == {"too few patients"}
 
 
-def test_summary_rows_pool_the_intervals_against_raw_pixels():
+def test_summary_rows_pool_the_intervals_against_raw_pixels(tmp_path):
     """The summary reads each hospital's `<task>/ci-pixels/...` keys and pools them like the random-init ones."""
     hist = fakerun.history()
     ev = hist[-1]
@@ -136,6 +136,11 @@ def test_summary_rows_pool_the_intervals_against_raw_pixels():
     assert pix["low"] < pix["diff"] < pix["high"] and pix["verdict"] == "better"
     assert math.isfinite(rows["anatomy"]["pixels"])
     assert rows["joints"]["vs_pixels"] is None  # no pixel baseline for landmarks
+    write_report(tmp_path / "run", fakerun.summary(), hist)
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Against raw pixels" in html and f"{pix['diff']:+.3f} [{pix['low']:+.3f}, {pix['high']:+.3f}]" in html
+    page = check_page(tmp_path / "run" / "report.html", tmp_path / "browser")
+    assert page.problems() == [], page.problems()  # both summary tables fit the page
 
 
 def test_skipped_rounds_and_warnings_are_shown(tmp_path):
