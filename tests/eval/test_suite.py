@@ -104,3 +104,18 @@ def test_features_are_batch_independent_and_gradient_free(fast_cfg, records):
     torch.testing.assert_close(a.cls, b.cls, atol=1e-4, rtol=1e-4)
     assert a.patches.shape == (10, a.grid ** 2, a.dim) and a.patches.dtype == torch.float16
     assert not a.cls.requires_grad and all(p.grad is None for p in vit.parameters())
+
+
+def test_parallel_decode_gives_the_same_eval_set(fast_cfg, records, tmp_path):
+    """Large sites decode evaluation images in worker processes; views, geometry, split and skipped files
+    (with their reasons) are the same as one process."""
+    import dataclasses
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    recs = list(records[:8]) + [dataclasses.replace(records[0], path=bad)] + list(records[8:12])
+    one = build_eval_set(recs, fast_cfg.model.img_size, seed=0, workers=1)
+    two = build_eval_set(recs, fast_cfg.model.img_size, seed=0, workers=2)
+    assert torch.equal(one.views, two.views) and len(one) == len(recs) - 1
+    assert one.geometry == two.geometry and one.split == two.split
+    assert [(r.path, why) for r, why in one.skipped] == [(r.path, why) for r, why in two.skipped] != []

@@ -167,25 +167,85 @@ def assign_split(records: Sequence[Any], seed: int, fraction: float = 0.2) -> li
     return [TEST if id(r) in held else TRAIN for r in records]
 
 
-def build_eval_set(records: Sequence[Any], size: int, seed: int,
-                   reader: Callable[[Any], Any] | None = None) -> EvalSet:
-    """Decode every record once into its letterbox view; undecodable files are skipped with the reason."""
+# From this many images on, the default reader decodes in worker processes: a spawned worker costs seconds of
+# start-up (it imports torch), one image tens of milliseconds, and a hospital may evaluate 100k+ images.
+PARALLEL_DECODE_MIN = 2000
+
+
+def _decode_view(path: Any, size: int, reader: Callable[[Any], Any] | None = None
+                 ) -> tuple[torch.Tensor, int, int, Any] | str:
+    """One record's letterbox view ``[1, size, size]`` float16 with ``(height, width, pixel spacing)``, or the
+    reason it cannot be read (module-level: it runs in worker processes)."""
     if reader is None:
         from xr0_core.data.images import read_image
 
         reader = read_image
+    try:
+        img = reader(path)
+        view, geo = letterbox(img.pixels, size)
+    except Exception as exc:  # noqa: BLE001 -- one bad file must not stop an evaluation (D7)
+        return f"{type(exc).__name__}: {exc}"
+    meta = getattr(img, "meta", None) or {}
+    return view.to(torch.float16), geo.height, geo.width, meta.get("pixel_spacing_mm")
+
+
+def _init_decode_worker() -> None:
+    torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
+
+
+def _decode_views(paths: list[Any], size: int, reader: Callable[[Any], Any] | None, workers: int) -> list:
+    """:func:`_decode_view` of every path, in order; in ``workers`` spawned processes when > 1."""
+    if workers <= 1:
+        return [_decode_view(p, size, reader) for p in paths]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: the caller may hold torch / OpenMP threads (or be a Ray actor) a forked child inherits
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_decode_worker) as pool:
+            chunk = max(1, min(32, len(paths) // (8 * workers)))
+            return list(pool.map(partial(_decode_view, size=size, reader=reader), paths, chunksize=chunk))
+    except (BrokenProcessPool, OSError) as exc:
+        # A worker that cannot start (e.g. a __main__ spawn cannot re-import, such as a script read from stdin,
+        # or no process slots left) must not cost the evaluation: decode here instead, slower but complete.
+        log.warning("evaluation decodes in one process: worker processes failed (%s)", exc)
+        return [_decode_view(p, size, reader) for p in paths]
+
+
+def decode_workers(n_images: int, reader: Callable[[Any], Any] | None) -> int:
+    """Worker processes for decoding ``n_images`` evaluation images: the usable cores for the default reader
+    on large sets (at most 8), else 1 (a custom reader may be a closure over this process's state)."""
+    import os
+
+    if reader is not None or n_images < PARALLEL_DECODE_MIN:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+def build_eval_set(records: Sequence[Any], size: int, seed: int,
+                   reader: Callable[[Any], Any] | None = None, workers: int | None = None) -> EvalSet:
+    """Decode every record once into its letterbox view; undecodable files are skipped with the reason.
+
+    ``workers``: decoding processes (default :func:`decode_workers`: several cores for the default reader on
+    sets of :data:`PARALLEL_DECODE_MIN` images or more). The result does not depend on it.
+    """
+    records = list(records)
+    workers = decode_workers(len(records), reader) if workers is None else workers
+    decoded = _decode_views([r.path for r in records], size, reader, workers)
     kept, views, geos, skipped = [], [], [], []
-    for rec in records:
-        try:
-            img = reader(rec.path)
-            view, geo = letterbox(img.pixels, size)
-        except Exception as exc:  # noqa: BLE001 -- one bad file must not stop an evaluation (D7)
-            skipped.append((rec, f"{type(exc).__name__}: {exc}"))
-            log.warning("evaluation skips %s: %s", getattr(rec, "path", rec), exc)
+    for rec, out in zip(records, decoded):
+        if isinstance(out, str):
+            skipped.append((rec, out))
+            log.warning("evaluation skips %s: %s", getattr(rec, "path", rec), out)
             continue
-        meta = getattr(img, "meta", None) or {}
-        geos.append(ViewGeometry.letterbox(geo.height, geo.width, size, meta.get("pixel_spacing_mm")))
-        views.append(view.to(torch.float16))
+        view, height, width, spacing = out
+        geos.append(ViewGeometry.letterbox(height, width, size, spacing))
+        views.append(view)
         kept.append(rec)
     tensor = torch.stack(views) if views else torch.zeros(0, 1, size, size, dtype=torch.float16)
     return EvalSet(kept, tensor, geos, assign_split(kept, seed), skipped, seed)
