@@ -28,31 +28,21 @@ def measure(preset: str, mode: str, batch: int, steps: int, device: str) -> dict
     """One measurement in this process: ``mode`` is ``plain`` or a DP route."""
     import resource
 
-    import numpy as np
     import torch
 
-    from xr0_core.config import from_flat
-    from xr0_core.data.dataset import BatchMaker, ImageCache
     from xr0_core.privacy.dp import DPSession
     from xr0_core.ssl.schedules import Schedules
     from xr0_core.train.loop import train_step
-    from xr0_core.train.state import SiteTrainer
 
-    over = {"preset": preset, "train.device": device, "privacy.enabled": mode != "plain",
-            "ssl.centering": "frozen-per-round", "ssl.koleo-weight": 0.0}
+    from bench_site import random_image_trainer  # bench/ is on sys.path when a bench runs
+
+    over = {"preset": preset, "train.device": device, "privacy.enabled": mode != "plain"}
     if mode != "plain":
         over["privacy.grad-sample-mode"] = mode
     if batch:
         over["train.batch-size"] = batch
-    cfg = from_flat(over)
-    b = cfg.train.batch_size
-    rng = np.random.default_rng(0)
-    cache = ImageCache.from_arrays([rng.random((cfg.train.load_size,) * 2, dtype=np.float32) for _ in range(b)],
-                                   cfg.train.load_size)
-    tr = SiteTrainer(cfg, [], site="bench", cache=cache)
-    tr.model.reset_teacher_from_student()
-    maker = BatchMaker(cache, cfg, site="bench", patch_size=tr.model.patch_size)
-    idx = torch.arange(b)
+    tr, maker, idx = random_image_trainer(over)
+    cfg, b = tr.cfg, len(idx)
     sched = Schedules.build(cfg, steps + 1)
     dev = tr.device
     if mode == "plain":

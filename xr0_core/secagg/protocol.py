@@ -125,18 +125,7 @@ def _sign(me: int, peer: int) -> int:
 
 def is_connected(nodes, graph: dict[int, tuple[int, ...]]) -> bool:
     """Whether ``nodes`` induce a connected subgraph of ``graph`` (no node: not connected)."""
-    nodes = set(nodes)
-    if not nodes:
-        return False
-    start = next(iter(nodes))
-    seen, todo = {start}, [start]
-    while todo:
-        u = todo.pop()
-        for v in graph.get(u, ()):
-            if v in nodes and v not in seen:
-                seen.add(v)
-                todo.append(v)
-    return seen == nodes
+    return len(components(nodes, graph)) == 1
 
 
 def components(nodes, graph: dict[int, tuple[int, ...]]) -> list[list[int]]:
