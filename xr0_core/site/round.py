@@ -72,7 +72,6 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
     return shared, release_metrics(policy, metrics, private=True)
 
 
-
 def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec,
                             state_dir: Path, policy: SitePolicy, *, site: str, workers: int,
                             progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
