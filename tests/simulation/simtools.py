@@ -34,13 +34,30 @@ def three_hospitals(hospitals: Path, dest: Path) -> Path:
     return dest
 
 
+# Every process this test session starts (and every Ray process those start: Ray passes its driver's environment
+# down) carries this marker, so the accounting below sees only OUR Ray processes. Without it, two test runs on
+# one machine (two checkouts, CI beside a developer) killed each other's Ray actors in their clean-up.
+RAY_OWNER_VAR = "XR0_TEST_RAY_OWNER"
+RAY_OWNER = os.environ.setdefault(RAY_OWNER_VAR, f"{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def _owned_by_us(pid: int) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # gone, or not ours to read
+        return False
+    return f"{RAY_OWNER_VAR}={RAY_OWNER}".encode() in env.split(b"\0")
+
+
 def ray_processes() -> set[int]:
+    """Live Ray processes (raylet, GCS, workers, dashboard) started under this test session's marker."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
         if any(tag in args for tag in ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard")):
-            pids.add(int(pid))
+            if _owned_by_us(int(pid)):
+                pids.add(int(pid))
     return pids
 
 
