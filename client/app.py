@@ -50,11 +50,12 @@ def train_round(msg: Message, context: Context) -> Message:
 
 def train(msg: Message, context: Context) -> Message:
     """A plain ``train`` message: the weights would reach the coordinator unmasked, so a site whose policy
-    requires secure aggregation refuses it before reading anything."""
-    from xr0_core.site.policy import check_secagg_plain_round
+    requires secure aggregation, or whose run config asked for it, refuses it before reading anything
+    (:func:`xr0_core.site.refusals.check_plain_round`)."""
+    from xr0_core.site.refusals import check_plain_round
 
     cfg = from_flat(dict(context.run_config))
-    check_secagg_plain_round(resolve_site(context.node_config, cfg).policy())
+    check_plain_round(resolve_site(context.node_config, cfg).policy(), cfg)
     return train_round(msg, context)
 
 

@@ -147,13 +147,14 @@ def evaluate_site(
     non-strict: a task with bad annotations is skipped and logged here), or with ``eval.tasks = none`` only
     the cheap k-NN / linear anatomy probe (``knn-anatomy``...). Only scalars leave: ``<task>/<metric>``,
     ``<task>/random/<metric>``, ``<task>/num-examples``, and only those the site policy's
-    ``release.eval-metrics`` allows. Under DP only held-out patients (never trained on) are evaluated, and
+    ``release.eval-metrics`` allows; under DP no timing and no count (counts become the policy's declared
+    size). Under DP only held-out patients (never trained on) are evaluated, and
     the policy may refuse evaluation altogether or once the budget is spent
     (:func:`xr0_core.site.round.check_evaluation`).
     """
     from xr0_core.eval.anatomy import knn_anatomy_report
     from xr0_core.eval.suite import evaluate_backbone
-    from xr0_core.site.round import check_evaluation
+    from xr0_core.site.round import check_evaluation, release_eval_metrics
 
     t0 = time.perf_counter()
     policy = site.policy()
@@ -172,8 +173,5 @@ def evaluate_site(
         # Weigh the site by its largest task test set (per-task weights travel as <task>/num-examples).
         out["num-examples"] = max([0] + list(tasks.counts.values()))
     out["eval-seconds"] = time.perf_counter() - t0
-    kept = {k: v for k, v in out.items() if k == "partition-id" or policy.eval_metric_allowed(k)}
-    if len(kept) < len(out):
-        log.info("site %s evaluation metrics kept at the site by its policy: %s", site.name,
-                 sorted(set(out) - set(kept)))
-    return kept
+    # Under DP no timing and no count leaves (xr0_core/site/round.py: release_eval_metrics).
+    return release_eval_metrics(policy, out, private=private)

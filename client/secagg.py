@@ -64,33 +64,32 @@ TrustFn = Callable[[Context], SiteTrust]
 
 
 def rules_from_policy(policy: SitePolicy, pinned: frozenset[bytes] | None) -> ClientRules:
-    return ClientRules(policy.secagg.min_threshold, policy.secagg.min_degree, pinned)
+    return ClientRules(policy.secagg.min_threshold,
+                       policy.secagg.effective_min_degree(len(pinned) if pinned is not None else None), pinned)
 
 
 def site_trust(context: Context) -> SiteTrust:
     """The real site's trust: policy and signing key from its state folder.
 
-    Pinned peer keys: the policy's ``secagg.peer-keys`` when set; in simulation (no such list) the keys
-    the simulated hospitals publish in their state folders under ``simulation.state-root`` (each made by
-    that hospital); in deployment without a list, none (any key: honest-but-curious coordinator only,
-    logged once per round).
+    Pinned peer keys (:func:`xr0_core.site.refusals.pinned_peer_keys`): the policy's ``secagg.peer-keys``
+    when set; in simulation (no such list) the keys the simulated hospitals publish in their state folders
+    under ``simulation.state-root`` (each made by that hospital); in deployment without a list the site
+    refuses, unless its policy acknowledges ``secagg.allow-unpinned = true`` (then: any key, honest-but-
+    curious coordinator only).
     """
     from xr0_core.config import from_flat
+    from xr0_core.site.refusals import pinned_peer_keys
 
     from .site import resolve_site
 
     site = resolve_site(context.node_config, from_flat(dict(context.run_config)))
     policy = site.policy()
     signer = identity.load_or_create(site.state_dir)
-    pinned: frozenset[bytes] | None = None
-    if policy.secagg.peer_keys:
-        pinned = frozenset(bytes.fromhex(k) for k in policy.secagg.peer_keys) | {identity.public_of(signer)}
-    elif site.partition_id is not None:
+    published = None
+    if site.partition_id is not None and not policy.secagg.peer_keys:
         found = (identity.read_public(d) for d in site.state_dir.parent.iterdir() if d.is_dir())
-        pinned = frozenset(k for k in found if k is not None)
-    else:
-        log.warning("secure aggregation without pinned peer keys (site policy secagg.peer-keys): a coordinator "
-                    "that deviates from the protocol is not detected")
+        published = [k for k in found if k is not None]
+    pinned = pinned_peer_keys(policy, identity.public_of(signer), published=published)
     return SiteTrust(signer, rules_from_policy(policy, pinned), policy)
 
 

@@ -66,6 +66,22 @@ def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
     return app_dir
 
 
+def publish_signing_keys(cfg: XR0Config) -> None:
+    """Make every simulated hospital's secure-aggregation signing key before any round, so that each pins all
+    of them from its first setup on (client/secagg.py: site_trust reads the state folders); in deployment each
+    hospital pins the others' keys in its policy (secagg.peer-keys)."""
+    from client.site import site_name_of
+    from xr0_core.data.index import hospital_dirs
+    from xr0_core.secagg.identity import load_or_create
+
+    root = Path(cfg.simulation.data_root).expanduser()
+    if not cfg.simulation.data_root or not root.is_dir():
+        return  # the ClientApps report the missing folder
+    state_root = Path(cfg.simulation.state_root or (root.parent / "state")).expanduser().resolve()
+    for d in hospital_dirs(root):
+        load_or_create(state_root / site_name_of(d))
+
+
 def run_federation(
     cfg: XR0Config,
     num_sites: int,
@@ -119,6 +135,8 @@ def run_federation(
     update_console_handler(colored=tty, timestamps=not tty)
     flat = cfg.to_flat()
     write_app_dir(app_dir, flat)
+    if cfg.secagg.enabled:
+        publish_signing_keys(cfg)
     if gpus_per_client < 0:
         raise ValueError(f"gpus_per_client must be >= 0, got {gpus_per_client}")
     init_args: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}

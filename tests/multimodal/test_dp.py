@@ -50,7 +50,8 @@ def test_dp_captioning_round_runs_and_ledger_epsilon_reproduces_with_opacus(mm_c
     from xr0_core.site.policy import load_policy, policy_path, save_policy, with_values
     from xr0_core.site.round import run_site_round
 
-    policy = save_policy(with_values(load_policy(policy_path(tmp_path)), {"privacy.budget": 8.0, "privacy.delta": 1e-5}),
+    policy = save_policy(with_values(load_policy(policy_path(tmp_path)), {"privacy.budget": 8.0, "privacy.delta": 1e-5,
+                                                                       "release.epsilon": "exact"}),
                          policy_path(tmp_path))  # the hospital's own budget
     cfg = mm_cfg(**DP, **{"multimodal.contrastive": "none", "multimodal.caption-weight": 1.0,
                           "train.batch-size": 4})

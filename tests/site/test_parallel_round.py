@@ -48,7 +48,8 @@ def _spec(cfg, rnd=1):
 
 
 def _budget_policy(state: Path) -> SitePolicy:
-    return save_policy(with_values(load_policy(policy_path(state)), {"privacy.budget": 50.0, "privacy.delta": 1e-5}),
+    return save_policy(with_values(load_policy(policy_path(state)), {"privacy.budget": 50.0, "privacy.delta": 1e-5,
+                                                                    "release.epsilon": "exact"}),
                        policy_path(state))
 
 

@@ -1,5 +1,7 @@
-"""``xr0 site doctor`` (preflight before starting the SuperNode) and ``xr0 site app-version`` (the string a
-hospital puts in its policy's ``apps.allowed-versions``); see xr0_core/deploy/doctor.py and appversion.py."""
+"""``xr0 site doctor`` (preflight before starting the SuperNode), ``xr0 site app-version`` (the string a
+hospital puts in its policy's ``apps.allowed-versions``) and ``xr0 site secagg-key`` (the public signing key
+the other hospitals pin in ``secagg.peer-keys``); see xr0_core/deploy/doctor.py, appversion.py and
+xr0_core/secagg/identity.py."""
 
 from __future__ import annotations
 
@@ -27,6 +29,14 @@ def register(site_sub: argparse._SubParsersAction) -> None:
     v.add_argument("--app", type=Path, default=None, help="the reviewed checkout (default: the code running xr0)")
     v.set_defaults(func=_app_version)
 
+    k = site_sub.add_parser("secagg-key", help="this hospital's public signing key (for the others' secagg.peer-keys)",
+                            description="Prints (making it on first use, mode 0600) the hospital's long-term "
+                                        "Ed25519 signing key's public half, hex. Send it to the other hospitals over a "
+                                        "channel where you can confirm it arrived unchanged; they pin it in "
+                                        "secagg.peer-keys.")
+    k.add_argument("--state-dir", type=Path, required=True, help="the hospital's state folder (node config state-dir)")
+    k.set_defaults(func=_secagg_key)
+
 
 def _doctor(args: argparse.Namespace) -> int:
     from xr0_core.deploy.doctor import doctor
@@ -50,5 +60,15 @@ def _app_version(args: argparse.Namespace) -> int:
     try:
         print(app_version_of(args.app.expanduser().resolve()) if args.app else app_version())
     except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def _secagg_key(args: argparse.Namespace) -> int:
+    from xr0_core.secagg.identity import load_or_create, public_of
+
+    try:
+        print(public_of(load_or_create(args.state_dir.expanduser())).hex())
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
     return 0

@@ -40,12 +40,15 @@ def unit_held_out(unit: str, key: str, fraction: float = HOLDOUT_FRACTION) -> bo
 
 
 def private_partition(records: Sequence[Any], key: str, fraction: float = HOLDOUT_FRACTION) -> tuple[list[Any], list[Any]]:
-    """(train, held-out) records under DP: ``split == "test"`` rows are held out when the site has any;
-    otherwise each patient (:func:`unit_of`) is held out by :func:`unit_held_out` with the site's stable
-    ``key``, so the same patients stay out of training in every run. Evaluation under DP sees only the
-    held-out side: patients never used in training.
+    """(train, held-out) records under DP, split per patient (:func:`unit_of`): when the site's manifest has
+    ``split == "test"`` rows, every patient with at least one such row is held out *whole* (a per-image
+    split would put one patient's other images into DP training while the evaluation reads these);
+    otherwise each patient is held out by :func:`unit_held_out` with the site's stable ``key``, so the same
+    patients stay out of training in every run. Evaluation under DP sees only the held-out side: patients
+    never used in training.
     """
     if any(getattr(r, "split", None) == "test" for r in records):
-        return [r for r in records if r.split != "test"], [r for r in records if r.split == "test"]
-    held = {u for u in {unit_of(r) for r in records} if unit_held_out(u, key, fraction)}
+        held = {unit_of(r) for r in records if r.split == "test"}
+    else:
+        held = {u for u in {unit_of(r) for r in records} if unit_held_out(u, key, fraction)}
     return [r for r in records if unit_of(r) not in held], [r for r in records if unit_of(r) in held]

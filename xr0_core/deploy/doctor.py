@@ -1,7 +1,8 @@
 """``xr0 site doctor``: a hospital's preflight before starting its SuperNode, one line per problem.
 
 Checks, in order: the state folder (exists, writable, not readable by others: it holds the privacy ledger
-and the audit log), the site policy (parses; notes when it approves any app version), the node key
+and the audit log), the site policy (parses; notes when it approves any app version; a problem when it
+pins no peer signing keys for secure aggregation and does not acknowledge that), the node key
 (OpenSSH EC private key, mode 0600), the coordinator CA (PEM, not expired), the data folder (exists,
 readable) and the SuperLink (a TLS handshake that verifies the SuperLink's certificate against the CA and the
 host name the SuperNode will dial). Nothing is sent but the TLS handshake.
@@ -56,6 +57,15 @@ def check_policy(state_dir: Path, policy_file: Path | None, out: Findings) -> No
     elif not policy.apps.allowed_versions:
         out.notes.append("site policy approves any app version (apps.allowed-versions is empty); pin the reviewed "
                          "one with `--set apps.allowed-versions=<xr0 site app-version>`")
+    if not policy.secagg.peer_keys:
+        if policy.secagg.allow_unpinned:
+            out.notes.append("secure aggregation runs without pinned peer keys (secagg.allow-unpinned = true): a "
+                             "coordinator that deviates from the protocol is not detected")
+        else:
+            out.problems.append("site policy pins no peer signing keys (secagg.peer-keys is empty): this site refuses "
+                                "every secure-aggregation round. Pin the other hospitals' keys (each prints its own "
+                                "with `xr0 site secagg-key --state-dir DIR`) with `--set secagg.peer-keys=KEY,KEY`, "
+                                "or acknowledge the risk with `--set secagg.allow-unpinned=true`")
 
 
 def check_data(data: Path, out: Findings) -> None:

@@ -168,7 +168,7 @@ class ClientRules:
     """
 
     min_threshold: int = 2
-    min_degree: int = 1
+    min_degree: int = 2
     pinned: frozenset[bytes] | None = None
 
 

@@ -186,7 +186,7 @@ class ClientSession:
         """Quantize ``update`` (flat, [P]) weighted by ``num_examples`` and add all masks."""
         self._expect("received")
         if not num_examples > 0:
-            raise SecAggError(f"num-examples must be positive, got {num_examples}")
+            raise SecAggError("num-examples must be positive")
         fraction = min(1.0, float(num_examples) / self.params.weight_cap)
         spec = self.params.quant
         words, clipped = quantize(update, spec.quantize_weight(fraction), spec)

@@ -24,13 +24,17 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
     [secagg]
     required = false             # refuse plain (unmasked) training rounds
     min-threshold = 2            # smallest Shamir threshold t the site accepts
-    min-degree = 1               # smallest number of neighbours in the masking graph
+    min-degree = "auto"          # fewest neighbours in the masking graph; auto: 2 (1 when only one peer is
+                                 # pinned); one colluding neighbour exposes a degree-1 site
     peer-keys = []               # pinned signing keys (hex) of the other hospitals (their secagg-signing.pub)
+    allow-unpinned = false       # take part without pinned keys (honest-but-curious coordinator only)
 
     [release]
     train-metrics = ["*"]        # glob patterns of training metrics that may leave (DP narrows them further)
     eval-metrics = ["*"]         # glob patterns of evaluation metrics that may leave
     declared-examples = 0        # under DP, the weight sent as num-examples (0: 1, equal weights)
+    epsilon = "rounded"          # rounded (up, to epsilon-step) | exact | withheld: how epsilon leaves
+    epsilon-step = 0.1           # the rounding step of epsilon = "rounded"
 
     [evaluation]
     enabled = true               # answer federated evaluation requests at all
@@ -59,11 +63,12 @@ POLICY_FILE = "policy.toml"
 POLICY_FORMAT = "xr0-site-policy/1"
 ENFORCING_ACCOUNTANTS = ("rdp", "prv")
 UNITS = ("auto", "patient", "image")
+EPSILON_RELEASES = ("rounded", "exact", "withheld")
 
 # Under sample-level DP only these may leave a site (losses and timings are computed from private data
 # without noise; ``sample-rate`` and ``noise-multiplier`` reveal the patient count).
-DP_SAFE_TRAIN_METRICS = ("epsilon", "privacy-delta", "privacy-budget", "dp-steps", "num-examples",
-                         "partition-id")
+DP_SAFE_TRAIN_METRICS = ("epsilon", "epsilon-withheld", "privacy-delta", "privacy-budget", "dp-steps",
+                         "num-examples", "partition-id")
 
 
 # Under secure aggregation these never leave a site in clear, whatever the allow-list says: each tells the
@@ -106,8 +111,21 @@ class PrivacyPolicy:
 class SecAggPolicy:
     required: bool = False
     min_threshold: int = 2
-    min_degree: int = 1
+    # None (auto): 2, or 1 when the site pins a single peer (a two-hospital federation, where the other
+    # hospital learns the sum minus its own update anyway). Why 2: with a single neighbour, that neighbour
+    # alone (colluding with the coordinator) knows the site's one pairwise mask and holds the second share of
+    # its self-mask secret (t = 2 of 2 holders), so the site's update is exposed without any protocol
+    # deviation (docs/secure-aggregation.md, "The minimum degree"). See :meth:`effective_min_degree`.
+    min_degree: int | None = None
     peer_keys: tuple[str, ...] = ()  # hex Ed25519 signing keys of the hospitals this site accepts as peers
+    allow_unpinned: bool = False  # no peer keys: refuse secure rounds unless the operator acknowledges this
+
+    def effective_min_degree(self, pinned: int | None) -> int:
+        """``min-degree``, or when unset 2 (1 when ``pinned``, the number of pinned hospitals counting this
+        one, is 2)."""
+        if self.min_degree is not None:
+            return self.min_degree
+        return 1 if pinned == 2 else 2
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,8 @@ class ReleasePolicy:
     train_metrics: tuple[str, ...] = ("*",)
     eval_metrics: tuple[str, ...] = ("*",)
     declared_examples: int = 0
+    epsilon: str = "rounded"  # rounded | exact | withheld (EPSILON_RELEASES)
+    epsilon_step: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -193,28 +213,33 @@ def _check(policy: SitePolicy, where: str) -> SitePolicy:
     if s.min_threshold < 2:
         problems.append(f"secagg.min-threshold must be >= 2 (t = 1 lets one share rebuild a secret), "
                         f"got {s.min_threshold}")
-    if s.min_degree < 1:
-        problems.append(f"secagg.min-degree must be >= 1, got {s.min_degree}")
+    if s.min_degree is not None and s.min_degree < 1:
+        problems.append(f"secagg.min-degree must be >= 1 (or auto), got {s.min_degree}")
     bad_keys = [k for k in s.peer_keys if len(k) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in k)]
     if bad_keys:
         problems.append(f"secagg.peer-keys must be 64-hex-digit Ed25519 public keys (each hospital's "
                         f"secagg-signing.pub), got {bad_keys}")
     if policy.release.declared_examples < 0:
         problems.append("release.declared-examples must be >= 0")
+    if policy.release.epsilon not in EPSILON_RELEASES:
+        problems.append(f"release.epsilon must be one of {', '.join(EPSILON_RELEASES)}, got {policy.release.epsilon!r}")
+    if not (policy.release.epsilon_step > 0 and math.isfinite(policy.release.epsilon_step)):
+        problems.append(f"release.epsilon-step must be a positive number, got {policy.release.epsilon_step!r}")
     if problems:
         raise PolicyError(f"{where}: " + "; ".join(problems))
     return policy
 
 
+_OPTIONAL = {("privacy", "required"): bool, ("privacy", "budget"): float, ("secagg", "min_degree"): int}  # None: unset
+
+
 def _coerce(section: str, f: dataclasses.Field, value: Any, where: str) -> Any:
     key = f"{section}.{_dash(f.name)}"
     default = f.default if f.default is not dataclasses.MISSING else None
-    kind = type(default) if default is not None else None
-    if f.name in ("required", "budget"):  # optional fields
-        kind = bool if f.name == "required" else float
+    kind = _OPTIONAL.get((section, f.name)) or (type(default) if default is not None else None)
     if isinstance(value, str) and kind is not str and kind is not tuple:
         text = value.strip().lower()
-        if text in ("", "none", "auto") and f.name in ("required", "budget"):
+        if (section, f.name) in _OPTIONAL and text in ("", "none", "auto"):
             return None
         value = {"true": True, "false": False}.get(text, value)
     try:
@@ -450,16 +475,15 @@ def negotiate(policy: SitePolicy, cfg: Any) -> PrivacyTerms:
                         max_noise_multiplier=p.max_noise_multiplier, unit=p.unit)
 
 
-def check_secagg_plain_round(policy: SitePolicy) -> None:
-    """A plain (unmasked) ``train`` message: refused when the policy requires secure aggregation."""
-    if policy.secagg.required:
-        raise PolicyRefusal("site policy: this hospital requires secure aggregation and refuses a plain train "
-                            "message (its weights would reach the coordinator unmasked)")
+def check_secagg_plain_round(policy: SitePolicy, cfg: Any = None) -> None:
+    """A plain (unmasked) ``train`` message: see :func:`xr0_core.site.refusals.check_plain_round`."""
+    from xr0_core.site.refusals import check_plain_round
+
+    check_plain_round(policy, cfg)
 
 
 def check_app_version(policy: SitePolicy, version: str) -> None:
-    """Refuse an app version outside the policy's allow-list (an empty list allows any)."""
-    allowed = policy.apps.allowed_versions
-    if allowed and version not in allowed:
-        raise PolicyRefusal(f"site policy: app version {version!r} is not approved by this hospital "
-                            f"(apps.allowed-versions = {list(allowed)})")
+    """An app version outside the allow-list: see :func:`xr0_core.site.refusals.check_bundle`."""
+    from xr0_core.site.refusals import check_bundle
+
+    check_bundle(policy, version)

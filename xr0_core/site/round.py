@@ -111,13 +111,66 @@ def release_metrics(policy: SitePolicy, metrics: Mapping[str, float], *, private
     """The training metrics that may leave: the policy's allow-list, narrowed under DP (see
     :data:`~xr0_core.site.policy.DP_SAFE_TRAIN_METRICS`). Under DP ``num-examples`` (the weight in the
     federated mean) is the policy's ``release.declared-examples`` (1 when 0), a constant chosen by the
-    hospital, so the reply does not reveal how many patients it has."""
+    hospital, so the reply does not reveal how many patients it has; ``epsilon`` leaves as the policy's
+    ``release.epsilon`` says (:func:`release_epsilon`)."""
     out = {k: float(v) for k, v in metrics.items() if policy.train_metric_allowed(k, private)}
     if private:
         out["num-examples"] = float(policy.release.declared_examples or 1)
+    out = release_epsilon(policy, out)
     kept = sorted(set(metrics) - set(out))
     if kept:
         log.info("metrics kept at the site by its policy: %s", ", ".join(kept))
+    return out
+
+
+EPSILON_WITHHELD = "epsilon-withheld"  # metric 1.0: this site spent privacy budget but does not say how much
+
+
+def release_epsilon(policy: SitePolicy, metrics: Mapping[str, float]) -> dict[str, float]:
+    """``metrics`` with ``epsilon`` as the policy's ``release.epsilon`` lets it leave.
+
+    ``rounded`` (default): rounded *up* to a multiple of ``release.epsilon-step`` (0.1), so the report never
+    shows less than was spent while the exact value, which under a calibrated noise multiplier follows the
+    site's patient count (N = 1000 -> 2.494, N = 1010 -> 2.507), stays at the site; ``exact``: as the ledger
+    has it; ``withheld``: no ``epsilon`` at all but :data:`EPSILON_WITHHELD` = 1, so the coordinator's
+    report can say "withheld" rather than "no DP".
+    """
+    out = dict(metrics)
+    if "epsilon" not in out:
+        return out
+    mode = policy.release.epsilon
+    if mode == "withheld":
+        del out["epsilon"]
+        out[EPSILON_WITHHELD] = 1.0
+    elif mode == "rounded":
+        eps, step = float(out["epsilon"]), float(policy.release.epsilon_step)
+        if math.isfinite(eps):
+            # 1e-9: an epsilon already on the grid (2.5) stays there instead of rising by float noise
+            out["epsilon"] = round(math.ceil(eps / step - 1e-9) * step, 9)
+    return out
+
+
+COUNT_SUFFIXES = ("num-examples", "/units")  # evaluation metrics that count this site's images or patients
+
+
+def release_eval_metrics(policy: SitePolicy, metrics: Mapping[str, float], *, private: bool) -> dict[str, float]:
+    """The evaluation metrics that may leave: the policy's ``release.eval-metrics``; under DP (the evaluation
+    then runs on held-out patients) no timing (``*-seconds``) and no count: every count metric
+    (:data:`COUNT_SUFFIXES`) becomes ``release.declared-examples`` (1 when 0), except 0, which says "nothing to
+    evaluate" and is kept. ``partition-id`` (simulation only) always leaves."""
+    declared = float(policy.release.declared_examples or 1)
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if name != "partition-id" and not policy.eval_metric_allowed(name):
+            continue
+        if private and name.endswith("-seconds"):
+            continue
+        if private and name.endswith(COUNT_SUFFIXES) and float(value) != 0:
+            value = declared
+        out[name] = value
+    kept = sorted(set(metrics) - set(out))
+    if kept:
+        log.info("evaluation metrics kept at the site by its policy: %s", ", ".join(kept))
     return out
 
 

@@ -79,6 +79,10 @@ def site_policy(state_dir: Path, node_config: Mapping[str, object] | None = None
       new policy file (the ledger's releases stay where they are);
     - the node config's ``privacy-budget`` / ``privacy-delta`` (``budget`` / ``delta`` here) are merged in
       (:func:`~xr0_core.site.policy.adopt_node_budget`: the stricter value wins).
+
+    Fails closed: no policy file (after those merges) while the ledger holds DP releases raises
+    :class:`~xr0_core.site.policy.PolicyError` naming the path it looked for
+    (:func:`~xr0_core.site.refusals.check_policy_file`), instead of giving the defaults (DP not required).
     """
     path = policy_path(state_dir, node_config)
     if not path.is_file():
@@ -97,4 +101,7 @@ def site_policy(state_dir: Path, node_config: Mapping[str, object] | None = None
             log.info("site policy %s created from the budget in %s", path, ledger.path)
     if budget is not None or delta is not None:
         return adopt_node_budget(path, budget, delta)
+    from xr0_core.site.refusals import check_policy_file
+
+    check_policy_file(path, Path(state_dir))
     return load_policy(path)
