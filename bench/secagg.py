@@ -5,7 +5,7 @@
 
 For each (parameters, clients) case, in a fresh subprocess (so peak memory is the case's own):
 
-- ``plain``  : one FedAvg train round through our strategy over :class:`strategies.secagg.InProcessGrid`
+- ``plain``  : one FedAvg train round through our strategy over :class:`simulation.inprocess.InProcessGrid`
   (real Flower messages and ClientApp routing, clients in this process, "training" = adding a fixed delta);
 - ``ours``   : the same round with secure aggregation on (all four stages, all-to-all, threshold majority);
 - ``flower`` : Flower 1.42's SecAgg+ client masking and server unmasking, called through its own functions
@@ -81,7 +81,8 @@ def run_ours_or_plain(params_m: float, n: int, secure: bool) -> dict:
 
     from strategies.aggregate import ServerOptimizer
     from strategies.fedavg_ssl import XR0FedAvg, numpy_to_arrays
-    from strategies.secagg import InProcessGrid, SecAggGrid, SecAggSettings, XR0SecAggFedAvg
+    from simulation.inprocess import InProcessGrid
+    from strategies.secagg import SecAggGrid, SecAggSettings, XR0SecAggFedAvg
 
     model = _model(params_m)
     grid = InProcessGrid(_app(model), n)

@@ -14,6 +14,7 @@ Files under ``cfg.federation.out_dir``::
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
@@ -89,6 +90,7 @@ class Coordinator:
         self._rounds_this_run = 0
         self._tb = None
         self._failed_rounds = 0  # consecutive train rounds without a usable reply
+        self._unattributable: set[frozenset[int]] = set()  # uploader sets whose unmasked sum was out of range
 
     # ---- start / resume --------------------------------------------------------------------------
 
@@ -113,12 +115,14 @@ class Coordinator:
     # ---- per-round bookkeeping -------------------------------------------------------------------
 
     def site_name(self, node_id: int, metrics: dict[str, float], reason: str = "") -> str:
-        """Hospital name in a simulation (from ``partition-id`` or the error tag), else ``node-<id>``."""
+        """Hospital name in a simulation (from ``partition-id`` or the error tag), else ``node-<id>``. A
+        ``partition-id`` that is not a whole number in range (NaN, inf, hostile) names nobody."""
         pid = metrics.get("partition-id")
         if pid is None:
             tag = _PARTITION_TAG.search(reason or "")
             pid = int(tag.group(1)) if tag else None
-        if pid is not None and 0 <= int(pid) < len(self.site_names):
+        if (isinstance(pid, (int, float)) and math.isfinite(pid) and float(pid).is_integer()
+                and 0 <= int(pid) < len(self.site_names)):
             return self.site_names[int(pid)]
         return f"node-{node_id}"
 
@@ -154,8 +158,17 @@ class Coordinator:
             self._check_stalled(entry)
 
     def _check_stalled(self, entry: dict[str, Any]) -> None:
-        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds with no usable reply."""
+        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds with no usable reply.
+
+        A round skipped for an unattributable fault (the unmasked sum out of range: some uploader cheated,
+        no one can say which) does not count, unless the same set of hospitals failed that way before: one
+        hostile hospital must not end a run, but a set that keeps failing would never train."""
         usable = sum(s["status"] == "ok" for s in entry["sites"])
+        if not usable and entry.get("fault") == "unattributable":
+            involved = frozenset(entry.get("involved", ()))
+            if involved not in self._unattributable:
+                self._unattributable.add(involved)
+                return
         self._failed_rounds = 0 if usable else self._failed_rounds + 1
         limit = self.cfg.federation.max_failed_rounds
         if limit <= 0 or self._failed_rounds < limit:
@@ -240,6 +253,8 @@ class Coordinator:
                 server_optimizer=self.server_opt,
                 min_replies=cfg.federation.min_replies,
                 max_update_norm=cfg.federation.max_update_norm,
+                max_update_ratio=cfg.federation.max_update_ratio,
+                weight_cap=cfg.federation.weight_cap,
                 fraction_train=cfg.federation.fraction_train,
                 evaluate_every=cfg.eval.every,
                 on_round_end=self.on_round_end,

@@ -61,8 +61,12 @@ class RoundOutcome:
     metrics: dict[str, float]
     updated: bool
     arrays: ArrayRecord | None = None  # new global weights (train rounds that updated)
-    reason: str = ""  # why a round that did not update was skipped (secure aggregation)
+    reason: str = ""  # why a round that did not update was skipped
     warnings: list[str] = field(default_factory=list)  # settings that cost accuracy (secure aggregation)
+    # "unattributable": the round failed in a way no single hospital can be blamed for (a masked aggregate out
+    # of range); ``involved`` names the nodes whose uploads were in it (server/run.py counts it once per set).
+    fault: str = ""
+    involved: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = {
@@ -76,7 +80,27 @@ class RoundOutcome:
             out["reason"] = self.reason
         if self.warnings:
             out["warnings"] = list(self.warnings)
+        if self.fault:
+            out["fault"] = self.fault
+            out["involved"] = list(self.involved)
         return out
+
+
+@dataclass
+class FormedAggregate:
+    """What a strategy's :meth:`XR0FedAvg.form_aggregate` hook makes of one round's replies.
+
+    ``mean``: the new global weights before the server optimizer (name -> array), or None when the round
+    cannot update (then ``reason`` says why).
+    """
+
+    sites: list[SiteOutcome]
+    mean: dict[str, np.ndarray] | None
+    metrics: dict[str, float]
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    fault: str = ""
+    involved: list[int] = field(default_factory=list)
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -104,6 +128,47 @@ def _scalar_metrics(record: MetricRecord | None) -> dict[str, float]:
     if record is None:
         return {}
     return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class ReplyError(ValueError):
+    """A reply field a hospital sent that cannot be used; the message is the reason in the round's record."""
+
+
+def partition_id_of(metrics: dict[str, float]) -> int | None:
+    """The ``partition-id`` metric (simulation only) as a whole number >= 0, None when absent.
+
+    Raises
+    ------
+    ReplyError
+        Present but NaN, infinite, negative or fractional (a hostile value must not reach the coordinator's
+        naming of hospitals).
+    """
+    if "partition-id" not in metrics:
+        return None
+    pid = metrics["partition-id"]
+    if not (isinstance(pid, (int, float)) and math.isfinite(pid) and pid >= 0 and float(pid).is_integer()):
+        raise ReplyError(f"partition-id must be a whole number >= 0, got {pid!r}")
+    return int(pid)
+
+
+def finite_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """``metrics`` without NaN / infinite values, and the names left out (they never enter a round's means)."""
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    return {k: v for k, v in metrics.items() if k not in bad}, bad
+
+
+def reply_metrics(record: MetricRecord | None) -> tuple[dict[str, float], str]:
+    """One reply's scalar metrics, checked: (finite metrics, a note naming the ones left out).
+
+    Raises
+    ------
+    ReplyError
+        A ``partition-id`` that is not a whole number >= 0.
+    """
+    metrics = _scalar_metrics(record)
+    partition_id_of(metrics)
+    metrics, bad = finite_metrics(metrics)
+    return metrics, (f"non-finite metrics ignored: {', '.join(bad[:5])}" if bad else "")
 
 
 def _content_digest(weights: dict[str, np.ndarray]) -> str:
@@ -147,6 +212,11 @@ class XR0FedAvg(FedAvg):
         Fewer valid replies than this and the global weights stay as they were.
     max_update_norm : float
         Optional L2 bound on ``reply - global`` (0 disables).
+    max_update_ratio : float
+        L2 bound on ``reply - global`` as a multiple of the global weights' norm (0 disables).
+    weight_cap : float
+        A reply's ``num-examples`` above this counts as this (0 disables): a hostile hospital claiming 1e300
+        examples gets no more weight than a large honest one.
     evaluate_every : int
         Federated evaluation after every K-th round and after the last (0: last only).
     on_round_end : callable, optional
@@ -165,6 +235,8 @@ class XR0FedAvg(FedAvg):
         server_optimizer: ServerOptimizer,
         min_replies: int = 1,
         max_update_norm: float = 0.0,
+        max_update_ratio: float = 0.0,
+        weight_cap: float = 0.0,
         fraction_train: float = 1.0,
         evaluate_every: int = 0,
         on_round_end: Callable[[RoundOutcome], None] | None = None,
@@ -188,6 +260,8 @@ class XR0FedAvg(FedAvg):
         self.server_optimizer = server_optimizer
         self.min_replies = min_replies
         self.max_update_norm = max_update_norm
+        self.max_update_ratio = max_update_ratio
+        self.weight_cap = weight_cap
         self.evaluate_every = evaluate_every
         self.on_round_end = on_round_end
         self._sent: dict[str, np.ndarray] | None = None
@@ -219,14 +293,50 @@ class XR0FedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Count, log and record the round around :meth:`form_aggregate` (the one hook strategies override),
+        then apply the server optimizer to the mean it formed."""
         g = self.global_round(server_round)
         if self._sent is None:
             raise RuntimeError("aggregate_train called before configure_train")
         t0 = time.perf_counter()
+        agg = self.form_aggregate(g, replies)
+        for s in agg.sites:
+            if s.status != "ok":
+                log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
+        ok = sum(s.status == "ok" for s in agg.sites)
+        metrics = dict(agg.metrics)
+        metrics.update({
+            "replies-ok": float(ok),
+            "replies-dropped": float(sum(s.status == "dropped" for s in agg.sites)),
+            "replies-failed": float(sum(s.status == "failed" for s in agg.sites)),
+        })
+        new_arrays: ArrayRecord | None = None
+        reason = agg.reason
+        if agg.mean is not None and ok >= self.min_replies:
+            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, agg.mean))
+        elif agg.mean is not None or not reason:
+            reason = f"{ok} valid replies < federation.min-replies {self.min_replies}; global weights unchanged"
+            log.warning("round %d: %s", g, reason)
+        else:
+            log.warning("round %d: %s", g, reason)
+        metrics["server-aggregate-seconds"] = time.perf_counter() - t0
+        outcome = RoundOutcome(g, "train", agg.sites, metrics, updated=new_arrays is not None, arrays=new_arrays,
+                               reason=reason, warnings=list(agg.warnings), fault=agg.fault,
+                               involved=list(agg.involved))
+        if self.on_round_end is not None:
+            self.on_round_end(outcome)
+        return new_arrays, MetricRecord(metrics)
+
+    def form_aggregate(self, global_round: int, replies: Iterable[Message]) -> FormedAggregate:
+        """Plain FedAvg: check every reply on its own (:meth:`_check_reply`), then the example-weighted mean
+        of the accepted ones, summed in a canonical order."""
         sites: list[SiteOutcome] = []
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
+            try:
+                node = int(msg.metadata.src_node_id)
+            except (AttributeError, TypeError, ValueError):
+                continue  # not a reply from a node: nothing to attribute it to
             if msg.has_error():
                 sites.append(SiteOutcome(node, "failed", short_reason(msg.error.reason or f"error code {msg.error.code}")))
                 continue
@@ -234,50 +344,44 @@ class XR0FedAvg(FedAvg):
             sites.append(outcome)
             if update is not None:
                 accepted.append((update, outcome.metrics[keys.NUM_EXAMPLES]))
-        for s in sites:
-            if s.status != "ok":
-                log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
         metrics = weighted_metrics(sites)
-        metrics.update(
-            {
-                "replies-ok": float(len(accepted)),
-                "replies-dropped": float(sum(s.status == "dropped" for s in sites)),
-                "replies-failed": float(sum(s.status == "failed" for s in sites)),
-            }
-        )
-        new_arrays: ArrayRecord | None = None
-        if len(accepted) >= self.min_replies:
-            # Replies arrive in network order; summing in a canonical order makes the aggregate (and so a
-            # resumed run) bit-for-bit reproducible.
-            accepted.sort(key=lambda pair: _content_digest(pair[0]))
-            mean = weighted_mean([u for u, _ in accepted], [n for _, n in accepted])
-            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
-        else:
-            log.warning(
-                "round %d: %d valid replies < federation.min-replies %d; global weights unchanged",
-                g, len(accepted), self.min_replies,
-            )
-        metrics["server-aggregate-seconds"] = time.perf_counter() - t0
-        outcome = RoundOutcome(g, "train", sites, metrics, updated=new_arrays is not None, arrays=new_arrays)
-        if self.on_round_end is not None:
-            self.on_round_end(outcome)
-        return new_arrays, MetricRecord(metrics)
+        if not accepted:
+            return FormedAggregate(sites, None, metrics)
+        # Replies arrive in network order; summing in a canonical order makes the aggregate (and so a resumed
+        # run) bit-for-bit reproducible.
+        accepted.sort(key=lambda pair: _content_digest(pair[0]))
+        mean = weighted_mean([u for u, _ in accepted], [n for _, n in accepted])
+        return FormedAggregate(sites, mean, metrics)
 
     def _check_reply(self, node: int, msg: Message) -> tuple[SiteOutcome, dict[str, np.ndarray] | None]:
+        """One reply, every field parsed inside this function: anything unusable drops this hospital for the
+        round with the reason (never an exception out of the round)."""
+        try:
+            return self._check_reply_fields(node, msg)
+        except ReplyError as exc:
+            return SiteOutcome(node, "dropped", str(exc)), None
+        except Exception as exc:  # noqa: BLE001 - one hospital's bytes (e.g. an empty Array) never end the run
+            return SiteOutcome(node, "dropped", f"malformed reply ({type(exc).__name__}: {short_reason(str(exc), 120)})"), None
+
+    def _check_reply_fields(self, node: int, msg: Message) -> tuple[SiteOutcome, dict[str, np.ndarray] | None]:
         content = msg.content
         array_records = list(content.array_records.values())
         metric_records = list(content.metric_records.values())
         if len(array_records) != 1 or len(metric_records) != 1:
             return SiteOutcome(node, "dropped", "reply must hold exactly one ArrayRecord and one MetricRecord"), None
-        metrics = _scalar_metrics(metric_records[0])
+        metrics, note = reply_metrics(metric_records[0])
         n = metrics.get(keys.NUM_EXAMPLES, float("nan"))
         if not (math.isfinite(n) and n > 0):
             return SiteOutcome(node, "dropped", f"num-examples must be a positive number, got {n}", metrics), None
+        if self.weight_cap > 0 and n > self.weight_cap:
+            metrics[keys.NUM_EXAMPLES] = float(self.weight_cap)
+            note = "; ".join(x for x in (note, f"num-examples {n:.3g} counted as federation.weight-cap "
+                                                f"{self.weight_cap:g}") if x)
         update = arrays_to_numpy(array_records[0])
-        reason = check_update(update, self._sent or {}, self.max_update_norm)
+        reason = check_update(update, self._sent or {}, self.max_update_norm, self.max_update_ratio)
         if reason is not None:
             return SiteOutcome(node, "dropped", reason, metrics), None
-        return SiteOutcome(node, "ok", "", metrics), update
+        return SiteOutcome(node, "ok", note, metrics), update
 
     # ---- evaluation ------------------------------------------------------------------------------
 
@@ -295,17 +399,25 @@ class XR0FedAvg(FedAvg):
         g = self.global_round(server_round)
         sites: list[SiteOutcome] = []
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
+            try:
+                node = int(msg.metadata.src_node_id)
+            except (AttributeError, TypeError, ValueError):
+                continue
             if msg.has_error():
                 sites.append(SiteOutcome(node, "failed", short_reason(msg.error.reason or f"error code {msg.error.code}")))
                 continue
-            metric_records = list(msg.content.metric_records.values())
-            metrics = _scalar_metrics(metric_records[0]) if metric_records else {}
+            try:
+                metric_records = list(msg.content.metric_records.values())
+                metrics = _scalar_metrics(metric_records[0]) if metric_records else {}
+                partition_id_of(metrics)
+            except Exception as exc:  # noqa: BLE001 - one hospital's reply never ends the run
+                sites.append(SiteOutcome(node, "dropped", f"malformed evaluation reply ({short_reason(str(exc), 120)})"))
+                continue
             n = metrics.get(keys.NUM_EXAMPLES)
             if n is not None and n == 0:  # a hospital without labelled held-out images: nothing went wrong
                 sites.append(SiteOutcome(node, "empty", "nothing to evaluate", metrics))
                 continue
-            if n is None or n < 0:
+            if n is None or not n >= 0 or not math.isfinite(n):
                 sites.append(SiteOutcome(node, "dropped", "evaluation reply without a valid num-examples", metrics))
                 continue
             sites.append(SiteOutcome(node, "ok", "", metrics))

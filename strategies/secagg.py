@@ -35,23 +35,23 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from xr0_core import keys
 from xr0_core.keys import NUM_EXAMPLES
 from xr0_core.secagg.protocol import PeerKeys, RoundParams, SecAggError, default_threshold, neighbour_graph
-from xr0_core.secagg.server import ServerRound
+from xr0_core.secagg.server import ServerRound, SumOutOfRange
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
                                   WEIGHT_CAPPED, WORDS, graph_to_flat)
 
-from .fedavg_ssl import RoundOutcome, SiteOutcome, XR0FedAvg, numpy_to_arrays, short_reason
+from .fedavg_ssl import (FormedAggregate, ReplyError, SiteOutcome, XR0FedAvg, finite_metrics,
+                         partition_id_of, short_reason)
 
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
-CLIENT_EXCEPTION = 1  # InProcessGrid: error code of a reply whose handler raised (Flower's runtime does the same)
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class SecAggRoundResult:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    fault: str = ""  # "unattributable": the unmasked sum was out of range (no single site can be blamed)
+    involved: list[int] = field(default_factory=list)  # the uploaders whose sum it was
 
 
 def _flat_names(arrays: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
@@ -177,6 +179,14 @@ class SecAggGrid(Grid):
         try:
             rnd, mean, total_wq, params = self._stages(server_round, config, global_arrays, nodes, train_timeout,
                                                        outcome, site_metrics)
+        except SumOutOfRange as exc:  # unattributable: reported with the uploaders, counted once per set
+            res = self._skipped(server_round, nodes, outcome, self._round, site_metrics, str(exc))
+            involved = set(exc.uploaders)
+            res.fault, res.involved = "unattributable", sorted(involved)
+            res.sites = [SiteOutcome(s.node_id, "skipped", "the unmasked sum of this round's uploads was out of range "
+                                     f"(one of {len(involved)} uploaders sent words outside the encoding)", s.metrics)
+                         if s.node_id in involved else s for s in res.sites]
+            return res
         except SecAggError as exc:  # SecAggAbort: too few / corrupt; SecAggError: the round cannot run as set
             return self._skipped(server_round, nodes, outcome, self._round, site_metrics, str(exc))
         except Exception as exc:  # noqa: BLE001 - one site's bytes must never end a multi-day run
@@ -223,13 +233,16 @@ class SecAggGrid(Grid):
 
     def _parse(self, stage: str, replies: Mapping[int, Message], outcome: dict[int, SiteOutcome],
                parse: Callable[[Message], Any]) -> dict[int, Any]:
-        """``parse(reply)`` per node; a reply it cannot read (missing key, wrong type) drops that node."""
+        """``parse(reply)`` per node; a reply it cannot read (missing key, wrong type, empty bytes, a bad
+        metric: anything ``parse`` raises) drops that node at this stage with the reason."""
         out = {}
         for u, r in replies.items():
             try:
                 out[u] = parse(r)
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-                what = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else type(exc).__name__
+            except ReplyError as exc:
+                outcome[u] = SiteOutcome(u, "dropped", f"{stage}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one hospital's bytes never end the round
+                what = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else type(exc).__name__
                 outcome[u] = SiteOutcome(u, "dropped", f"{stage}: malformed reply ({what})")
         return out
 
@@ -304,9 +317,10 @@ class SecAggGrid(Grid):
                 raise ValueError("bad clipped count")
             rec = r.content.config_records.get(REC)
             rejected = [int(v) for v in rec["rejected"]] if rec is not None and "rejected" in rec else []
-            return arrays[WORDS].numpy(), int(clipped), {k: float(v) for k, v in metrics.items()
-                                                         if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                         }, rejected
+            clear = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            partition_id_of(clear)  # a hostile partition-id drops the site here, before its upload counts
+            clear, _ = finite_metrics(clear)
+            return arrays[WORDS].numpy(), int(clipped), clear, rejected
 
         got = self._parse("masked-upload", replies, outcome, upload)
         # A sender whose share a receiver could not authenticate stays out of the sum: its mask for that
@@ -351,7 +365,7 @@ class SecAggGrid(Grid):
         for u, r in replies.items():
             try:
                 unmask[u] = unmask_reply(r)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a malformed reply is ignored; other holders' shares serve
                 rnd.log.note(u, f"unmask: malformed reply ignored ({type(exc).__name__})")
         t0 = time.perf_counter()
         total = rnd.finish(unmask)
@@ -393,22 +407,18 @@ def _mean_metrics(sites: list[SiteOutcome]) -> dict[str, float]:
 
 
 class XR0SecAggFedAvg(XR0FedAvg):
-    """:class:`XR0FedAvg` for rounds run through a :class:`SecAggGrid`.
+    """:class:`XR0FedAvg` for rounds run through a :class:`SecAggGrid`: only :meth:`form_aggregate` differs.
 
-    ``aggregate_train`` receives one :class:`SecAggRoundResult` instead of per-site replies: the new global
-    weights are ``server_optimizer.apply(global, global + mean update)``. Round metrics: the sites' scalar
-    metrics averaged without weights (``num-examples`` per site is secret; only its sum is known), plus
-    ``secagg-uploads``, ``secagg-dropped``, ``secagg-clipped``, ``secagg-clipped-fraction``,
-    ``secagg-error-bound``, ``secagg-error-to-update``, ``secagg-skipped``; a skipped round's reason and any
-    quantization warnings go to the round record (``RoundOutcome.reason`` / ``warnings``).
+    It receives one :class:`SecAggRoundResult` instead of per-site replies; the mean it forms is
+    ``global + mean update`` (the server optimizer, reply counting, logging and the round's record are the
+    base class's). Round metrics: the sites' scalar metrics averaged without weights (``num-examples`` per site
+    is secret; only its sum is known), plus ``secagg-uploads``, ``secagg-dropped``, ``secagg-clipped``,
+    ``secagg-clipped-fraction``, ``secagg-error-bound``, ``secagg-error-to-update``, ``secagg-skipped``; a
+    skipped round's reason, any quantization warnings and an unattributable fault (the unmasked sum out of
+    range, with the uploaders involved) go to the round record.
     """
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Any]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        g = self.global_round(server_round)
-        if self._sent is None:
-            raise RuntimeError("aggregate_train called before configure_train")
+    def form_aggregate(self, global_round: int, replies: Iterable[Any]) -> FormedAggregate:
         results = [r for r in replies if isinstance(r, SecAggRoundResult)]
         if len(results) != 1:
             raise RuntimeError("secure aggregation is on but the strategy did not get a SecAggGrid result; "
@@ -416,93 +426,12 @@ class XR0SecAggFedAvg(XR0FedAvg):
         res = results[0]
         metrics = _mean_metrics(res.sites)
         metrics.update(res.metrics)
-        ok = sum(s.status == "ok" for s in res.sites)
-        metrics.update({
-            "replies-ok": float(ok),
-            "replies-dropped": float(sum(s.status == "dropped" for s in res.sites)),
-            "replies-failed": float(sum(s.status == "failed" for s in res.sites)),
-        })
-        for s in res.sites:
-            if s.status != "ok":
-                log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
-        new_arrays: ArrayRecord | None = None
-        reason = res.skipped_reason
-        if res.mean_delta is not None and ok >= self.min_replies:
+        mean = None
+        if res.mean_delta is not None:
+            assert self._sent is not None  # aggregate_train checked it
             mean = {k: (self._sent[k].astype(np.float64) + res.mean_delta[k]).astype(self._sent[k].dtype)
                     for k in self._sent}
-            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
-        elif res.mean_delta is not None:
-            log.warning("round %d: %d secure uploads < federation.min-replies %d; global weights unchanged",
-                        g, ok, self.min_replies)
-            metrics["secagg-skipped"] = 1.0
-            reason = f"{ok} secure uploads < federation.min-replies {self.min_replies}"
-        else:
-            log.warning("round %d: %s", g, res.skipped_reason)
-        outcome = RoundOutcome(g, "train", res.sites, metrics, updated=new_arrays is not None, arrays=new_arrays,
-                               reason=reason, warnings=list(res.warnings))
-        if self.on_round_end is not None:
-            self.on_round_end(outcome)
-        return new_arrays, MetricRecord(metrics)
-
-
-class InProcessGrid(Grid):
-    """A Grid that runs a ClientApp for each of ``num_nodes`` nodes in this process, in order.
-
-    For tests and ``bench/secagg.py``: the same messages, handlers and mods as a real run, without Ray or a
-    SuperLink. ``drop(stage_message_type, node) -> bool`` makes a node silent for a message (a dropout).
-    It sets Flower's process-wide ``TaskIdentity`` (needed to build messages outside a running app).
-    """
-
-    def __init__(self, client_app: Any, num_nodes: int, run_config: Mapping[str, Any] | None = None,
-                 node_configs: Mapping[int, Mapping[str, Any]] | None = None,
-                 drop: Callable[[str, int], bool] | None = None, first_node_id: int = 101) -> None:
-        from flwr.supercore.task_identity import TaskIdentity
-
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        self.app = client_app
-        self.drop = drop or (lambda _t, _n: False)
-        self.node_ids = [first_node_id + 13 * i for i in range(num_nodes)]
-        self.contexts = {
-            n: Context(run_id=1, node_id=n, node_config=dict((node_configs or {}).get(i, {})),
-                       state=RecordDict(), run_config=dict(run_config or {}))
-            for i, n in enumerate(self.node_ids)
-        }
-        self.sent: list[Message] = []  # every instruction, for tests that inspect traffic
-        self.received: list[Message] = []  # every reply
-        self._counter = 0
-
-    def set_run(self, run):  # type: ignore[override]
-        self._run = run
-
-    @property
-    def run(self):  # type: ignore[override]
-        return getattr(self, "_run", None)
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[override]
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.node_ids)
-
-    def push_messages(self, messages):  # type: ignore[override]
-        raise NotImplementedError("InProcessGrid only supports send_and_receive")
-
-    def pull_messages(self, message_ids):  # type: ignore[override]
-        raise NotImplementedError("InProcessGrid only supports send_and_receive")
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            self._counter += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self._counter}"
-            self.sent.append(msg)
-            node = int(msg.metadata.dst_node_id)
-            if self.drop(msg.metadata.message_type, node):
-                continue
-            try:
-                reply = self.app(msg, self.contexts[node])
-            except Exception as exc:  # noqa: BLE001 - as Flower's runtime does: a site's exception is an error reply
-                reply = Message(Error(code=CLIENT_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
-            self.received.append(reply)
-            replies.append(reply)
-        return replies
+            if sum(s.status == "ok" for s in res.sites) < self.min_replies:
+                metrics["secagg-skipped"] = 1.0
+        return FormedAggregate(res.sites, mean, metrics, res.skipped_reason, list(res.warnings), res.fault,
+                               list(res.involved))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -116,6 +117,11 @@ class FederationConfig:
     server_lr: float = 1.0
     server_momentum: float = 0.9
     max_update_norm: float = 0.0  # reject replies whose update L2 norm exceeds this; 0 disables
+    # Reject replies whose update L2 norm exceeds this multiple of the global weights' norm; 0 disables. Why
+    # 1.0: an honest round moves the shared weights by a few percent of their norm (docs/architecture.md), so
+    # only an update as large as the model itself is refused (a hostile hospital scaling its update by 1e3).
+    max_update_ratio: float = 1.0
+    weight_cap: float = 50000.0  # plain rounds: num-examples above this count as this (as secagg.weight-cap)
     round_timeout: float = 3600.0  # seconds to wait for replies
     out_dir: str = "xr0-out"  # coordinator's folder: checkpoints, metrics, report, exported backbone
     resume: bool = False  # continue from the last complete round in out_dir (refused if the config differs)
@@ -404,6 +410,11 @@ def validate(cfg: XR0Config) -> None:
         (f.rounds >= 1, "federation.rounds must be >= 1"),
         (f.min_replies >= 1, "federation.min-replies must be >= 1"),
         (f.max_failed_rounds >= 0, "federation.max-failed-rounds must be >= 0 (0: never stop)"),
+        (f.max_update_norm >= 0 and math.isfinite(f.max_update_norm),
+         "federation.max-update-norm must be >= 0 (0: no absolute bound)"),
+        (f.max_update_ratio >= 0 and math.isfinite(f.max_update_ratio),
+         "federation.max-update-ratio must be >= 0 (0: no bound relative to the global weights' norm)"),
+        (f.weight_cap >= 0 and math.isfinite(f.weight_cap), "federation.weight-cap must be >= 0 (0: no cap)"),
         (0 < f.fraction_train <= 1, "federation.fraction-train must be in (0, 1]"),
         (f.server_optimizer in ("fedavg", "fedavgm", "fedadam"),
          "federation.server-optimizer must be fedavg, fedavgm or fedadam"),

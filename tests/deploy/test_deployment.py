@@ -172,7 +172,9 @@ def finished_run(deployment):
     d.ok(COORD["register"], d.coord_env)
 
     result = {"doctor": {}}
-    for name in SITES:
+    keys = {name: d.ok(SITE["secagg-key"], envs[name]).stdout.strip() for name in SITES}
+    for name in SITES:  # each hospital pins the others' signing keys (received out of band)
+        envs[name]["XR0_PEER_KEYS"] = ",".join(keys[other] for other in SITES if other != name)
         d.ok(SITE["policy"], envs[name])
         result["doctor"][name] = d.sh(SITE["doctor"], envs[name])
     nodes = {name: d.procs.start(name, SITE["supernode"], envs[name]) for name in SITES}

@@ -12,7 +12,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from fakeclient import SHAPES, build, known_update, known_weight
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import numpy_to_arrays
-from strategies.secagg import InProcessGrid, SecAggGrid, SecAggSettings, XR0SecAggFedAvg
+from simulation.inprocess import InProcessGrid
+from strategies.secagg import SecAggGrid, SecAggSettings, XR0SecAggFedAvg
 from xr0_core.secagg.wire import MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK, WORDS
 
 INIT = {k: np.full(s, 0.25, np.float32) for k, s in SHAPES.items()}

@@ -13,7 +13,8 @@ from flwr.app import ConfigRecord
 from fakeclient import SHAPES, build, known_update, known_weight
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import numpy_to_arrays
-from strategies.secagg import InProcessGrid, SecAggGrid, SecAggSettings, XR0SecAggFedAvg
+from simulation.inprocess import InProcessGrid
+from strategies.secagg import SecAggGrid, SecAggSettings, XR0SecAggFedAvg
 from xr0_core.secagg.wire import MASKED, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK, WORDS
 
 STAGE_TYPES = {"setup": f"query.{SETUP}", "share-keys": f"query.{SHARE_KEYS}",

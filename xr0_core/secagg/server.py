@@ -15,6 +15,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from . import identity, keys, shamir
 from .masks import apply_mask_inplace
 from .protocol import (SECRET_BYTES, PeerKeys, RoundParams, SecAggAbort, _sign, b_commitment, components)
+
+
+class SumOutOfRange(SecAggAbort):
+    """The unmasked sum is not one honest uploads can give: some uploader sent words outside the encoding, but
+    under masking no single one can be named (``uploaders`` are the nodes whose sum it was)."""
+
+    def __init__(self, message: str, uploaders: list[int]) -> None:
+        super().__init__(message)
+        self.uploaders = list(uploaders)
 from .quantize import QuantizationError, check_sum
 
 
@@ -335,7 +344,8 @@ class ServerRound:
         try:
             check_sum(total, self.params.quant, len(self.uploaded))
         except QuantizationError as exc:
-            raise SecAggAbort(f"the unmasked sum is outside what {len(self.uploaded)} honest uploads can give "
-                              f"({exc}); a site sent words outside the encoding (poisoning or corruption), so the "
-                              "round is skipped and the global weights are unchanged") from None
+            raise SumOutOfRange(f"the unmasked sum is outside what {len(self.uploaded)} honest uploads can give "
+                                f"({exc}); one of the uploaders sent words outside the encoding (poisoning or "
+                                "corruption; under masking it cannot be told which), so the round is skipped and "
+                                "the global weights are unchanged", sorted(self.uploaded)) from None
         return total
