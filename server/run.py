@@ -98,7 +98,7 @@ class Coordinator:
         if ckpt is None:
             if self.cfg.federation.resume:
                 log.warning("resume requested but %s holds no checkpoint: starting a new run", self.ckpt_dir)
-            from xr0_core.train.federated import initial_shared_state
+            from xr0_core.ssl.factory import initial_shared_state
 
             self.weights = {k: v.numpy() for k, v in initial_shared_state(self.cfg).items()}
             self.run_key = secrets.token_hex(8)

@@ -35,7 +35,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from xr0_core import keys
+from xr0_core import record_keys as keys
 
 from .aggregate import ServerOptimizer, weighted_mean
 from .eval_aggregate import pooled_metrics

@@ -38,8 +38,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from xr0_core import keys
-from xr0_core.keys import NUM_EXAMPLES
+from xr0_core import record_keys as keys
+from xr0_core.record_keys import NUM_EXAMPLES
 from xr0_core.secagg.protocol import PeerKeys, RoundParams, SecAggError, default_threshold, neighbour_graph
 from xr0_core.secagg.server import ServerRound
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings

@@ -32,7 +32,7 @@ from xr0_core.htmlpage import details, image, note, page, table
 EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
 FAMILY_ORDER = tuple(f.rstrip("/") for f in EVAL_FAMILIES)
 LOWER_IS_BETTER = ("mre-px", "mre-mm")  # metrics where a smaller number is the better model
-LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/state.py: per-round summary of the per-step loss
+LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/trainer.py: per-round summary of the per-step loss
 Z95 = 1.959964
 # Fewer patients than this (over all hospitals) and a bootstrap interval says more than the data: no verdict.
 MIN_UNITS = 10
@@ -304,7 +304,7 @@ def hospitals_section(rep: RunReport) -> str:
 def loss_points(rep: RunReport, name: str) -> tuple[list[float], list[float], bool]:
     """(global steps, losses, per_step) of one hospital: the per-step summary when sites sent it
     (``loss-curve-*``), else one point per round at the round's last step."""
-    from xr0_core.train.state import loss_curve_steps
+    from xr0_core.train.trainer import loss_curve_steps
 
     local = int(rep.cfg.get("train.local-steps", 1) or 1)
     xs: list[float] = []
