@@ -19,7 +19,7 @@ from client import secagg as client_secagg
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import XR0FedAvg, numpy_to_arrays
 from strategies.secagg import InProcessGrid, SecAggGrid, SecAggSettings, XR0SecAggFedAvg
-from xr0_core import keys
+from xr0_core import record_keys as keys
 from xr0_core.config import from_flat
 from xr0_core.ssl.schedules import Schedules
 

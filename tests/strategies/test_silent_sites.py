@@ -12,7 +12,7 @@ from server.run import evaluation_summary
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import XR0FedAvg, numpy_to_arrays
 from strategies.secagg import InProcessGrid
-from xr0_core import keys
+from xr0_core import record_keys as keys
 
 INIT = {"w": np.zeros((3, 2), np.float32)}
 
