@@ -21,7 +21,7 @@ def random_image_trainer(overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
 
     from xr0_core.config import from_flat
     from xr0_core.data.dataset import BatchMaker, ImageCache
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     cfg = from_flat({"ssl.centering": "frozen-per-round", "ssl.koleo-weight": 0.0, **overrides})
     b, side = cfg.train.batch_size, cfg.train.load_size

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from xr0_core.data.index import index_site
     from xr0_core.ssl.schedules import Schedules
     from xr0_core.train.loop import train_step
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)

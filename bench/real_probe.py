@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from xr0_core.eval.metrics import binary_auroc
     from xr0_core.eval.tasks.base import build_eval_set, extract
     from xr0_core.train.health import probe_health
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})

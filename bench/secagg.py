@@ -48,7 +48,7 @@ def _app(model):
     from flwr.clientapp import ClientApp
 
     from client import secagg as client_secagg
-    from xr0_core import keys
+    from xr0_core import record_keys as keys
 
     def train(msg: Message, context: Context) -> Message:
         node = int(msg.metadata.dst_node_id)

@@ -66,7 +66,7 @@ def _child(args: argparse.Namespace) -> int:
     from xr0_core.data.dataset import ImageCache
     from xr0_core.data.manifest import SiteRecord
     from xr0_core.data.prepared import PreparedImages
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     cfg = from_flat({"preset": args.preset, "train.device": "cpu", **dict(s.split("=", 1) for s in args.overrides)})
     paths = [Path(p) for p in Path(args.list_file).read_text().split("\n") if p]

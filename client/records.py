@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from xr0_core import keys
+from xr0_core import record_keys as keys
 
 
 class RecordError(ValueError):

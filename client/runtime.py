@@ -3,7 +3,7 @@
 A Flower SuperNode (or a Ray actor in simulation) may serve many rounds, and in simulation many hospitals,
 from one process. Decoded images are cached per hospital in this process (bounded LRU) because decoding
 DICOMs dominates otherwise; everything that must be *correct* across rounds (teacher, optimizer, step) is
-read from the site's state folder each round instead (xr0_core/train/federated.py), so which process serves
+read from the site's state folder each round instead (xr0_core/train/round_state.py), so which process serves
 which hospital never changes a result.
 """
 
@@ -103,8 +103,8 @@ def train_site(
     """
     from xr0_core.site.policy import negotiate
     from xr0_core.site.round import run_site_round
-    from xr0_core.train.federated import RoundSpec
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.round_state import RoundSpec
+    from xr0_core.train.trainer import SiteTrainer
 
     t0 = time.perf_counter()
     policy = site.policy()

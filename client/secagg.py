@@ -36,7 +36,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from xr0_core import keys
+from xr0_core import record_keys as keys
 from xr0_core.secagg import identity
 from xr0_core.secagg.protocol import ClientRules, PeerKeys, RoundParams, SecAggError
 from xr0_core.secagg.session import ClientSession
@@ -119,7 +119,7 @@ def prepare_update(update: np.ndarray, context: Context) -> np.ndarray:
     """Hook between the site's update (flat delta, [P]) and masking: identity.
 
     Client-level DP (``privacy.client-level``) has already happened inside ``train_fn``
-    (xr0_core/privacy/round.py: clip to C, then the site's *full* noise ``N(0, (sigma C)^2)``, recorded in
+    (xr0_core/privacy/private_round.py: clip to C, then the site's *full* noise ``N(0, (sigma C)^2)``, recorded in
     its ledger), so ``update`` is already private when it arrives here. The full noise per site (rather than
     ``sigma / sqrt(n)`` each) keeps each hospital's guarantee independent of the other sites' honesty and of
     dropouts; the split is a possible optimisation once the accountant models it.

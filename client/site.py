@@ -15,7 +15,7 @@ Deployment node config (``flower-supernode --node-config '...'``; strings need T
 ``privacy-budget``    merged into the site policy's privacy.budget (the stricter value wins)
 ``privacy-delta``     merged into the site policy's privacy.delta (the stricter value wins)
 ``gpus``              data-parallel processes of the local round (default 1; one per GPU on CUDA,
-                      gloo processes on CPU): xr0_core/site/parallel.py
+                      gloo processes on CPU): xr0_core/site/launch/parallel.py
 ====================  =========================================================================
 
 Simulation: Flower gives ``partition-id``; hospital ``i`` is the ``i``-th entry of

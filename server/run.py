@@ -100,7 +100,7 @@ class Coordinator:
         if ckpt is None:
             if self.cfg.federation.resume:
                 log.warning("resume requested but %s holds no checkpoint: starting a new run", self.ckpt_dir)
-            from xr0_core.train.federated import initial_shared_state
+            from xr0_core.ssl.factory import initial_shared_state
 
             self.weights = {k: v.numpy() for k, v in initial_shared_state(self.cfg).items()}
             self.run_key = secrets.token_hex(8)
@@ -158,25 +158,29 @@ class Coordinator:
             self._check_stalled(entry)
 
     def _check_stalled(self, entry: dict[str, Any]) -> None:
-        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds with no usable reply.
+        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds that did not move the
+        global model (no usable reply, a skipped secure round, or an aggregate that changed nothing).
 
         A round skipped for an unattributable fault (the unmasked sum out of range: some uploader cheated,
         no one can say which) does not count, unless the same set of hospitals failed that way before: one
         hostile hospital must not end a run, but a set that keeps failing would never train."""
-        usable = sum(s["status"] == "ok" for s in entry["sites"])
-        if not usable and entry.get("fault") == "unattributable":
+        if not entry["updated"] and entry.get("fault") == "unattributable":
             involved = frozenset(entry.get("involved", ()))
             if involved not in self._unattributable:
                 self._unattributable.add(involved)
                 return
-        self._failed_rounds = 0 if usable else self._failed_rounds + 1
+        self._failed_rounds = 0 if entry["updated"] else self._failed_rounds + 1
         limit = self.cfg.federation.max_failed_rounds
         if limit <= 0 or self._failed_rounds < limit:
             return
+        if entry.get("reason") and any(s["status"] == "ok" for s in entry["sites"]):
+            raise FederationStalled(f"stopped after round {entry['round']}: the round failed ({entry['reason']})")
         reasons: dict[str, list[str]] = {}
         for site in entry["sites"]:
             reasons.setdefault(site.get("reason") or site["status"], []).append(site["name"])
         cause = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items()) or "no hospital replied"
+        if entry.get("reason"):
+            cause = f"{entry['reason']}; {cause}"
         raise FederationStalled(
             f"stopped after round {entry['round']}: no hospital trained in {self._failed_rounds} round(s) in a row "
             f"({cause})")
@@ -205,6 +209,8 @@ class Coordinator:
             if left:
                 parts.append(left)
             con.progress(entry["round"], total, " ".join(parts))
+            if not entry["updated"] and entry.get("reason"):
+                con.line(f"  round {entry['round']} failed, global weights kept: {entry['reason']}")
         else:
             con.line(f"evaluate round {entry['round']}: " + evaluation_summary(entry))
         for s in entry["sites"]:
@@ -258,6 +264,8 @@ class Coordinator:
                 fraction_train=cfg.federation.fraction_train,
                 evaluate_every=cfg.eval.every,
                 on_round_end=self.on_round_end,
+                round_timeout=cfg.federation.round_timeout,
+                client_clip=cfg.privacy.client_clip if cfg.privacy.client_level else 0.0,
             )
             self._round_started = self._run_started = time.monotonic()
             try:

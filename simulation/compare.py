@@ -23,8 +23,8 @@ def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[di
     from xr0_core.eval.anatomy import anatomy_scores, pixel_anatomy_scores
     from xr0_core.eval.baseline import backbone_from_shared, random_init_backbone
     from xr0_core.runtime import resolve_device
-    from xr0_core.train.federated import initial_shared_state
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.ssl.factory import initial_shared_state
+    from xr0_core.train.trainer import SiteTrainer
 
     records = [r for d in dirs for r in index_site(d, verify_pixels=False).records]
     labelled = [r for r in records if r.anatomy]

@@ -15,6 +15,9 @@ Client-side contract (what a ClientApp must do to take part):
 Replies that fail validation (keys, shapes, dtype, non-finite values, optional update-norm bound) are
 dropped with a logged reason; a round with fewer than ``min_replies`` valid replies keeps the previous
 global weights (Flower's ``Strategy.start`` keeps ``arrays`` when ``aggregate_train`` returns ``None``).
+A hospital that was sent a message and did not answer within the round timeout is listed as ``dropped``
+with that reason (train and evaluate). An aggregate that is exactly zero, non-finite or vanishingly small
+(:func:`strategies.validate.aggregate_problem`) is a failed round with its reason, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from xr0_core import keys
+from xr0_core import record_keys as keys
 
 from .aggregate import ServerOptimizer, weighted_mean
 from .eval_aggregate import pooled_metrics
-from .validate import check_update
+from .validate import aggregate_problem, check_update
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ class FormedAggregate:
     warnings: list[str] = field(default_factory=list)
     fault: str = ""
     involved: list[int] = field(default_factory=list)
+    delta: dict[str, np.ndarray] | None = None  # mean - global in float64 when known exactly (else computed)
+    resolution: float = 0.0  # per-coordinate error of the mean (secure aggregation's quantization bound)
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -221,6 +226,10 @@ class XR0FedAvg(FedAvg):
         Federated evaluation after every K-th round and after the last (0: last only).
     on_round_end : callable, optional
         Called with each :class:`RoundOutcome` (train and evaluate): the server app checkpoints there.
+    round_timeout : float
+        ``federation.round-timeout`` (only to word the reason of a hospital that did not answer in time).
+    client_clip : float
+        Client-level DP's clip norm (0: off): an aggregate far below it is a failed round.
     """
 
     def __init__(
@@ -240,6 +249,8 @@ class XR0FedAvg(FedAvg):
         fraction_train: float = 1.0,
         evaluate_every: int = 0,
         on_round_end: Callable[[RoundOutcome], None] | None = None,
+        round_timeout: float = 0.0,
+        client_clip: float = 0.0,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -264,7 +275,11 @@ class XR0FedAvg(FedAvg):
         self.weight_cap = weight_cap
         self.evaluate_every = evaluate_every
         self.on_round_end = on_round_end
+        self.round_timeout = round_timeout
+        self.client_clip = client_clip
         self._sent: dict[str, np.ndarray] | None = None
+        self._train_nodes: list[int] = []  # hospitals sent this round's train message
+        self._eval_nodes: list[int] = []  # hospitals sent this round's evaluate message
 
     def global_round(self, server_round: int) -> int:
         return self.round_offset + server_round
@@ -288,7 +303,21 @@ class XR0FedAvg(FedAvg):
     ) -> Iterable[Message]:
         g = self.global_round(server_round)
         self._sent = arrays_to_numpy(arrays)
-        return super().configure_train(g, arrays, self.round_config(g, config), grid)
+        messages = list(super().configure_train(g, arrays, self.round_config(g, config), grid))
+        self._train_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        return messages
+
+    def silent_sites(self, nodes: Iterable[int], answered: Iterable[int], what: str) -> list[SiteOutcome]:
+        """A ``dropped`` outcome for every hospital of ``nodes`` that did not answer (Flower's
+        ``send_and_receive`` simply leaves out replies missing at the timeout)."""
+        seen = set(answered)
+        limit = f"federation.round-timeout ({self.round_timeout:g} s)" if self.round_timeout else "the round timeout"
+        return [SiteOutcome(n, "dropped", f"{what}: no reply within {limit}") for n in nodes if n not in seen]
+
+    def vanished(self, mean_delta: dict[str, np.ndarray], resolution: float = 0.0) -> str:
+        """The reason an aggregated update must not count as a trained round ("" when it may)."""
+        return aggregate_problem(mean_delta, self._sent or {}, resolution=resolution,
+                                 client_clip=self.client_clip) or ""
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -313,10 +342,16 @@ class XR0FedAvg(FedAvg):
         new_arrays: ArrayRecord | None = None
         reason = agg.reason
         if agg.mean is not None and ok >= self.min_replies:
-            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, agg.mean))
+            delta = agg.delta if agg.delta is not None else {
+                k: agg.mean[k].astype(np.float64) - self._sent[k] for k in self._sent}
+            reason = self.vanished(delta, resolution=agg.resolution)
+            if reason:
+                log.warning("round %d failed: %s", g, reason)
+            else:
+                new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, agg.mean))
         elif agg.mean is not None or not reason:
-            reason = f"{ok} valid replies < federation.min-replies {self.min_replies}; global weights unchanged"
-            log.warning("round %d: %s", g, reason)
+            reason = f"{ok} valid replies < federation.min-replies {self.min_replies}"
+            log.warning("round %d: %s; global weights unchanged", g, reason)
         else:
             log.warning("round %d: %s", g, reason)
         metrics["server-aggregate-seconds"] = time.perf_counter() - t0
@@ -344,6 +379,7 @@ class XR0FedAvg(FedAvg):
             sites.append(outcome)
             if update is not None:
                 accepted.append((update, outcome.metrics[keys.NUM_EXAMPLES]))
+        sites += self.silent_sites(self._train_nodes, [s.node_id for s in sites], "train")
         metrics = weighted_metrics(sites)
         if not accepted:
             return FormedAggregate(sites, None, metrics)
@@ -392,8 +428,11 @@ class XR0FedAvg(FedAvg):
         last = g == self.total_rounds
         periodic = self.evaluate_every > 0 and g % self.evaluate_every == 0
         if not (last or periodic):
+            self._eval_nodes = []
             return []
-        return super().configure_evaluate(g, arrays, self.round_config(g, config), grid)
+        messages = list(super().configure_evaluate(g, arrays, self.round_config(g, config), grid))
+        self._eval_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         g = self.global_round(server_round)
@@ -421,6 +460,7 @@ class XR0FedAvg(FedAvg):
                 sites.append(SiteOutcome(node, "dropped", "evaluation reply without a valid num-examples", metrics))
                 continue
             sites.append(SiteOutcome(node, "ok", "", metrics))
+        sites += self.silent_sites(self._eval_nodes, [s.node_id for s in sites], "evaluate")
         if not sites:
             return None
         # Per-task example weights (<task>/num-examples), per-site numbers stay in `sites`.

@@ -128,7 +128,7 @@ def export_multimodal_from_shared(cfg: Any, shared: dict[str, Any], out_dir: str
     for ``run.json`` and the report."""
     import numpy as np
 
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     model = build_model(cfg)
     model.load_shared_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in shared.items()})

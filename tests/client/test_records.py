@@ -5,7 +5,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from client.records import RecordError, parse_instruction, train_reply_content
 from client.site import SiteConfigError, resolve_site
-from xr0_core import keys
+from xr0_core import record_keys as keys
 from xr0_core.config import from_flat
 
 

@@ -154,7 +154,7 @@ def test_parallel_prepare_equals_serial(tmp_path):
 def test_open_site_images_picks_prepared_and_trains(tmp_path):
     from xr0_core.config import from_flat
     from xr0_core.data.source import open_site_images
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     data = _site(tmp_path, 6)
     cfg = from_flat({"model.backbone": "vit-micro-p8", "model.img-size": 16, "ssl.local-size": 8,

@@ -15,7 +15,7 @@ from xr0_core.eval.baseline import (
 
 
 def test_random_init_is_the_round0_student_backbone(fast_cfg):
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     a = random_init_backbone(fast_cfg).state_dict()
     b = build_model(fast_cfg).student["backbone"].state_dict()

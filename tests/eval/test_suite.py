@@ -15,7 +15,7 @@ FAMILIES = ("classification", "retrieval", "segmentation", "landmarks", "groundi
 
 def _other_weights(cfg):
     from xr0_core.config import from_flat
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     return build_model(from_flat({**cfg.to_flat(), "seed": cfg.seed + 1})).shared_state_dict()
 
@@ -37,7 +37,7 @@ def test_every_family_reports_pretrained_and_random(fast_cfg, records):
 
 def test_same_backbone_gives_same_numbers_as_baseline(fast_cfg, records):
     """Heads are seeded identically for both backbones: evaluating the random init itself equals the baseline."""
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     cfg = dataclasses.replace(fast_cfg, eval=dataclasses.replace(fast_cfg.eval, tasks="classification,segmentation"))
     result = evaluate_backbone(cfg, records, build_model(cfg).shared_state_dict(), device="cpu")

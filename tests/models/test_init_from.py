@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from xr0_core.config import ConfigError, from_flat
 from xr0_core.models.init_from import InitFromError, file_sha256
-from xr0_core.train.state import build_model
+from xr0_core.ssl.factory import build_model
 
 MICRO = {"model.backbone": "vit-micro-p8", "model.img-size": 64, "ssl.local-size": 32}
 

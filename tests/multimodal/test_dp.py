@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
-from xr0_core.train.federated import RoundSpec, initial_shared_state
-from xr0_core.train.state import SiteTrainer, build_model
+from xr0_core.ssl.factory import build_model, initial_shared_state
+from xr0_core.train.round_state import RoundSpec
+from xr0_core.train.trainer import SiteTrainer
 
 from .conftest import paired_cache
 

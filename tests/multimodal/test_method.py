@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from xr0_core.ssl.factory import build_model, initial_shared_state
 from xr0_core.ssl.multimodal import MultimodalXR0, text_shared_names
-from xr0_core.train.federated import RoundSpec, initial_shared_state, run_local_round
-from xr0_core.train.state import SiteTrainer, build_model
+from xr0_core.train.round_state import RoundSpec, run_local_round
+from xr0_core.train.trainer import SiteTrainer
 
 from .conftest import paired_cache
 

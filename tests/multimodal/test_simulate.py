@@ -54,7 +54,7 @@ def test_hospital_without_reports_trains_in_the_same_federation(mm_run):
 def test_only_float_weights_and_scalar_metrics_leave_a_hospital(mm_run):
     from xr0_core.config import from_flat
     from xr0_core.data.manifest import load_manifest
-    from xr0_core.train.federated import initial_shared_state
+    from xr0_core.ssl.factory import initial_shared_state
 
     data, out, summary, _ = mm_run
     cfg = from_flat({k: v for k, v in summary["config"].items()})

@@ -19,7 +19,7 @@ from tests.privacy.test_dp_ranks import (
 from tests.privacy.conftest import patient_cache
 from xr0_core.privacy.dp import DPSession
 from xr0_core.train.distributed import init_from_env
-from xr0_core.train.state import SiteTrainer
+from xr0_core.train.trainer import SiteTrainer
 
 
 def main(out: str) -> int:

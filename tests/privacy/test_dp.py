@@ -10,7 +10,7 @@ from xr0_core.data.dataset import BatchMaker
 from xr0_core.privacy import dp
 from xr0_core.privacy.units import PoissonUnitSampler, privacy_units
 from xr0_core.ssl.schedules import Schedules
-from xr0_core.train.state import SiteTrainer
+from xr0_core.train.trainer import SiteTrainer
 
 from .conftest import patient_cache, tiny_cfg
 

@@ -73,7 +73,8 @@ def test_two_ranks_release_the_same_gradients_and_weights_as_one_process(ranks):
     from safetensors.torch import load_file
 
     from xr0_core.privacy.dp import DPSession
-    from xr0_core.train.state import SiteTrainer, build_model
+    from xr0_core.train.trainer import SiteTrainer
+    from xr0_core.ssl.factory import build_model
 
     seed = chosen_seed()
     counts = unit_counts(seed)
@@ -138,7 +139,7 @@ def test_session_attached_before_the_group_is_refused():
     """A DPSession built before ``trainer.dist`` was set would add noise on every rank: refused."""
     from xr0_core.privacy.dp import DPSession
     from xr0_core.train.distributed import DistContext
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     tr = SiteTrainer(config(), [], site="h", cache=patient_cache(PATIENTS))
     tr.dp = DPSession(tr, noise_multiplier=SIGMA, sample_rate=Q, seed=0)

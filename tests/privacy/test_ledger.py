@@ -13,8 +13,9 @@ import pytest
 from xr0_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
 from xr0_core.site.policy import SitePolicy, load_policy, policy_path, save_policy, with_values
 from xr0_core.site.round import run_site_round
-from xr0_core.train.federated import RoundSpec, initial_shared_state
-from xr0_core.train.state import SiteTrainer
+from xr0_core.train.round_state import RoundSpec
+from xr0_core.ssl.factory import initial_shared_state
+from xr0_core.train.trainer import SiteTrainer
 
 from .conftest import patient_cache, tiny_cfg
 

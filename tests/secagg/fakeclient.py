@@ -7,7 +7,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client import secagg as client_secagg
-from xr0_core import keys
+from xr0_core import record_keys as keys
 
 SHAPES = {"a.weight": (6, 5), "b.bias": (7,), "c": (3, 2, 2)}
 

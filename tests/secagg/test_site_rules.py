@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client import secagg as client_secagg
-from xr0_core import keys
+from xr0_core import record_keys as keys
 from xr0_core.secagg import identity
 from xr0_core.site.policy import PolicyError, SitePolicy, from_mapping, save_policy, with_values
 

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from client import secagg as client_secagg
 from server.run import Coordinator
 from simulation.inprocess import InProcessGrid
-from xr0_core import keys
+from xr0_core import record_keys as keys
 from xr0_core.config import from_flat
 from xr0_core.secagg.wire import CONSISTENCY, MASKED, REC, TRAIN_ACTION, WORDS
 
@@ -202,7 +202,7 @@ def test_a_huge_num_examples_counts_as_the_weight_cap(tmp_path):
     # The aggregate is the weighted mean with BAD at the cap: check one parameter against it.
     from safetensors.numpy import load_file
 
-    from xr0_core.train.federated import initial_shared_state
+    from xr0_core.ssl.factory import initial_shared_state
 
     cfg = from_flat({"preset": "cpu-tiny"})
     start = {k: v.numpy() for k, v in initial_shared_state(cfg).items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from xr0_core import keys
+from xr0_core import record_keys as keys
 
 
 def _is_train(msg: Message) -> bool:

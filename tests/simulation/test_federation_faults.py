@@ -60,7 +60,7 @@ def test_round_goes_on_without_the_crashed_and_the_nan_hospital(faulty_run):
 
 def test_every_outgoing_message_holds_only_float_shared_weights_and_scalars(faulty_run):
     cfg, out = faulty_run
-    from xr0_core.train.federated import initial_shared_state
+    from xr0_core.ssl.factory import initial_shared_state
 
     shared = {k: (tuple(v.shape)) for k, v in initial_shared_state(cfg).items()}
     entries = []

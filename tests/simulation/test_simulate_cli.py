@@ -73,7 +73,7 @@ def test_simulate_writes_every_promised_output(finished_run):
     assert "SSL health" in report and card["ssl_health"]["status"] == summary["health"]["status"]
     # Each hospital kept its own local SSL state; the weights moved away from the initial ones.
     from xr0_core.config import from_flat
-    from xr0_core.train.federated import initial_shared_state
+    from xr0_core.ssl.factory import initial_shared_state
 
     cfg = from_flat({"preset": "cpu-tiny", **FAST})
     init = initial_shared_state(cfg)

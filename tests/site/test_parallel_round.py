@@ -13,7 +13,8 @@ import torch
 from xr0_core.config import from_flat
 from xr0_core.privacy.ledger import PrivacyLedger
 from xr0_core.site.policy import SitePolicy, load_policy, policy_path, save_policy, with_values
-from xr0_core.train.federated import RoundSpec, initial_shared_state
+from xr0_core.train.round_state import RoundSpec
+from xr0_core.ssl.factory import initial_shared_state
 
 from tests.train.toydata import write_toy_site
 
@@ -59,7 +60,7 @@ def _leftovers(state: Path) -> list[Path]:
 
 def test_two_processes_train_the_same_shared_weights_as_one(tmp_path, site_images):
     from xr0_core.site.round import run_parallel_site_round, run_site_round
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     cfg = from_flat(CFG)
     start = initial_shared_state(cfg)
@@ -96,7 +97,7 @@ def test_private_round_on_two_processes_charges_the_ledger_once(tmp_path, site_i
 
 
 def test_failed_rank_raises_and_leaves_the_round_charged_not_committed(tmp_path, site_images):
-    from xr0_core.site.parallel import ParallelRoundError
+    from xr0_core.site.launch.parallel import ParallelRoundError
     from xr0_core.site.round import run_parallel_site_round
 
     cfg = from_flat({**CFG, **DP})
@@ -114,7 +115,7 @@ def test_failed_rank_raises_and_leaves_the_round_charged_not_committed(tmp_path,
 
 def test_process_count_refusals_come_before_any_charge(tmp_path, monkeypatch):
     import xr0_core.runtime
-    from xr0_core.site.parallel import ParallelRoundError, check_workers
+    from xr0_core.site.launch.parallel import ParallelRoundError, check_workers
 
     cfg = from_flat(CFG)
     with pytest.raises(ParallelRoundError, match="batch-size 4 must be a multiple of node config gpus = 3"):
@@ -131,7 +132,7 @@ def test_process_count_refusals_come_before_any_charge(tmp_path, monkeypatch):
 def test_records_survive_the_trip_to_the_ranks(site_images):
     from dataclasses import replace
 
-    from xr0_core.site.parallel import record_from_json, record_to_json
+    from xr0_core.site.launch.parallel import record_from_json, record_to_json
 
     rec = replace(site_images[0], labels={"fracture": 1}, landmarks=((1.0, 2.5),),
                   boxes=({"phrase": "nodule", "box": (1, 2, 3, 4)},), mask_path=Path("/m.png"))

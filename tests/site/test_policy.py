@@ -11,7 +11,7 @@ import torch
 from tests.privacy.conftest import patient_cache, tiny_cfg
 from tests.privacy.test_ledger import _independent_epsilon, _round, site_with_budget
 
-from xr0_core.privacy.budget import NoiseAboveCap, RoundRequest, UnitMismatch, reserve_round
+from xr0_core.privacy.reservation import NoiseAboveCap, RoundRequest, UnitMismatch, reserve_round
 from xr0_core.privacy.ledger import STATUS_COMMITTED, STATUS_PENDING, PrivacyBudgetExceeded, PrivacyLedger, Release
 from xr0_core.site.policy import (
     PolicyError, PolicyRefusal, SitePolicy, load_policy, negotiate, policy_path, save_policy, with_values,
@@ -130,9 +130,10 @@ def _crash_points():
         raise SystemExit("killed")
 
     return {
-        "during training": lambda mp: mp.setattr("xr0_core.train.state.SiteTrainer.train", boom),
+        "during training": lambda mp: mp.setattr("xr0_core.train.trainer.SiteTrainer.train", boom),
         "after training, before the state is saved": lambda mp: mp.setattr(site_round, "save_round_state", boom),
-        "after the state is saved, before commit": lambda mp: mp.setattr("xr0_core.privacy.round.commit_round", boom),
+        "after the state is saved, before commit":
+            lambda mp: mp.setattr("xr0_core.privacy.private_round.commit_round", boom),
         "after commit, before the reply": lambda mp: mp.setattr(site_round, "release_metrics", boom),
     }
 
@@ -218,7 +219,7 @@ def test_one_units_presence_changes_nothing_about_the_others(route):
     extra patient in the batch (keyed by image path and a secret round seed, never by batch position)."""
     from xr0_core.data.dataset import BatchMaker
     from xr0_core.privacy.dp import GRAD_ROUTES, dp_objective_config
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     cfg = dp_objective_config(tiny_cfg(**{"model.drop-path": 0.0}))
     base, grown, mid = _with_extra_unit([0, 0, 1, 2, 3], extra_images=2)
@@ -262,7 +263,7 @@ def test_a_process_killed_mid_training_leaves_its_round_charged(tmp_path):
         import os, sys
         sys.path.insert(0, {str(repo)!r})
         from pathlib import Path
-        import xr0_core.train.state as state
+        import xr0_core.train.trainer as state
         def die(self, *a, **k):
             os._exit(9)
         state.SiteTrainer.train = die

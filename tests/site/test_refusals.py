@@ -10,7 +10,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from tests.privacy.test_ledger import _independent_epsilon, _round
-from xr0_core import keys
+from xr0_core import record_keys as keys
 from xr0_core.data.splits import private_partition
 from xr0_core.secagg import identity
 from xr0_core.site.policy import PolicyError, PolicyRefusal, SitePolicy, policy_path, save_policy, with_values

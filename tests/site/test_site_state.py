@@ -16,7 +16,7 @@ from client.site import SiteConfigError, resolve_site
 from xr0_core.data.splits import private_partition, unit_of
 from xr0_core.privacy.ledger import PrivacyLedger, Release
 from xr0_core.site.policy import PolicyRefusal
-from xr0_core.train.federated import initial_shared_state
+from xr0_core.ssl.factory import initial_shared_state
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from tests.train.test_distributed import STEPS, config, images
 from xr0_core.train.distributed import init_from_env
-from xr0_core.train.state import SiteTrainer
+from xr0_core.train.trainer import SiteTrainer
 
 
 def main(out: str) -> int:

@@ -60,7 +60,7 @@ def test_pretrain_writes_outputs(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, capsys, monkeypatch):
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     data = write_toy_site(tmp_path / "site", 9, seed=1, size=40, with_split=True)
     assert _pretrain(data, tmp_path / "one", 4) == 0

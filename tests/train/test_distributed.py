@@ -35,7 +35,7 @@ def images() -> ImageCache:
 def test_two_gloo_ranks_match_one_process(tmp_path):
     from safetensors.torch import load_file
 
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     from tests.torchrun import run_torchrun
 
@@ -57,7 +57,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     dist_metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert dist_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     # Something was learned (the comparison is not between two untouched models).
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     start = build_model(config()).shared_state_dict()
     assert any(not torch.allclose(start[k], one[k]) for k in one)

@@ -12,7 +12,7 @@ import torch
 from xr0_core.config import from_flat
 from xr0_core.data.dataset import ImageCache
 from xr0_core.train.loop import host_metrics
-from xr0_core.train.state import SiteTrainer
+from xr0_core.train.trainer import SiteTrainer
 
 TINY = {"model.backbone": "vit-micro-p8", "model.img-size": 16, "ssl.local-size": 8, "train.load-size": 16,
         "train.batch-size": 4, "ssl.n-local-crops": 2, "train.device": "cpu"}

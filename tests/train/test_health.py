@@ -10,7 +10,7 @@ from torch import nn
 from xr0_core.config import from_flat
 from xr0_core.data.dataset import ImageCache
 from xr0_core.train.health import COLLAPSED, NOT_LEARNING, OK, assess, knn_probe, probe_health, rankme, ssl_health
-from xr0_core.train.state import SiteTrainer
+from xr0_core.train.trainer import SiteTrainer
 
 from .test_trainer import TINY
 

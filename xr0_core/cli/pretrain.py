@@ -307,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
         return _launch_ranks(args)
     from xr0_core.train.distributed import init_from_env
 
-    from xr0_core.site.rank import rank_device
+    from xr0_core.site.launch.rank import rank_device
 
     ctx = None
     if args.gpus > 1:  # a rank under torchrun (launched by _launch_ranks)
@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _launch_ranks(args: argparse.Namespace) -> int:
     """Re-run this very command under torchrun on ``args.gpus`` processes (refused first if they cannot run)."""
-    from xr0_core.site.parallel import ParallelRoundError, check_workers
+    from xr0_core.site.launch.parallel import ParallelRoundError, check_workers
     from xr0_core.train.distributed import launch
 
     cfg = _build_config(args)
@@ -361,7 +361,7 @@ def _pretrain(args: argparse.Namespace, con, ctx=None) -> dict[str, Any]:
 
     from xr0_core.data.dataset import ssl_records
     from xr0_core.export import export_backbone
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.trainer import SiteTrainer
 
     cfg = _build_config(args)
     total = cfg.train.steps
@@ -387,7 +387,7 @@ def _pretrain(args: argparse.Namespace, con, ctx=None) -> dict[str, Any]:
         dist.barrier()
     device = None
     if ctx is not None:
-        from xr0_core.site.rank import rank_device
+        from xr0_core.site.launch.rank import rank_device
 
         device = rank_device(cfg)
     trainer = SiteTrainer(cfg, train_records, site=SITE, cache=images, device=device)

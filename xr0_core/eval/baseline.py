@@ -39,7 +39,7 @@ def random_init_backbone(cfg: XR0Config) -> nn.Module:
 
 def backbone_from_shared(cfg: XR0Config, shared: Mapping[str, torch.Tensor] | None) -> nn.Module:
     """The student backbone with ``shared`` weights loaded (``None``: the random-init round-0 weights)."""
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     model = build_model(cfg)
     if shared is not None:

@@ -119,7 +119,7 @@ def evaluate_zeroshot(cfg: XR0Config, records: Sequence[Any], shared: Mapping[st
         ``tasks`` / ``baseline_random``: task -> {metric: value}; ``counts``: task -> pairs scored;
         ``skipped``: reasons.
     """
-    from xr0_core.train.state import build_model
+    from xr0_core.ssl.factory import build_model
 
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
     result: dict[str, Any] = {"tasks": {}, "baseline_random": {}, "counts": {}, "skipped": []}

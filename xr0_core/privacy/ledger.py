@@ -9,7 +9,7 @@ Writes are atomic (temp file, fsync, rename) and serialised across processes by 
 ``ledger.lock``: a SuperNode restarted mid-round, or two Ray actors serving the same hospital, can never
 lose or tear a release. A round's release is *reserved* (written as ``pending``, counted in full) in the same
 locked transaction as the budget check, before any training, and committed after
-(:mod:`xr0_core.privacy.budget`): a crash at any point over-counts (safe) and never under-counts, and two
+(:mod:`xr0_core.privacy.reservation`): a crash at any point over-counts (safe) and never under-counts, and two
 concurrent runs cannot both spend the same remaining budget.
 
 The budget, delta and accountant belong to the site policy (:mod:`xr0_core.site.policy`); a ledger written

@@ -14,7 +14,7 @@ them together in the only order that never under-counts:
    multiplier; ``num-examples`` is the policy's declared weight, not the site's count).
 
 :func:`run_parallel_site_round` is the same order with steps 2 and 4 on ``W`` data-parallel processes (node config
-``gpus``; :mod:`xr0_core.site.parallel`): reservation and commit stay here, once per round.
+``gpus``; :mod:`xr0_core.site.launch.parallel`): reservation and commit stay here, once per round.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Mapping
 import torch
 
 from xr0_core.site.policy import PolicyRefusal, SitePolicy, negotiate
-from xr0_core.train.federated import RoundSpec, run_local_round, save_round_state, start_round
+from xr0_core.train.round_state import RoundSpec, run_local_round, save_round_state, start_round
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
 
     Parameters
     ----------
-    trainer : xr0_core.train.state.SiteTrainer
+    trainer : xr0_core.train.trainer.SiteTrainer
         Fresh (no local history yet); under DP its cache holds only the site's training patients.
     policy : SitePolicy
         The hospital's policy (:func:`xr0_core.site.state.site_policy`).
@@ -59,7 +59,7 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
     if not terms.private:
         shared, metrics = run_local_round(trainer, global_weights, spec, state_dir, progress=progress)
         return shared, release_metrics(policy, metrics, private=False)
-    from xr0_core.privacy.round import begin_private_round
+    from xr0_core.privacy.private_round import begin_private_round
 
     start_round(trainer, global_weights, spec, state_dir)
     private = begin_private_round(trainer, spec, state_dir, terms)  # charged from here on
@@ -78,16 +78,16 @@ def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tens
     """:func:`run_site_round` with the training on ``workers`` data-parallel processes (node config ``gpus``).
 
     Same order and the same single reservation: policy -> process-count check -> (private) reserve once HERE
-    -> the ranks load state, train and rank 0 saves it (:func:`xr0_core.site.parallel.launch_round`) ->
+    -> the ranks load state, train and rank 0 saves it (:func:`xr0_core.site.launch.parallel.launch_round`) ->
     (private) commit once HERE with the steps the ranks ran -> filtered metrics. A failed rank raises
-    :class:`~xr0_core.site.parallel.ParallelRoundError` after the reservation: the round stays charged.
+    :class:`~xr0_core.site.launch.parallel.ParallelRoundError` after the reservation: the round stays charged.
 
     Parameters
     ----------
     images : ImageSource
         The site's training images (``kept`` gives the privacy units); the ranks reopen the same source.
     """
-    from xr0_core.site.parallel import check_workers, launch_round
+    from xr0_core.site.launch.parallel import check_workers, launch_round
 
     terms = negotiate(policy, cfg)
     check_workers(cfg, workers, private=terms.private)  # refused before anything is charged
@@ -95,7 +95,7 @@ def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tens
         shared, metrics, _ = launch_round(cfg, images, global_weights, spec, state_dir, site=site,
                                           workers=workers, progress=progress)
         return shared, release_metrics(policy, metrics, private=False)
-    from xr0_core.privacy.round import reserve_private_round
+    from xr0_core.privacy.private_round import reserve_private_round
 
     len(images)  # decode now: units come from the kept records
     private = reserve_private_round(cfg, images.kept, spec, state_dir, terms)  # charged from here on

@@ -293,11 +293,6 @@ class MultimodalXR0(XR0SSL):
         return {k: v for k, v in super().shared_keys().items() if k not in self._private}
 
 
-def build_method(cfg: XR0Config) -> XR0SSL:
-    """The SSL method of ``cfg``: :class:`MultimodalXR0` with ``multimodal.enabled``, else :class:`XR0SSL`."""
-    return MultimodalXR0(cfg) if cfg.multimodal.enabled else XR0SSL(cfg)
-
-
 def text_shared_names(model: nn.Module) -> list[str]:
     """Shared keys that belong to the text side (for reports and tests)."""
     return sorted(k for k in model.shared_keys() if k.startswith((f"{TEXT}.", f"{CONTRAST}.text_proj.")))

@@ -25,7 +25,7 @@ gradients; rank 0 adds the ONE Gaussian noise draw to its partial sum and a sing
 (:func:`all_reduce_sum_`) gives every rank ``sum of clipped unit gradients + noise``, divided by the same
 expected batch size ``q * n_units`` as one process. The accountant sees one mechanism (q, sigma, steps); the
 ledger is reserved and committed once per site, by the process that launched the ranks
-(:mod:`xr0_core.site.parallel`).
+(:mod:`xr0_core.site.launch.parallel`).
 
 References: Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training" (VLDB 2020);
 ``torch.nn.parallel.DistributedDataParallel`` (which also averages gradients by all-reduce).

@@ -1,5 +1,6 @@
-"""One rank of a site's data-parallel local round: ``python -m torch.distributed.run ... -m xr0_core.site.rank
-FOLDER`` (launched by :func:`xr0_core.site.parallel.launch_round`, which also documents FOLDER's files).
+"""One rank of a site's data-parallel local round:
+``python -m torch.distributed.run ... -m xr0_core.site.launch.rank FOLDER``
+(launched by :func:`xr0_core.site.launch.parallel.launch_round`, which also documents FOLDER's files).
 
 Every rank: join the group (nccl on CUDA with ``cuda:LOCAL_RANK``, gloo on CPU), reopen the site's images, load
 the global weights and the site's state of this run, attach the reserved DP-SGD session (the ranks agree on
@@ -28,23 +29,23 @@ def rank_device(cfg) -> torch.device:
 
 
 def run_rank(folder: Path) -> None:
-    """Train this rank's share of the round described in ``folder`` (see :mod:`xr0_core.site.parallel`)."""
+    """Train this rank's share of the round described in ``folder`` (see :mod:`xr0_core.site.launch.parallel`)."""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
 
     from xr0_core.atomic import atomic_write
     from xr0_core.config import from_flat
-    from xr0_core.site.parallel import JOB, RESULT, SHARED, WEIGHTS, record_from_json, reopen_images
+    from xr0_core.site.launch.parallel import JOB, RESULT, SHARED, WEIGHTS, record_from_json, reopen_images
     from xr0_core.train.distributed import init_from_env
-    from xr0_core.train.federated import RoundSpec, save_round_state, start_round
-    from xr0_core.train.state import SiteTrainer
+    from xr0_core.train.round_state import RoundSpec, save_round_state, start_round
+    from xr0_core.train.trainer import SiteTrainer
 
     job = json.loads((folder / JOB).read_text())
     cfg = from_flat(job["run_config"])
     device = rank_device(cfg)
     ctx = init_from_env("nccl" if device.type == "cuda" else "gloo")
     if ctx is None:
-        raise RuntimeError("xr0_core.site.rank runs under torchrun with WORLD_SIZE >= 2")
+        raise RuntimeError("xr0_core.site.launch.rank runs under torchrun with WORLD_SIZE >= 2")
     try:
         records = [record_from_json(r) for r in job["records"]]
         images = reopen_images(job["images"], records)
@@ -54,7 +55,7 @@ def run_rank(folder: Path) -> None:
         state_dir = Path(job["state_dir"])
         start_round(trainer, load_file(str(folder / WEIGHTS)), spec, state_dir)
         if job["dp"] is not None:
-            from xr0_core.privacy.round import attach_session
+            from xr0_core.privacy.private_round import attach_session
 
             dp = job["dp"]
             attach_session(trainer, float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["n_units"]))
@@ -76,7 +77,7 @@ def run_rank(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m torch.distributed.run --nproc-per-node W -m xr0_core.site.rank FOLDER",
+        print("usage: python -m torch.distributed.run --nproc-per-node W -m xr0_core.site.launch.rank FOLDER",
               file=sys.stderr)
         return 2
     run_rank(Path(args[0]))

@@ -6,8 +6,8 @@ per round: :func:`xr0_core.site.round.run_parallel_site_round`) hands the round 
 1. a private folder (``mkdtemp``: mode 0700, inside the site's state folder, removed afterwards) receives the
    round's inputs: ``job.json`` (run config, site name, round spec, state folder, the training records and how
    to reopen their images, the reserved DP terms) and ``weights.safetensors`` (the global weights);
-2. ``python -m torch.distributed.run --standalone --nproc-per-node W -m xr0_core.site.rank <folder>``: every
-   rank loads the global weights and the site's state, trains its share (:mod:`xr0_core.train.distributed`;
+2. ``python -m torch.distributed.run --standalone --nproc-per-node W -m xr0_core.site.launch.rank <folder>``:
+   every rank loads the global weights and the site's state, trains its share (:mod:`xr0_core.train.distributed`;
    DP-SGD across ranks: :mod:`xr0_core.privacy.dp_ranks`); rank 0 saves the site's state and writes
    ``shared.safetensors`` and ``result.json`` (metrics, DP steps run);
 3. the launcher reads them back. A rank that fails makes torchrun stop the others; the launcher raises
@@ -139,7 +139,7 @@ def launch_round(cfg: XR0Config, images, global_weights: Mapping[str, torch.Tens
     ----------
     images : ImageSource
         The launcher's training images (their ``kept`` records are handed to the ranks).
-    spec : xr0_core.train.federated.RoundSpec
+    spec : xr0_core.train.round_state.RoundSpec
     dp : dict, optional
         ``noise_multiplier``, ``sample_rate``, ``n_units`` of the reserved private round (None: no DP-SGD).
 
@@ -185,8 +185,8 @@ def launch_round(cfg: XR0Config, images, global_weights: Mapping[str, torch.Tens
 
 
 def _run_torchrun(folder: Path, workers: int) -> int:
-    """torchrun over :mod:`xr0_core.site.rank`, the ranks' output in ``folder/ranks.log``."""
+    """torchrun over :mod:`xr0_core.site.launch.rank`, the ranks' output in ``folder/ranks.log``."""
     from xr0_core.train.distributed import launch
 
     with (folder / RANKS_LOG).open("wb") as out:
-        return launch("xr0_core.site.rank", [str(folder)], workers, stdout=out)
+        return launch("xr0_core.site.launch.rank", [str(folder)], workers, stdout=out)

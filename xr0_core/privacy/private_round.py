@@ -4,11 +4,11 @@ Called by :mod:`xr0_core.site.round` only, which composes policy, training and t
 ``xr0_core.train`` knows nothing of privacy).
 
 1. :func:`begin_private_round`: privacy units from the site's training records, Poisson rate q, then the
-   reservation (:func:`reserve_private_round` -> :func:`xr0_core.privacy.budget.reserve_round`: budget, run
+   reservation (:func:`reserve_private_round` -> :func:`xr0_core.privacy.reservation.reserve_round`: budget, run
    cap, noise cap and unit checks, release charged as pending), then (:func:`attach_session`) a
    :class:`~xr0_core.privacy.dp.DPSession` with the reserved sigma and a fresh secret per-round seed for views
    and masks. A round on several processes reserves once in the launching process and attaches a session on
-   every rank (:mod:`xr0_core.site.parallel`).
+   every rank (:mod:`xr0_core.site.launch.parallel`).
 2. training (by the caller);
 3. :meth:`PrivateRound.finish`: client-level clip + noise, commit the reservation, and the metrics that may
    leave (epsilon, delta, budget, DP steps; never losses, the sample rate or the noise multiplier, which
@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from xr0_core.privacy.budget import Reservation, RoundRequest, commit_round, reserve_round
+from xr0_core.privacy.reservation import Reservation, RoundRequest, commit_round, reserve_round
 from xr0_core.privacy.units import privacy_units, sample_rate_for
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> Private
     ----------
     records : sequence
         The training images' records (``ImageSource.kept``): privacy units and q come from them.
-    spec : xr0_core.train.federated.RoundSpec
+    spec : xr0_core.train.round_state.RoundSpec
     terms : xr0_core.site.policy.PrivacyTerms
 
     Raises
@@ -115,7 +115,7 @@ def attach_session(trainer, noise_multiplier: float, sample_rate: float, n_units
     UnitMismatch
         The trainer's images form another number of units than the reservation was made for.
     """
-    from xr0_core.privacy.budget import UnitMismatch
+    from xr0_core.privacy.reservation import UnitMismatch
     from xr0_core.privacy.dp import DPSession
 
     n = privacy_units(trainer.cache.kept).n_units

@@ -16,8 +16,6 @@ from typing import Mapping
 
 import torch
 
-from xr0_core.config import XR0Config
-from xr0_core.runtime import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +32,6 @@ class RoundSpec:
     total_steps: int
     local_steps: int
     run_key: str
-
-
-def initial_shared_state(cfg: XR0Config) -> dict[str, torch.Tensor]:
-    """The round-0 global weights: a fresh XR0SSL built under a seed derived from the run seed.
-
-    The global torch RNG is forked, so calling this leaves the caller's random stream untouched.
-    """
-    from xr0_core.ssl.multimodal import build_method  # XR0SSL, or mXR-0 with multimodal.enabled
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        method = build_method(cfg)
-    from xr0_core.models.init_from import apply_init_from
-
-    apply_init_from(method, cfg.model)  # model.init-from (SHA-256 checked); no-op when unset
-    return method.shared_state_dict()
 
 
 def _state_dir(state_dir: Path, run_key: str) -> Path:
@@ -97,7 +79,7 @@ def save_round_state(trainer, spec: RoundSpec, state_dir: Path) -> Path:
 
 
 def run_local_round(
-    trainer,  # a fresh xr0_core.train.state.SiteTrainer (no local history yet)
+    trainer,  # a fresh xr0_core.train.trainer.SiteTrainer (no local history yet)
     global_weights: Mapping[str, torch.Tensor],
     spec: RoundSpec,
     state_dir: Path,

@@ -21,8 +21,8 @@ import torch
 
 from xr0_core.config import XR0Config
 from xr0_core.data.dataset import BatchMaker, ImageCache, StepDataset, ssl_records
-from xr0_core.runtime import derive_seed, resolve_device
-from xr0_core.ssl.method import XR0SSL
+from xr0_core.runtime import resolve_device
+from xr0_core.ssl.factory import build_model
 from xr0_core.ssl.schedules import Schedules
 from xr0_core.train.loop import build_optimizer, host_metrics, step_seed, train_step, trainable_parameters
 
@@ -33,20 +33,6 @@ _OPTIM_PREFIX = "optim."
 _META_KEY = "xr0"
 LOSS_CURVE_PREFIX = "loss-curve-"  # per-round summary of the per-step loss (scalars; see loss_curve_metrics)
 LOSS_CURVE_POINTS = 8
-
-
-def build_model(cfg: XR0Config) -> XR0SSL:
-    """The SSL model with initial weights from torch seed ``derive_seed(cfg.seed, "init")``: every site and the
-    server build the same start. The global torch RNG is forked, so callers' random state is untouched.
-    With ``multimodal.enabled`` it is mXR-0's :class:`~xr0_core.ssl.multimodal.MultimodalXR0`."""
-    from xr0_core.models.init_from import apply_init_from
-    from xr0_core.ssl.multimodal import build_method
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = build_method(cfg)
-    apply_init_from(model, cfg.model)  # model.init-from: a local backbone, SHA-256 checked (no-op when unset)
-    return model
 
 
 class SiteTrainer:
