@@ -29,8 +29,8 @@ and "the vector that gets masked". Both sample-level and client-level DP already
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -51,13 +51,42 @@ STATE_KEY = "xr0-secagg"  # context.state ConfigRecord holding this round's Clie
 TrainFn = Callable[[Message, Context], Message]
 
 
+class UploadLog(Protocol):
+    """Where a site records the (run key, round) pairs it uploaded for (:class:`xr0_core.site.refusals.UploadRecord`
+    on disk; :class:`MemoryUploads` in in-process harnesses)."""
+
+    def check(self, run_key: str, server_round: int) -> None: ...
+
+    def record(self, run_key: str, server_round: int) -> None: ...
+
+
+class MemoryUploads:
+    """:class:`UploadLog` in memory (tests, benchmarks): the same refusal as the on-disk record."""
+
+    def __init__(self) -> None:
+        self.done: set[tuple[str, int]] = set()
+
+    def check(self, run_key: str, server_round: int) -> None:
+        from xr0_core.site.policy import PolicyRefusal
+
+        if (run_key, int(server_round)) in self.done:
+            raise PolicyRefusal(f"secure aggregation: this hospital already sent its masked update for round "
+                                f"{server_round} of this run; it uploads once per round, refusing")
+
+    def record(self, run_key: str, server_round: int) -> None:
+        self.check(run_key, server_round)
+        self.done.add((run_key, int(server_round)))
+
+
 @dataclass(frozen=True)
 class SiteTrust:
-    """What a site brings to a secure round: its long-term signing key, its rules and its policy."""
+    """What a site brings to a secure round: its long-term signing key, its rules, its policy, and the record
+    of the rounds it already uploaded for (at most one masked upload per run and round)."""
 
     signer: bytes  # Ed25519 private key (never leaves the site)
     rules: ClientRules
     policy: SitePolicy
+    uploads: UploadLog = field(default_factory=MemoryUploads)
 
 
 TrustFn = Callable[[Context], SiteTrust]
@@ -65,7 +94,8 @@ TrustFn = Callable[[Context], SiteTrust]
 
 def rules_from_policy(policy: SitePolicy, pinned: frozenset[bytes] | None) -> ClientRules:
     return ClientRules(policy.secagg.min_threshold,
-                       policy.secagg.effective_min_degree(len(pinned) if pinned is not None else None), pinned)
+                       policy.secagg.effective_min_degree(len(pinned) if pinned is not None else None), pinned,
+                       policy.secagg.max_colluders)
 
 
 def site_trust(context: Context) -> SiteTrust:
@@ -78,7 +108,7 @@ def site_trust(context: Context) -> SiteTrust:
     curious coordinator only).
     """
     from xr0_core.config import from_flat
-    from xr0_core.site.refusals import pinned_peer_keys
+    from xr0_core.site.refusals import UploadRecord, pinned_peer_keys
 
     from .site import resolve_site
 
@@ -90,23 +120,26 @@ def site_trust(context: Context) -> SiteTrust:
         found = (identity.read_public(d) for d in site.state_dir.parent.iterdir() if d.is_dir())
         published = [k for k in found if k is not None]
     pinned = pinned_peer_keys(policy, identity.public_of(signer), published=published)
-    return SiteTrust(signer, rules_from_policy(policy, pinned), policy)
+    return SiteTrust(signer, rules_from_policy(policy, pinned), policy, UploadRecord(site.state_dir))
 
 
 def in_memory_trust(policy: SitePolicy | None = None) -> TrustFn:
     """Trust for in-process harnesses (tests, benchmarks): one signing key per node id made on first use,
     every key made so far pinned, the same ``policy`` at every node (default: the policy defaults)."""
     signers: dict[int, bytes] = {}
+    uploads: dict[int, MemoryUploads] = {}
     pol = policy or SitePolicy()
 
     def trust(context: Context) -> SiteTrust:
         node = int(context.node_id)
         if node not in signers:
             signers[node] = identity.generate_signing_key()
+            uploads[node] = MemoryUploads()
         pinned = frozenset(identity.public_of(k) for k in signers.values())
-        return SiteTrust(signers[node], rules_from_policy(pol, pinned), pol)
+        return SiteTrust(signers[node], rules_from_policy(pol, pinned), pol, uploads[node])
 
     trust.signers = signers  # type: ignore[attr-defined]  # tests reach in to play a hostile node
+    trust.uploads = uploads  # type: ignore[attr-defined]
     return trust
 
 
@@ -173,6 +206,10 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         rec = _rec(msg)
         trust = trust_fn(context)
         params = RoundParams.from_flat(rec)
+        if params.run_id != int(msg.metadata.run_id):
+            raise SecAggError("the setup message names another Flower run than the one it came in; refusing")
+        # A second session for a round this site already uploaded for is refused before any key is made.
+        trust.uploads.check(params.run_key, params.server_round)
         node = int(msg.metadata.dst_node_id)
         graph = graph_from_flat(rec) if "graph-nodes" in rec else None
         if graph is None:
@@ -182,8 +219,9 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         session = ClientSession.start(params, node, graph, trust.rules)
         pk = session.announce(trust.signer)
         _store(context, session)
+        pinned = len(trust.rules.pinned) - 1 if trust.rules.pinned is not None else 0  # peers, not itself
         return Message(RecordDict({REC: ConfigRecord({"c-pk": pk.c, "s-pk": pk.s, "sign-pk": pk.sign,
-                                                      "key-sig": pk.sig})}), reply_to=msg)
+                                                      "key-sig": pk.sig, "pinned": pinned})}), reply_to=msg)
 
     def share_keys(msg: Message, context: Context) -> Message:
         rec = _rec(msg)
@@ -206,6 +244,14 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         session = _load(context, _round_of(rec))
         trust = trust_fn(context)
         _refresh(session, trust)
+        # The session is bound to the training round it masks: the train instruction must be for that round
+        # of that run (else one session could carry another round's training, or one round train twice).
+        config = msg.content.config_records.get(keys.CONFIG)
+        if (config is None or int(config.get(keys.SERVER_ROUND, -1)) != session.params.server_round
+                or str(config.get("run-key", "")) != session.params.run_key):
+            raise SecAggError("the train instruction is for another round or run than this secure-aggregation "
+                              "session; refusing")
+        trust.uploads.check(session.params.run_key, session.params.server_round)
         srcs = _ints(rec, "src")
         # Shares first: a site that cannot get t - 1 authentic shares drops out before spending a round training.
         cts = list(rec["ct"]) if srcs else []
@@ -226,6 +272,8 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         num_examples = float(metrics.pop(keys.NUM_EXAMPLES))  # travels only inside the masked vector
         update = prepare_update(flatten(new_arrays) - flatten(global_arrays), context)
         upload = session.mask(update, num_examples)
+        # Recorded durably before the masked words leave: a restart or a second session cannot upload again.
+        trust.uploads.record(session.params.run_key, session.params.server_round)
         _store(context, session)
         if upload.weight_capped:
             log.info("num-examples %g exceeds secagg.weight-cap %g: this site's weight counts as the cap",
@@ -247,7 +295,12 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         trust = trust_fn(context)
         _refresh(session, trust)
         try:
-            sig = session.consistency(_ints(rec, "shared"), _ints(rec, "uploaded"), trust.signer)
+            u1 = _ints(rec, "announced")
+            cols = [list(rec[k]) if k in rec else [] for k in ("a-c-pk", "a-s-pk", "a-sign-pk", "a-key-sig")]
+            if not u1 or any(len(c) != len(u1) for c in cols):
+                raise SecAggError("the consistency message's transcript key lists do not match its node list")
+            announced = {v: PeerKeys(c, s_, g, sig) for v, c, s_, g, sig in zip(u1, *cols)}
+            sig = session.consistency(_ints(rec, "shared"), _ints(rec, "uploaded"), announced, trust.signer)
         except SecAggError:
             _store(context, None)  # a refused round's secrets go now
             raise

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,11 +41,12 @@ from flwr.serverapp import Grid
 
 from xr0_core import record_keys as keys
 from xr0_core.record_keys import NUM_EXAMPLES
-from xr0_core.secagg.protocol import PeerKeys, RoundParams, SecAggError, default_threshold, neighbour_graph
+from xr0_core.secagg.protocol import (PeerKeys, RoundParams, SecAggAbort, SecAggError, default_threshold,
+                                      neighbour_graph)
 from xr0_core.secagg.server import ServerRound, SumOutOfRange
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings
-from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
-                                  WEIGHT_CAPPED, WORDS, graph_to_flat)
+from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, PINNED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION,
+                                  UNMASK, WEIGHT_CAPPED, WORDS, graph_to_flat)
 
 from .fedavg_ssl import (FormedAggregate, ReplyError, SiteOutcome, XR0FedAvg, finite_metrics,
                          partition_id_of, short_reason)
@@ -52,6 +54,7 @@ from .fedavg_ssl import (FormedAggregate, ReplyError, SiteOutcome, XR0FedAvg, fi
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
+SESSION_BYTES = 16  # a fresh random session id per secure round (sites refuse shorter ones)
 
 
 PLAIN_WEIGHT_CAP = 50_000.0  # secagg.weight-cap = 0 without DP: sites weigh by their image counts
@@ -216,7 +219,7 @@ class SecAggGrid(Grid):
         self._round = None  # set by _stages as soon as the round exists: its stage log names the dropouts
         try:
             rnd, mean, total_wq, params = self._stages(server_round, config, global_arrays, nodes, train_timeout,
-                                                       outcome, site_metrics)
+                                                       outcome, site_metrics, int(train_msgs[0].metadata.run_id))
         except SumOutOfRange as exc:  # unattributable: reported with the uploaders, counted once per set
             res = self._skipped(server_round, nodes, outcome, self._round, site_metrics, str(exc))
             involved = set(exc.uploaders)
@@ -283,7 +286,7 @@ class SecAggGrid(Grid):
                 outcome[u] = SiteOutcome(u, "dropped", f"{stage}: malformed reply ({what})")
         return out
 
-    def _stages(self, server_round, config, global_arrays, nodes, train_timeout, outcome, site_metrics):
+    def _stages(self, server_round, config, global_arrays, nodes, train_timeout, outcome, site_metrics, run_id=0):
         s = self.settings
         group = str(server_round)
         layout = _flat_names(global_arrays)
@@ -295,7 +298,8 @@ class SecAggGrid(Grid):
             raise SecAggError(f"secagg.threshold {t} must be a strict majority of the {holders} share holders per "
                               "client (neighbours + itself): sites refuse anything else; set it to 0 (automatic)")
         params = RoundParams(str(config["run-key"]), server_round, t,
-                             QuantSpec(s.quant_bits, s.quant_range, len(nodes)), s.weight_cap)
+                             QuantSpec(s.quant_bits, s.quant_range, len(nodes)), s.weight_cap,
+                             session_id=os.urandom(SESSION_BYTES), run_id=run_id)
         rnd = ServerRound(params, graph, num_words)
         self._round = rnd
 
@@ -304,14 +308,20 @@ class SecAggGrid(Grid):
         contents = {u: RecordDict({REC: ConfigRecord({**base, "neighbours": list(graph[u])})}) for u in nodes}
         replies = self._exchange("setup", contents, f"query.{SETUP}", group, s.stage_timeout, outcome)
 
-        def announce(r: Message) -> PeerKeys:
+        def announce(r: Message) -> tuple[PeerKeys, float]:
             rec = r.content.config_records[REC]
             pk = PeerKeys(rec["c-pk"], rec["s-pk"], rec["sign-pk"], rec["key-sig"])
             if not all(isinstance(x, bytes) for x in (pk.c, pk.s, pk.sign, pk.sig)):
                 raise TypeError("keys are not bytes")
-            return pk
+            pinned = rec.get("pinned", 0)
+            if isinstance(pinned, bool) or not isinstance(pinned, int) or pinned < 0:
+                raise ReplyError("setup: pinned must be a count >= 0")
+            return pk, float(pinned)
 
-        rnd.record_keys(self._parse("setup", replies, outcome, announce))
+        announced = self._parse("setup", replies, outcome, announce)
+        for u, (_, pinned) in announced.items():  # the report shows which hospitals pinned their peers' keys
+            site_metrics.setdefault(u, {})[PINNED] = pinned
+        rnd.record_keys({u: pk for u, (pk, _) in announced.items()})
 
         # stage 1: share keys
         contents = {}
@@ -369,14 +379,18 @@ class SecAggGrid(Grid):
                 rnd.log.drop(u, "masked-upload", f"node {excluded[u]} could not authenticate the share it sent")
             else:
                 rnd.add_upload(u, words, clipped, rejected)
-                site_metrics[u] = metrics
+                site_metrics.setdefault(u, {}).update(metrics)
             del words
         rnd.close_uploads()
 
-        # stage 3a: consistency (every uploader signs the same survivor lists before anyone reveals a share)
+        # stage 3a: consistency (uploaders sign the whole session's transcript before anyone reveals a share)
         shared, uploaded = rnd.view()
+        u1 = sorted(rnd.announced)
+        transcript = {"announced": u1, "a-c-pk": [rnd.announced[v].c for v in u1],
+                      "a-s-pk": [rnd.announced[v].s for v in u1], "a-sign-pk": [rnd.announced[v].sign for v in u1],
+                      "a-key-sig": [rnd.announced[v].sig for v in u1]}
         contents = {u: RecordDict({REC: ConfigRecord({"round": server_round, "shared": shared,
-                                                      "uploaded": uploaded})}) for u in rnd.uploaded}
+                                                      "uploaded": uploaded, **transcript})}) for u in rnd.uploaded}
         replies = self._exchange("consistency", contents, f"query.{CONSISTENCY}", group, s.stage_timeout, outcome)
         rnd.record_signatures(self._parse("consistency", replies, outcome,
                                           lambda r: r.content.config_records[REC]["view-sig"]))
@@ -405,7 +419,16 @@ class SecAggGrid(Grid):
             except Exception as exc:  # noqa: BLE001 - a malformed reply is ignored; other holders' shares serve
                 rnd.log.note(u, f"unmask: malformed reply ignored ({type(exc).__name__})")
         t0 = time.perf_counter()
-        total = rnd.finish(unmask)
+        try:
+            total = rnd.finish(unmask)
+        except SumOutOfRange:
+            raise
+        except SecAggAbort as exc:  # say why the shares are missing: sites that refused to unmask, and why
+            refused = [u for u in rnd.uploaded if u in outcome and outcome[u].reason.startswith("unmask")]
+            if refused:
+                raise SecAggAbort(f"{len(refused)} uploader(s) refused to unmask ({outcome[refused[0]].reason}); "
+                                  f"{exc}") from None
+            raise
         mean, total_wq = decode_mean(total, params.quant)
         self.last_stage_seconds["unmask-compute"] = time.perf_counter() - t0
         return rnd, mean, total_wq, params
@@ -436,7 +459,8 @@ def _mean_metrics(sites: list[SiteOutcome]) -> dict[str, float]:
     """Unweighted mean of the ok sites' scalar metrics (their weights are secret under secure aggregation)."""
     ok = [s for s in sites if s.status == "ok"]
     out: dict[str, float] = {}
-    for name in sorted({k for s in ok for k in s.metrics} - {"partition-id", CLIPPED, WEIGHT_CAPPED, NUM_EXAMPLES}):
+    for name in sorted({k for s in ok for k in s.metrics} - {"partition-id", CLIPPED, WEIGHT_CAPPED, NUM_EXAMPLES,
+                                                          PINNED}):
         vals = [s.metrics[name] for s in ok if name in s.metrics and math.isfinite(s.metrics[name])]
         if vals:
             out[name] = float(np.mean(vals))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -16,12 +17,14 @@ STAGES = ("setup", "share-keys", "masked-upload", "consistency", "unmask")
 
 
 def make_params(n: int, *, threshold: int | None = None, bits: int = 32, value_range: float = 2.0,
-                weight_cap: float = 100.0, round_: int = 1, k: int = 0) -> tuple[RoundParams, dict]:
+                weight_cap: float = 100.0, round_: int = 1, k: int = 0,
+                session: bytes = b"") -> tuple[RoundParams, dict]:
     nodes = [1000 + 7 * i for i in range(n)]
     graph = neighbour_graph(nodes, k, random.Random(0))
     holders = len(next(iter(graph.values()))) + 1
     t = threshold if threshold is not None else default_threshold(holders)
-    return RoundParams("run-abc", round_, t, QuantSpec(bits, value_range, n), weight_cap), graph
+    return RoundParams("run-abc", round_, t, QuantSpec(bits, value_range, n), weight_cap,
+                       session_id=session or os.urandom(16), run_id=1), graph
 
 
 def signers(graph) -> dict[int, bytes]:
@@ -78,7 +81,8 @@ class Federation:
 
     def consistency(self, drop=()):
         u2, u3 = self.server.view()
-        sigs = {u: self.sessions[u].consistency(u2, u3, self.sign[u]) for u in self.server.uploaded if u not in drop}
+        sigs = {u: self.sessions[u].consistency(u2, u3, self.server.announced, self.sign[u])
+                for u in self.server.uploaded if u not in drop}
         self.server.record_signatures(sigs)
 
     def unmask(self, drop=(), corrupt=None):

@@ -70,7 +70,7 @@ def test_split_graph_clients_refuse_to_sign_or_unmask():
     u3 = [u for u in nodes if u not in gone]
     for u in u3:
         with pytest.raises(SecAggError, match="split"):
-            fed.sessions[u].consistency(u2, u3, fed.sign[u])
+            fed.sessions[u].consistency(u2, u3, fed.server.announced, fed.sign[u])
 
 
 # ---- 2a. withheld shares ----------------------------------------------------------------------------------
@@ -96,7 +96,8 @@ def test_shares_withheld_after_upload_are_caught_in_the_consistency_round():
     u2, u3 = fed.server.view()
     victim, peer = nodes[0], nodes[1]
     with pytest.raises(SecAggError, match="does not match the shares"):
-        fed.sessions[victim].consistency([v for v in u2 if v != peer], [v for v in u3 if v != peer], fed.sign[victim])
+        fed.sessions[victim].consistency([v for v in u2 if v != peer], [v for v in u3 if v != peer],
+                                         fed.server.announced, fed.sign[victim])
 
 
 # ---- 2b. t = 1, thresholds below the policy, and no majority -----------------------------------------------
@@ -165,17 +166,19 @@ def test_inconsistent_survivor_lists_are_detected():
     group_a, group_b = nodes[:3], nodes[3:]
     sigs = {}
     for u in group_a:
-        sigs[u] = (identity.public_of(fed.sign[u]), fed.sessions[u].consistency(u2, u3, fed.sign[u]))
+        sigs[u] = (identity.public_of(fed.sign[u]),
+                   fed.sessions[u].consistency(u2, u3, fed.server.announced, fed.sign[u]))
     for u in group_b:
-        sigs[u] = (identity.public_of(fed.sign[u]), fed.sessions[u].consistency(u2, view_b, fed.sign[u]))
+        sigs[u] = (identity.public_of(fed.sign[u]),
+                   fed.sessions[u].consistency(u2, view_b, fed.server.announced, fed.sign[u]))
     # group A would reveal victim's b, group B victim's s key: every one of them refuses
     for u in group_a:
         alive, dropped = fed.server.unmask_request(u)
-        with pytest.raises(SecAggError, match="did not sign the survivor lists"):
+        with pytest.raises(SecAggError, match="did not sign the transcript"):
             fed.sessions[u].unmask(alive, dropped, sigs)
     for u in group_b:
         alive = sorted((set(fed.sessions[u].received) - {victim}) | {u})
-        with pytest.raises(SecAggError, match="lacks signatures|did not sign"):
+        with pytest.raises(SecAggError, match="did not sign the transcript|hospitals signed this session"):
             fed.sessions[u].unmask(alive, [victim], {v: sigs[v] for v in view_b})
 
 
@@ -185,9 +188,9 @@ def test_forged_signature_with_a_coordinator_key_is_refused():
     sigs = dict(fed.server.signatures)
     evil = identity.generate_signing_key()
     u2, u3 = fed.server.view()
-    msg = identity.view_message(fed.params.tag, identity.graph_digest(fed.graph), u2, u3, nodes[3])
+    msg = identity.view_message(fed.server.transcript(), nodes[3])
     sigs[nodes[3]] = (identity.public_of(evil), identity.sign(evil, msg))
-    with pytest.raises(SecAggError, match="differs from the one it used at setup|not one this site pinned"):
+    with pytest.raises(SecAggError, match="under another key than its announced one|not one this site pinned"):
         fed.sessions[nodes[0]].unmask(*fed.server.unmask_request(nodes[0]), sigs)
 
 
@@ -380,4 +383,4 @@ def test_a_site_refuses_a_view_that_counts_a_sender_it_rejected():
     fed.sessions[u].mask(ups[u], ws[u])
     u2 = sorted(fed.server.shares)
     with pytest.raises(SecAggError, match="rejected"):
-        fed.sessions[u].consistency(u2, u2, fed.sign[u])  # a coordinator that kept bad's upload anyway
+        fed.sessions[u].consistency(u2, u2, fed.server.announced, fed.sign[u])  # a coordinator that kept bad's upload anyway

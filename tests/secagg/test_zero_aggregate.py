@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 from client import secagg as client_secagg
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import XR0FedAvg, numpy_to_arrays
-from strategies.secagg import InProcessGrid, SecAggGrid, SecAggSettings, XR0SecAggFedAvg
+from simulation.inprocess import InProcessGrid
+from strategies.secagg import SecAggGrid, SecAggSettings, XR0SecAggFedAvg
 from xr0_core import record_keys as keys
 from xr0_core.config import from_flat
 from xr0_core.ssl.schedules import Schedules

@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from server.run import evaluation_summary
 from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import XR0FedAvg, numpy_to_arrays
-from strategies.secagg import InProcessGrid
+from simulation.inprocess import InProcessGrid
 from xr0_core import record_keys as keys
 
 INIT = {"w": np.zeros((3, 2), np.float32)}

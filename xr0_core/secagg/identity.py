@@ -110,8 +110,37 @@ def graph_digest(graph: dict[int, tuple[int, ...]]) -> bytes:
     return h.digest()
 
 
-def view_message(tag: bytes, graph: bytes, shared: list[int], uploaded: list[int], node: int) -> bytes:
-    """What a site signs in the consistency round: the graph digest, U2 (shared keys), U3 (uploaded)."""
-    def ids(xs: list[int]) -> bytes:
+def transcript_digest(tag: bytes, params_flat: bytes, graph: bytes, announced: dict[int, tuple[bytes, bytes, bytes]],
+                      shared: list[int], uploaded: list[int]) -> bytes:
+    """SHA-256 of one session's whole transcript, what every site signs in the consistency round.
+
+    Parameters
+    ----------
+    tag : bytes
+        The session's round tag (run key, round, Flower run id, session id: :func:`keys.round_tag`).
+    params_flat : bytes
+        The round's public parameters, canonically encoded (threshold, ring, weight cap).
+    graph : bytes
+        :func:`graph_digest` of the neighbour graph.
+    announced : dict node -> (c public, s public, signing public)
+        The round keys of every node that announced keys (U1).
+    shared, uploaded : list of int
+        U2 (nodes that shared keys) and U3 (nodes whose masked upload is in the sum).
+    """
+    def ids(xs) -> bytes:
         return struct.pack(">I", len(xs)) + b"".join(struct.pack(">Q", x) for x in sorted(xs))
-    return PROTOCOL + b"|view|" + tag + graph + ids(shared) + ids(uploaded) + struct.pack(">Q", node)
+
+    h = hashlib.sha256(PROTOCOL + b"|transcript|")
+    for part in (tag, params_flat, graph):
+        h.update(struct.pack(">I", len(part)) + part)
+    h.update(ids(list(announced)))
+    for u in sorted(announced):
+        c, s, sign = announced[u]
+        h.update(struct.pack(">Q", u) + c + s + sign)
+    h.update(ids(shared) + ids(uploaded))
+    return h.digest()
+
+
+def view_message(transcript: bytes, node: int) -> bytes:
+    """What a site signs in the consistency round: the session's :func:`transcript_digest` and its node id."""
+    return PROTOCOL + b"|view|" + transcript + struct.pack(">Q", node)

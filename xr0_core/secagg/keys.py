@@ -46,10 +46,13 @@ class KeyPair:
         return cls(sk.private_bytes_raw(), sk.public_key().public_bytes_raw())
 
 
-def round_tag(run_key: str, server_round: int) -> bytes:
-    """Bytes that name one round of one run; bound into every key and every ciphertext."""
+def round_tag(run_key: str, server_round: int, session: bytes = b"", run_id: int = 0) -> bytes:
+    """Bytes that name one secure-aggregation session of one round of one run; bound into every key, every
+    ciphertext and every signature, so nothing of one session (a share, a signed key, a consistency signature)
+    is valid in another session of the same round."""
     key = run_key.encode()
-    return PROTOCOL + struct.pack(">I", len(key)) + key + struct.pack(">Q", server_round)
+    return (PROTOCOL + struct.pack(">I", len(key)) + key + struct.pack(">Q", server_round)
+            + struct.pack(">QI", run_id, len(session)) + session)
 
 
 def dh(private: bytes, peer_public: bytes) -> bytes:

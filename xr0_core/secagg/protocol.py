@@ -93,30 +93,65 @@ def neighbour_graph(nodes: list[int], num_neighbours: int, rng: random.Random) -
 
 @dataclass(frozen=True)
 class RoundParams:
-    """Public parameters of one round, identical at every client (sent in the setup message)."""
+    """Public parameters of one secure-aggregation session, identical at every client (the setup message).
+
+    ``session_id``: fresh random bytes the coordinator draws for each session; ``run_id``: Flower's run id.
+    Both go into :attr:`tag`, so keys, shares and signatures of one session are worthless in any other.
+    """
 
     run_key: str
     server_round: int
     threshold: int
     quant: QuantSpec
     weight_cap: float  # a client's weight fraction is min(1, num-examples / weight_cap)
+    session_id: bytes = b""
+    run_id: int = 0
 
     @property
     def tag(self) -> bytes:
-        return keys.round_tag(self.run_key, self.server_round)
+        return keys.round_tag(self.run_key, self.server_round, self.session_id, self.run_id)
 
     def to_flat(self) -> dict:
         return {"run-key": self.run_key, "round": self.server_round, "threshold": self.threshold,
                 "bits": self.quant.bits, "range": self.quant.value_range, "max-clients": self.quant.max_clients,
-                "weight-cap": self.weight_cap}
+                "weight-cap": self.weight_cap, "session-id": self.session_id, "run-id": self.run_id}
+
+    def encoded(self) -> bytes:
+        """The parameters every signer of the transcript must have seen, canonically encoded."""
+        return struct.pack(">IIdId", self.threshold, self.quant.bits, float(self.quant.value_range),
+                           self.quant.max_clients, float(self.weight_cap))
 
     @classmethod
     def from_flat(cls, d) -> "RoundParams":
         try:
+            session = d["session-id"] if "session-id" in d else b""
+            if not isinstance(session, bytes):
+                raise SecAggError("the secure-aggregation session id must be bytes")
             return cls(str(d["run-key"]), int(d["round"]), int(d["threshold"]),
-                       QuantSpec(int(d["bits"]), float(d["range"]), int(d["max-clients"])), float(d["weight-cap"]))
+                       QuantSpec(int(d["bits"]), float(d["range"]), int(d["max-clients"])), float(d["weight-cap"]),
+                       session, int(d["run-id"]) if "run-id" in d else 0)
         except KeyError as exc:
             raise SecAggError(f"secure-aggregation setup lacks {exc.args[0]!r}") from None
+
+
+MIN_SESSION_BYTES = 16  # a site refuses a session id shorter than this (it would let sessions collide)
+
+
+def consistency_quorum(population: int, max_colluders: int) -> int:
+    """Signatures over one transcript a site needs before it releases any share.
+
+    ``population`` P: the hospitals whose signatures count (the site's pinned keys, itself included);
+    ``max_colluders`` c: hospitals that may sign every view the coordinator shows them. Two different views
+    signed by ``q`` each share at least ``2q - P`` signers; with ``q = floor((P + c) / 2) + 1`` that is more
+    than ``c``, so at least one honest hospital would have signed two transcripts of one round, which it never
+    does (it uploads, hence signs, once per round). So no two views of one round can both reach ``q``.
+
+    Returns
+    -------
+    int
+        ``min(P, floor((P + c) / 2) + 1)``.
+    """
+    return min(population, (population + max_colluders) // 2 + 1)
 
 
 def _sign(me: int, peer: int) -> int:
@@ -170,6 +205,7 @@ class ClientRules:
     min_threshold: int = 2
     min_degree: int = 2
     pinned: frozenset[bytes] | None = None
+    max_colluders: int = 1  # hospitals that may sign any view (consistency_quorum)
 
 
 @dataclass(frozen=True)

@@ -226,27 +226,35 @@ class ServerRound:
                               "secagg.num-neighbours)")
 
     def view(self) -> tuple[list[int], list[int]]:
-        """(U2, U3): the lists every uploader signs in the consistency round."""
+        """(U2, U3): the survivor lists of the transcript every uploader signs in the consistency round."""
         return sorted(self.shares), sorted(self.uploaded)
 
-    def record_signatures(self, replies: dict[int, bytes]) -> None:
-        """Keep the uploaders' view signatures; every uploader must sign (else clients refuse to unmask)."""
+    def transcript(self) -> bytes:
+        """The session's transcript digest as every honest uploader computes it (identity.transcript_digest)."""
         u2, u3 = self.view()
-        digest = identity.graph_digest(self.graph)
-        for node in u3:
+        return identity.transcript_digest(self.params.tag, self.params.encoded(), identity.graph_digest(self.graph),
+                                          {u: (pk.c, pk.s, pk.sign) for u, pk in self.announced.items()}, u2, u3)
+
+    def record_signatures(self, replies: dict[int, bytes]) -> None:
+        """Keep the uploaders' valid transcript signatures (an invalid one is noted and never forwarded).
+
+        Each site decides for itself whether enough hospitals signed (its quorum counts the keys it pinned);
+        the coordinator only refuses to go on with fewer than the threshold, where no site would unmask."""
+        digest = self.transcript()
+        for node in self.uploaded:
             sig = replies.get(node)
             key = self.announced[node].sign
             if sig is None:
                 self.log.note(node, "consistency: no signature")
-            elif not identity.verify(key, identity.view_message(self.params.tag, digest, u2, u3, node), sig):
+            elif not identity.verify(key, identity.view_message(digest, node), sig):
                 self.log.note(node, "consistency: signature does not verify")
             else:
                 self.signatures[node] = (key, sig)
-        missing = sorted(set(u3) - set(self.signatures))
-        if missing:
-            raise SecAggAbort(f"uploaders {missing} did not sign the survivor lists in the consistency round; the "
-                              "other sites refuse to unmask without every uploader's signature, so the round is "
-                              "skipped and the global weights are unchanged")
+        if len(self.signatures) < self.params.threshold:
+            missing = sorted(set(self.uploaded) - set(self.signatures))
+            raise SecAggAbort(f"only {len(self.signatures)} uploaders signed the session's transcript (missing "
+                              f"{missing}), fewer than the threshold {self.params.threshold}; no site would unmask, "
+                              "so the round is skipped and the global weights are unchanged")
 
     def unmask_request(self, node: int) -> tuple[list[int], list[int]]:
         """``(alive, dropped)`` for ``node``: its mask peers that uploaded (and itself) / that did not."""

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import identity, keys, shamir
 from .masks import apply_mask_inplace
-from .protocol import (SECRET_BYTES, ClientRules, MaskedUpload, PeerKeys, RoundParams, SecAggError, _sign,
-                       b_commitment, check_graph, components, is_connected)
+from .protocol import (MIN_SESSION_BYTES, SECRET_BYTES, ClientRules, MaskedUpload, PeerKeys, RoundParams,
+                       SecAggError, _sign, b_commitment, check_graph, components, consistency_quorum, is_connected)
 from .quantize import quantize
 
 
@@ -40,6 +40,8 @@ class ClientSession:
     received: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # src -> (b share, sk share)
     rejected: tuple[int, ...] = ()  # senders whose share failed authentication: not mask peers
     view: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (U2, U3) this client signed
+    transcript: bytes = b""  # the digest of the whole session this client signed (identity.transcript_digest)
+    announced: dict[int, bytes] = field(default_factory=dict)  # U1 node -> its signing key, as in the transcript
 
     @property
     def neighbours(self) -> tuple[int, ...]:
@@ -62,6 +64,9 @@ class ClientSession:
             not symmetric or does not hold this node.
         """
         graph = {int(u): tuple(sorted(int(v) for v in vs)) for u, vs in graph.items()}
+        if len(params.session_id) < MIN_SESSION_BYTES:
+            raise SecAggError(f"the coordinator's session id has {len(params.session_id)} bytes, fewer than "
+                              f"{MIN_SESSION_BYTES}: sessions must be told apart; refusing")
         if node not in graph:
             raise SecAggError("the neighbour graph the coordinator sent does not hold this node")
         check_graph(graph)
@@ -199,17 +204,37 @@ class ClientSession:
         return MaskedUpload(words, clipped, num_examples > self.params.weight_cap)
 
     # ---- stage 3a: consistency ------------------------------------------------------------------------
-    def consistency(self, shared: list[int], uploaded: list[int], signing_private: bytes) -> bytes:
-        """Check the coordinator's view (U2 shared keys, U3 uploaded) and sign it.
+    def consistency(self, shared: list[int], uploaded: list[int], announced: dict[int, PeerKeys],
+                    signing_private: bytes) -> bytes:
+        """Check the coordinator's view of the whole session and sign its transcript.
 
-        Refuses (SecAggError) a view where this site did not upload, U3 is not within U2, the senders of the
-        shares this site got are not exactly its neighbours in U2 (withheld or invented shares), U3 is below t,
-        or the uploaders' neighbour graph is split (a split lets the coordinator unmask a part's sum).
+        ``announced``: every node's signed round keys as the coordinator holds them (U1); the transcript this
+        site signs covers them, the round's parameters, the graph, U2 (shared keys) and U3 (uploaded), bound
+        to the session (:func:`identity.transcript_digest`). Refuses (SecAggError) a view where this site did
+        not upload, U3 is not within U2 or U2 not within U1, an announcement is not validly signed, differs
+        from what this site saw at stage 1 or uses a key this site did not pin, the senders of the shares this
+        site got are not exactly its neighbours in U2 (withheld or invented shares), U3 is below t, or the
+        uploaders' neighbour graph is split (a split lets the coordinator unmask a part's sum).
         """
         self._expect("masked")
         u2, u3 = set(int(x) for x in shared), set(int(x) for x in uploaded)
-        if self.node not in u3 or not u3 <= u2 or not u2 <= set(self.graph):
+        u1 = {int(v) for v in announced}
+        if self.node not in u3 or not u3 <= u2 or not u2 <= u1 or not u1 <= set(self.graph):
             raise SecAggError("the coordinator's survivor lists are inconsistent with this round; refusing")
+        tag = self.params.tag
+        own = announced[self.node]
+        if (own.c, own.s, own.sign) != (self.c.public, self.s.public, self.sign_public):
+            raise SecAggError("the coordinator shows other round keys for this site than it announced; refusing")
+        for v, pk in announced.items():
+            if not isinstance(pk, PeerKeys) or not pk.valid(tag, v):
+                raise SecAggError(f"node {v}'s round keys in the transcript are not signed by its signing key; refusing")
+            self._check_signing_key(v, pk.sign)
+            if v in self.peer_c and (pk.c, pk.s, pk.sign) != (self.peer_c[v], self.peer_s[v], self.peer_sign[v]):
+                raise SecAggError(f"the transcript shows other round keys for node {v} than this site received; "
+                                  "refusing")
+        signing = [pk.sign for pk in announced.values()]
+        if len(set(signing)) != len(signing):
+            raise SecAggError("two nodes of the transcript show the same signing key; refusing")
         if set(self.received) | set(self.rejected) != (set(self.neighbours) & u2) - {self.node}:
             raise SecAggError("the coordinator's list of sites that shared keys does not match the shares this "
                               "site received; refusing")
@@ -221,22 +246,29 @@ class ClientSession:
             raise SecAggError(f"the uploaders' neighbour graph is split into {len(components(u3, self.graph))} "
                               "parts: the coordinator could unmask each part's sum; refusing to unmask")
         self.view = (tuple(sorted(u2)), tuple(sorted(u3)))
+        self.announced = {v: pk.sign for v, pk in announced.items()}
+        self.transcript = identity.transcript_digest(
+            tag, self.params.encoded(), identity.graph_digest(self.graph),
+            {v: (pk.c, pk.s, pk.sign) for v, pk in announced.items()}, list(u2), list(u3))
         self.stage = "signed"
-        return identity.sign(signing_private, self._view_message(self.node))
+        return identity.sign(signing_private, identity.view_message(self.transcript, self.node))
 
-    def _view_message(self, signer: int) -> bytes:
-        u2, u3 = self.view
-        return identity.view_message(self.params.tag, identity.graph_digest(self.graph), list(u2), list(u3), signer)
+    def quorum(self) -> int:
+        """Signatures of the same transcript this site needs (:func:`consistency_quorum`): over its pinned
+        hospitals, or, unpinned (no guarantee then), over the nodes of the transcript."""
+        population = len(self.rules.pinned) if self.rules.pinned is not None else len(self.announced)
+        return consistency_quorum(population, self.rules.max_colluders)
 
     # ---- stage 3b: unmask -----------------------------------------------------------------------------
     def unmask(self, alive: list[int], dropped: list[int],
                signatures: dict[int, tuple[bytes, bytes]]) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """Shares of ``b`` for ``alive`` nodes and of ``s.private`` for ``dropped`` ones.
 
-        ``signatures``: every uploader's ``(signing key, signature)`` over the view this site signed. Refuses
-        (SecAggError) unless every uploader signed the same view with a distinct (and, where keys are pinned,
-        pinned) key, a request that names a node in both lists or lists other than those the signed view
-        implies, or a second request in the same round.
+        ``signatures``: uploaders' ``(signing key, signature)`` over the transcript this site signed. Refuses
+        (SecAggError) unless at least :meth:`quorum` of them verify, from distinct signers of U3 whose keys are
+        the ones in the transcript (and pinned); a forwarded signature that does not verify (the coordinator
+        showed another transcript to someone); a request that names a node in both lists or lists other than
+        those the signed view implies; or a second request in the same session.
         """
         self._expect("signed")
         self.stage = "done"  # whatever happens below, no second request is served this round
@@ -244,22 +276,21 @@ class ClientSession:
         if alive_s & dropped_s:
             raise SecAggError("the server asked for both shares of one node; refusing")
         u2, u3 = self.view
-        missing = sorted(set(u3) - set(signatures))
-        if missing or set(signatures) - set(u3):
-            raise SecAggError(f"the consistency round lacks signatures of uploaders {missing} (or holds others); "
-                              "refusing to unmask")
-        sign_keys = [signatures[v][0] for v in u3]
-        if len(set(sign_keys)) != len(sign_keys):
-            raise SecAggError("two uploaders show the same signing key; refusing")
-        for v in u3:
-            key, sig = signatures[v]
-            known = self.sign_public if v == self.node else self.peer_sign.get(v)
-            if known is not None and known and key != known:
-                raise SecAggError(f"node {v}'s signing key differs from the one it used at setup; refusing")
+        if set(signatures) - set(u3):
+            raise SecAggError("the consistency round holds signatures of nodes that did not upload; refusing")
+        for v, (key, sig) in signatures.items():
+            if key != self.announced.get(v):
+                raise SecAggError(f"node {v}'s consistency signature is under another key than its announced one; "
+                                  "refusing")
             self._check_signing_key(v, key)
-            if not identity.verify(key, self._view_message(v), sig):
-                raise SecAggError(f"node {v} did not sign the survivor lists this site was shown (the coordinator "
-                                  "showed different lists to different sites); refusing to unmask")
+            if not identity.verify(key, identity.view_message(self.transcript, v), sig):
+                raise SecAggError(f"node {v} did not sign the transcript this site was shown (the coordinator "
+                                  "showed different views to different sites); refusing to unmask")
+        need = self.quorum()
+        if len(signatures) < need:
+            raise SecAggError(f"only {len(signatures)} hospitals signed this session's transcript; this site needs "
+                              f"{need} (more than (pinned + max colluders) / 2, so that no two different views can "
+                              "both gather enough signatures); refusing to unmask")
         peers = set(self.received)
         want_alive = (peers & set(u3)) | {self.node}
         want_dropped = peers - set(u3)
@@ -277,10 +308,12 @@ class ClientSession:
     def to_bytes(self) -> bytes:
         h = bytes.hex
         r = self.rules
+        params = {**self.params.to_flat(), "session-id": h(self.params.session_id)}
         d = {
-            "params": self.params.to_flat(), "node": self.node,
+            "params": params, "node": self.node,
             "graph": {str(k): list(v) for k, v in self.graph.items()},
-            "rules": [r.min_threshold, r.min_degree, None if r.pinned is None else sorted(h(x) for x in r.pinned)],
+            "rules": [r.min_threshold, r.min_degree, None if r.pinned is None else sorted(h(x) for x in r.pinned),
+                      r.max_colluders],
             "c": [h(self.c.private), h(self.c.public)], "s": [h(self.s.private), h(self.s.public)],
             "sign": h(self.sign_public), "stage": self.stage, "b": h(self.b),
             "peer_c": {str(k): h(v) for k, v in self.peer_c.items()},
@@ -290,6 +323,7 @@ class ClientSession:
             "received": {str(k): [h(a), h(b)] for k, (a, b) in self.received.items()},
             "rejected": list(self.rejected),
             "view": [list(self.view[0]), list(self.view[1])],
+            "transcript": h(self.transcript), "announced": {str(k): h(v) for k, v in self.announced.items()},
         }
         return json.dumps(d).encode()
 
@@ -297,12 +331,13 @@ class ClientSession:
     def from_bytes(cls, blob: bytes) -> "ClientSession":
         d = json.loads(blob.decode())
         u = bytes.fromhex
-        mt, md, pinned = d["rules"]
+        mt, md, pinned, colluders = d["rules"]
+        params = RoundParams.from_flat({**d["params"], "session-id": u(d["params"]["session-id"])})
         return cls(
-            params=RoundParams.from_flat(d["params"]), node=int(d["node"]),
+            params=params, node=int(d["node"]),
             graph={int(k): tuple(v) for k, v in d["graph"].items()},
             c=keys.KeyPair(u(d["c"][0]), u(d["c"][1])), s=keys.KeyPair(u(d["s"][0]), u(d["s"][1])),
-            rules=ClientRules(mt, md, None if pinned is None else frozenset(u(x) for x in pinned)),
+            rules=ClientRules(mt, md, None if pinned is None else frozenset(u(x) for x in pinned), colluders),
             sign_public=u(d["sign"]), stage=d["stage"], b=u(d["b"]),
             peer_c={int(k): u(v) for k, v in d["peer_c"].items()},
             peer_s={int(k): u(v) for k, v in d["peer_s"].items()},
@@ -311,4 +346,5 @@ class ClientSession:
             received={int(k): (u(a), u(b)) for k, (a, b) in d["received"].items()},
             rejected=tuple(int(x) for x in d.get("rejected", [])),
             view=(tuple(d["view"][0]), tuple(d["view"][1])),
+            transcript=u(d["transcript"]), announced={int(k): u(v) for k, v in d["announced"].items()},
         )

@@ -15,6 +15,7 @@ MASKED = "secagg-masked"  # ArrayRecord holding the masked upload as one uint ar
 WORDS = "words"
 CLIPPED = "secagg-clipped"  # metric: coordinates clipped to the declared range
 WEIGHT_CAPPED = "secagg-weight-capped"  # kept at the site (logged there): it says num-examples > weight-cap
+PINNED = "secagg-pinned"  # per-site metric at the coordinator: how many peer signing keys the site pinned (0: none)
 
 
 def graph_to_flat(graph: dict[int, tuple[int, ...]]) -> dict:

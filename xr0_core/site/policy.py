@@ -28,6 +28,7 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
                                  # pinned); one colluding neighbour exposes a degree-1 site
     peer-keys = []               # pinned signing keys (hex) of the other hospitals (their secagg-signing.pub)
     allow-unpinned = false       # take part without pinned keys (honest-but-curious coordinator only)
+    max-colluders = 1            # hospitals that may sign every view: quorum > (pinned + this) / 2 signatures
 
     [release]
     train-metrics = ["*"]        # glob patterns of training metrics that may leave (DP narrows them further)
@@ -119,6 +120,10 @@ class SecAggPolicy:
     min_degree: int | None = None
     peer_keys: tuple[str, ...] = ()  # hex Ed25519 signing keys of the hospitals this site accepts as peers
     allow_unpinned: bool = False  # no peer keys: refuse secure rounds unless the operator acknowledges this
+    # Hospitals that may collude with the coordinator and sign every view it shows them: the consistency
+    # quorum is more than (pinned + max-colluders) / 2 signatures (xr0_core/secagg/protocol.py:
+    # consistency_quorum). Higher resists more collusion and tolerates fewer missing signatures.
+    max_colluders: int = 1
 
     def effective_min_degree(self, pinned: int | None) -> int:
         """``min-degree``, or when unset 2 (1 when ``pinned``, the number of pinned hospitals counting this
@@ -213,6 +218,8 @@ def _check(policy: SitePolicy, where: str) -> SitePolicy:
     if s.min_threshold < 2:
         problems.append(f"secagg.min-threshold must be >= 2 (t = 1 lets one share rebuild a secret), "
                         f"got {s.min_threshold}")
+    if s.max_colluders < 0:
+        problems.append(f"secagg.max-colluders must be >= 0, got {s.max_colluders}")
     if s.min_degree is not None and s.min_degree < 1:
         problems.append(f"secagg.min-degree must be >= 1 (or auto), got {s.min_degree}")
     bad_keys = [k for k in s.peer_keys if len(k) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in k)]
