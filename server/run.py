@@ -154,16 +154,20 @@ class Coordinator:
             self._check_stalled(entry)
 
     def _check_stalled(self, entry: dict[str, Any]) -> None:
-        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds with no usable reply."""
-        usable = sum(s["status"] == "ok" for s in entry["sites"])
-        self._failed_rounds = 0 if usable else self._failed_rounds + 1
+        """Raise :class:`FederationStalled` after ``max-failed-rounds`` train rounds that did not move the
+        global model (no usable reply, a skipped secure round, or an aggregate that changed nothing)."""
+        self._failed_rounds = 0 if entry["updated"] else self._failed_rounds + 1
         limit = self.cfg.federation.max_failed_rounds
         if limit <= 0 or self._failed_rounds < limit:
             return
+        if entry.get("reason") and any(s["status"] == "ok" for s in entry["sites"]):
+            raise FederationStalled(f"stopped after round {entry['round']}: the round failed ({entry['reason']})")
         reasons: dict[str, list[str]] = {}
         for site in entry["sites"]:
             reasons.setdefault(site.get("reason") or site["status"], []).append(site["name"])
         cause = "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items()) or "no hospital replied"
+        if entry.get("reason"):
+            cause = f"{entry['reason']}; {cause}"
         raise FederationStalled(
             f"stopped after round {entry['round']}: no hospital trained in {self._failed_rounds} round(s) in a row "
             f"({cause})")
@@ -192,6 +196,8 @@ class Coordinator:
             if left:
                 parts.append(left)
             con.progress(entry["round"], total, " ".join(parts))
+            if not entry["updated"] and entry.get("reason"):
+                con.line(f"  round {entry['round']} failed, global weights kept: {entry['reason']}")
         else:
             con.line(f"evaluate round {entry['round']}: " + evaluation_summary(entry))
         for s in entry["sites"]:
@@ -243,6 +249,8 @@ class Coordinator:
                 fraction_train=cfg.federation.fraction_train,
                 evaluate_every=cfg.eval.every,
                 on_round_end=self.on_round_end,
+                round_timeout=cfg.federation.round_timeout,
+                client_clip=cfg.privacy.client_clip if cfg.privacy.client_level else 0.0,
             )
             self._round_started = self._run_started = time.monotonic()
             try:

@@ -15,6 +15,9 @@ Client-side contract (what a ClientApp must do to take part):
 Replies that fail validation (keys, shapes, dtype, non-finite values, optional update-norm bound) are
 dropped with a logged reason; a round with fewer than ``min_replies`` valid replies keeps the previous
 global weights (Flower's ``Strategy.start`` keeps ``arrays`` when ``aggregate_train`` returns ``None``).
+A hospital that was sent a message and did not answer within the round timeout is listed as ``dropped``
+with that reason (train and evaluate). An aggregate that is exactly zero, non-finite or vanishingly small
+(:func:`strategies.validate.aggregate_problem`) is a failed round with its reason, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from xr0_core import record_keys as keys
 
 from .aggregate import ServerOptimizer, weighted_mean
 from .eval_aggregate import pooled_metrics
-from .validate import check_update
+from .validate import aggregate_problem, check_update
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,10 @@ class XR0FedAvg(FedAvg):
         Federated evaluation after every K-th round and after the last (0: last only).
     on_round_end : callable, optional
         Called with each :class:`RoundOutcome` (train and evaluate): the server app checkpoints there.
+    round_timeout : float
+        ``federation.round-timeout`` (only to word the reason of a hospital that did not answer in time).
+    client_clip : float
+        Client-level DP's clip norm (0: off): an aggregate far below it is a failed round.
     """
 
     def __init__(
@@ -168,6 +175,8 @@ class XR0FedAvg(FedAvg):
         fraction_train: float = 1.0,
         evaluate_every: int = 0,
         on_round_end: Callable[[RoundOutcome], None] | None = None,
+        round_timeout: float = 0.0,
+        client_clip: float = 0.0,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -190,7 +199,11 @@ class XR0FedAvg(FedAvg):
         self.max_update_norm = max_update_norm
         self.evaluate_every = evaluate_every
         self.on_round_end = on_round_end
+        self.round_timeout = round_timeout
+        self.client_clip = client_clip
         self._sent: dict[str, np.ndarray] | None = None
+        self._train_nodes: list[int] = []  # hospitals sent this round's train message
+        self._eval_nodes: list[int] = []  # hospitals sent this round's evaluate message
 
     def global_round(self, server_round: int) -> int:
         return self.round_offset + server_round
@@ -214,7 +227,21 @@ class XR0FedAvg(FedAvg):
     ) -> Iterable[Message]:
         g = self.global_round(server_round)
         self._sent = arrays_to_numpy(arrays)
-        return super().configure_train(g, arrays, self.round_config(g, config), grid)
+        messages = list(super().configure_train(g, arrays, self.round_config(g, config), grid))
+        self._train_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        return messages
+
+    def silent_sites(self, nodes: Iterable[int], answered: Iterable[int], what: str) -> list[SiteOutcome]:
+        """A ``dropped`` outcome for every hospital of ``nodes`` that did not answer (Flower's
+        ``send_and_receive`` simply leaves out replies missing at the timeout)."""
+        seen = set(answered)
+        limit = f"federation.round-timeout ({self.round_timeout:g} s)" if self.round_timeout else "the round timeout"
+        return [SiteOutcome(n, "dropped", f"{what}: no reply within {limit}") for n in nodes if n not in seen]
+
+    def vanished(self, mean_delta: dict[str, np.ndarray], resolution: float = 0.0) -> str:
+        """The reason an aggregated update must not count as a trained round ("" when it may)."""
+        return aggregate_problem(mean_delta, self._sent or {}, resolution=resolution,
+                                 client_clip=self.client_clip) or ""
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -234,6 +261,7 @@ class XR0FedAvg(FedAvg):
             sites.append(outcome)
             if update is not None:
                 accepted.append((update, outcome.metrics[keys.NUM_EXAMPLES]))
+        sites += self.silent_sites(self._train_nodes, [s.node_id for s in sites], "train")
         for s in sites:
             if s.status != "ok":
                 log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
@@ -246,19 +274,23 @@ class XR0FedAvg(FedAvg):
             }
         )
         new_arrays: ArrayRecord | None = None
+        reason = ""
         if len(accepted) >= self.min_replies:
             # Replies arrive in network order; summing in a canonical order makes the aggregate (and so a
             # resumed run) bit-for-bit reproducible.
             accepted.sort(key=lambda pair: _content_digest(pair[0]))
             mean = weighted_mean([u for u, _ in accepted], [n for _, n in accepted])
-            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
+            reason = self.vanished({k: mean[k].astype(np.float64) - self._sent[k] for k in self._sent})
+            if reason:
+                log.warning("round %d failed: %s", g, reason)
+            else:
+                new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
         else:
-            log.warning(
-                "round %d: %d valid replies < federation.min-replies %d; global weights unchanged",
-                g, len(accepted), self.min_replies,
-            )
+            reason = f"{len(accepted)} valid replies < federation.min-replies {self.min_replies}"
+            log.warning("round %d: %s; global weights unchanged", g, reason)
         metrics["server-aggregate-seconds"] = time.perf_counter() - t0
-        outcome = RoundOutcome(g, "train", sites, metrics, updated=new_arrays is not None, arrays=new_arrays)
+        outcome = RoundOutcome(g, "train", sites, metrics, updated=new_arrays is not None, arrays=new_arrays,
+                               reason=reason)
         if self.on_round_end is not None:
             self.on_round_end(outcome)
         return new_arrays, MetricRecord(metrics)
@@ -288,8 +320,11 @@ class XR0FedAvg(FedAvg):
         last = g == self.total_rounds
         periodic = self.evaluate_every > 0 and g % self.evaluate_every == 0
         if not (last or periodic):
+            self._eval_nodes = []
             return []
-        return super().configure_evaluate(g, arrays, self.round_config(g, config), grid)
+        messages = list(super().configure_evaluate(g, arrays, self.round_config(g, config), grid))
+        self._eval_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         g = self.global_round(server_round)
@@ -309,6 +344,7 @@ class XR0FedAvg(FedAvg):
                 sites.append(SiteOutcome(node, "dropped", "evaluation reply without a valid num-examples", metrics))
                 continue
             sites.append(SiteOutcome(node, "ok", "", metrics))
+        sites += self.silent_sites(self._eval_nodes, [s.node_id for s in sites], "evaluate")
         if not sites:
             return None
         # Per-task example weights (<task>/num-examples), per-site numbers stay in `sites`.

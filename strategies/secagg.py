@@ -54,6 +54,41 @@ TRAIN = "train"
 CLIENT_EXCEPTION = 1  # InProcessGrid: error code of a reply whose handler raised (Flower's runtime does the same)
 
 
+PLAIN_WEIGHT_CAP = 50_000.0  # secagg.weight-cap = 0 without DP: sites weigh by their image counts
+PRIVATE_WEIGHT_CAP = 1.0  # secagg.weight-cap = 0 under DP: sites send their declared weight (1 by default)
+
+
+def weight_cap_for(configured: float, private: bool) -> float:
+    """The weight cap a round uses: ``secagg.weight-cap`` when set, else (0, the default) one that fits the
+    weights sites actually send.
+
+    Why it matters (issue 22, the all-zero round): a site's update is encoded at a resolution of
+    ``R / (L * num-examples / cap)`` per coordinate. Under DP every site sends its *declared* weight
+    (``release.declared-examples``, 1 by default), so with the old fixed cap of 50000 each site used 1/50000
+    of the ring: a step of 1.4e-4 with 3 sites, 32 bits and R = 2. The last round of a cosine schedule trains
+    at ``train.min-lr`` (1e-6), its update rounded to exactly zero at every site, and the round "completed"
+    with the global weights unchanged while every site paid epsilon. With the cap at the declared weight the
+    step is ``R / L`` (2.8e-9 there).
+    """
+    if configured > 0:
+        return float(configured)
+    return PRIVATE_WEIGHT_CAP if private else PLAIN_WEIGHT_CAP
+
+
+def error_warning(bound: float, rms: float, quant: QuantSpec, weight_cap: float, total_weight: float) -> str:
+    """What to change when secure aggregation's rounding error is large against the mean update: only the
+    settings that would help (not "use 32 bits" when the ring already has 32)."""
+    ratio = bound / rms if rms > 0 else math.inf
+    fixes = []
+    if quant.bits < 32:
+        fixes.append("secagg.quant-bits = 32")
+    if total_weight > 0 and weight_cap > total_weight:
+        fixes.append(f"secagg.weight-cap = {total_weight:.3g} (the sites' total weight this round; now {weight_cap:g})")
+    fixes.append(f"a smaller secagg.quant-range (now {quant.value_range:g}) if the updates stay well inside it")
+    return (f"the quantization error bound {bound:.3g} is {ratio:.2g}x the mean update's RMS {rms:.3g}: small "
+            "updates vanish; use " + " or ".join(fixes))
+
+
 @dataclass(frozen=True)
 class SecAggSettings:
     """``[secagg]`` config as the server uses it (see xr0_core/config.py SecAggConfig)."""
@@ -62,17 +97,20 @@ class SecAggSettings:
     threshold: int = 0  # 0: strict majority of each client's share holders
     quant_bits: int = 32
     quant_range: float = 2.0
-    weight_cap: float = 50_000.0
+    weight_cap: float = PLAIN_WEIGHT_CAP
     stage_timeout: float = 600.0
     client_noise_std: float = 0.0  # sigma * C of client-level DP at each site (for the quantization warning)
 
     @classmethod
     def from_config(cls, sa: Any, privacy: Any = None) -> "SecAggSettings":
         noise = 0.0
+        private = privacy is not None and bool(getattr(privacy, "enabled", False) or
+                                               getattr(privacy, "client_level", False))
         if privacy is not None and getattr(privacy, "client_level", False):
             noise = float(privacy.client_noise_multiplier) * float(privacy.client_clip)
+        cap = weight_cap_for(float(getattr(sa, "weight_cap", 0.0)), private)
         return cls(int(sa.num_neighbours), int(sa.threshold), int(sa.quant_bits), float(sa.quant_range),
-                   float(getattr(sa, "weight_cap", cls.weight_cap)), float(sa.stage_timeout), noise)
+                   cap, float(sa.stage_timeout), noise)
 
 
 @dataclass
@@ -207,9 +245,8 @@ class SecAggGrid(Grid):
         rms = float(np.sqrt(np.mean(np.square(mean)))) if mean.size else 0.0
         metrics["secagg-error-to-update"] = metrics["secagg-error-bound"] / rms if rms > 0 else float("inf")
         if metrics["secagg-error-to-update"] > 0.1:
-            warnings.append(f"the quantization error bound {metrics['secagg-error-bound']:.3g} is "
-                            f"{metrics['secagg-error-to-update']:.2g}x the mean update's RMS {rms:.3g}: small updates "
-                            "vanish; use secagg.quant-bits = 32 or a smaller weight-cap")
+            warnings.append(error_warning(metrics["secagg-error-bound"], rms, params.quant, params.weight_cap,
+                                          metrics[keys.NUM_EXAMPLES]))
         for w in warnings:
             log.warning("round %d: secure aggregation: %s", server_round, w)
         sites = self._sites(nodes, outcome, rnd.log, site_metrics, set(rnd.uploaded))
@@ -428,9 +465,13 @@ class XR0SecAggFedAvg(XR0FedAvg):
         new_arrays: ArrayRecord | None = None
         reason = res.skipped_reason
         if res.mean_delta is not None and ok >= self.min_replies:
-            mean = {k: (self._sent[k].astype(np.float64) + res.mean_delta[k]).astype(self._sent[k].dtype)
-                    for k in self._sent}
-            new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
+            reason = self.vanished(res.mean_delta, resolution=float(res.metrics.get("secagg-error-bound", 0.0)))
+            if reason:
+                log.warning("round %d failed: %s", g, reason)
+            else:
+                mean = {k: (self._sent[k].astype(np.float64) + res.mean_delta[k]).astype(self._sent[k].dtype)
+                        for k in self._sent}
+                new_arrays = numpy_to_arrays(self.server_optimizer.apply(self._sent, mean))
         elif res.mean_delta is not None:
             log.warning("round %d: %d secure uploads < federation.min-replies %d; global weights unchanged",
                         g, ok, self.min_replies)

@@ -45,3 +45,61 @@ def check_update(
         if norm > max_update_norm:
             return f"update norm {norm:.3g} exceeds federation.max-update-norm {max_update_norm:.3g}"
     return None
+
+
+# An aggregate this small relative to the weights it updates moves nothing a float32 model can hold
+# (float32 has a 2^-24 ~ 6e-8 relative step): the round changed nothing.
+VANISHED_RELATIVE = 1e-9
+
+
+def aggregate_problem(
+    delta: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    *,
+    resolution: float = 0.0,
+    client_clip: float = 0.0,
+) -> str | None:
+    """Why an aggregated update must not count as a trained round (``None``: it may).
+
+    A round whose aggregate is exactly zero, non-finite, or too small to be anything but rounding changed
+    nothing, yet every private site paid epsilon for it: it is a *failed* round with this reason, never a
+    silent no-op (issue 22: a run's last round aggregated to exactly zero and looked completed).
+
+    Parameters
+    ----------
+    delta : mapping name -> array
+        The aggregated update (mean of the accepted sites' ``new - global``), shapes of the parameters.
+    reference : mapping name -> array
+        The global weights it would be added to.
+    resolution : float
+        Secure aggregation's error bound per coordinate (``secagg-error-bound``); an update whose RMS is
+        below it is indistinguishable from quantization rounding. 0: not checked.
+    client_clip : float
+        Client-level DP's clip norm C (each site's update has norm <= C); an aggregate whose norm is below
+        ``1e-6 * C`` is far below the clipping bound. 0: not checked.
+    """
+    sq = 0.0
+    count = 0
+    for name, d in delta.items():
+        arr = np.asarray(d, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            return f"the aggregated update holds non-finite values ({name}): the global model is kept"
+        sq += float(np.sum(np.square(arr)))
+        count += arr.size
+    norm = float(np.sqrt(sq))
+    if norm == 0.0:
+        return ("the aggregated update is exactly zero: no parameter would change (with secure aggregation: "
+                "the sites' updates are below the quantization step; see secagg.weight-cap)")
+    ref_norm = global_norm(reference) if reference else 0.0
+    if ref_norm > 0 and norm < VANISHED_RELATIVE * ref_norm:
+        return (f"the aggregated update's norm {norm:.3g} is below {VANISHED_RELATIVE:g} of the weights' norm "
+                f"{ref_norm:.3g}: float32 weights would not change")
+    rms = norm / np.sqrt(max(count, 1))
+    if resolution > 0 and rms < resolution:
+        return (f"the aggregated update's RMS {rms:.3g} is below secure aggregation's error bound {resolution:.3g}: "
+                "it is mostly rounding; lower secagg.weight-cap (towards the sites' total num-examples) or "
+                "secagg.quant-range")
+    if client_clip > 0 and norm < 1e-6 * client_clip:
+        return (f"the aggregated update's norm {norm:.3g} is far below the client-level clipping bound "
+                f"{client_clip:g}")
+    return None

@@ -157,7 +157,7 @@ class SecAggConfig:
     threshold: int = 0  # shares to rebuild a secret; 0: strict majority of each site's k neighbours + itself
     quant_bits: int = 32  # ring Z_2^bits: 32 (upload = fp32 size) or 16 (half, coarser)
     quant_range: float = 2.0  # update coordinates (new - global weights) clipped to [-range, range], counted
-    weight_cap: float = 50000.0  # num-examples above this count as this (counted); sets precision of the mean
+    weight_cap: float = 0.0  # num-examples above this count as this; sets the mean's precision (0: 1 under DP, else 50000)
     stage_timeout: float = 600.0  # seconds per crypto stage (training uses federation.round-timeout)
 
 
@@ -419,7 +419,7 @@ def validate(cfg: XR0Config) -> None:
          "secagg.threshold must be 0 (majority of share holders) or >= 2"),
         (cfg.secagg.quant_bits in (16, 32), "secagg.quant-bits must be 16 or 32"),
         (0 < cfg.secagg.quant_range < float("inf"), "secagg.quant-range must be a positive number"),
-        (0 < cfg.secagg.weight_cap < float("inf"), "secagg.weight-cap must be a positive number"),
+        (0 <= cfg.secagg.weight_cap < float("inf"), "secagg.weight-cap must be >= 0 (0: automatic)"),
         (cfg.secagg.stage_timeout > 0, "secagg.stage-timeout must be > 0 seconds"),
         *_multimodal_checks(cfg.multimodal),
     ]

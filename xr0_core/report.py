@@ -378,7 +378,8 @@ def secagg_section(rep: RunReport) -> str:
     elif rounds:
         out.append(note("no hospital dropped out"))
     notes = [[r["round"], "skipped" if not r.get("updated", True) else "warning", text]
-             for r in rep.train for text in ([r["reason"]] if r.get("reason") else []) + list(r.get("warnings", []))]
+             for r in rep.train for text in ([r["reason"]] if r.get("reason") else [])
+             + ([charged_note(r)] if charged_note(r) else []) + list(r.get("warnings", []))]
     if notes:
         out.append(note("rounds the coordinator skipped (global weights unchanged) and settings that cost accuracy"))
         out.append(table(["round", "kind", "what happened"], notes))
@@ -420,10 +421,20 @@ def _table_metric(key: str) -> bool:
     return not (key == "partition-id" or key.startswith(LOSS_CURVE_PREFIX) or is_task_key(key))
 
 
+def charged_note(r: dict[str, Any]) -> str:
+    """For a train round that did not move the global model: how many hospitals still paid epsilon for it
+    (their ledgers committed the release before the coordinator found the round unusable); "" otherwise."""
+    if r.get("kind") != "train" or r.get("updated", True):
+        return ""
+    paid = [s["name"] for s in r["sites"] if s["status"] == "ok" and "epsilon" in s["metrics"]]
+    return f"ε was charged at {len(paid)} hospital(s) for this round: {', '.join(sorted(paid))}" if paid else ""
+
+
 def _round_note(r: dict[str, Any]) -> str:
     """Why a round did not move the global model, and its warnings (``RoundOutcome.reason`` / ``warnings``)."""
     parts = [f"skipped: {r['reason']}" if not r.get("updated", True) else r["reason"]] if r.get("reason") else []
-    return "; ".join(parts + list(r.get("warnings", [])))
+    charged = charged_note(r)
+    return "; ".join(parts + ([charged] if charged else []) + list(r.get("warnings", [])))
 
 
 def rounds_section(rep: RunReport) -> str:

@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
             if args.accountant:
                 changes["privacy.accountant"] = args.accountant
             policy = save_policy(with_values(policy, changes), policy_path(args.state_dir))
-        elif not ledger.exists():
-            raise CLIError(f"no privacy ledger in {args.state_dir} (expected {ledger.path}); "
-                           "is this the hospital's state-dir?")
+        elif not ledger.exists() and not _is_state_dir(args.state_dir, policy):
+            raise CLIError(f"{args.state_dir} holds no privacy ledger, site identity (site.json) or site policy: "
+                           "is this the hospital's state-dir (the SuperNode's node config state-dir)?")
         data = ledger.read()
         p = policy.privacy
         eps = ledger.epsilon(data, delta=p.delta, accountant=p.accountant)
@@ -66,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
     for r in data.releases:
         print(f"{r.run_id:<18}{r.round:>6}{r.kind:>8}{r.noise_multiplier:>10.4f}{r.sample_rate:>10.4g}{r.steps:>7}"
               f"{r.status:>11}", file=sys.stderr)
-    print(f"epsilon spent {eps:.4f} of budget {p.budget} (left {left:.4f}) over {len(releases)} releases",
-          file=sys.stderr)
+    if not releases:
+        print("no releases yet: this hospital has not trained under differential privacy", file=sys.stderr)
+    print(f"epsilon spent {eps:.4f} of budget {p.budget} (left {left:.4f}) over {len(releases)} releases"
+          + (f"; per-run cap {p.run_cap:g}" if p.run_cap > 0 else "; no per-run cap"), file=sys.stderr)
     return 0
+
+
+def _is_state_dir(state_dir: Path, policy) -> bool:
+    """A state folder that has not run DP yet has a site identity or a policy file, but no ledger."""
+    from xr0_core.site.state import IDENTITY_FILE
+
+    return (Path(state_dir) / IDENTITY_FILE).is_file() or bool(policy.path)
