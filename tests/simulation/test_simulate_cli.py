@@ -73,7 +73,7 @@ def test_simulate_writes_every_promised_output(finished_run):
     # Two rounds from a random-init ViT: every hospital's probe features far from collapsed, too few losses for
     # "not learning" (< 10 a hospital): the verdict must be ok at every hospital.
     assert set(summary["health"]["sites"]) == {"site00", "site01", "site02"}
-    assert all(v["status"] == "ok" and v["last"]["rankme-cls"] > 2.0 for v in summary["health"]["sites"].values())
+    assert all(v["status"] == "ok" and v["rankme-cls"] > 2.0 for v in summary["health"]["sites"].values())
     assert summary["health"]["status"] == "ok"
     assert "SSL health" in report and card["ssl_health"]["status"] == summary["health"]["status"]
     # Each hospital kept its own local SSL state; the weights moved away from the initial ones.

@@ -160,3 +160,11 @@ def test_pretrain_refuses_more_processes_than_the_batch_allows(tmp_path, capsys)
     data = write_toy_site(tmp_path / "site", 6, seed=0, size=40)
     assert _pretrain(data, tmp_path / "x", 2, "--gpus", "3") == 2
     assert "train.batch-size 4 must be a multiple of --gpus = 3" in capsys.readouterr().err
+
+
+def test_pretrain_refuses_to_claim_differential_privacy(tmp_path, capsys):
+    """xr0 pretrain has no DP step, ledger or accountant: privacy.enabled is refused, not written into a card."""
+    data = write_toy_site(tmp_path / "site", 6, seed=0, size=40)
+    assert _pretrain(data, tmp_path / "o", 2, "--set", "privacy.enabled=true") == 2
+    assert "without differential privacy" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model_card.json").exists()

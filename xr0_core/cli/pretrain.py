@@ -84,9 +84,15 @@ def _build_config(args: argparse.Namespace):
     if getattr(args, "multimodal", False):
         flat["multimodal.enabled"] = True
     try:
-        return from_flat(flat)
+        cfg = from_flat(flat)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
+    if cfg.privacy.enabled or cfg.privacy.client_level:
+        # No DP-SGD step, ledger or accountant runs here: a card saying "differential privacy" would be false.
+        raise CLIError("xr0 pretrain trains without differential privacy (no per-patient clipping, noise or "
+                       "ledger); privacy.enabled / privacy.client-level apply to federated rounds: use "
+                       "`xr0 simulate --dp`, or drop the --set")
+    return cfg
 
 
 def _index(args: argparse.Namespace) -> list[Any]:
