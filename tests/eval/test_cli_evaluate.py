@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from xr0_core.cli import run
 from xr0_core.cli.commands import CORE_COMMANDS
 
