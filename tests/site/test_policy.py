@@ -274,7 +274,7 @@ def test_a_process_killed_mid_training_leaves_its_round_charged(tmp_path):
         def die(self, *a, **k):
             os._exit(9)
         state.SiteTrainer.train = die
-        from tests.privacy.test_ledger import _round
+        from tests.privacy.ledgertools import private_round
         from tests.privacy.dpdata import dp_cfg
         private_round(Path({str(tmp_path)!r}), "killed", 1, cfg=dp_cfg(**{{"privacy.noise-multiplier": 1.5}}))
     """)
