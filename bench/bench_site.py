@@ -20,14 +20,13 @@ def random_image_trainer(overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
     import torch
 
     from xr0_core.config import from_flat
-    from xr0_core.data.dataset import BatchMaker, ImageCache
-    from xr0_core.train.trainer import SiteTrainer
+    from xr0_core.data.dataset import ImageCache
+    from xr0_core.site.round import site_trainer
 
     cfg = from_flat({"ssl.centering": "frozen-per-round", "ssl.koleo-weight": 0.0, **overrides})
     b, side = cfg.train.batch_size, cfg.train.load_size
     rng = np.random.default_rng(0)
     cache = ImageCache.from_arrays([rng.random((side, side), dtype=np.float32) for _ in range(b)], side)
-    trainer = SiteTrainer(cfg, [], site="bench", cache=cache)
+    trainer = site_trainer(cfg, [], site="bench", cache=cache)  # with privacy.enabled: the DP objective
     trainer.model.reset_teacher_from_student()
-    maker = BatchMaker(cache, cfg, site="bench", patch_size=trainer.model.patch_size)
-    return trainer, maker, torch.arange(b)
+    return trainer, trainer.batch_maker(), torch.arange(b)  # the maker the DP step builds its views with

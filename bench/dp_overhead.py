@@ -30,7 +30,7 @@ def measure(preset: str, mode: str, batch: int, steps: int, device: str) -> dict
 
     import torch
 
-    from xr0_core.privacy.dp import DPSession
+    from xr0_core.privacy.dp import dp_step
     from xr0_core.ssl.schedules import Schedules
     from xr0_core.train.loop import train_step
 
@@ -53,12 +53,12 @@ def measure(preset: str, mode: str, batch: int, steps: int, device: str) -> dict
             train_step(tr.model, tr.optimizer, batch_t, sched, i, device=dev, precision=cfg.train.precision,
                        grad_clip=cfg.train.grad_clip)
     else:
-        session = DPSession(tr, noise_multiplier=1.0, sample_rate=1.0, seed=0)
-        session.sampler.draw = lambda: (idx, torch.arange(b))  # exactly B units of one image each
+        dp = dp_step(tr, noise_multiplier=1.0, sample_rate=1.0, seed=0)
+        dp.sampler.draw = lambda: (idx, torch.arange(b))  # exactly B units of one image each
         maker.build = (lambda built: (lambda s, i, secret=None: built))(maker.build(0, idx))  # same views as the plain run
 
         def step(i):
-            session.step(tr, maker, sched, i, rng_seed=i)
+            dp(tr, None, sched, i, rng_seed=i, sync=True)
 
     def sync():
         if dev.type == "cuda":

@@ -90,7 +90,7 @@ def bench_size(n_sites: int, rounds: int, local_steps: int, images: int, cpus: i
         "preset": "cpu-tiny", "federation.rounds": rounds, "train.local-steps": local_steps,
         "train.batch-size": 8, "model.head-out-dim": 256, "model.ibot-out-dim": 256,
         "federation.out-dir": str(out), "simulation.data-root": str(data),
-        "simulation.state-root": str(out / "sites"), "eval.tasks": "none",
+        "simulation.state-root": str(out / "sites"), "eval.tasks": "probe",
     })
     with PeakMemory() as mem:
         run_federation(cfg, n_sites, app_dir=out / "flower-app", total_cpus=cpus)

@@ -69,7 +69,7 @@ def count_step_flops(trainer, batch, sched) -> float:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from xr0_core.privacy.dp import unfused_attention
+    from xr0_core.train.per_unit import unfused_attention
     from xr0_core.train.loop import build_optimizer, train_step
 
     model = copy.deepcopy(trainer.model)  # the counted step must not move the timed model
@@ -108,14 +108,14 @@ def measure(preset: str, mode: str, batch: int, steps: int, warmup: int, device:
             return train_step(tr.model, tr.optimizer, built, sched, i, device=dev, precision=cfg.train.precision,
                               grad_clip=cfg.train.grad_clip, sync=False)
     else:
-        from xr0_core.privacy.dp import DPSession
+        from xr0_core.privacy.dp import dp_step
 
-        session = DPSession(tr, noise_multiplier=1.0, sample_rate=1.0, seed=0)
-        session.sampler.draw = lambda: (idx, torch.arange(b))  # exactly B units of one image each
+        dp = dp_step(tr, noise_multiplier=1.0, sample_rate=1.0, seed=0)
+        dp.sampler.draw = lambda: (idx, torch.arange(b))  # exactly B units of one image each
         maker.build = lambda s, i, **kw: {**built, "index": idx}
 
         def step(i):
-            return session.step(tr, maker, sched, i, rng_seed=i)
+            return dp(tr, None, sched, i, rng_seed=i, sync=False)
 
     def sync():
         if dev.type == "cuda":

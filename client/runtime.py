@@ -102,9 +102,8 @@ def train_site(
         The site refuses (reason reaches the coordinator's report); nothing was trained or charged.
     """
     from xr0_core.site.policy import negotiate
-    from xr0_core.site.round import run_site_round
+    from xr0_core.site.round import run_site_round, site_trainer
     from xr0_core.train.round_state import RoundSpec
-    from xr0_core.train.trainer import SiteTrainer
 
     t0 = time.perf_counter()
     policy = site.policy()
@@ -126,7 +125,7 @@ def train_site(
                                                   site=site.name, workers=site.gpus)
         num_examples = len(data.cache.kept)
     else:
-        trainer = SiteTrainer(cfg, data.records, site=site.name, cache=data.cache)
+        trainer = site_trainer(cfg, data.records, site=site.name, cache=data.cache)
         shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy)
         num_examples = trainer.num_examples
     out = _base_metrics(site)
@@ -144,15 +143,14 @@ def evaluate_site(
     """Frozen-backbone evaluation on this hospital's own labelled data, global weights vs random init.
 
     Every downstream task the site's columns allow (:func:`xr0_core.eval.suite.evaluate_backbone`,
-    non-strict: a task with bad annotations is skipped and logged here), or with ``eval.tasks = none`` only
-    the cheap k-NN / linear anatomy probe (``knn-anatomy``...). Only scalars leave: ``<task>/<metric>``,
+    non-strict: a task with bad annotations is skipped and logged here), or the tasks ``eval.tasks`` names (with
+    ``probe``: only the cheap anatomy probe, ``classification/anatomy``). Only scalars leave: ``<task>/<metric>``,
     ``<task>/random/<metric>``, ``<task>/num-examples``, and only those the site policy's
     ``release.eval-metrics`` allows; under DP no timing and no count (counts become the policy's declared
     size). Under DP only held-out patients (never trained on) are evaluated, and
     the policy may refuse evaluation altogether or once the budget is spent
     (:func:`xr0_core.site.round.check_evaluation`).
     """
-    from xr0_core.eval.anatomy import knn_anatomy_report
     from xr0_core.eval.suite import evaluate_backbone
     from xr0_core.site.round import check_evaluation, release_eval_metrics
 
@@ -162,16 +160,12 @@ def evaluate_site(
     data = site_data(cfg, site, private=private)
     records = private_evaluation_records(data.records, site) if private else data.records
     out = _base_metrics(site)
-    if cfg.eval.tasks.strip().lower() == "none":
-        # Cheapest probe (benchmarks): k-NN / linear anatomy only.
-        out.update(knn_anatomy_report(cfg, records, weights, site=site.name))
-    else:
-        tasks = evaluate_backbone(cfg, records, weights, strict=False)
-        for reason in tasks.skipped:
-            log.info("site %s evaluation: skipped %s", site.name, reason)
-        out.update(tasks.flat_metrics())
-        # Weigh the site by its largest task test set (per-task weights travel as <task>/num-examples).
-        out["num-examples"] = max([0] + list(tasks.counts.values()))
+    tasks = evaluate_backbone(cfg, records, weights, strict=False)
+    for reason in tasks.skipped:
+        log.info("site %s evaluation: skipped %s", site.name, reason)
+    out.update(tasks.flat_metrics())
+    # Weigh the site by its largest task test set (per-task weights travel as <task>/num-examples).
+    out["num-examples"] = max([0] + list(tasks.counts.values()))
     out["eval-seconds"] = time.perf_counter() - t0
     # Under DP no timing and no count leaves (xr0_core/site/round.py: release_eval_metrics).
     return release_eval_metrics(policy, out, private=private)

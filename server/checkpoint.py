@@ -14,20 +14,20 @@ round. Weights load through safetensors (no pickle).
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
-from xr0_core.atomic import _fsync_dir, atomic_write_json
+from xr0_core.atomic import atomic_folder, atomic_write_json
+from xr0_core.checkpoint import load_tensors, prune, save_tensors
 from xr0_core.config import HASH_EXCLUDED_SECTIONS
 
 KEEP_LAST = 3
+_ROUND_FOLDER = re.compile(r"round-(\d{4,})")
 
 
 class CheckpointError(RuntimeError):
@@ -46,23 +46,11 @@ class ServerCheckpoint:
     history: list[dict] = field(default_factory=list)
 
 
-def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata=metadata)
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
 def save_checkpoint(ckpt_dir: Path | str, ckpt: ServerCheckpoint) -> Path:
-    """Write round ``ckpt.round`` and move the ``latest`` pointer to it; prune older rounds."""
+    """Write round ``ckpt.round`` as one folder (:func:`xr0_core.atomic.atomic_folder`), then move the ``latest``
+    pointer to it; prune older rounds."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = f"round-{ckpt.round:04d}"
-    tmp = ckpt_dir / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_safetensors(tmp / "weights.safetensors", ckpt.weights, {"round": str(ckpt.round)})
-    _write_safetensors(tmp / "server_opt.safetensors", ckpt.optimizer)
     state = {
         "round": ckpt.round,
         "run_key": ckpt.run_key,
@@ -71,21 +59,16 @@ def save_checkpoint(ckpt_dir: Path | str, ckpt: ServerCheckpoint) -> Path:
         "optimizer_steps": ckpt.optimizer_steps,
         "history": ckpt.history,
     }
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
-    final = ckpt_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_dir)
+
+    def write(tmp: Path) -> None:
+        save_tensors(tmp / "weights.safetensors", ckpt.weights, header={"round": str(ckpt.round)})
+        save_tensors(tmp / "server_opt.safetensors", ckpt.optimizer)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
+
+    final = atomic_folder(ckpt_dir / name, write)
     atomic_write_json(ckpt_dir / "latest.json", {"round": ckpt.round, "path": name})
-    _prune(ckpt_dir, keep=KEEP_LAST)
+    prune(ckpt_dir, _ROUND_FOLDER, keep=KEEP_LAST)
     return final
-
-
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    rounds = sorted(p for p in ckpt_dir.glob("round-*") if p.is_dir())
-    for old in rounds[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_latest(ckpt_dir: Path | str) -> ServerCheckpoint | None:
@@ -98,9 +81,9 @@ def load_latest(ckpt_dir: Path | str) -> ServerCheckpoint | None:
         latest = json.loads(pointer.read_text())
         folder = ckpt_dir / latest["path"]
         state = json.loads((folder / "state.json").read_text())
-        weights = load_file(str(folder / "weights.safetensors"))
+        weights = load_tensors(folder / "weights.safetensors", framework="np")
         opt_path = folder / "server_opt.safetensors"
-        optimizer = load_file(str(opt_path)) if opt_path.exists() else {}
+        optimizer = load_tensors(opt_path, framework="np") if opt_path.exists() else {}
     except (OSError, KeyError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"checkpoint in {ckpt_dir} is unreadable ({exc}); remove it or start a new --out") from exc
     return ServerCheckpoint(

@@ -294,7 +294,7 @@ class Coordinator:
 
         A stopped run (``stop_reason``) exports no backbone: its weights are whatever the last usable round
         left (possibly the initial ones), not a trained model; the checkpoints stay for a resume."""
-        from xr0_core.eval.anatomy import backbone_from_shared
+        from xr0_core.eval.baseline import backbone_from_shared
         from xr0_core.export import export_backbone
         from xr0_core.report import write_report
 

@@ -20,17 +20,14 @@ def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[di
     from server.checkpoint import load_latest
     from xr0_core.data.index import index_site
     from xr0_core.data.splits import holdout_split
-    from xr0_core.eval.anatomy import anatomy_scores, pixel_anatomy_scores
-    from xr0_core.eval.baseline import backbone_from_shared, random_init_backbone
-    from xr0_core.runtime import resolve_device
+    from xr0_core.eval.baseline import PIXELS, backbone_from_shared, random_init_backbone
+    from xr0_core.eval.suite import PROBE, run_suite, with_split
     from xr0_core.ssl.factory import initial_shared_state
     from xr0_core.train.trainer import SiteTrainer
 
     records = [r for d in dirs for r in index_site(d, verify_pixels=False).records]
     labelled = [r for r in records if r.anatomy]
     train, test = holdout_split(labelled, cfg.seed)
-    names = sorted({r.anatomy for r in train})
-    device = resolve_device(cfg.train.device)
     ckpt = load_latest(out / "checkpoints")
     if ckpt is None:
         raise RuntimeError(f"no federated checkpoint in {out / 'checkpoints'} to compare")
@@ -39,18 +36,20 @@ def compare_backbones(cfg, dirs: list[Path], out: Path, n_sites: int) -> list[di
     pooled = SiteTrainer(cfg, records, site="pooled")
     pooled.load_shared_state_dict(initial_shared_state(cfg))
     metrics = pooled.train(steps, start_step=0, total_steps=steps, progress=True)
+    pooled_weights = pooled.shared_state_dict()
+    labels = {"federated": f"federated ({n_sites} hospitals, {ckpt.round} rounds)",
+              "pooled": f"pooled ({steps} steps)", "random": "random init", PIXELS: "raw pixels (no backbone)"}
+    backbones = {"federated": lambda: backbone_from_shared(cfg, ckpt.weights),
+                 "pooled": lambda: backbone_from_shared(cfg, pooled_weights),
+                 "random": lambda: random_init_backbone(cfg)}
+    # The anatomy probe of the evaluation suite (k-NN and linear probe on frozen CLS features) for every backbone
+    # and the raw pixels, on the pooled held-out images.
+    outputs, result = run_suite(cfg, with_split(train, test), backbones, tasks=PROBE, pixels=True)
     rows = []
-    for label, weights in (
-        (f"federated ({n_sites} hospitals, {ckpt.round} rounds)", ckpt.weights),
-        (f"pooled ({steps} steps)", pooled.shared_state_dict()),
-        ("random init", None),
-    ):
-        backbone = random_init_backbone(cfg) if weights is None else backbone_from_shared(cfg, weights)
-        scores = anatomy_scores(cfg, backbone.to(device), train, test, names, device)
-        rows.append({"backbone": label, "knn-anatomy": scores["knn"], "linear-anatomy": scores["linear"],
-                     "test-images": int(scores["n_test"])})
-    scores = pixel_anatomy_scores(cfg, train, test, names)
-    rows.append({"backbone": "raw pixels (no backbone)", "knn-anatomy": scores["knn"],
-                 "linear-anatomy": scores["linear"], "test-images": int(scores["n_test"])})
+    for name, label in labels.items():
+        scores = outputs.get(name, {}).get("metrics", {}).get("classification/anatomy", {})
+        rows.append({"backbone": label, "knn-anatomy": scores.get("knn-accuracy", float("nan")),
+                     "linear-anatomy": scores.get("linear-accuracy", float("nan")),
+                     "test-images": int(result.counts.get("classification/anatomy", 0))})
     rows[1]["final-loss"] = metrics.get("loss")
     return rows

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from xr0_core.config import XR0Config
+from xr0_core.flat_values import toml_value
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,6 @@ FLOWER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
@@ -61,7 +53,7 @@ def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
         "",
         "[tool.flwr.app.config]",
     ]
-    lines += [f'"{k}" = {_toml_value(v)}' for k, v in sorted(run_config.items())]
+    lines += [f'"{k}" = {toml_value(v)}' for k, v in sorted(run_config.items())]
     (app_dir / "pyproject.toml").write_text("\n".join(lines) + "\n")
     return app_dir
 

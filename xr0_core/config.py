@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from xr0_core.flat_values import ValueKindError, coerce, toml_value
+
 Scalar = bool | int | float | str
 
 
@@ -171,7 +173,7 @@ class EvalConfig:
 
     every: int = 0  # federated evaluation every K rounds (0: after the last round only)
     knn_k: int = 10
-    tasks: str = "all"  # "all", "none" (k-NN anatomy only), or comma-separated families / task keys
+    tasks: str = "all"  # "all", "probe" (anatomy probe only; "none": its old name), or families / task keys
     head_steps: int = 100  # optimizer steps per light head (frozen backbone features)
     head_lr: float = 1e-3
     head_batch_size: int = 32
@@ -305,32 +307,15 @@ def _dash(name: str) -> str:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the type of the default; ints are accepted where floats are expected."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}") from None
-    if isinstance(default, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
-        return value
-    raise ConfigError(f"config key {key!r}: unsupported value {value!r}")
+    """``value`` as the type of the key's default (:func:`xr0_core.flat_values.coerce`: the site policy's rules)."""
+    kind = next((k for k in (bool, int, float, str) if isinstance(default, k)), None)
+    if kind is None:
+        raise ConfigError(f"config key {key!r}: unsupported value {value!r}")
+    try:
+        return coerce(value, kind)
+    except ValueKindError as exc:
+        want = "true/false" if kind is bool else exc.expected
+        raise ConfigError(f"config key {key!r} expects {want}, got {value!r}") from None
 
 
 def known_keys() -> list[str]:
@@ -485,18 +470,13 @@ def pyproject_section() -> str:
     """
     preset_keys = {k.split(".", 1)[0] + "." + _dash(k.split(".", 1)[1]) for p in PRESETS.values() for k in p}
 
-    def toml(v: Scalar) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return repr(v) if isinstance(v, (int, float)) else f'"{v}"'
-
     lines = [
         "[tool.flwr.app.config]",
         "# Every XR-0 run-config key; regenerate with `python -m xr0_core.config` (defaults: xr0_core/config.py).",
         f'# "{PRESET_DEFAULT}" = take the value of the chosen preset (cpu-tiny | vit-s | vit-b).',
     ]
     for key, value in sorted(XR0Config().to_flat().items()):
-        lines.append(f'"{key}" = {toml(PRESET_DEFAULT if key in preset_keys else value)}')
+        lines.append(f'"{key}" = {toml_value(PRESET_DEFAULT if key in preset_keys else value)}')
     return "\n".join(lines)
 
 

@@ -49,9 +49,8 @@ def export_backbone(backbone: nn.Module, model_cfg: ModelConfig, out_path: str |
     dict
         The sidecar content.
     """
-    from safetensors.torch import save_file
-
     from xr0_core.atomic import atomic_write
+    from xr0_core.checkpoint import save_tensors
 
     spec = backbone_timm_spec(model_cfg)
     # Weights of an inference model: drop-path is a training-time choice, not part of the architecture.
@@ -72,7 +71,7 @@ def export_backbone(backbone: nn.Module, model_cfg: ModelConfig, out_path: str |
         "weights": out_path.name,
         **(extra or {}),
     }
-    atomic_write(out_path, lambda tmp: save_file(sd, str(tmp), metadata={"format": EXPORT_FORMAT}))
+    save_tensors(out_path, sd, header={"format": EXPORT_FORMAT})
     atomic_write(sidecar_path(out_path),
                  lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n"))
     return sidecar

@@ -19,7 +19,6 @@ or :func:`load_text_export` (checks the files and returns the projections as mod
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,20 @@ def export_text_side(model: Any, out_dir: str | Path, backbone_file: str = "back
     dict
         The sidecar content.
     """
-    from safetensors.torch import save_file
-
-    from xr0_core.atomic import atomic_write
+    from xr0_core.atomic import atomic_folder, atomic_write
+    from xr0_core.checkpoint import save_tensors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tower = out / TOWER_DIR
-    tmp = out / f".{TOWER_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.student["text"].save_pretrained(str(tmp), safe_serialization=True)
-    model.tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(tower, ignore_errors=True)
-    tmp.rename(tower)
-    heads = {f"{name}.{k}": v.detach().to("cpu", torch.float32).contiguous()
+
+    def write_tower(tmp: Path) -> None:
+        model.student["text"].save_pretrained(str(tmp), safe_serialization=True)
+        model.tokenizer.save_pretrained(str(tmp))
+
+    atomic_folder(out / TOWER_DIR, write_tower)
+    heads = {f"{name}.{k}": v.detach().to("cpu", torch.float32)
              for name in ("contrast", "caption") for k, v in model.student[name].state_dict().items()}
-    atomic_write(out / HEADS_FILE, lambda p: save_file(heads, str(p), metadata={"format": MULTIMODAL_FORMAT}))
+    save_tensors(out / HEADS_FILE, heads, header={"format": MULTIMODAL_FORMAT})
     dec = model.student["caption"]
     sidecar = {
         "format": MULTIMODAL_FORMAT,

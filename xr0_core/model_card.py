@@ -35,7 +35,7 @@ def _ssl_health(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_card(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     """The card of a federated run (JSON-able)."""
-    from xr0_core.report import summary_rows
+    from xr0_core.eval.summary import summary_rows
 
     train = [r for r in history if r["kind"] == "train"]
     evals = [r for r in history if r["kind"] == "evaluate"]
@@ -89,7 +89,7 @@ def pretrain_card(summary: dict[str, Any], cfg_flat: dict[str, Any], export: dic
             continue
         ci = summary.get("knn_gain_ci95") if key == "knn_accuracy" else None
         low, high = (ci if ci and len(ci) == 2 else (math.nan, math.nan))
-        from xr0_core.report import verdict
+        from xr0_core.eval.summary import verdict
 
         row = {"family": "anatomy probe", "task": label, "metric": "accuracy", "pretrained": pre,
                "random": rnd, "diff": pre - rnd, "low": low, "high": high,

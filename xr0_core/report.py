@@ -10,10 +10,8 @@ Shared HTML helpers live in :mod:`xr0_core.htmlpage`; the downstream-evaluation 
 :mod:`xr0_core.eval.evaluation_report`.
 
 The summary at the top answers "did pretraining help?": per task, the pretrained backbone minus the
-random-init one with a 95 % interval. Each hospital computes a paired bootstrap over its own patients
-(``<task>/ci/<metric>/{diff,low,high,se,units}``, scalars: nothing else leaves); the coordinator pools them
-stratified by hospital: difference = units-weighted mean of the hospitals' differences, standard error =
-sqrt(sum(w_i^2 se_i^2)), interval = difference +- 1.96 SE (one hospital: its own percentile interval).
+random-init one with a 95 % interval, pooled over hospitals. The statistics (intervals, pooling, verdicts) are
+:mod:`xr0_core.eval.summary`, which the model card reads too; this module only draws and writes.
 """
 
 from __future__ import annotations
@@ -27,15 +25,10 @@ from typing import Any, Callable
 
 from xr0_core.atomic import atomic_write
 from xr0_core.eval.multimodal_report import multimodal_section
+from xr0_core.eval.summary import LOWER_IS_BETTER, MIN_UNITS, is_task_key, summary_rows
 from xr0_core.htmlpage import details, image, note, page, table
 
-EVAL_FAMILIES = ("classification/", "retrieval/", "segmentation/", "landmarks/", "grounding/", "report_generation/")
-FAMILY_ORDER = tuple(f.rstrip("/") for f in EVAL_FAMILIES)
-LOWER_IS_BETTER = ("mre-px", "mre-mm")  # metrics where a smaller number is the better model
 LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/trainer.py: per-round summary of the per-step loss
-Z95 = 1.959964
-# Fewer patients than this (over all hospitals) and a bootstrap interval says more than the data: no verdict.
-MIN_UNITS = 10
 
 
 @dataclass
@@ -81,102 +74,6 @@ def _save(fig, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ summary
-
-
-def _is_task_key(key: str) -> bool:
-    return key.startswith(EVAL_FAMILIES)
-
-
-def site_intervals(metrics: dict[str, float], segment: str = "/ci/") -> dict[str, dict[str, Any]]:
-    """``<task>/ci/<metric>/<part>`` keys of one hospital -> ``{task: {"metric", "diff", "low", ...}}``.
-
-    ``segment="/ci-pixels/"`` reads the intervals against the raw-pixel baseline instead of random init."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in metrics.items():
-        if segment not in key:
-            continue
-        task, rest = key.split(segment, 1)
-        metric, _, part = rest.rpartition("/")
-        out.setdefault(task, {"metric": metric})[part] = value
-    return {t: v for t, v in out.items() if {"diff", "se", "units"} <= set(v)}
-
-
-def pooled_interval(per_site: list[dict[str, Any]]) -> dict[str, float]:
-    """Stratified pooling of hospitals' paired intervals (module docstring); ``{"diff", "low", "high"}``."""
-    per_site = [s for s in per_site if s.get("units", 0) > 0 and math.isfinite(s.get("diff", math.nan))]
-    if not per_site:
-        return {"diff": math.nan, "low": math.nan, "high": math.nan, "units": 0.0}
-    total = sum(s["units"] for s in per_site)
-    if any(s["units"] < 2 for s in per_site):  # one patient: resampling it gives no spread, not certainty
-        diff = sum(s["units"] * s["diff"] for s in per_site) / total
-        return {"diff": diff, "low": math.nan, "high": math.nan, "units": total}
-    if len(per_site) == 1:
-        s = per_site[0]
-        return {"diff": s["diff"], "low": s["low"], "high": s["high"], "units": total}
-    diff = sum(s["units"] * s["diff"] for s in per_site) / total
-    se = math.sqrt(sum((s["units"] / total) ** 2 * s["se"] ** 2 for s in per_site if math.isfinite(s["se"])))
-    return {"diff": diff, "low": diff - Z95 * se, "high": diff + Z95 * se, "units": total}
-
-
-def verdict(metric: str, low: float, high: float) -> str:
-    """"better" / "worse" when the whole interval says so, "not shown" when it straddles 0."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "no interval"
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    lo, hi = sorted((sign * low, sign * high))
-    if lo > 0:
-        return "better"
-    if hi < 0:
-        return "worse"
-    return "not shown"
-
-
-def summary_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per task of the last evaluation with results: pooled pretrained / random values of the
-    interval's metric, the pooled difference with its interval, the verdict, hospitals and units."""
-    from xr0_core.eval.evaluation_report import headline_metrics, split_flat
-
-    evals = [r for r in history if r.get("kind") == "evaluate" and any(s["status"] == "ok" for s in r["sites"])]
-    if not evals:
-        return []
-    last = evals[-1]
-    pooled = split_flat(last["metrics"])
-    ok = [s for s in last["sites"] if s["status"] == "ok"]
-    per_site = {s["name"]: site_intervals(s["metrics"]) for s in ok}
-    per_site_pixels = {s["name"]: site_intervals(s["metrics"], "/ci-pixels/") for s in ok}
-    rows = []
-    tasks = sorted({t for t, _ in pooled}, key=lambda t: (FAMILY_ORDER.index(t.split("/")[0])
-                                                           if t.split("/")[0] in FAMILY_ORDER else 99, t))
-    headline = dict(headline_metrics(pooled))
-    for task in tasks:
-        cis = [dict(ci[task], site=name) for name, ci in per_site.items() if task in ci]
-        metric = cis[0]["metric"] if cis else headline.get(task)
-        if metric is None or (task, metric) not in pooled:
-            continue
-        cis = [c for c in cis if c["metric"] == metric]
-        iv = pooled_interval(cis)
-        values = pooled[(task, metric)]
-        verdict_ = verdict(metric, iv["low"], iv["high"]) if iv["units"] >= MIN_UNITS else "too few patients"
-        # The same difference against the raw-pixel baseline, where it applies (classification, retrieval).
-        cis_pix = [dict(ci[task], site=name) for name, ci in per_site_pixels.items()
-                   if task in ci and ci[task]["metric"] == metric]
-        iv_pix = pooled_interval(cis_pix) if cis_pix else None
-        vs_pixels = None
-        if iv_pix is not None:
-            vs_pixels = {**iv_pix, "verdict": (verdict(metric, iv_pix["low"], iv_pix["high"])
-                                               if iv_pix["units"] >= MIN_UNITS else "too few patients")}
-        rows.append({"family": task.split("/")[0], "task": task.split("/", 1)[1], "metric": metric,
-                     "pretrained": values.get("pretrained", math.nan), "random": values.get("random", math.nan),
-                     "pixels": values.get("pixels", math.nan), **iv, "verdict": verdict_, "vs_pixels": vs_pixels,
-                     "hospitals": len(cis), "per_site": cis, "round": last["round"]})
-    m = last["metrics"]  # the cheap anatomy probe (eval.tasks = none): no per-patient scores, no interval
-    for key, label in (("knn-anatomy", "anatomy k-NN"), ("linear-anatomy", "anatomy linear probe")):
-        if key in m and f"{key}-random" in m:
-            rows.append({"family": "anatomy probe", "task": label, "metric": "accuracy", "pretrained": m[key],
-                         "random": m[f"{key}-random"], "diff": m[key] - m[f"{key}-random"], "low": math.nan,
-                         "high": math.nan, "units": m.get("num-examples", math.nan), "verdict": "no interval",
-                         "hospitals": len(ok), "per_site": [], "round": last["round"]})
-    return rows
 
 
 def plot_forest(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -521,7 +418,7 @@ def _round_rows(history: list[dict[str, Any]], metric_names: list[str]) -> list[
 
 def _table_metric(key: str) -> bool:
     """Keys worth a column in the per-round table (task keys have their own section)."""
-    return not (key == "partition-id" or key.startswith(LOSS_CURVE_PREFIX) or _is_task_key(key))
+    return not (key == "partition-id" or key.startswith(LOSS_CURVE_PREFIX) or is_task_key(key))
 
 
 def charged_note(r: dict[str, Any]) -> str:
@@ -562,11 +459,24 @@ def config_section(rep: RunReport) -> str:
         "<pre>" + html.escape(json.dumps(rep.cfg, indent=1, sort_keys=True)) + "</pre>")
 
 
-def health_section(rep: RunReport) -> str:
-    """SSL health verdict and last measurement per hospital (:mod:`xr0_core.train.health`)."""
-    from xr0_core.train.health import health_section as section
+HEALTH_COLUMNS = ("rankme-cls", "rankme-patch", "feature-std", "teacher-entropy", "student-entropy",
+                  "prototype-usage", "center-norm", "knn-probe", "feature-change")
 
-    return section(rep.history)
+
+def health_section(rep: RunReport) -> str:
+    """SSL health verdict and the last measurement of every hospital (:func:`xr0_core.train.health.assess_history`);
+    "" when no hospital measured any (e.g. under DP)."""
+    from xr0_core.train.health import assess_history
+
+    verdict = assess_history(rep.history)
+    if not verdict["sites"]:
+        return ""
+    rows = [[name, v["status"], *[f"{v['last'][k]:.3g}" if k in v["last"] else "" for k in HEALTH_COLUMNS],
+             "; ".join(v["reasons"])] for name, v in verdict["sites"].items()]
+    return (f"<h2>SSL health: {html.escape(verdict['status'])}</h2>"
+            + note("last measurement per hospital on its fixed probe images (xr0_core/train/health.py): RankMe "
+                   "near 1 or feature std near 0 = collapsed")
+            + table(["hospital", "status", *HEALTH_COLUMNS, "reasons"], rows, keep_empty=True, text_columns=2))
 
 
 Section = Callable[[RunReport], str]

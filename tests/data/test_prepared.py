@@ -141,6 +141,7 @@ def test_truncated_shard_and_killed_run_are_recovered(tmp_path):
     assert len(PreparedImages(_records(data), out)) == 3
 
 
+@pytest.mark.slow  # spawned worker processes
 def test_parallel_prepare_equals_serial(tmp_path):
     data = _site(tmp_path, 6)
     a = prepare_site(data, tmp_path / "a", LOAD, workers=1)
@@ -174,7 +175,7 @@ def test_open_site_images_picks_prepared_and_trains(tmp_path):
 
 
 def test_prepare_cli(tmp_path):
-    from simulation.cli import main
+    from cli import main
 
     data = _site(tmp_path, 3)
     rc = main(["site", "prepare", "--data", str(data), "--state-dir", str(tmp_path / "st"), "--workers", "1",

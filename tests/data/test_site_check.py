@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from xr0_core.cli import run
+from xr0_core.cli import site as cli_site
 from xr0_core.data.index import SiteDataError, index_site
 from xr0_core.data.manifest import ManifestError
 
@@ -24,7 +25,7 @@ BAD_FILES = {
 
 def xr0(*argv: str) -> int:
     """The real ``xr0`` parser with only the ``site`` command (others are built elsewhere)."""
-    return run(list(argv), ["xr0_core.cli.site"])
+    return run(list(argv), [cli_site])
 
 
 @pytest.fixture(scope="module")

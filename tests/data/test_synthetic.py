@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from xr0_core.cli import run as cli_run
+from xr0_core.cli import synth as cli_synth
 from xr0_core.data.images import read_image
 from xr0_core.data.manifest import load_manifest
 from xr0_core.data.synthetic import (
@@ -193,7 +194,7 @@ def test_cli_synth_json(tmp_path, capsys):
     out = tmp_path / "fed"
     argv = ["synth", "--out", str(out), "--sites", "2", "--images-per-site", "5", "--seed", "1",
             "--image-size", "48", "--json"]
-    assert cli_run(argv, ["xr0_core.cli.synth"]) == 0
+    assert cli_run(argv, [cli_synth]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["out"] == str(out)
     assert [s["name"] for s in summary["sites"]] == ["site00", "site01"]
@@ -202,6 +203,6 @@ def test_cli_synth_json(tmp_path, capsys):
         assert sum(s["by_anatomy"].values()) == s["images"]
         assert len(list((Path(s["path"]) / "images").glob("*.dcm"))) == s["images"]
     # A second run into the same folder must not silently mix federations.
-    assert cli_run(argv, ["xr0_core.cli.synth"]) == 2
+    assert cli_run(argv, [cli_synth]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert cli_run(argv + ["--overwrite"], ["xr0_core.cli.synth"]) == 0
+    assert cli_run(argv + ["--overwrite"], [cli_synth]) == 0

@@ -44,8 +44,9 @@ def test_policy_allow_list():
         check_app_version(pinned, "0.1.0+0000000000000000")
 
 
+@pytest.mark.slow  # the xr0 command in a subprocess
 def test_cli_prints_the_version():
-    out = subprocess.run([sys.executable, "-m", "simulation.cli", "site", "app-version", "--app", str(ROOT)],
+    out = subprocess.run([sys.executable, "-m", "cli", "site", "app-version", "--app", str(ROOT)],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == app_version()
 

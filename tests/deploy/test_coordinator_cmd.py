@@ -3,6 +3,8 @@ states to exit codes (the real SuperLink path is in test_deployment.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -15,10 +17,11 @@ from xr0_core.deploy.certs import make_ca
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the xr0 command in a subprocess
 def test_connect_writes_flwr_home_only(tmp_path):
     make_ca(tmp_path / "certs")
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "simulation.cli", "coordinator", "connect", "--name", "xr0",
+    cmd = [sys.executable, "-m", "cli", "coordinator", "connect", "--name", "xr0",
            "--superlink", "127.0.0.1:8000", "--root-certificates", str(tmp_path / "certs" / "ca.crt")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -31,9 +34,10 @@ def test_connect_writes_flwr_home_only(tmp_path):
     assert "federations" not in pyproject["tool"]["flwr"]  # nothing for `flwr run` to migrate (and rewrite)
 
 
+@pytest.mark.slow  # the xr0 command in a subprocess
 def test_connect_needs_tls_or_explicit_insecure(tmp_path):
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
-    proc = subprocess.run([sys.executable, "-m", "simulation.cli", "coordinator", "connect", "--name", "x",
+    proc = subprocess.run([sys.executable, "-m", "cli", "coordinator", "connect", "--name", "x",
                            "--superlink", "https://h:8000"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "without a scheme" in proc.stderr
 

@@ -65,8 +65,9 @@ def test_bad_inputs_say_what_to_fix(tmp_path):
         make_site_key(tmp_path, "../evil")
 
 
+@pytest.mark.slow  # the xr0 command in a subprocess
 def test_cli_refuses_second_ca(tmp_path):
-    cmd = [sys.executable, "-m", "simulation.cli", "certs", "ca", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "cli", "certs", "ca", "--out", str(tmp_path)]
     assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode == 0
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr

@@ -26,6 +26,8 @@ from tests.deploy.procs import TAG, Procs, tagged_pids
 from xr0_core.deploy.runbook import steps
 from xr0_core.privacy.ledger import PrivacyLedger
 
+pytestmark = pytest.mark.slow  # a real SuperLink with TLS and two real SuperNodes
+
 ROOT = Path(__file__).resolve().parents[2]
 COORD = steps(ROOT / "docs" / "deploy-coordinator.md")
 SITE = steps(ROOT / "docs" / "deploy-hospital.md")
@@ -35,7 +37,7 @@ SITES = ("site_a", "site_b")
 RUN_CONFIG = {
     "preset": "cpu-tiny", "federation.rounds": 1, "privacy.enabled": True, "secagg.enabled": True,
     "train.local-steps": 1, "train.batch-size": 4, "ssl.n-local-crops": 2, "model.head-out-dim": 256,
-    "model.ibot-out-dim": 256, "model.head-hidden-dim": 64, "eval.tasks": "none", "eval.max-images": 8,
+    "model.ibot-out-dim": 256, "model.head-hidden-dim": 64, "eval.tasks": "probe", "eval.max-images": 8,
     "federation.round-timeout": 240.0, "secagg.stage-timeout": 120.0,
 }
 

@@ -50,6 +50,7 @@ def test_auroc_difference_interval_excludes_zero_only_for_a_real_gap():
     assert lo == hi == 0.0
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_suite_reports_the_pixel_baseline(fast_cfg, records):
     from xr0_core.eval.suite import evaluate_backbone
 
@@ -62,6 +63,7 @@ def test_suite_reports_the_pixel_baseline(fast_cfg, records):
     assert any("/pixels/" in k for k in flat)
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_suite_intervals_against_pixels_are_the_paired_difference(fast_cfg, records):
     """Every difference carries its interval: pretrained minus raw pixels as well as minus random init, on the
     same per-patient units, and both leave as flat scalar keys."""

@@ -2,11 +2,15 @@
 
 import json
 
-from xr0_core.cli import CORE_COMMANDS, run
+import pytest
+
+from xr0_core.cli import run
+from xr0_core.cli.commands import CORE_COMMANDS
 
 FAST = ["--set", "eval.head-steps=3", "--set", "eval.head-batch-size=8", "--set", "train.device=cpu"]
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_json_contract_and_report(site_dir, tmp_path, capsys):
     out = tmp_path / "out"
     rc = run(["evaluate", "--checkpoint", "random", "--data", str(site_dir), "--tasks",
@@ -22,9 +26,10 @@ def test_json_contract_and_report(site_dir, tmp_path, capsys):
     assert "segmentation/mask" in html and (out / "example_random_segmentation_mask.png").is_file()
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_exported_backbone_checkpoint(site_dir, tmp_path, capsys):
     from xr0_core.config import from_flat
-    from xr0_core.eval.anatomy import backbone_from_shared
+    from xr0_core.eval.baseline import backbone_from_shared
     from xr0_core.export import export_backbone
 
     cfg = from_flat({"seed": 5})

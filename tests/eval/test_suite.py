@@ -20,6 +20,7 @@ def _other_weights(cfg):
     return build_model(from_flat({**cfg.to_flat(), "seed": cfg.seed + 1})).shared_state_dict()
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_every_family_reports_pretrained_and_random(fast_cfg, records):
     result = evaluate_backbone(fast_cfg, records, _other_weights(fast_cfg), device="cpu")
     for family in FAMILIES:
@@ -35,6 +36,7 @@ def test_every_family_reports_pretrained_and_random(fast_cfg, records):
     assert "grounding/phrase-box" in result.counts
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_same_backbone_gives_same_numbers_as_baseline(fast_cfg, records):
     """Heads are seeded identically for both backbones: evaluating the random init itself equals the baseline."""
     from xr0_core.ssl.factory import build_model
@@ -95,7 +97,7 @@ def test_letterbox_geometry_maps_points_both_ways():
 
 
 def test_features_are_batch_independent_and_gradient_free(fast_cfg, records):
-    from xr0_core.eval.anatomy import backbone_from_shared
+    from xr0_core.eval.baseline import backbone_from_shared
 
     data = build_eval_set(records[:10], fast_cfg.model.img_size, seed=0)
     vit = backbone_from_shared(fast_cfg, None)
@@ -106,6 +108,7 @@ def test_features_are_batch_independent_and_gradient_free(fast_cfg, records):
     assert not a.cls.requires_grad and all(p.grad is None for p in vit.parameters())
 
 
+@pytest.mark.slow  # spawned worker processes
 def test_parallel_decode_gives_the_same_eval_set(fast_cfg, records, tmp_path):
     """Large sites decode evaluation images in worker processes; views, geometry, split and skipped files
     (with their reasons) are the same as one process."""

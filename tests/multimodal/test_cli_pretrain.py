@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
-from xr0_core.cli import run
+from xr0_core.cli import pretrain, run
 
+from tests.tiny import tiny_set_args
 from tests.train.toydata import write_toy_site
-from tests.train.test_cli_pretrain import TINY
+
+TINY = tiny_set_args(**{"ssl.n-local-crops": 1, "model.head-hidden-dim": 32, "model.head-bottleneck-dim": 64})
 
 
 def test_pretrain_multimodal_reports_zero_shot_recall_and_exports_text_side(tmp_path, capsys, bert_dir):
@@ -22,7 +24,7 @@ def test_pretrain_multimodal_reports_zero_shot_recall_and_exports_text_side(tmp_
     out = tmp_path / "out"
     assert run(["pretrain", "--data", str(data), "--out", str(out), "--steps", "3", "--json", "--multimodal", *TINY,
                 "--set", f"multimodal.text-encoder={bert_dir}", "--set", "multimodal.max-tokens=16",
-                "--set", "multimodal.caption-width=32"], ["xr0_core.cli.pretrain"]) == 0
+                "--set", "multimodal.caption-width=32"], [pretrain]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     for key in ("retrieval_r5", "retrieval_r5_random", "report_bleu4", "report_bleu4_random"):

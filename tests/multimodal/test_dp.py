@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
+from xr0_core.site.round import site_trainer
 from xr0_core.ssl.factory import build_model, initial_shared_state
 from xr0_core.train.round_state import RoundSpec
-from xr0_core.train.trainer import SiteTrainer
 
-from .conftest import paired_cache
+from tests.multimodal.mmdata import paired_cache
 
 DP = {"privacy.enabled": True, "train.local-steps": 2, "ssl.koleo-weight": 0.0}
 
@@ -24,7 +24,7 @@ def test_dp_refuses_contrastive_and_names_captioning(mm_cfg, kind):
         dp_objective_config(cfg)
     assert "multimodal.contrastive" in str(err.value)
     with pytest.raises(BatchCoupledLossError, match="captioning"):
-        SiteTrainer(cfg, [], site="h", cache=paired_cache(6))
+        site_trainer(cfg, [], site="h", cache=paired_cache(6))
 
 
 def test_captioning_objective_is_per_sample(mm_cfg):
@@ -33,8 +33,8 @@ def test_captioning_objective_is_per_sample(mm_cfg):
     cfg = dp_objective_config(mm_cfg(**DP, **{"multimodal.contrastive": "none"}))
     model = build_model(cfg).eval()
     assert model.coupling == "per-sample"
-    tr = SiteTrainer(cfg, [], site="h", cache=paired_cache(6))
-    batch = tr._batch_maker().build(0, torch.arange(5))
+    tr = site_trainer(cfg, [], site="h", cache=paired_cache(6))
+    batch = tr.batch_maker().build(0, torch.arange(5))
     batch.pop("index")
     full = model(batch, 0.07)
     assert (full.parts["caption"] > 0).all()
@@ -43,6 +43,7 @@ def test_captioning_objective_is_per_sample(mm_cfg):
         torch.testing.assert_close(alone.loss[0], full.loss[i], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_dp_captioning_round_runs_and_ledger_epsilon_reproduces_with_opacus(mm_cfg, tmp_path):
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
     from opacus.accountants.rdp import RDPAccountant
@@ -60,7 +61,7 @@ def test_dp_captioning_round_runs_and_ledger_epsilon_reproduces_with_opacus(mm_c
     cache = paired_cache(8, patients=[0, 0, 1, 2, 3, 3, 4, 5])
     metrics = []
     for rnd in (1, 2):
-        tr = SiteTrainer(cfg, [], site="h", cache=cache)
+        tr = site_trainer(cfg, [], site="h", cache=cache)
         shared, m = run_site_round(tr, start, RoundSpec(rnd, (rnd - 1) * 2, 4, 2, "dprun"), tmp_path, policy)
         metrics.append(m)
         assert shared.keys() == start.keys() and all(torch.isfinite(v).all() for v in shared.values())

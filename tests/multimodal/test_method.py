@@ -10,7 +10,7 @@ from xr0_core.ssl.multimodal import MultimodalXR0, text_shared_names
 from xr0_core.train.round_state import RoundSpec, run_local_round
 from xr0_core.train.trainer import SiteTrainer
 
-from .conftest import paired_cache
+from tests.multimodal.mmdata import paired_cache
 
 
 @pytest.mark.parametrize("mode", ["all", "top-k", "projection", "frozen"])
@@ -52,6 +52,7 @@ def test_image_without_report_trains_image_losses_only(mm_cfg):
     assert not torch.equal(after["backbone.blocks.0.attn.qkv.weight"], start["backbone.blocks.0.attn.qkv.weight"])
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_multimodal_losses_fall_on_paired_images(mm_cfg):
     cfg = mm_cfg(**{"train.lr": 0.3, "ssl.koleo-weight": 0.0})
     trainer = SiteTrainer(cfg, [], site="a", cache=paired_cache(20))

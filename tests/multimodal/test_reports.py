@@ -7,7 +7,7 @@ import torch
 from xr0_core.data.reports import ReportTokens, prepare_report
 from xr0_core.models.text import load_text_encoder
 
-from .conftest import Rec
+from tests.multimodal.mmdata import Rec
 
 
 def test_findings_and_impression_are_kept_other_sections_dropped():

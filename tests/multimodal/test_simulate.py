@@ -14,6 +14,8 @@ import pytest
 
 from tests.simulation.simtools import ROOT, fast_set_args, xr0_cmd
 
+pytestmark = pytest.mark.slow  # xr0 simulate (Flower's Simulation Engine on Ray) in a subprocess
+
 
 @pytest.fixture(scope="module")
 def mm_run(tmp_path_factory, bert_dir):

@@ -17,6 +17,7 @@ from .bert import write_bert_folder
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_bundled_minilm_loads_with_the_network_switched_off():
     """In a fresh process with every hub access disabled: the package's folder is used, nothing downloads."""
     code = ("from xr0_core.models.text import load_text_encoder, default_text_encoder_dir\n"

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import torch
 
-from tests.privacy.test_dp_ranks import (
-    PATIENTS, Q, SIGMA, STEPS, TINY_C, capture_grads, chosen_seed, config,
-)
-from tests.privacy.conftest import patient_cache
-from xr0_core.privacy.dp import DPSession
+from tests.privacy.dpdata import patient_cache
+from tests.privacy.rankdp import PATIENTS, Q, SIGMA, STEPS, TINY_C, capture_grads, chosen_seed, config
+from xr0_core.privacy.dp import dp_step
+from xr0_core.site.round import site_trainer
 from xr0_core.train.distributed import init_from_env
-from xr0_core.train.trainer import SiteTrainer
 
 
 def main(out: str) -> int:
@@ -32,25 +30,25 @@ def main(out: str) -> int:
     r = ctx.rank
 
     # 1. seeded: the same sampling, views and noise as one process with the same seed
-    trainer = SiteTrainer(config(), [], site="h", cache=patient_cache(PATIENTS))
+    trainer = site_trainer(config(), [], site="h", cache=patient_cache(PATIENTS))
     trainer.dist = ctx
-    trainer.dp = DPSession(trainer, noise_multiplier=SIGMA, sample_rate=Q, seed=chosen_seed())
+    step = trainer.use_stepper(dp_step(trainer, noise_multiplier=SIGMA, sample_rate=Q, seed=chosen_seed()))
     first = capture_grads(trainer)
     metrics = trainer.train(STEPS, start_step=0, total_steps=STEPS)
     save_file(first, str(out_dir / f"grads-{r}.safetensors"))
-    facts = {"noise_draws": trainer.dp.optimizer.noise_draws, "dp_steps": trainer.dp.steps}
+    facts = {"noise_draws": step.optimizer.noise_draws, "dp_steps": step.steps}
     if ctx.is_main:
         save_file(trainer.shared_state_dict(), str(out_dir / "shared.safetensors"))
         (out_dir / "metrics.json").write_text(json.dumps(metrics))
 
     # 2. secret randomness (as in a real round), tiny C: the released gradient is the noise, drawn once
-    secret = SiteTrainer(config(**{"privacy.max-grad-norm": TINY_C}), [], site="h", cache=patient_cache(PATIENTS))
+    secret = site_trainer(config(**{"privacy.max-grad-norm": TINY_C}), [], site="h", cache=patient_cache(PATIENTS))
     secret.dist = ctx
-    secret.dp = DPSession(secret, noise_multiplier=SIGMA, sample_rate=Q)
+    secret_step = secret.use_stepper(dp_step(secret, noise_multiplier=SIGMA, sample_rate=Q))
     grads = capture_grads(secret)
     secret.train(1, start_step=0, total_steps=STEPS)
     save_file(grads, str(out_dir / f"secret-grads-{r}.safetensors"))
-    facts["secret_noise_draws"] = secret.dp.optimizer.noise_draws
+    facts["secret_noise_draws"] = secret_step.optimizer.noise_draws
     (out_dir / f"rank-{r}.json").write_text(json.dumps(facts))
 
     import torch.distributed as dist

@@ -11,52 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from xr0_core.privacy.units import PoissonUnitSampler, privacy_units
-
-from .conftest import patient_cache, tiny_cfg
+from tests.privacy.dpdata import patient_cache
+from tests.privacy.rankdp import ATOL, PATIENTS, Q, RTOL, SIGMA, STEPS, TINY_C, capture_grads, chosen_seed, config, unit_counts
 
 ROOT = Path(__file__).resolve().parents[2]
-PATIENTS = [0, 0, 1, 2, 3, 3, 4, 5]  # 8 images, 6 units (two patients with two images)
-Q, SIGMA, STEPS = 0.4, 0.5, 4
-TINY_C = 1e-4  # the clipped sum (<= U C) is negligible next to the noise (sigma C sqrt(#params))
-# The ranks' per-unit gradients come from smaller vmap batches (other float summation order); three AdamW
-# steps amplify that rounding a little.
-ATOL, RTOL = 2e-5, 1e-4
-
-
-def config(**over):
-    return tiny_cfg(**{"privacy.images-per-unit": 2, **over})
-
-
-def unit_counts(seed: int) -> list[int]:
-    """Units sampled at each of the STEPS steps by the sampler a DPSession seeded with ``seed`` uses."""
-    s = PoissonUnitSampler(privacy_units(patient_cache(PATIENTS).kept), Q, 2, seed=seed)
-    return [int(slots.max()) + 1 if slots.numel() else 0 for slots in (s.draw()[1] for _ in range(STEPS))]
-
-
-def chosen_seed() -> int:
-    """First seed whose draws include an odd number of units (unequal shares) and a step with at most one unit
-    (a rank with an empty share) and a step with >= 3 units: the cases the test claims to cover."""
-    for seed in range(1000):
-        c = unit_counts(seed)
-        if any(u % 2 for u in c) and min(c) <= 1 and max(c) >= 3:
-            return seed
-    raise AssertionError("no seed covers the cases")
-
-
-def capture_grads(trainer) -> dict[str, torch.Tensor]:
-    """Filled with the gradient the first optimizer step applies (after clip, noise, all-reduce, scaling)."""
-    from xr0_core.train.loop import trainable_parameters
-
-    params = trainable_parameters(trainer.model)
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(optimizer, args, kwargs):
-        if not seen:
-            seen.update({k: p.grad.detach().clone().contiguous() for k, p in params.items()})
-
-    trainer.optimizer.register_step_pre_hook(hook)
-    return seen
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +27,19 @@ def ranks(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # torchrun
 def test_two_ranks_release_the_same_gradients_and_weights_as_one_process(ranks):
     from safetensors.torch import load_file
 
-    from xr0_core.privacy.dp import DPSession
-    from xr0_core.train.trainer import SiteTrainer
+    from xr0_core.privacy.dp import dp_step
+    from xr0_core.site.round import site_trainer
     from xr0_core.ssl.factory import build_model
 
     seed = chosen_seed()
     counts = unit_counts(seed)
     assert any(u % 2 for u in counts) and min(counts) <= 1  # unequal and empty shares happened
-    single = SiteTrainer(config(), [], site="h", cache=patient_cache(PATIENTS))
-    single.dp = DPSession(single, noise_multiplier=SIGMA, sample_rate=Q, seed=seed)
+    single = site_trainer(config(), [], site="h", cache=patient_cache(PATIENTS))
+    single.use_stepper(dp_step(single, noise_multiplier=SIGMA, sample_rate=Q, seed=seed))
     first = capture_grads(single)
     metrics = single.train(STEPS, start_step=0, total_steps=STEPS)
 
@@ -99,10 +58,11 @@ def test_two_ranks_release_the_same_gradients_and_weights_as_one_process(ranks):
     # the loss is the mean over the GLOBAL sampled units (all-reduced), whichever rank held them
     assert dist_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     facts = [json.loads((ranks / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    assert [f["dp_steps"] for f in facts] == [STEPS, STEPS]  # each rank's session counts the site's steps once
+    assert [f["dp_steps"] for f in facts] == [STEPS, STEPS]  # each rank's DP step counts the site's steps once
     assert [f["noise_draws"] for f in facts] == [STEPS, 0]  # one noise draw per step for the whole site
 
 
+@pytest.mark.slow  # torchrun
 def test_noise_is_drawn_once_for_the_global_batch(ranks):
     """Secret sampling and noise, C tiny: the released gradient is the noise / (q n_units). Its per-coordinate
     std is sigma C / (q n_units); noise added by each of the two ranks would give sqrt(2) times that."""
@@ -135,14 +95,14 @@ def test_unit_shares_are_whole_contiguous_and_cover_every_unit():
     assert unit_share(1, DistContext(0, 2)) == (0, 0)  # fewer units than ranks: an empty share
 
 
-def test_session_attached_before_the_group_is_refused():
-    """A DPSession built before ``trainer.dist`` was set would add noise on every rank: refused."""
-    from xr0_core.privacy.dp import DPSession
+def test_dp_step_built_before_the_group_is_refused():
+    """A DP step built before ``trainer.dist`` was set would add noise on every rank: refused."""
+    from xr0_core.privacy.dp import dp_step
+    from xr0_core.site.round import site_trainer
     from xr0_core.train.distributed import DistContext
-    from xr0_core.train.trainer import SiteTrainer
 
-    tr = SiteTrainer(config(), [], site="h", cache=patient_cache(PATIENTS))
-    tr.dp = DPSession(tr, noise_multiplier=SIGMA, sample_rate=Q, seed=0)
+    tr = site_trainer(config(), [], site="h", cache=patient_cache(PATIENTS))
+    tr.use_stepper(dp_step(tr, noise_multiplier=SIGMA, sample_rate=Q, seed=0))
     tr.dist = DistContext(0, 2)
-    with pytest.raises(RuntimeError, match="set trainer.dist before building the DPSession"):
+    with pytest.raises(RuntimeError, match="set trainer.dist before building the DP step"):
         tr.train(1, start_step=0, total_steps=2)

@@ -11,68 +11,38 @@ from pathlib import Path
 import pytest
 
 from xr0_core.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
-from xr0_core.site.policy import SitePolicy, load_policy, policy_path, save_policy, with_values
-from xr0_core.site.round import run_site_round
-from xr0_core.train.round_state import RoundSpec
-from xr0_core.ssl.factory import initial_shared_state
-from xr0_core.train.trainer import SiteTrainer
 
-from .conftest import patient_cache, tiny_cfg
+from tests.privacy.dpdata import dp_cfg
+from tests.privacy.ledgertools import independent_epsilon, private_round
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def site_with_budget(state: Path, budget: float | None, **more) -> SitePolicy:
-    """Write the hospital's own policy (its budget at delta 1e-5, plus ``more`` keys) and return it."""
-    # Epsilon leaves exactly as the accountant has it, so tests can compare (the default rounds it up).
-    more = {"release.epsilon": "exact", **more}
-    values = {"privacy.budget": budget, "privacy.delta": 1e-5, **more} if budget is not None else dict(more)
-    policy = with_values(load_policy(policy_path(state)), values)
-    return save_policy(policy, policy_path(state))
-
-
-def _round(state: Path, run: str, rnd: int, cfg=None, budget=8.0, cache=None, **policy):
-    cfg = cfg or tiny_cfg()
-    tr = SiteTrainer(cfg, [], site="h", cache=cache or patient_cache([0, 0, 1, 2, 3, 4, 5, 6]))
-    steps = cfg.train.local_steps
-    spec = RoundSpec(rnd, (rnd - 1) * steps, 3 * steps, steps, run)
-    return run_site_round(tr, initial_shared_state(cfg), spec, state, site_with_budget(state, budget, **policy))
-
-
-def _independent_epsilon(releases, delta):
-    """Opacus's RDP analysis called directly on the ledger's releases (not through the ledger code)."""
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-    from opacus.accountants.rdp import RDPAccountant
-
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = sum(compute_rdp(q=r["sample_rate"], noise_multiplier=r["noise_multiplier"], steps=r["steps"], orders=orders)
-              for r in releases)
-    return get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0]
-
-
+@pytest.mark.slow  # the xr0 command in a subprocess
 def test_reported_epsilon_matches_opacus_on_the_ledger(tmp_path):
-    _, m1 = _round(tmp_path, "runa", 1)
-    _, m2 = _round(tmp_path, "runa", 2)
+    _, m1 = private_round(tmp_path, "runa", 1)
+    _, m2 = private_round(tmp_path, "runa", 2)
     out = subprocess.run([str(Path(sys.executable).parent / "xr0"), "privacy", "--state-dir", str(tmp_path),
                           "--json"], capture_output=True, text=True, cwd=REPO, check=True)
     ledger = json.loads(out.stdout)
     assert set(ledger) >= {"delta", "epsilon", "budget", "accountant", "releases"}
     assert [(r["run_id"], r["round"]) for r in ledger["releases"]] == [("runa", 1), ("runa", 2)]
     assert all(set(r) >= {"noise_multiplier", "sample_rate", "steps", "run_id", "round"} for r in ledger["releases"])
-    expected = _independent_epsilon(ledger["releases"], ledger["delta"])
+    expected = independent_epsilon(ledger["releases"], ledger["delta"])
     assert m2["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert ledger["epsilon"] == pytest.approx(expected, rel=1e-9)
     assert 0 < m1["epsilon"] < m2["epsilon"] <= 8.0
     assert ledger["unit"] == "patient"
 
 
+@pytest.mark.slow  # a process killed mid-round
 def test_ledger_survives_a_killed_process_and_a_new_run(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from tests.privacy.test_ledger import _round
-        _round(Path({str(tmp_path)!r}), "first", 1)
+        from tests.privacy.ledgertools import private_round
+        private_round(Path({str(tmp_path)!r}), "first", 1)
         os._exit(9)  # killed: no cleanup, no atexit
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO)
@@ -80,37 +50,38 @@ def test_ledger_survives_a_killed_process_and_a_new_run(tmp_path):
     after_kill = PrivacyLedger(tmp_path).read()
     assert len(after_kill.releases) == 1
     eps1 = PrivacyLedger(tmp_path).epsilon(delta=1e-5)
-    _, m = _round(tmp_path, "second", 1)  # a new run in a new process state
+    _, m = private_round(tmp_path, "second", 1)  # a new run in a new process state
     data = PrivacyLedger(tmp_path).read()
     assert [r.run_id for r in data.releases] == ["first", "second"]
     assert m["epsilon"] > eps1  # epsilon keeps accumulating across runs
 
 
 def test_spent_budget_refuses_before_training(tmp_path):
-    cfg = tiny_cfg(**{"privacy.noise-multiplier": 0.6})
-    _, m = _round(tmp_path, "r", 1, cfg=cfg, budget=50.0)
+    cfg = dp_cfg(**{"privacy.noise-multiplier": 0.6})
+    _, m = private_round(tmp_path, "r", 1, cfg=cfg, budget=50.0)
     with pytest.raises(PrivacyBudgetExceeded, match=r"refuses to train"):
-        _round(tmp_path, "r", 2, cfg=cfg, budget=m["epsilon"] * 1.01)
+        private_round(tmp_path, "r", 2, cfg=cfg, budget=m["epsilon"] * 1.01)
     assert len(PrivacyLedger(tmp_path).read().releases) == 1  # the refused round released nothing
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_calibrated_noise_spends_at_most_the_budget_over_the_run(tmp_path):
     for rnd in (1, 2, 3):
-        _, m = _round(tmp_path, "cal", rnd, budget=3.0)
+        _, m = private_round(tmp_path, "cal", rnd, budget=3.0)
     assert m["epsilon"] == pytest.approx(3.0, rel=0.01) and m["epsilon"] <= 3.0 + 1e-9
     with pytest.raises(PrivacyBudgetExceeded):  # the next run finds the budget spent
-        _round(tmp_path, "next", 1, cfg=tiny_cfg(**{"privacy.noise-multiplier": 1.0}), budget=3.0)
+        private_round(tmp_path, "next", 1, cfg=dp_cfg(**{"privacy.noise-multiplier": 1.0}), budget=3.0)
 
 
 def test_dp_without_a_site_budget_refuses(tmp_path):
     from xr0_core.site.policy import PolicyRefusal
 
     with pytest.raises(PolicyRefusal, match="no privacy budget"):
-        _round(tmp_path, "r", 1, budget=None)
+        private_round(tmp_path, "r", 1, budget=None)
 
 
 def test_losses_do_not_leave_a_dp_site(tmp_path):
-    _, m = _round(tmp_path, "r", 1)
+    _, m = private_round(tmp_path, "r", 1)
     assert not any(k.startswith("loss") for k in m) and "epsilon" in m and "num-examples" in m
     # Neither the Poisson rate nor sigma leaves: together they give the site's patient count.
     assert "sample-rate" not in m and "noise-multiplier" not in m
@@ -135,8 +106,8 @@ def test_client_level_release_is_recorded_with_sensitivity_2c(tmp_path):
     converted to epsilon here, independently of Opacus."""
     import math
 
-    cfg = tiny_cfg(**{"privacy.enabled": False, "privacy.client-level": True, "privacy.client-noise-multiplier": 2.0})
-    _, m = _round(tmp_path, "c", 1, cfg=cfg, budget=50.0)
+    cfg = dp_cfg(**{"privacy.enabled": False, "privacy.client-level": True, "privacy.client-noise-multiplier": 2.0})
+    _, m = private_round(tmp_path, "c", 1, cfg=cfg, budget=50.0)
     rel = PrivacyLedger(tmp_path).read().releases
     assert [(r.kind, r.noise_multiplier, r.sample_rate, r.steps, r.effective_sensitivity) for r in rel] == [
         ("client", 2.0, 1.0, 1, 2.0)]
@@ -150,4 +121,4 @@ def test_client_level_release_is_recorded_with_sensitivity_2c(tmp_path):
         best = min(best, eps)
     assert m["epsilon"] == pytest.approx(best, rel=1e-9)
     # The old accounting (sensitivity C) would have claimed a smaller epsilon:
-    assert m["epsilon"] > _independent_epsilon([{"sample_rate": 1.0, "noise_multiplier": 2.0, "steps": 1}], delta)
+    assert m["epsilon"] > independent_epsilon([{"sample_rate": 1.0, "noise_multiplier": 2.0, "steps": 1}], delta)

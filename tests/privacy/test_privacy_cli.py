@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from simulation.cli import main
+from cli import main
 
 
 def test_a_state_folder_without_dp_releases_yet_is_shown_not_refused(tmp_path, capsys):

@@ -3,14 +3,17 @@ finishes with the others and the report names it; a batch-coupled loss fails bef
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 
-from tests.simulation.conftest import hospitals  # noqa: F401 (shared session fixture)
 from tests.simulation.simtools import ROOT, fast_set_args, kill_new_ray, ray_processes, three_hospitals, xr0_cmd
 
 from xr0_core.privacy.ledger import PrivacyLedger, Release
 from xr0_core.site.policy import SitePolicy, policy_path, save_policy, with_values
+
+pytestmark = pytest.mark.slow  # xr0 simulate (Flower's Simulation Engine on Ray) in a subprocess
 
 
 def test_simulate_dp_reports_epsilon_and_a_refusing_hospital(hospitals, tmp_path):

@@ -3,6 +3,8 @@ processes go to the log; errors reach the terminal in full with the log's path."
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 import textwrap
@@ -35,6 +37,7 @@ def _run(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=Path(__file__).resolve().parents[2])
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_library_output_goes_to_the_log_and_errors_to_the_terminal(tmp_path):
     proc = _run(tmp_path, "ok")
     assert proc.returncode == 0, proc.stderr
@@ -48,6 +51,7 @@ def test_library_output_goes_to_the_log_and_errors_to_the_terminal(tmp_path):
         assert text in log and text not in proc.stderr
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_an_escaping_error_is_shown_in_full_with_the_log_path(tmp_path):
     proc = _run(tmp_path, "raise")
     assert proc.returncode != 0

@@ -11,7 +11,8 @@ import pytest
 from tests.report import fakerun
 from tests.report.browser import check_page
 from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
-from xr0_core.report import pooled_interval, summary_rows, verdict, write_report
+from xr0_core.eval.summary import pooled_interval, summary_rows, verdict
+from xr0_core.report import write_report
 
 
 def test_verdict_follows_the_interval_and_the_metric_direction():
@@ -43,6 +44,7 @@ def test_summary_rows_pool_the_hospitals_intervals():
     assert rows["joints"]["metric"] == "mre-px" and rows["joints"]["verdict"] == "better"
 
 
+@pytest.mark.slow  # headless Chromium
 def test_default_report_sections_and_page(tmp_path):
     out = tmp_path / "run"
     write_report(out, fakerun.summary(), fakerun.history())
@@ -59,6 +61,7 @@ def test_default_report_sections_and_page(tmp_path):
     assert page.sections[:2] == ["run", "summary"]
 
 
+@pytest.mark.slow  # headless Chromium
 def test_dp_secagg_report_sections_and_page(tmp_path):
     out = tmp_path / "run"
     write_report(out, fakerun.summary(dp=True, secagg=True), fakerun.history(dp=True, secagg=True))
@@ -116,6 +119,7 @@ def test_too_few_patients_give_no_verdict():
     assert {r["verdict"] for r in summary_rows(hist)} == {"too few patients"}
 
 
+@pytest.mark.slow  # headless Chromium
 def test_summary_rows_pool_the_intervals_against_raw_pixels(tmp_path):
     """The summary reads each hospital's `<task>/ci-pixels/...` keys and pools them like the random-init ones."""
     hist = fakerun.history()

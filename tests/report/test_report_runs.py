@@ -4,13 +4,16 @@ tests/simulation/test_simulate_cli.py (same browser check)."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 
 from tests.report.browser import check_page
-from tests.simulation.conftest import hospitals  # noqa: F401 (shared session fixture)
 from tests.simulation.simtools import ROOT, fast_set_args, kill_new_ray, ray_processes, three_hospitals, xr0_cmd
 from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
+
+pytestmark = pytest.mark.slow  # xr0 simulate in a subprocess and the page in headless Chromium
 
 
 def test_dp_secagg_run_report_in_a_browser(hospitals, tmp_path):  # noqa: F811

@@ -13,6 +13,8 @@ from safetensors.numpy import load_file
 
 from tests.secagg import dropmod
 
+pytestmark = pytest.mark.slow  # Flower's Simulation Engine on Ray
+
 TINY = {
     "train.local-steps": 1, "train.batch-size": 4, "ssl.n-local-crops": 2, "model.head-out-dim": 256,
     "model.ibot-out-dim": 256, "model.head-hidden-dim": 64, "federation.rounds": 1,

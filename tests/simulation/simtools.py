@@ -86,4 +86,4 @@ def kill_new_ray(before: set[int]) -> set[int]:
 
 
 def xr0_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "simulation.cli", *args]
+    return [sys.executable, "-m", "cli", *args]

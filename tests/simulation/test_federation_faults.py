@@ -14,6 +14,8 @@ from safetensors.numpy import load_file
 from tests.simulation import faults
 from tests.simulation.simtools import FAST, kill_new_ray, ray_processes
 
+pytestmark = pytest.mark.slow  # Flower's Simulation Engine on Ray
+
 
 @pytest.fixture(scope="module")
 def faulty_run(hospitals, tmp_path_factory):

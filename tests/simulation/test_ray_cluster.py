@@ -3,6 +3,8 @@ per hospital, and leaves the cluster running; the test stops the cluster it star
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import secrets
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 
 from tests.simulation.simtools import ROOT, fast_set_args, xr0_cmd
+
+pytestmark = pytest.mark.slow  # a Ray cluster and xr0 simulate in subprocesses
 
 
 def _free_port() -> int:
@@ -63,7 +67,7 @@ def test_simulate_attaches_to_a_local_ray_head(hospitals, tmp_path):
         assert started.returncode == 0, started.stderr[-3000:]
         proc = subprocess.run(xr0_cmd("simulate", "--data", str(data), "--out", str(tmp_path / "out"), "--rounds", "1",
                                       "--ray-address", f"127.0.0.1:{port}", "--gpus-per-client", "0.5", "--json",
-                                      *fast_set_args(), "--set", "eval.tasks=none"),
+                                      *fast_set_args(), "--set", "eval.tasks=probe"),
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         summary = json.loads(proc.stdout)

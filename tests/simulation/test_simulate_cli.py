@@ -17,6 +17,8 @@ from tests.simulation.simtools import (
     FAST, ROOT, fast_set_args, kill_new_ray, ray_processes, three_hospitals, xr0_cmd,
 )
 
+pytestmark = pytest.mark.slow  # xr0 simulate in subprocesses (and the page in headless Chromium)
+
 ROUNDS = 2
 
 
@@ -68,8 +70,11 @@ def test_simulate_writes_every_promised_output(finished_run):
                       "segmentation/mask/dice-mean"} <= set(evals[-1]["metrics"]), sorted(evals[-1]["metrics"])
     # SSL health: every hospital's train reply carries it; the verdict is in the summary, report and card.
     assert all("health/rankme-cls" in s["metrics"] for r in train for s in r["sites"])
-    assert summary["health"]["status"] in ("ok", "collapsed", "not learning")
+    # Two rounds from a random-init ViT: every hospital's probe features far from collapsed, too few losses for
+    # "not learning" (< 10 a hospital): the verdict must be ok at every hospital.
     assert set(summary["health"]["sites"]) == {"site00", "site01", "site02"}
+    assert all(v["status"] == "ok" and v["rankme-cls"] > 2.0 for v in summary["health"]["sites"].values())
+    assert summary["health"]["status"] == "ok"
     assert "SSL health" in report and card["ssl_health"]["status"] == summary["health"]["status"]
     # Each hospital kept its own local SSL state; the weights moved away from the initial ones.
     from xr0_core.config import from_flat
@@ -116,7 +121,7 @@ def test_report_and_model_card_of_a_run_are_readable(finished_run, tmp_path):
 def test_exported_backbone_loads_with_timm_and_gives_the_same_features(finished_run):
     summary, out, _ = finished_run
     from xr0_core.config import from_flat
-    from xr0_core.eval.anatomy import backbone_from_shared
+    from xr0_core.eval.baseline import backbone_from_shared
     from xr0_core.export import load_exported
 
     cfg = from_flat({"preset": "cpu-tiny", **FAST})

@@ -3,13 +3,16 @@ federation in which no hospital can train stops after the first such round with 
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 
-from tests.simulation.conftest import hospitals  # noqa: F401 (shared session fixture)
 from tests.simulation.simtools import ROOT, fast_set_args, kill_new_ray, ray_processes, xr0_cmd
 
 from xr0_core.site.policy import SitePolicy, policy_path, save_policy, with_values
+
+pytestmark = pytest.mark.slow  # xr0 simulate in subprocesses
 
 
 def _run(args, timeout=900):
@@ -26,7 +29,7 @@ def test_symlinked_hospital_trains_under_dp_and_reports_its_epsilon(hospitals, t
     (data / "mhh").symlink_to(hospitals / "site03", target_is_directory=True)  # link name != target name
     out = tmp_path / "out"
     proc = _run(["simulate", "--data", str(data), "--out", str(out), "--rounds", "1", "--dp", "--epsilon", "8",
-                 "--set", "eval.tasks=none", *fast_set_args(), "--json"])
+                 "--set", "eval.tasks=probe", *fast_set_args(), "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     (site,) = summary["sites"]

@@ -16,14 +16,11 @@ from xr0_core.site.policy import SitePolicy, load_policy, policy_path, save_poli
 from xr0_core.train.round_state import RoundSpec
 from xr0_core.ssl.factory import initial_shared_state
 
+from tests.tiny import PER_SAMPLE, SMALLER, tiny_flat
 from tests.train.toydata import write_toy_site
 
 # The per-sample objective (frozen centers, no KoLeo, no drop-path): the one data parallelism reproduces exactly.
-CFG = {"model.backbone": "vit-micro-p8", "model.img-size": 16, "ssl.local-size": 8, "train.load-size": 16,
-       "train.batch-size": 4, "ssl.n-local-crops": 2, "train.device": "cpu", "ssl.centering": "frozen-per-round",
-       "ssl.koleo-weight": 0.0, "model.drop-path": 0.0, "train.local-steps": 2, "train.image-cache": "ram",
-       "model.head-out-dim": 64, "model.ibot-out-dim": 64, "model.head-hidden-dim": 64,
-       "model.head-bottleneck-dim": 32}
+CFG = tiny_flat(**SMALLER, **PER_SAMPLE, **{"train.local-steps": 2, "train.image-cache": "ram"})
 DP = {"privacy.enabled": True, "privacy.noise-multiplier": 1.0}
 ATOL, RTOL = 2e-5, 1e-4  # float summation order across ranks, two AdamW steps
 
@@ -58,14 +55,14 @@ def _leftovers(state: Path) -> list[Path]:
     return list(state.glob(".xr0-parallel-round-*"))
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_train_the_same_shared_weights_as_one(tmp_path, site_images):
-    from xr0_core.site.round import run_parallel_site_round, run_site_round
-    from xr0_core.train.trainer import SiteTrainer
+    from xr0_core.site.round import run_parallel_site_round, run_site_round, site_trainer
 
     cfg = from_flat(CFG)
     start = initial_shared_state(cfg)
     one_state, two_state = tmp_path / "one", tmp_path / "two"
-    trainer = SiteTrainer(cfg, site_images, site="h", cache=_images(cfg, site_images))
+    trainer = site_trainer(cfg, site_images, site="h", cache=_images(cfg, site_images))
     one, m1 = run_site_round(trainer, start, _spec(cfg), one_state, SitePolicy())
     two, m2 = run_parallel_site_round(cfg, _images(cfg, site_images), start, _spec(cfg), two_state, SitePolicy(),
                                       site="h", workers=2)
@@ -79,6 +76,7 @@ def test_two_processes_train_the_same_shared_weights_as_one(tmp_path, site_image
     assert not _leftovers(two_state)  # the private inputs folder is gone
 
 
+@pytest.mark.slow  # torchrun
 def test_private_round_on_two_processes_charges_the_ledger_once(tmp_path, site_images):
     from xr0_core.site.round import run_parallel_site_round
 
@@ -96,6 +94,7 @@ def test_private_round_on_two_processes_charges_the_ledger_once(tmp_path, site_i
     assert "loss" not in metrics  # what leaves under DP is the same as from one process
 
 
+@pytest.mark.slow  # torchrun
 def test_failed_rank_raises_and_leaves_the_round_charged_not_committed(tmp_path, site_images):
     from xr0_core.site.launch.parallel import ParallelRoundError
     from xr0_core.site.round import run_parallel_site_round

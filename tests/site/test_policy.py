@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.privacy.conftest import patient_cache, tiny_cfg
-from tests.privacy.test_ledger import _independent_epsilon, _round, site_with_budget
-
-from xr0_core.privacy.reservation import NoiseAboveCap, RoundRequest, UnitMismatch, reserve_round
+from xr0_core.cli import site as cli_site
 from xr0_core.privacy.ledger import STATUS_COMMITTED, STATUS_PENDING, PrivacyBudgetExceeded, PrivacyLedger, Release
+from xr0_core.privacy.reservation import NoiseAboveCap, RoundRequest, UnitMismatch, reserve_round
 from xr0_core.site.policy import (
     PolicyError, PolicyRefusal, SitePolicy, load_policy, negotiate, policy_path, save_policy, with_values,
 )
+
+from tests.privacy.dpdata import dp_cfg, patient_cache
+from tests.privacy.ledgertools import independent_epsilon, private_round, site_with_budget
 
 
 def _ssl_states(state: Path) -> list[Path]:
@@ -45,7 +46,7 @@ def test_site_policy_cli_sets_and_shows(tmp_path, capsys):
     from xr0_core.cli import run
 
     assert run(["site", "policy", "--state-dir", str(tmp_path), "--set", "privacy.budget=4",
-                "--set", "privacy.run-cap=2", "--json"], ["xr0_core.cli.site"]) == 0
+                "--set", "privacy.run-cap=2", "--json"], [cli_site]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["privacy"]["budget"] == 4.0 and shown["privacy"]["run_cap"] == 2.0 and shown["dp_required"]
     assert load_policy(policy_path(tmp_path)).privacy.run_cap == 2.0
@@ -62,9 +63,9 @@ def test_node_config_budget_is_merged_stricter_wins(tmp_path):
 
 # ------------------------------------------------------------------------------------------ attacks
 def test_run_config_with_dp_off_at_a_site_with_a_budget_is_refused(tmp_path):
-    cfg = tiny_cfg(**{"privacy.enabled": False})
+    cfg = dp_cfg(**{"privacy.enabled": False})
     with pytest.raises(PolicyRefusal, match="requires differential privacy"):
-        _round(tmp_path, "r", 1, cfg=cfg, budget=8.0)
+        private_round(tmp_path, "r", 1, cfg=cfg, budget=8.0)
     assert not PrivacyLedger(tmp_path).exists() and not _ssl_states(tmp_path)  # nothing trained, nothing saved
 
 
@@ -77,15 +78,16 @@ def test_run_config_with_dp_off_at_a_site_with_a_budget_is_refused(tmp_path):
 ])
 def test_run_config_asking_for_less_protection_is_refused(tmp_path, override, policy, match):
     with pytest.raises(PolicyRefusal, match=match):
-        _round(tmp_path, "r", 1, cfg=tiny_cfg(**override), budget=8.0, **policy)
+        private_round(tmp_path, "r", 1, cfg=dp_cfg(**override), budget=8.0, **policy)
     assert not PrivacyLedger(tmp_path).exists()
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_run_config_may_ask_for_a_smaller_delta(tmp_path):
-    _, m = _round(tmp_path, "r", 1, cfg=tiny_cfg(**{"privacy.target-delta": 1e-7}), budget=8.0)
+    _, m = private_round(tmp_path, "r", 1, cfg=dp_cfg(**{"privacy.target-delta": 1e-7}), budget=8.0)
     (rel,) = PrivacyLedger(tmp_path).read().releases
     assert rel.delta == 1e-7 and m["privacy-delta"] == 1e-7
-    assert m["epsilon"] == pytest.approx(_independent_epsilon([vars(rel)], 1e-7), rel=1e-9)
+    assert m["epsilon"] == pytest.approx(independent_epsilon([vars(rel)], 1e-7), rel=1e-9)
 
 
 def test_plain_train_refused_when_the_policy_requires_secure_aggregation():
@@ -95,16 +97,17 @@ def test_plain_train_refused_when_the_policy_requires_secure_aggregation():
     with pytest.raises(PolicyRefusal, match="refuses a plain train"):
         check_secagg_plain_round(policy)
     with pytest.raises(PolicyRefusal, match="requires secure aggregation"):
-        negotiate(policy, tiny_cfg(**{"privacy.enabled": False}))
-    negotiate(policy, tiny_cfg(**{"privacy.enabled": False, "secagg.enabled": True}))  # asking for it is fine
+        negotiate(policy, dp_cfg(**{"privacy.enabled": False}))
+    negotiate(policy, dp_cfg(**{"privacy.enabled": False, "secagg.enabled": True}))  # asking for it is fine
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_two_overlapping_runs_cannot_exceed_the_budget(tmp_path):
     """Run A reserves its round, then run B plans while A's round is still training: B sees A's pending
     release. Interleaved to the end, the ledger never passes the budget and the late rounds are refused."""
     budget = 5.0
     site_with_budget(tmp_path, budget)
-    terms = negotiate(load_policy(policy_path(tmp_path)), tiny_cfg())
+    terms = negotiate(load_policy(policy_path(tmp_path)), dp_cfg())
     refused, reserved = 0, 0
     for rnd in (1, 2, 3):
         for run in ("run-a", "run-b"):
@@ -120,7 +123,7 @@ def test_two_overlapping_runs_cannot_exceed_the_budget(tmp_path):
     assert reserved >= 3 and refused >= 1
     data = PrivacyLedger(tmp_path).read()
     assert all(r.status == STATUS_PENDING for r in data.releases)
-    assert _independent_epsilon([vars(r) for r in data.releases], 1e-5) <= budget * (1 + 1e-9)
+    assert independent_epsilon([vars(r) for r in data.releases], 1e-5) <= budget * (1 + 1e-9)
 
 
 def _crash_points():
@@ -138,21 +141,22 @@ def _crash_points():
     }
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 @pytest.mark.parametrize("point", list(_crash_points()))
 def test_a_kill_at_any_point_never_leaves_spent_steps_uncharged(tmp_path, monkeypatch, point):
-    cfg = tiny_cfg(**{"privacy.noise-multiplier": 1.5})
+    cfg = dp_cfg(**{"privacy.noise-multiplier": 1.5})
     with monkeypatch.context() as mp:
         _crash_points()[point](mp)
         with pytest.raises(SystemExit):
-            _round(tmp_path, "k", 1, cfg=cfg)
+            private_round(tmp_path, "k", 1, cfg=cfg)
     (rel,) = PrivacyLedger(tmp_path).read().releases
     assert rel.round == 1 and rel.steps == cfg.train.local_steps  # the whole round is charged
     assert rel.status == (STATUS_COMMITTED if point == "after commit, before the reply" else STATUS_PENDING)
     # The next round may continue from whatever state the dead round saved: its steps are charged already.
-    _, m = _round(tmp_path, "k", 2, cfg=cfg)
+    _, m = private_round(tmp_path, "k", 2, cfg=cfg)
     rels = PrivacyLedger(tmp_path).read().releases
     assert [r.round for r in rels] == [1, 2]
-    assert m["epsilon"] == pytest.approx(_independent_epsilon([vars(r) for r in rels], 1e-5), rel=1e-9)
+    assert m["epsilon"] == pytest.approx(independent_epsilon([vars(r) for r in rels], 1e-5), rel=1e-9)
 
 
 def test_a_near_spent_budget_refuses_instead_of_training_on_noise(tmp_path):
@@ -165,17 +169,18 @@ def test_a_near_spent_budget_refuses_instead_of_training_on_noise(tmp_path):
     spent = PrivacyLedger(tmp_path).epsilon(delta=1e-5, accountant="rdp")
     assert 0.9 < spent <= 0.99
     with pytest.raises(NoiseAboveCap, match="refuses to train on noise"):
-        _round(tmp_path, "late", 1, budget=1.0)
+        private_round(tmp_path, "late", 1, budget=1.0)
     assert len(PrivacyLedger(tmp_path).read().releases) == 1 and not _ssl_states(tmp_path)
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_the_per_run_cap_limits_one_run(tmp_path):
-    cfg = tiny_cfg(**{"privacy.noise-multiplier": 2.0})
-    _, m1 = _round(tmp_path, "capped", 1, cfg=cfg, budget=50.0)
+    cfg = dp_cfg(**{"privacy.noise-multiplier": 2.0})
+    _, m1 = private_round(tmp_path, "capped", 1, cfg=cfg, budget=50.0)
     cap = {"privacy.run-cap": 1.2 * m1["epsilon"]}
     with pytest.raises(PrivacyBudgetExceeded, match="per-run cap"):
-        _round(tmp_path, "capped", 2, cfg=cfg, budget=50.0, **cap)  # twice the steps: above 1.2x
-    _, m2 = _round(tmp_path, "other", 1, cfg=cfg, budget=50.0, **cap)  # another run has its own cap
+        private_round(tmp_path, "capped", 2, cfg=cfg, budget=50.0, **cap)  # twice the steps: above 1.2x
+    _, m2 = private_round(tmp_path, "other", 1, cfg=cfg, budget=50.0, **cap)  # another run has its own cap
     led = PrivacyLedger(tmp_path)
     assert [(r.run_id, r.round) for r in led.read().releases] == [("capped", 1), ("other", 1)]
     assert led.epsilon(delta=1e-5, accountant="rdp", run_id="capped") == pytest.approx(m1["epsilon"])
@@ -185,10 +190,10 @@ def test_the_per_run_cap_limits_one_run(tmp_path):
 def test_mixed_privacy_units_are_refused(tmp_path):
     image_units = patient_cache(list(range(8)))
     image_units.kept = [type(r)(r.path, None) for r in image_units.kept]  # no patient ids: image-level units
-    _round(tmp_path, "a", 1, cache=image_units)
+    private_round(tmp_path, "a", 1, cache=image_units)
     assert PrivacyLedger(tmp_path).read().releases[0].unit == "image"
     with pytest.raises(UnitMismatch, match="never mixes privacy units"):
-        _round(tmp_path, "b", 1)  # patient-level data now
+        private_round(tmp_path, "b", 1)  # patient-level data now
     assert len(PrivacyLedger(tmp_path).read().releases) == 1
 
 
@@ -196,13 +201,13 @@ def test_policy_can_insist_on_patient_units(tmp_path):
     image_units = patient_cache(list(range(8)))
     image_units.kept = [type(r)(r.path, None) for r in image_units.kept]
     with pytest.raises(UnitMismatch, match="requires privacy.unit = 'patient'"):
-        _round(tmp_path, "a", 1, cache=image_units, **{"privacy.unit": "patient"})
+        private_round(tmp_path, "a", 1, cache=image_units, **{"privacy.unit": "patient"})
 
 
 # ------------------------------------------------------------------------------------------ randomness
 def _with_extra_unit(base_patients, extra_images: int):
     """The same cache plus one more patient's images inserted in the middle (other images keep their paths)."""
-    from tests.privacy.conftest import Rec
+    from tests.privacy.dpdata import Rec
 
     base = patient_cache(base_patients)
     extra = patient_cache([99] * extra_images, seed=7)
@@ -218,10 +223,11 @@ def test_one_units_presence_changes_nothing_about_the_others(route):
     """Views, iBOT masks and per-unit gradients of every other unit are bit-identical with and without one
     extra patient in the batch (keyed by image path and a secret round seed, never by batch position)."""
     from xr0_core.data.dataset import BatchMaker
-    from xr0_core.privacy.dp import GRAD_ROUTES, dp_objective_config
+    from xr0_core.privacy.dp import dp_objective_config
+    from xr0_core.train.per_unit import GRAD_ROUTES
     from xr0_core.ssl.factory import build_model
 
-    cfg = dp_objective_config(tiny_cfg(**{"model.drop-path": 0.0}))
+    cfg = dp_objective_config(dp_cfg(**{"model.drop-path": 0.0}))
     base, grown, mid = _with_extra_unit([0, 0, 1, 2, 3], extra_images=2)
     model = build_model(cfg)
     model.reset_teacher_from_student()
@@ -247,11 +253,12 @@ def test_one_units_presence_changes_nothing_about_the_others(route):
 def test_dp_turns_the_presets_drop_path_off_and_refuses_another():
     from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
 
-    assert dp_objective_config(tiny_cfg(**{"preset": "vit-s"})).model.drop_path == 0.0
+    assert dp_objective_config(dp_cfg(**{"preset": "vit-s"})).model.drop_path == 0.0
     with pytest.raises(BatchCoupledLossError, match="drop-path"):
-        dp_objective_config(tiny_cfg(**{"model.drop-path": 0.2}))
+        dp_objective_config(dp_cfg(**{"model.drop-path": 0.2}))
 
 
+@pytest.mark.slow  # a process killed mid-round
 def test_a_process_killed_mid_training_leaves_its_round_charged(tmp_path):
     """A real kill (os._exit, no cleanup) while the DP steps run: the reservation is already on disk."""
     import subprocess
@@ -267,9 +274,9 @@ def test_a_process_killed_mid_training_leaves_its_round_charged(tmp_path):
         def die(self, *a, **k):
             os._exit(9)
         state.SiteTrainer.train = die
-        from tests.privacy.test_ledger import _round
-        from tests.privacy.conftest import tiny_cfg
-        _round(Path({str(tmp_path)!r}), "killed", 1, cfg=tiny_cfg(**{{"privacy.noise-multiplier": 1.5}}))
+        from tests.privacy.ledgertools import private_round
+        from tests.privacy.dpdata import dp_cfg
+        private_round(Path({str(tmp_path)!r}), "killed", 1, cfg=dp_cfg(**{{"privacy.noise-multiplier": 1.5}}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=repo)
     assert proc.returncode == 9
@@ -284,6 +291,6 @@ def test_a_dp_step_that_samples_no_unit_is_a_step_not_an_error(tmp_path, monkeyp
 
     empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     monkeypatch.setattr(PoissonUnitSampler, "draw", lambda self: empty)
-    _, m = _round(tmp_path, "empty", 1, cfg=tiny_cfg(**{"privacy.noise-multiplier": 1.0}))
+    _, m = private_round(tmp_path, "empty", 1, cfg=dp_cfg(**{"privacy.noise-multiplier": 1.0}))
     (rel,) = PrivacyLedger(tmp_path).read().releases
     assert rel.steps == 2 and rel.status == STATUS_COMMITTED and m["dp-steps"] == 2.0

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.privacy.conftest import tiny_cfg
-from tests.privacy.test_ledger import site_with_budget
+from tests.privacy.dpdata import dp_cfg
+from tests.privacy.ledgertools import site_with_budget
 
 from client.records import RoundInstruction
 from client.runtime import evaluate_site, site_data, train_site
@@ -34,25 +34,26 @@ def _instruction(cfg, rnd: int, run: str = "run1") -> RoundInstruction:
 
 def test_deployment_without_state_dir_refuses_with_the_line_to_add(hospital):
     with pytest.raises(SiteConfigError, match=r"state-dir=\\?\"/var/lib/xr0/"):
-        resolve_site({"data-path": str(hospital)}, tiny_cfg())
+        resolve_site({"data-path": str(hospital)}, dp_cfg())
 
 
 def test_a_symlink_neither_renames_a_hospital_nor_moves_its_state(hospital, tmp_path):
     link = tmp_path / "mhh"
     link.symlink_to(hospital, target_is_directory=True)
-    site = resolve_site({"data-path": str(link), "state-dir": str(tmp_path / "state")}, tiny_cfg())
+    site = resolve_site({"data-path": str(link), "state-dir": str(tmp_path / "state")}, dp_cfg())
     assert site.name == "mhh" and site.data_dir == hospital.resolve()
     root = tmp_path / "fed"
     root.mkdir()
     (root / "mhh").symlink_to(hospital, target_is_directory=True)
-    cfg = tiny_cfg(**{"simulation.data-root": str(root), "simulation.state-root": str(tmp_path / "sites")})
+    cfg = dp_cfg(**{"simulation.data-root": str(root), "simulation.state-root": str(tmp_path / "sites")})
     sim = resolve_site({"partition-id": 0}, cfg)
     assert sim.name == "mhh" and sim.state_dir == (tmp_path / "sites" / "mhh").resolve()
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_repointing_the_data_path_keeps_the_ledger(hospital, tmp_path):
     """The hospital re-exports its data to a new folder: epsilon already spent keeps counting."""
-    cfg = tiny_cfg()
+    cfg = dp_cfg()
     state = tmp_path / "state"
     site_with_budget(state, 8.0)
     copy = tmp_path / "new-export"
@@ -90,7 +91,7 @@ def _capture_eval_records(monkeypatch) -> list:
 
 
 def test_dp_evaluation_never_touches_a_training_patient(hospital, tmp_path, monkeypatch):
-    cfg = tiny_cfg()
+    cfg = dp_cfg()
     state = tmp_path / "state"
     site_with_budget(state, 8.0)
     site = resolve_site({"data-path": str(hospital), "state-dir": str(state)}, cfg)
@@ -101,14 +102,14 @@ def test_dp_evaluation_never_touches_a_training_patient(hospital, tmp_path, monk
     assert evaluated and trained and not evaluated & trained
     # Without DP the evaluation may use every labelled record (nothing to protect by the guarantee).
     seen.clear()
-    plain = tiny_cfg(**{"privacy.enabled": False})
+    plain = dp_cfg(**{"privacy.enabled": False})
     evaluate_site(plain, resolve_site({"data-path": str(hospital), "state-dir": str(tmp_path / "s2")}, plain),
                   initial_shared_state(plain), _instruction(plain, 3))
     assert {unit_of(r) for r in seen} > evaluated
 
 
 def test_dp_evaluation_is_off_once_the_budget_is_spent_unless_the_policy_allows(hospital, tmp_path, monkeypatch):
-    cfg = tiny_cfg()
+    cfg = dp_cfg()
     state = tmp_path / "state"
     site_with_budget(state, 0.5)
     with PrivacyLedger(state).transaction() as data:

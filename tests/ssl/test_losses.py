@@ -228,6 +228,7 @@ def test_contrastive_losses_decrease_on_synthetic_pairs_and_align_them(name):
     assert (which[sim.argmax(1)] == which).float().mean() == 1.0
 
 
+@pytest.mark.slow  # long: trains or evaluates for many seconds (the fast loop leaves it to the full suite)
 def test_caption_loss_decreases_on_synthetic_pairs():
     """A tiny decoder learns to emit the report token sequence of each image's finding."""
     from xr0_core.models.caption import CaptionDecoder

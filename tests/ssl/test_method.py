@@ -8,8 +8,10 @@ import torch
 from xr0_core.config import from_flat
 from xr0_core.ssl.method import MASK_TOKEN, XR0SSL
 
-TINY = {"model.backbone": "vit-micro-p8", "model.img-size": 32, "ssl.local-size": 16, "train.load-size": 32, "model.head-out-dim": 64,
-        "model.ibot-out-dim": 48, "model.head-hidden-dim": 32, "model.head-bottleneck-dim": 16}
+from tests.tiny import tiny_flat
+
+TINY = tiny_flat(**{"model.head-out-dim": 64, "model.ibot-out-dim": 48, "model.head-hidden-dim": 32,
+                     "model.head-bottleneck-dim": 16})
 
 
 def _batch(b=3, g=2, l=2, seed=0):

@@ -23,8 +23,16 @@ def test_schedules_shapes_endpoints_and_clamping():
 
 
 def test_schedule_is_a_function_of_the_global_step_only():
-    cfg = from_flat()
-    a, b = Schedules.build(cfg, 60), Schedules.build(cfg, 60)
+    """A site in round 3 of a 60-step run reads the value an uninterrupted run has at that global step: how the
+    steps are split into rounds (local steps, rounds) changes nothing; the run's length and the step do."""
+    cfg = from_flat({"train.warmup-frac": 0.1})
+    split = from_flat({"train.warmup-frac": 0.1, "train.local-steps": 7, "federation.rounds": 9})
+    a, b = Schedules.build(cfg, 60), Schedules.build(split, 60)
     assert a.at(41) == b.at(41)
+    # the closed form at step 41: cosine from the peak (reached after 6 warmup steps) to min-lr over 54 steps
+    peak = cfg.train.lr * cfg.train.batch_size / 256
+    t = (41 - 6) / (54 - 1)
+    assert np.isclose(a.at(41)["lr"], cfg.train.min_lr + 0.5 * (peak - cfg.train.min_lr) * (1 + np.cos(np.pi * t)))
+    assert a.at(41) != a.at(40) and a.at(41) != Schedules.build(cfg, 61).at(41)
     with pytest.raises(ValueError):
         Schedules.build(cfg, 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.train.test_distributed import STEPS, config, images
+from tests.train.ddp_setup import STEPS, config, images
 from xr0_core.train.distributed import init_from_env
 from xr0_core.train.trainer import SiteTrainer
 

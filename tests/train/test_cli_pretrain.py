@@ -9,19 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xr0_core.cli import run
+from xr0_core.cli import pretrain, run
 from xr0_core.data.splits import holdout_split as split_holdout
 
-from .toydata import write_toy_site
+from tests.tiny import tiny_set_args
+from tests.train.toydata import write_toy_site
 
-TINY = ["--set", "model.backbone=vit-micro-p8", "--set", "model.img-size=32", "--set", "ssl.local-size=16", "--set", "train.load-size=32",
-        "--set", "ssl.n-local-crops=1", "--set", "train.batch-size=4", "--set", "model.head-out-dim=64",
-        "--set", "model.ibot-out-dim=64", "--set", "model.head-hidden-dim=32", "--set", "train.device=cpu"]
+TINY = tiny_set_args(**{"ssl.n-local-crops": 1, "model.head-hidden-dim": 32, "model.head-bottleneck-dim": 64})
 
 
 def _pretrain(data: Path, out: Path, steps: int, *extra: str) -> int:
     return run(["pretrain", "--data", str(data), "--out", str(out), "--steps", str(steps), "--checkpoint-every", "2",
-                "--json", *TINY, *extra], ["xr0_core.cli.pretrain"])
+                "--json", *TINY, *extra], [pretrain])
 
 
 def test_pretrain_writes_outputs(tmp_path, capsys):
@@ -42,12 +41,16 @@ def test_pretrain_writes_outputs(tmp_path, capsys):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     # raw-pixel baseline beside random init, with the paired interval of the difference
     assert set(summary["baseline_pixels"]) == {"knn_accuracy", "linear_accuracy"}
+    assert summary["knn_gain_vs_pixels"] == pytest.approx(summary["knn_accuracy"]
+                                                          - summary["baseline_pixels"]["knn_accuracy"])
     low, high = summary["knn_gain_vs_pixels_ci95"]
-    assert low <= summary["knn_gain_vs_pixels"] <= high or low == high
-    # SSL health: measured at the end of every training call (checkpoint chunks of 2 steps), in the summary
+    assert -1.0 <= low <= high <= 1.0
+    # SSL health: measured at the end of every training call (checkpoint chunks of 2 steps), in the summary.
+    # Four steps of a random-init ViT on varied images: features far from collapsed (RankMe well above 2), and
+    # too few losses (< 10) for "not learning": the verdict must be ok, with no reason given.
     assert [r["step"] for r in rows if "health/rankme-cls" in r] == [1, 3]
-    assert summary["health"]["status"] in ("ok", "collapsed", "not learning")
-    assert summary["health"]["last"]["rankme-cls"] >= 1.0
+    assert summary["health"]["last"]["rankme-cls"] > 2.0
+    assert summary["health"]["status"] == "ok" and summary["health"]["reasons"] == []
     # A Hugging Face model card (YAML front matter + the required sections), like a federated run's.
     from xr0_core.model_card import REQUIRED_SECTIONS, parse_card
 
@@ -103,10 +106,10 @@ def test_holdout_keeps_patients_whole_and_is_seeded():
 def test_bad_override_is_a_user_error(tmp_path, capsys):
     data = write_toy_site(tmp_path / "site", 3, seed=0, size=40)
     assert run(["pretrain", "--data", str(data), "--out", str(tmp_path / "o"), "--set", "train.nope=1"],
-               ["xr0_core.cli.pretrain"]) == 2
+               [pretrain]) == 2
     assert "unknown config key" in capsys.readouterr().err
     assert run(["pretrain", "--data", str(data), "--out", str(tmp_path / "o2"), "--resume"],
-               ["xr0_core.cli.pretrain"]) == 2
+               [pretrain]) == 2
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +136,7 @@ def test_heldout_anatomy_unseen_in_training_is_not_scored(tmp_path, capsys):
     assert "k-NN skipped" in summary["knn_note"]
 
 
+@pytest.mark.slow  # torchrun
 def test_pretrain_on_two_processes_matches_one(tmp_path):
     """``--gpus 2`` (torchrun, gloo on CPU) trains the same checkpoint as one process; rank 0 writes the outputs."""
     data = write_toy_site(tmp_path / "site", 15, seed=0, size=40, with_split=True)
@@ -156,3 +160,11 @@ def test_pretrain_refuses_more_processes_than_the_batch_allows(tmp_path, capsys)
     data = write_toy_site(tmp_path / "site", 6, seed=0, size=40)
     assert _pretrain(data, tmp_path / "x", 2, "--gpus", "3") == 2
     assert "train.batch-size 4 must be a multiple of --gpus = 3" in capsys.readouterr().err
+
+
+def test_pretrain_refuses_to_claim_differential_privacy(tmp_path, capsys):
+    """xr0 pretrain has no DP step, ledger or accountant: privacy.enabled is refused, not written into a card."""
+    data = write_toy_site(tmp_path / "site", 6, seed=0, size=40)
+    assert _pretrain(data, tmp_path / "o", 2, "--set", "privacy.enabled=true") == 2
+    assert "without differential privacy" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model_card.json").exists()

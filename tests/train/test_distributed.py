@@ -6,32 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from xr0_core.config import from_flat
-from xr0_core.data.dataset import ImageCache
+from tests.train.ddp_setup import ATOL, RTOL, STEPS, config, images
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 3
-# Float sums run in another order across ranks (mean of two half-batch means vs one mean): agreement to
-# rounding, amplified a little by three AdamW steps.
-ATOL, RTOL = 2e-5, 1e-4
-
-
-def config():
-    # The per-sample objective (no Sinkhorn / EMA centering / KoLeo, no drop-path): see distributed.py.
-    return from_flat({"model.backbone": "vit-micro-p8", "model.img-size": 16, "ssl.local-size": 8,
-                      "train.load-size": 16, "train.batch-size": 4, "ssl.n-local-crops": 2, "train.device": "cpu",
-                      "ssl.centering": "frozen-per-round", "ssl.koleo-weight": 0.0, "model.drop-path": 0.0})
-
-
-def images() -> ImageCache:
-    rng = np.random.default_rng(0)
-    return ImageCache.from_arrays([rng.random((20, 20), dtype=np.float32) for _ in range(8)], 16)
-
-
+@pytest.mark.slow  # torchrun
 def test_two_gloo_ranks_match_one_process(tmp_path):
     from safetensors.torch import load_file
 

@@ -12,7 +12,7 @@ from xr0_core.data.dataset import ImageCache
 from xr0_core.train.health import COLLAPSED, NOT_LEARNING, OK, assess, knn_probe, probe_health, rankme, ssl_health
 from xr0_core.train.trainer import SiteTrainer
 
-from .test_trainer import TINY
+from tests.tiny import TINY
 
 
 class ConstantBackbone(nn.Module):

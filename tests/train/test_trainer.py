@@ -10,9 +10,8 @@ from xr0_core.config import from_flat
 from xr0_core.data.dataset import ImageCache
 from xr0_core.train.trainer import SiteTrainer
 
-TINY = {"model.backbone": "vit-micro-p8", "model.img-size": 32, "ssl.local-size": 16, "train.load-size": 32, "ssl.n-local-crops": 2,
-        "train.batch-size": 4, "model.head-out-dim": 64, "model.ibot-out-dim": 64, "model.head-hidden-dim": 64,
-        "model.head-bottleneck-dim": 32, "train.device": "cpu"}
+from tests.tiny import TINY
+
 
 
 def _cache(n=8, seed=0):

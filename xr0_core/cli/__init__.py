@@ -1,51 +1,38 @@
-"""The ``xr0`` command: one sub-module per sub-command.
+"""The framework-free sub-commands of ``xr0`` (one module each) and the helpers they share.
 
 Each sub-command module exposes ``register(subparsers) -> None``, which adds its parser and sets
-``func(args) -> int`` as default. Heavy imports (torch, flwr) happen inside ``func`` so ``xr0 --help``
-stays fast. The entry point that assembles them is :mod:`simulation.cli` (the top layer), because
-``xr0 simulate`` needs Flower and ``xr0_core`` must not import it.
+``func(args) -> int`` as default. Heavy imports (torch) happen inside ``func`` so ``xr0 --help`` stays fast.
+:data:`xr0_core.cli.commands.CORE_COMMANDS` lists them; the ``xr0`` entry point (the top-level :mod:`cli`
+package) registers those plus ``simulate`` and ``coordinator``, which need Flower (``xr0_core`` never imports it).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+from types import ModuleType
 from typing import Any, Iterable
-
-CORE_COMMANDS = (
-    "xr0_core.cli.site",
-    "xr0_core.cli.synth",
-    "xr0_core.cli.pretrain",
-    "xr0_core.cli.evaluate",
-    "xr0_core.cli.privacy",
-    "xr0_core.cli.certs",
-)
 
 
 class CLIError(Exception):
     """A user-facing error: printed as ``xr0: error: <message>`` with exit code 2."""
 
 
-def build_parser(modules: Iterable[str]) -> argparse.ArgumentParser:
+def build_parser(modules: Iterable[ModuleType]) -> argparse.ArgumentParser:
+    """The ``xr0`` parser with the sub-commands of ``modules`` (each has ``register(subparsers)``)."""
     parser = argparse.ArgumentParser(
         prog="xr0",
         description="XR-0 Federated: hospitals jointly pretrain an X-ray foundation model on Flower.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # sub-command not built yet
-                continue
-            raise
+    for module in modules:
         module.register(sub)
     return parser
 
 
-def run(argv: list[str] | None, modules: Iterable[str]) -> int:
+def run(argv: list[str] | None, modules: Iterable[ModuleType]) -> int:
+    """Parse ``argv`` with the sub-commands of ``modules`` and run the chosen one (2 on a usage error)."""
     parser = build_parser(modules)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -69,7 +69,7 @@ def load_backbone_source(args: argparse.Namespace) -> tuple[Any, Callable[[], An
     """(config, factory of the evaluated backbone or None for 'random', description)."""
     import torch
 
-    from xr0_core.eval.anatomy import backbone_from_shared
+    from xr0_core.eval.baseline import backbone_from_shared
 
     ckpt = args.checkpoint
     if ckpt == "random":
@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     print(f"xr0 evaluate: {what} on {len(index.records)} images of {index.root} "
           f"({len(index.skipped)} skipped)", file=sys.stderr)
-    from xr0_core.eval.anatomy import backbone_from_shared
+    from xr0_core.eval.baseline import backbone_from_shared
 
     try:
         result = evaluate_models(cfg, index.records, model, lambda: backbone_from_shared(cfg, None),

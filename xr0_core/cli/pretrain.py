@@ -15,8 +15,9 @@ Writes to OUT:
 - ``model_card.md`` / ``model_card.json`` -- the Hugging Face model card (:mod:`xr0_core.model_card`);
 - ``logs/pretrain.log`` -- library output and warnings (``--verbose`` shows them on the terminal instead).
 
-At the end it measures k-NN anatomy accuracy on held-out images (``split == test``; without splits a seeded
-20 % of patients) for the pretrained backbone and for the random-init backbone it started from, so
+At the end it runs the evaluation suite's anatomy probe (``eval.tasks = probe``: weighted k-NN and a linear
+probe of anatomy on frozen CLS features) on held-out images (``split == test``; without splits a seeded 20 % of
+patients) for the pretrained backbone, the random-init backbone it started from and the raw pixels, so
 "pretraining helped" is a measured number (D8). Held-out sets of one hospital are small, so the summary
 also gives ``knn_gain`` (pretrained minus random) with a paired, patient-level bootstrap 95 % interval
 ``knn_gain_ci95``: an interval that straddles 0 says the run is too short or the set too small to tell.
@@ -83,9 +84,15 @@ def _build_config(args: argparse.Namespace):
     if getattr(args, "multimodal", False):
         flat["multimodal.enabled"] = True
     try:
-        return from_flat(flat)
+        cfg = from_flat(flat)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
+    if cfg.privacy.enabled or cfg.privacy.client_level:
+        # No DP-SGD step, ledger or accountant runs here: a card saying "differential privacy" would be false.
+        raise CLIError("xr0 pretrain trains without differential privacy (no per-patient clipping, noise or "
+                       "ledger); privacy.enabled / privacy.client-level apply to federated rounds: use "
+                       "`xr0 simulate --dp`, or drop the --set")
+    return cfg
 
 
 def _index(args: argparse.Namespace) -> list[Any]:
@@ -159,32 +166,27 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _save_checkpoint(trainer, out: Path, total_steps: int) -> None:
-    from safetensors.torch import save_file
+    from xr0_core.checkpoint import save_tensors
 
-    from xr0_core.atomic import atomic_write
-
-    meta = {"xr0": json.dumps({"step": trainer.step, "total_steps": total_steps, "config_hash": trainer.cfg.hash()})}
-    sd = trainer.shared_state_dict()
-    atomic_write(out / "checkpoint.safetensors", lambda tmp: save_file(sd, str(tmp), metadata=meta))
+    meta = {"step": trainer.step, "total_steps": total_steps, "config_hash": trainer.cfg.hash()}
+    save_tensors(out / "checkpoint.safetensors", trainer.shared_state_dict(), meta)
     trainer.save_site_state(out / "site_state.safetensors")
 
 
 def _resume(trainer, out: Path, total_steps: int) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from xr0_core.checkpoint import load_tensors, read_meta
 
     ckpt, state = out / "checkpoint.safetensors", out / "site_state.safetensors"
     if not ckpt.is_file() or not state.is_file():
         raise CLIError(f"--resume: no checkpoint in {out} (need checkpoint.safetensors and site_state.safetensors)")
-    with safe_open(str(ckpt), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("xr0", "{}"))
+    meta = read_meta(ckpt)
     if meta.get("total_steps") != total_steps:
         raise CLIError(f"--resume: the checkpoint's run has {meta.get('total_steps')} steps, not {total_steps}; "
                        "pass the same --steps (schedules depend on it)")
     if meta.get("config_hash") != trainer.cfg.hash():
         raise CLIError(f"--resume: {ckpt} was written with another config; use the same --preset and --set")
     try:
-        trainer.load_shared_state_dict(load_file(str(ckpt)))
+        trainer.load_shared_state_dict(load_tensors(ckpt))
         trainer.load_site_state(state)
     except ValueError as exc:
         raise CLIError(f"--resume: {exc}") from None
@@ -201,74 +203,55 @@ def _images(cfg, serve: list[Any], every: list[Any], args: argparse.Namespace, o
                             progress=False)  # the quiet console owns the terminal
 
 
-def _test_images(trainer, test_records: list[Any], cfg):
-    """Held-out images from the same kind of source as the training images (same pixels either way)."""
-    from xr0_core.data.dataset import ImageCache
-
-    folder = getattr(trainer.cache, "folder", None)
-    if folder is not None:
-        from xr0_core.data.prepared import PreparedImages
-
-        return PreparedImages(test_records, folder)
-    return ImageCache(test_records, cfg.train.load_size, progress=True).decode()
+PROBE_TASK = "classification/anatomy"  # the suite's anatomy probe (eval.tasks = probe)
 
 
 def _knn(trainer, test_records: list[Any], cfg) -> dict[str, Any]:
-    """k-NN and linear-probe anatomy accuracy of the trained student backbone and of the initial (random)
-    backbone, on the same held-out images."""
-    import torch
-
-    import torch.nn.functional as F
-
-    from xr0_core.data.views import center_view
-    from xr0_core.eval.anatomy import linear_probe_accuracy
-    from xr0_core.eval.baseline import random_init_backbone
-    from xr0_core.eval.features import extract_features
-    from xr0_core.eval.knn import knn_correct
+    """The evaluation suite's anatomy probe (:data:`xr0_core.eval.suite.PROBE`: weighted k-NN and linear probe on
+    frozen CLS features) of the trained student backbone, the random-init backbone it started from and the raw
+    pixels, fitted on the training images and scored on the same held-out images; paired patient-level intervals
+    of the k-NN gains."""
+    from xr0_core.eval.baseline import PIXELS, random_init_backbone
     from xr0_core.eval.metrics import paired_bootstrap_ci
+    from xr0_core.eval.suite import PRETRAINED, PROBE, RANDOM, run_suite, with_split
 
-    train_cache = trainer.cache.decode()
-    test_cache = _test_images(trainer, test_records, cfg)
-    train_rows = [i for i, r in enumerate(train_cache.kept) if getattr(r, "anatomy", None)]
-    test_rows = [i for i, r in enumerate(test_cache.kept) if getattr(r, "anatomy", None)]
-    names = sorted({train_cache.kept[i].anatomy for i in train_rows})
-    code = {n: i for i, n in enumerate(names)}
+    train = [r for r in trainer.cache.kept if getattr(r, "anatomy", None)]
+    names = sorted({r.anatomy for r in train})
     # A held-out anatomy never seen in training has no neighbours to vote for it: not scorable.
-    test_rows = [i for i in test_rows if test_cache.kept[i].anatomy in code]
-    result: dict[str, Any] = {"knn_accuracy": None, "knn_accuracy_random": None, "knn_train": len(train_rows),
-                              "knn_test": len(test_rows), "anatomies": names}
-    if len(names) < 2 or not test_rows:
+    test = [r for r in test_records if getattr(r, "anatomy", None) in names]
+    result: dict[str, Any] = {"knn_accuracy": None, "knn_accuracy_random": None, "knn_train": len(train),
+                              "knn_test": len(test), "anatomies": names}
+    if len(names) < 2 or not test:
         result["knn_note"] = ("k-NN skipped: need at least two anatomies in the training images and held-out "
                               "images of those anatomies")
         return result
-    y_train = torch.tensor([code[train_cache.kept[i].anatomy] for i in train_rows])
-    y_test = torch.tensor([code[test_cache.kept[i].anatomy] for i in test_rows])
-    random_backbone = random_init_backbone(cfg).to(trainer.device)
-
-    def pixels(cache, rows):  # the raw-pixel baseline: the same centre view, flattened (eval/baseline.py)
-        return F.normalize(torch.stack([center_view(cache[i], cfg.model.img_size).flatten() for i in rows]), dim=-1)
-
-    correct = {}
-    for tag, backbone in (("", trainer.model.student["backbone"]), ("_random", random_backbone), ("_pixels", None)):
-        if backbone is None:
-            f_train, f_test = pixels(train_cache, train_rows), pixels(test_cache, test_rows)
-        else:
-            f_train = extract_features(backbone, train_cache, cfg.model.img_size, device=trainer.device)[train_rows]
-            f_test = extract_features(backbone, test_cache, cfg.model.img_size, device=trainer.device)[test_rows]
-        correct[tag] = knn_correct(f_train, y_train, f_test, y_test, k=cfg.eval.knn_k).numpy()
-        result[f"knn_accuracy{tag}"] = float(correct[tag].mean())
-        result[f"linear_accuracy{tag}"] = linear_probe_accuracy(f_train, y_train, f_test, y_test, seed=cfg.seed)
+    student = trainer.model.student["backbone"]
+    outputs, run = run_suite(cfg, with_split(train, test), {PRETRAINED: lambda: student,
+                                                            RANDOM: lambda: random_init_backbone(cfg)},
+                             tasks=PROBE, device=trainer.device, strict=False, pixels=True)
+    if any(PROBE_TASK not in outputs.get(name, {}).get("metrics", {}) for name in (PRETRAINED, RANDOM, PIXELS)):
+        result["knn_note"] = "k-NN skipped: " + ("; ".join(r for r in run.skipped if PROBE_TASK in r)
+                                                 or "the anatomy probe did not run on these images")
+        return result
+    scores = {name: outputs[name]["metrics"][PROBE_TASK] for name in (PRETRAINED, RANDOM, PIXELS)}
+    per_row = {name: outputs[name]["per_row"][PROBE_TASK][0] for name in scores}
+    rows = outputs[PRETRAINED]["per_row"][PROBE_TASK][1]
     # A held-out set of a few dozen images moves in steps of several points: say how sure the gain is.
     # Patients are the resampling unit (their images are not independent draws).
-    patients = [test_cache.kept[i].patient_id or str(test_cache.kept[i].path) for i in test_rows]
+    patients = [run.data.records[i].patient_id or str(run.data.records[i].path) for i in rows]
+    result.update({"knn_test": run.counts[PROBE_TASK], "knn_train": len(run.data.rows("train")),
+                   "knn_accuracy": scores[PRETRAINED]["knn-accuracy"],
+                   "knn_accuracy_random": scores[RANDOM]["knn-accuracy"],
+                   "linear_accuracy": scores[PRETRAINED]["linear-accuracy"],
+                   "linear_accuracy_random": scores[RANDOM]["linear-accuracy"]})
+    knn = {name: per_row[name]["knn-accuracy"] for name in per_row}
     result["knn_gain"] = result["knn_accuracy"] - result["knn_accuracy_random"]
-    result["knn_gain_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_random"], groups=patients,
-                                                       seed=cfg.seed))
-    result["knn_gain_vs_pixels"] = result["knn_accuracy"] - result["knn_accuracy_pixels"]
-    result["knn_gain_vs_pixels_ci95"] = list(paired_bootstrap_ci(correct[""], correct["_pixels"], groups=patients,
+    result["knn_gain_ci95"] = list(paired_bootstrap_ci(knn[PRETRAINED], knn[RANDOM], groups=patients, seed=cfg.seed))
+    result["knn_gain_vs_pixels"] = result["knn_accuracy"] - scores[PIXELS]["knn-accuracy"]
+    result["knn_gain_vs_pixels_ci95"] = list(paired_bootstrap_ci(knn[PRETRAINED], knn[PIXELS], groups=patients,
                                                                  seed=cfg.seed))
-    result["baseline_pixels"] = {"knn_accuracy": result.pop("knn_accuracy_pixels"),
-                                 "linear_accuracy": result.pop("linear_accuracy_pixels")}
+    result["baseline_pixels"] = {"knn_accuracy": scores[PIXELS]["knn-accuracy"],
+                                 "linear_accuracy": scores[PIXELS]["linear-accuracy"]}
     return result
 
 
@@ -494,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m xr0_core.cli.pretrain ARGS`` (what ``--gpus W`` runs on every rank)."""
     import sys
 
-    from xr0_core.cli import run
+    from xr0_core.cli import pretrain, run
 
-    return run(["pretrain", *(sys.argv[1:] if argv is None else argv)], ["xr0_core.cli.pretrain"])
+    return run(["pretrain", *(sys.argv[1:] if argv is None else argv)], [pretrain])
 
 
 if __name__ == "__main__":

@@ -12,39 +12,12 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from xr0_core.eval.summary import headline_metrics, split_flat
 from xr0_core.htmlpage import details, page
 from xr0_core.htmlpage import fmt as _fmt
 from xr0_core.htmlpage import table as _table
-
-RANDOM_SEGMENT = "/random/"
-PIXELS_SEGMENT = "/pixels/"  # <task>/pixels/<metric>: the raw-pixel baseline (xr0_core/eval/baseline.py)
-CI_SEGMENT = "/ci/"  # <task>/ci/<metric>/<part> (xr0_core/eval/suite.py): read by the run report's summary
-CI_PIXELS_SEGMENT = "/ci-pixels/"  # <task>/ci-pixels/<metric>/<part>: evaluated minus raw pixels
-FAMILIES = ("classification", "retrieval", "segmentation", "landmarks", "grounding", "report_generation")
-# The metric drawn per round for each family (the first one a task reports, in this order).
-HEADLINE = ("linear-auroc", "linear-accuracy", "recall@1", "dice-mean", "mre-px", "mean-iou", "rouge-l", "bleu4")
-
-
-def split_flat(metrics: dict[str, float]) -> dict[tuple[str, str], dict[str, float]]:
-    """Flat evaluation keys -> ``{(task, metric): {"pretrained": v, "random": v, "pixels": v}}`` (other keys
-    ignored; ``pixels`` only for the tasks the raw-pixel baseline applies to)."""
-    out: dict[tuple[str, str], dict[str, float]] = {}
-    for key, value in metrics.items():
-        if (not key.startswith(FAMILIES) or key.endswith("/num-examples") or CI_SEGMENT in key
-                or CI_PIXELS_SEGMENT in key):
-            continue
-        for segment, tag in ((RANDOM_SEGMENT, "random"), (PIXELS_SEGMENT, "pixels")):
-            if segment in key:
-                task, metric = key.rsplit(segment, 1)
-                out.setdefault((task, metric), {})[tag] = value
-                break
-        else:
-            task, metric = key.rsplit("/", 1)
-            out.setdefault((task, metric), {})["pretrained"] = value
-    return out
-
 
 def evaluation_table(history: list[dict[str, Any]]) -> str:
     """Last evaluate round: task, metric, pooled pretrained / random, then per hospital."""
@@ -73,20 +46,6 @@ def evaluation_table(history: list[dict[str, Any]]) -> str:
             "classification and image-image retrieval only) measured in the same dispatch</p>"
             + details(f"every metric of {len({t for t, _ in pooled})} tasks, pooled and per hospital ({len(rows)} rows)",
                       _table(headers, rows)))
-
-
-def headline_metrics(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """One (task, metric) per task: its first metric in :data:`HEADLINE` order."""
-    by_task: dict[str, list[str]] = {}
-    for task, metric in keys:
-        by_task.setdefault(task, []).append(metric)
-    out = []
-    for task, metrics in sorted(by_task.items()):
-        for m in HEADLINE:
-            if m in metrics:
-                out.append((task, m))
-                break
-    return out
 
 
 def plot_rounds(history: list[dict[str, Any]], path: Path) -> Path | None:

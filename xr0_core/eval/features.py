@@ -1,4 +1,6 @@
-"""Frozen-backbone features for evaluation (D8): CLS token after the final norm, L2-normalised."""
+"""Frozen-backbone features of an image source for evaluation (D8): CLS token after the final norm,
+L2-normalised, of each cached image resized whole (the loop itself: :func:`xr0_core.models.features.frozen_features`,
+which the task suite's letterbox views and the SSL health probe also use)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from torch import nn
 
 from xr0_core.data.dataset import ImageCache
 from xr0_core.data.views import center_view
-from xr0_core.runtime import autocast
+from xr0_core.models.features import frozen_features
 
 
 @torch.no_grad()
@@ -39,17 +41,7 @@ def extract_features(backbone: nn.Module, cache_or_records: ImageCache | Sequenc
     # Any image source (in-RAM ImageCache or prepared shards, xr0_core/data/source.py) has ``kept``.
     cache = cache_or_records if hasattr(cache_or_records, "kept") else \
         ImageCache(list(cache_or_records), load_size or img_size, progress=True)
-    n = len(cache)
-    was_training = backbone.training
-    backbone.eval()
-    feats = []
-    try:
-        for start in range(0, n, batch_size):
-            x = torch.stack([center_view(cache[i], img_size) for i in range(start, min(n, start + batch_size))])
-            with autocast(device, precision):
-                tok = backbone.forward_features(x.to(device, non_blocking=device.type == "cuda"))
-            feats.append(F.normalize(tok[:, 0].float(), dim=-1).cpu())
-    finally:
-        backbone.train(was_training)
-    dim = getattr(backbone, "embed_dim", 0)
-    return torch.cat(feats) if feats else torch.zeros(0, dim)
+    cls, _ = frozen_features(backbone, len(cache),
+                             lambda a, b: torch.stack([center_view(cache[i], img_size) for i in range(a, b)]),
+                             batch_size=batch_size, device=device, precision=precision)
+    return F.normalize(cls, dim=-1)

@@ -43,6 +43,11 @@ PIXELS_TAG = "pixels"
 CI_TAG = "ci"  # <task>/ci/<metric>/<part>: the paired interval of evaluated minus random init
 CI_PIXELS_TAG = "ci-pixels"  # <task>/ci-pixels/<metric>/<part>: evaluated minus the raw-pixel baseline
 CI_PARTS = ("diff", "low", "high", "se", "units")
+# The cheap pretrain-time probe, by name: anatomy recognition on frozen CLS features (k-NN and linear probe).
+# ``xr0 pretrain``, ``xr0 simulate --compare-pooled`` and ``eval.tasks = probe`` run it through this suite.
+PROBE = "probe"
+PROBE_TASKS = ("classification/anatomy",)
+_DEPRECATED_NONE = [True]  # say once per process that eval.tasks = none is now "probe"
 
 
 def paired_intervals(main: Mapping[str, dict], baseline: Mapping[str, dict], data: EvalSet,
@@ -57,7 +62,7 @@ def paired_intervals(main: Mapping[str, dict], baseline: Mapping[str, dict], dat
     out: dict[str, dict[str, Any]] = {}
     for task in sorted(set(main) & set(baseline)):
         (per_a, rows_a), (per_b, rows_b) = main[task], baseline[task]
-        for metric in sorted(set(per_a) & set(per_b)):
+        for metric in [m for m in per_a if m in per_b]:  # the task's first per-unit metric is its interval's
             a, b = per_a[metric], per_b[metric]
             if len(a) == 0 or len(a) != len(b) or list(rows_a) != list(rows_b):
                 continue  # units differ between backbones (should not happen): no pairing, no interval
@@ -131,7 +136,9 @@ class EvalResult:
 
 
 def select_tasks(spec: str | Sequence[str] | None, planned: Sequence[str]) -> list[str]:
-    """The planned tasks matching ``spec``: ``None`` / ``"all"``, or comma-separated families or task keys.
+    """The planned tasks matching ``spec``: ``None`` / ``"all"``, :data:`PROBE` (the anatomy probe; none when
+    the data has fewer than two anatomies), or comma-separated families or task keys. ``"none"`` (the old name
+    of the probe) still works, with a deprecation line.
 
     Raises
     ------
@@ -143,16 +150,38 @@ def select_tasks(spec: str | Sequence[str] | None, planned: Sequence[str]) -> li
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names or names == ["all"]:
         return list(planned)
+    if names == ["none"]:
+        if _DEPRECATED_NONE.pop() if _DEPRECATED_NONE else False:
+            log.warning("eval.tasks = none is deprecated: use eval.tasks = probe (the anatomy probe, now the "
+                        "suite's classification/anatomy task)")
+        names = [PROBE]
     chosen = []
     for name in names:
-        if name in TASK_FAMILIES:
+        if name == PROBE:
+            chosen += [t for t in planned if t in PROBE_TASKS]
+        elif name in TASK_FAMILIES:
             chosen += [t for t in planned if t.split("/", 1)[0] == name]
         elif any(t == name or t.startswith(name + "/") for t in planned):
             chosen += [t for t in planned if t == name or t.startswith(name + "/")]
         else:
-            raise ValueError(f"unknown evaluation task {name!r}; families: {', '.join(FAMILY_ORDER)}; "
+            raise ValueError(f"unknown evaluation task {name!r}; families: {', '.join(FAMILY_ORDER)}, or {PROBE}; "
                              f"tasks this data allows: {', '.join(planned) or '(none)'}")
     return list(dict.fromkeys(chosen))
+
+
+def probe_only(spec: str | Sequence[str] | None) -> bool:
+    """Whether ``spec`` asks for the anatomy probe alone (``probe``, or its old name ``none``)."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec or []) if s.strip()]
+    return names in ([PROBE], ["none"])
+
+
+def with_split(train: Sequence[Any], test: Sequence[Any]) -> list[Any]:
+    """``train`` and ``test`` records as one list whose ``split`` says which is which (the suite fits its heads
+    on the first, scores the second), for callers that hold their own hold-out (``xr0 pretrain``)."""
+    import dataclasses
+
+    return [dataclasses.replace(r, split="train") for r in train] + \
+           [dataclasses.replace(r, split="test") for r in test]
 
 
 def plan_tasks(data: EvalSet) -> tuple[list[str], list[str]]:
@@ -310,7 +339,8 @@ def evaluate_backbone(cfg: XR0Config, records: Sequence[Any], shared: Mapping[st
     model = None if shared is None else (lambda: backbone_from_shared(cfg, shared))
     result = evaluate_models(cfg, records, model, lambda: random_init_backbone(cfg), tasks=tasks,
                              device=device, **kwargs)
-    if cfg.multimodal.enabled:  # mXR-0: zero-shot retrieval and report generation with the model's own heads
+    if cfg.multimodal.enabled and not probe_only(cfg.eval.tasks if tasks is None else tasks):
+        # mXR-0: zero-shot retrieval and report generation with the model's own heads
         from xr0_core.eval.zeroshot import add_zeroshot
 
         add_zeroshot(result, cfg, records, shared, device=device, strict=kwargs.get("strict", True))

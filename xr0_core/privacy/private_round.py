@@ -1,14 +1,14 @@
-"""The privacy side of one federated round at a site: reserve, attach DP-SGD, then release (D3, D14).
+"""The privacy side of one federated round at a site: reserve, build the DP-SGD step, then release (D3, D14).
 
 Called by :mod:`xr0_core.site.round` only, which composes policy, training and this module (so that
 ``xr0_core.train`` knows nothing of privacy).
 
-1. :func:`begin_private_round`: privacy units from the site's training records, Poisson rate q, then the
-   reservation (:func:`reserve_private_round` -> :func:`xr0_core.privacy.reservation.reserve_round`: budget, run
-   cap, noise cap and unit checks, release charged as pending), then (:func:`attach_session`) a
-   :class:`~xr0_core.privacy.dp.DPSession` with the reserved sigma and a fresh secret per-round seed for views
-   and masks. A round on several processes reserves once in the launching process and attaches a session on
-   every rank (:mod:`xr0_core.site.launch.parallel`).
+1. :func:`reserve_private_round`: privacy units from the site's training records, Poisson rate q, then the
+   reservation (:func:`xr0_core.privacy.reservation.reserve_round`: budget, run cap, noise cap and unit checks,
+   release charged as pending); then :func:`reserved_dp_step`: the :class:`~xr0_core.train.stepper.DPStep`
+   with the reserved sigma and q and a fresh secret per-round seed for views and masks, which the site's round
+   gives the trainer. A round on several processes reserves once in the launching process and builds the step
+   on every rank (:mod:`xr0_core.site.launch.parallel`).
 2. training (by the caller);
 3. :meth:`PrivateRound.finish`: client-level clip + noise, commit the reservation, and the metrics that may
    leave (epsilon, delta, budget, DP steps; never losses, the sample rate or the noise multiplier, which
@@ -21,7 +21,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
@@ -105,36 +105,21 @@ def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> Private
                         sample_level=terms.sample_level, sample_rate=q, n_units=units.n_units)
 
 
-def attach_session(trainer, noise_multiplier: float, sample_rate: float, n_units: int) -> None:
-    """Give ``trainer`` the DP-SGD session of a reserved round: the reserved sigma and q, a fresh secret
-    per-round seed for views and masks. On data-parallel ranks set ``trainer.dist`` first (the ranks then agree
-    on rank 0's secrets).
+def reserved_dp_step(trainer, noise_multiplier: float, sample_rate: float, n_units: int):
+    """The DP-SGD step of a reserved round (:func:`xr0_core.privacy.dp.dp_step`): the reserved sigma and q, a
+    fresh secret per-round seed for views and masks. On data-parallel ranks set ``trainer.dist`` first (the
+    ranks then agree on rank 0's secrets). The caller gives it to the trainer (``trainer.use_stepper``).
 
     Raises
     ------
     UnitMismatch
         The trainer's images form another number of units than the reservation was made for.
     """
+    from xr0_core.privacy.dp import dp_step
     from xr0_core.privacy.reservation import UnitMismatch
-    from xr0_core.privacy.dp import DPSession
 
     n = privacy_units(trainer.cache.kept).n_units
     if n != n_units:
         raise UnitMismatch(f"the training images form {n} privacy units but the round was reserved for "
                            f"{n_units}: the site's data changed during the round; rerun it")
-    trainer.dp = DPSession(trainer, noise_multiplier, sample_rate, view_secret=secrets.randbits(63))
-
-
-def begin_private_round(trainer, spec, state_dir: Path, terms) -> PrivateRound:
-    """Reserve this round in the ledger and attach a DP-SGD session to ``trainer`` (one process).
-
-    Raises
-    ------
-    PrivacyBudgetExceeded, NoiseAboveCap, UnitMismatch, PrivacyError
-        Before any training; nothing was charged.
-    """
-    len(trainer.cache)  # decode now: units come from the kept records
-    private = reserve_private_round(trainer.cfg, trainer.cache.kept, spec, state_dir, terms)
-    if private.sample_level:
-        attach_session(trainer, private.noise_multiplier, private.sample_rate, private.n_units)
-    return private
+    return dp_step(trainer, noise_multiplier, sample_rate, view_secret=secrets.randbits(63))

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from xr0_core.atomic import atomic_write
+from xr0_core.flat_values import ValueKindError, coerce, toml_value
 
 POLICY_FILE = "policy.toml"
 POLICY_FORMAT = "xr0-site-policy/1"
@@ -237,42 +238,21 @@ def _check(policy: SitePolicy, where: str) -> SitePolicy:
     return policy
 
 
-_OPTIONAL = {("privacy", "required"): bool, ("privacy", "budget"): float, ("secagg", "min_degree"): int}  # None: unset
+_OPTIONAL = {"privacy.required": bool, "privacy.budget": float, "secagg.min-degree": int}  # None means "not set"
 
 
 def _coerce(section: str, f: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` for field ``f`` (:func:`xr0_core.flat_values.coerce`: the run config's rules); an optional field
+    also takes "", "none" or "auto" for unset."""
     key = f"{section}.{_dash(f.name)}"
-    default = f.default if f.default is not dataclasses.MISSING else None
-    kind = _OPTIONAL.get((section, f.name)) or (type(default) if default is not None else None)
-    if isinstance(value, str) and kind is not str and kind is not tuple:
-        text = value.strip().lower()
-        if (section, f.name) in _OPTIONAL and text in ("", "none", "auto"):
-            return None
-        value = {"true": True, "false": False}.get(text, value)
+    kind = _OPTIONAL.get(key) or type(f.default if f.default is not dataclasses.MISSING else "")
+    if key in _OPTIONAL and (value is None or (isinstance(value, str)
+                                               and value.strip().lower() in ("", "none", "auto"))):
+        return None
     try:
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind is tuple:
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise TypeError
-            return tuple(value)
-        if kind is int:
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise TypeError
-            return int(float(value))
-        if kind is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        want = {bool: "true or false", tuple: "a list of strings", int: "an integer", float: "a number"}.get(
-            kind, "a string")  # type: ignore[arg-type]
-        raise PolicyError(f"{where}: {key} = {value!r} must be {want}") from None
+        return coerce(value, kind)
+    except ValueKindError as exc:
+        raise PolicyError(f"{where}: {key} = {value!r} must be {exc.expected}") from None
 
 
 def from_mapping(raw: Mapping[str, Any], where: str = "site policy") -> SitePolicy:
@@ -331,18 +311,8 @@ def to_toml(policy: SitePolicy) -> str:
             value = getattr(obj, f.name)
             if value is None:
                 continue  # optional, unset
-            lines.append(f"{_dash(f.name)} = {_toml_value(value)}")
+            lines.append(f"{_dash(f.name)} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def save_policy(policy: SitePolicy, path: str | Path) -> SitePolicy:

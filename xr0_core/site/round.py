@@ -7,7 +7,8 @@ them together in the only order that never under-counts:
    round before anything else happens.
 2. load the global weights and the site's state of this run (nothing is written);
 3. private rounds: reserve the release in the ledger (budget, run cap, noise cap, unit checks; charged as
-   pending) and attach the DP-SGD session;
+   pending) and give the trainer the DP-SGD step (:class:`~xr0_core.train.stepper.DPStep`) built for it; the
+   trainer was built with the DP objective (:func:`site_trainer`);
 4. train, then save the local SSL state (the steps it holds are already charged);
 5. private rounds: client-level DP, commit the reservation;
 6. keep only the metrics the policy lets leave (under DP never losses, timings, the sample rate or the noise
@@ -28,8 +29,31 @@ import torch
 
 from xr0_core.site.policy import PolicyRefusal, SitePolicy, negotiate
 from xr0_core.train.round_state import RoundSpec, run_local_round, save_round_state, start_round
+from xr0_core.train.trainer import SiteTrainer
 
 log = logging.getLogger(__name__)
+
+
+def training_objective(cfg):
+    """The config the site's SSL model is built from: with ``privacy.enabled`` the DP-compatible objective
+    (:func:`xr0_core.privacy.dp.dp_objective_config`: per-sample targets, no KoLeo, no drop-path), else ``cfg``.
+
+    Raises
+    ------
+    xr0_core.privacy.dp.BatchCoupledLossError
+        The run config explicitly chose a batch-coupled term under DP (the message names the alternative).
+    """
+    if not cfg.privacy.enabled:
+        return cfg
+    from xr0_core.privacy.dp import dp_objective_config
+
+    return dp_objective_config(cfg)
+
+
+def site_trainer(cfg, records, **kwargs) -> SiteTrainer:
+    """The site's :class:`~xr0_core.train.trainer.SiteTrainer` for ``cfg``, built with :func:`training_objective`
+    (``kwargs``: ``site``, ``cache``, ``device``, ``reader`` as ``SiteTrainer`` takes them)."""
+    return SiteTrainer(cfg, records, objective=training_objective(cfg), **kwargs)
 
 
 def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec, state_dir: Path,
@@ -39,7 +63,8 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
     Parameters
     ----------
     trainer : xr0_core.train.trainer.SiteTrainer
-        Fresh (no local history yet); under DP its cache holds only the site's training patients.
+        Fresh (no local history yet), from :func:`site_trainer`; under DP its cache holds only the site's
+        training patients.
     policy : SitePolicy
         The hospital's policy (:func:`xr0_core.site.state.site_policy`).
 
@@ -54,20 +79,30 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
     ------
     PolicyRefusal, xr0_core.privacy.ledger.PrivacyError
         Before any training (nothing charged, nothing saved).
+    RuntimeError
+        The trainer was not built with this round's objective (use :func:`site_trainer`).
     """
     terms = negotiate(policy, trainer.cfg)
+    if trainer.objective != training_objective(trainer.cfg):
+        # A plain-objective model under DP could hold batch-coupled terms or drop-path: no guarantee.
+        raise RuntimeError("the site's trainer was built with another objective than this round's (build it "
+                           "with xr0_core.site.round.site_trainer)")
     if not terms.private:
         shared, metrics = run_local_round(trainer, global_weights, spec, state_dir, progress=progress)
         return shared, release_metrics(policy, metrics, private=False)
-    from xr0_core.privacy.private_round import begin_private_round
+    from xr0_core.privacy.private_round import reserve_private_round, reserved_dp_step
 
     start_round(trainer, global_weights, spec, state_dir)
-    private = begin_private_round(trainer, spec, state_dir, terms)  # charged from here on
+    len(trainer.cache)  # decode now: units come from the kept records
+    private = reserve_private_round(trainer.cfg, trainer.cache.kept, spec, state_dir, terms)  # charged from here
+    step = None
+    if private.sample_level:
+        step = trainer.use_stepper(reserved_dp_step(trainer, private.noise_multiplier, private.sample_rate,
+                                                    private.n_units))
     metrics = trainer.train(spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps,
                             progress=progress)
     save_round_state(trainer, spec, state_dir)
-    steps = trainer.dp.steps if trainer.dp is not None else 0
-    trainer.dp = None
+    steps = step.steps if step is not None else 0
     shared, metrics = private.finish(trainer.shared_state_dict(), dict(global_weights), metrics, steps=steps)
     return shared, release_metrics(policy, metrics, private=True)
 

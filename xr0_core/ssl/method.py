@@ -50,6 +50,39 @@ class SSLOutput:
     student_tokens: torch.Tensor | None = None  # [B, G, 1+N, D] student tokens of the global views (mXR-0 reuses them)
 
 
+@dataclass
+class TeacherTargets:
+    """Teacher-side targets of one batch (no grad), computed by :meth:`XR0SSL.teacher_targets`.
+
+    Batch layout: the masked tokens of all samples gathered, M in total. Per-sample layout (in brackets): each
+    sample's masked tokens padded to Mx, the largest count in the batch (at least 1).
+
+    Attributes
+    ----------
+    cls : Tensor [B, G, K]
+        DINO targets of each global view.
+    patch : Tensor [M, K2] ([B, Mx, K2])
+        iBOT targets of the masked tokens.
+    patch_index : long Tensor [M] ([B, Mx])
+        Position of each masked token in the B*G*N student patch tokens, row-major over [B, G, N]
+        (in the sample's G*N tokens).
+    patch_sample : long Tensor [M] (None)
+        Sample of each masked token.
+    patch_weight : Tensor [M] ([B, Mx])
+        1 for a real token, 0 for padding.
+    raw_cls, raw_patch : Tensor [B, G, K], [M, K2] (None)
+        Raw teacher logits, for the center update after the step.
+    """
+
+    cls: torch.Tensor
+    patch: torch.Tensor
+    patch_index: torch.Tensor
+    patch_sample: torch.Tensor | None
+    patch_weight: torch.Tensor
+    raw_cls: torch.Tensor | None = None
+    raw_patch: torch.Tensor | None = None
+
+
 class XR0SSL(nn.Module):
     """Student / teacher pair with the DINO + iBOT (+ KoLeo) objective.
 
@@ -106,7 +139,7 @@ class XR0SSL(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, torch.Tensor], teacher_temp: float) -> SSLOutput:
-        """Per-sample losses of one batch.
+        """Per-sample losses of one batch: :meth:`teacher_targets`, then :meth:`student_losses`.
 
         Parameters
         ----------
@@ -121,21 +154,66 @@ class XR0SSL(nn.Module):
         SSLOutput
         """
         glob, loc, masks = batch["global"], batch.get("local"), batch["masks"]
+        targets = self.teacher_targets(glob, masks, teacher_temp)
+        loss, parts, s_tok = self.student_losses(glob, loc, masks, targets)
+        b, g = glob.shape[:2]
+        return SSLOutput(loss=loss, parts=parts, teacher={"dino": targets.raw_cls, "ibot": targets.raw_patch},
+                         student_tokens=s_tok.reshape(b, g, *s_tok.shape[1:]))
+
+    @torch.no_grad()
+    def teacher_targets(self, glob: torch.Tensor, masks: torch.Tensor, teacher_temp: float, *,
+                        per_sample: bool = False) -> TeacherTargets:
+        """The teacher pass (no grad): DINO targets of every global view, iBOT targets of every masked token.
+
+        Shapes: ``glob`` [B, G, 1, S, S], ``masks`` bool [B, G, N] -> :class:`TeacherTargets`: the masked tokens
+        of all samples gathered (``per_sample=False``, what :meth:`forward` uses), or laid out per sample and
+        padded (``per_sample=True``, for mapping :meth:`sample_loss` over the batch).
+        """
         b, g = glob.shape[:2]
         if g < 1:
             raise ValueError("XR0SSL needs at least one global view")
         gflat = glob.flatten(0, 1)  # [B*G, 1, S, S], sample-major
         mflat = masks.flatten(0, 1).bool()  # [B*G, N]
-        # Which sample each masked token belongs to (row-major over [B*G, N], matching boolean indexing).
-        token_sample = (torch.arange(b * g, device=glob.device) // g).unsqueeze(1).expand_as(mflat)[mflat]
-
-        with torch.no_grad():
-            t_tok = forward_tokens(self.teacher["backbone"], gflat)  # [B*G, 1+N, D]
-            t_cls = self.teacher["dino_head"](t_tok[:, 0]).reshape(b, g, -1)  # [B, G, K]
+        n = mflat.shape[1]
+        t_tok = forward_tokens(self.teacher["backbone"], gflat)  # [B*G, 1+N, D]
+        t_cls = self.teacher["dino_head"](t_tok[:, 0]).reshape(b, g, -1)  # [B, G, K]
+        cls = self.dino_loss.softmax_center_teacher(t_cls, teacher_temp)
+        if not per_sample:
+            # Masked tokens in row-major order over [B*G, N] (as boolean indexing gathers them), and their sample.
+            index = torch.nonzero(mflat.reshape(-1)).flatten()  # [M] into the B*G*N patch tokens
             t_patch = self.teacher["ibot_head"](t_tok[:, 1:][mflat])  # [M, K2]
-            t_cls_p = self.dino_loss.softmax_center_teacher(t_cls, teacher_temp)
-            t_patch_p = self.ibot_loss.softmax_center_teacher(t_patch, teacher_temp)
+            return TeacherTargets(cls=cls, patch=self.ibot_loss.softmax_center_teacher(t_patch, teacher_temp),
+                                  patch_index=index, patch_sample=torch.div(index, g * n, rounding_mode="floor"),
+                                  patch_weight=torch.ones(index.shape[0], device=index.device),
+                                  raw_cls=t_cls.detach(), raw_patch=t_patch.detach())
+        per = mflat.reshape(b, -1)  # [B, G*N]: a sample's tokens over its global views, view-major
+        counts = per.sum(dim=1)
+        mx = max(int(counts.max()) if b else 0, 1)
+        order = torch.argsort((~per).to(torch.int8), dim=1, stable=True)[:, :mx]  # masked positions first
+        valid = torch.arange(mx, device=glob.device)[None] < counts[:, None]  # [B, Mx]
+        d = t_tok.shape[-1]
+        tokens = t_tok[:, 1:].reshape(b, -1, d).gather(1, order[..., None].expand(-1, -1, d))  # [B, Mx, D]
+        t_patch = self.teacher["ibot_head"](tokens)  # [B, Mx, K2]; padded rows are weighted 0
+        return TeacherTargets(cls=cls, patch=self.ibot_loss.softmax_center_teacher(t_patch, teacher_temp),
+                              patch_index=order, patch_sample=None, patch_weight=valid.to(cls.dtype))
 
+    def student_losses(self, glob: torch.Tensor, loc: torch.Tensor | None, masks: torch.Tensor,
+                       targets: TeacherTargets) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The student side of the objective: THE loss code of XR-0 (the batch and the per-sample routes).
+
+        Parameters
+        ----------
+        glob : [B, G, 1, S, S]; loc : [B, L, 1, s, s] or None; masks : bool [B, G, N]
+        targets : TeacherTargets in batch layout (``patch_index`` into the B*G*N patch tokens)
+
+        Returns
+        -------
+        loss : Tensor [B] (weighted total), parts : dict name -> Tensor [B] (unweighted),
+        student tokens of the global views : Tensor [B*G, 1+N, D]
+        """
+        b, g = glob.shape[:2]
+        gflat = glob.flatten(0, 1)
+        mflat = masks.flatten(0, 1).bool()
         backbone = self.student["backbone"]
         s_tok = forward_tokens(backbone, gflat, mflat, self.mask_token)  # [B*G, 1+N, D]
         s_cls_g = s_tok[:, 0].reshape(b, g, -1)
@@ -146,14 +224,29 @@ class XR0SSL(nn.Module):
             cls_views.append(l_tok[:, 0].reshape(b, n_loc, -1))
         s_cls = torch.cat(cls_views, dim=1)  # [B, V, D], globals first
         s_logits = self.student["dino_head"](s_cls)  # [B, V, K]
-        parts = {"dino": self.dino_loss(s_logits, t_cls_p)}
-        s_patch = self.student["ibot_head"](s_tok[:, 1:][mflat])  # [M, K2]
-        parts["ibot"] = self.ibot_loss(s_patch, t_patch_p, token_sample, b)
+        parts = {"dino": self.dino_loss(s_logits, targets.cls)}
+        patches = s_tok[:, 1:].reshape(-1, s_tok.shape[-1])[targets.patch_index]  # [M, D]
+        parts["ibot"] = self.ibot_loss(self.student["ibot_head"](patches), targets.patch, targets.patch_sample, b,
+                                       targets.patch_weight)
         if self.koleo_loss is not None:
             parts["koleo"] = torch.stack([self.koleo_loss(s_cls_g[:, i]) for i in range(g)], dim=1).mean(dim=1)
         loss = sum(self.weights[k] * v for k, v in parts.items())
-        return SSLOutput(loss=loss, parts=parts, teacher={"dino": t_cls.detach(), "ibot": t_patch.detach()},
-                         student_tokens=s_tok.reshape(b, g, *s_tok.shape[1:]))
+        return loss, parts, s_tok
+
+    def sample_loss(self, glob: torch.Tensor, loc: torch.Tensor, masks: torch.Tensor, cls: torch.Tensor,
+                    patch: torch.Tensor, patch_index: torch.Tensor, patch_weight: torch.Tensor) -> torch.Tensor:
+        """The loss of ONE sample (all its views): :meth:`student_losses` on a batch of one, written so that
+        ``torch.func.vmap`` can map it over the rows of ``teacher_targets(..., per_sample=True)`` (DP's vmap
+        route).
+
+        Shapes: ``glob`` [G, 1, S, S], ``loc`` [L, 1, s, s], ``masks`` bool [G, N], ``cls`` [G, K],
+        ``patch`` [M, K2], ``patch_index`` long [M] (into the sample's G*N tokens), ``patch_weight`` [M]
+        -> scalar. Equal to ``forward(batch).loss[i]`` for per-sample objectives (tests/privacy/test_dp.py).
+        """
+        row = TeacherTargets(cls=cls[None], patch=patch, patch_index=patch_index,
+                             patch_sample=torch.zeros_like(patch_index), patch_weight=patch_weight)
+        loss, _, _ = self.student_losses(glob[None], loc[None], masks[None], row)
+        return loss[0]
 
     # ------------------------------------------------------------------ updates (called by the loop only)
     @torch.no_grad()

@@ -17,7 +17,7 @@ targets, EMA centering, KoLeo) see the rank's share of the batch, not the global
 per rank. The equivalence test uses the per-sample objective (``ssl.centering = frozen-per-round``, no KoLeo,
 no drop-path), which is also the DP objective.
 
-DP-SGD across ranks (:mod:`xr0_core.privacy.dp`, the ``dist`` branch of ``DPSession``) is the same mechanism as
+DP-SGD across ranks (:class:`xr0_core.train.stepper.DPStep` with ``dist``) is the same mechanism as
 one process: every rank draws the same secret Poisson sample of units (the sampler's seed and the round's view
 secret are rank 0's, broadcast once per round), keeps its contiguous share of the sampled units
 (:func:`unit_share`: whole units, shares may differ by one, a share may be empty), clips and sums its units'

@@ -78,31 +78,27 @@ def mean_entropy(probs: torch.Tensor) -> float:
 
 
 def knn_probe(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
-    """Leave-one-out cosine k-NN accuracy of ``labels [N]`` (long, -1 = unknown) on ``features [N, D]``."""
+    """Leave-one-out accuracy of the project's weighted k-NN (:func:`xr0_core.models.knn.knn_predict`) on
+    ``labels [N]`` (long, -1 = unknown) from ``features [N, D]``."""
+    from xr0_core.models.knn import knn_predict
+
     keep = labels >= 0
     x, y = F.normalize(features[keep].float(), dim=-1), labels[keep].long()
     if len(y) < 3 or len(torch.unique(y)) < 2:
         return float("nan")
-    sim = x @ x.t()
-    sim.fill_diagonal_(-float("inf"))
-    idx = sim.topk(min(k, len(y) - 1), dim=1).indices  # [N, k]
-    votes = torch.zeros(len(y), int(y.max()) + 1).scatter_add_(1, y[idx], torch.ones(idx.shape))
+    votes = knn_predict(x, y, x, k=k, leave_one_out=True)
     return float((votes.argmax(1) == y).float().mean())
 
 
-@torch.no_grad()
-def _tokens(backbone: nn.Module, views: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _features(backbone: nn.Module, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS ``[P, D]`` and mean patch token ``[P, D]`` of the probe views ``[P, 1, S, S]`` in [0, 1]
+    (:func:`xr0_core.models.features.frozen_features`, full precision: values comparable across devices)."""
     from xr0_core.data.transforms import normalize
+    from xr0_core.models.features import frozen_features
 
-    device = next(backbone.parameters()).device
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        out = [backbone.forward_features(normalize(views[i:i + batch_size].float()).to(device)).float().cpu()
-               for i in range(0, len(views), batch_size)]
-    finally:
-        backbone.train(was_training)
-    return torch.cat(out)
+    cls, patch = frozen_features(backbone, len(views), lambda a, b: normalize(views[a:b].float()),
+                                 precision="fp32", patches=lambda t: t.float().mean(1))
+    return cls, patch
 
 
 @torch.no_grad()
@@ -119,8 +115,7 @@ def probe_health(backbone: nn.Module, views: torch.Tensor, labels: torch.Tensor 
     -------
     dict: ``rankme-cls``, ``rankme-patch``, ``feature-std`` (and ``knn-probe``).
     """
-    tok = _tokens(backbone, views)
-    cls, patch = tok[:, 0], tok[:, 1:].mean(1)
+    cls, patch = _features(backbone, views)
     out = {"rankme-cls": rankme(cls), "rankme-patch": rankme(patch), "feature-std": feature_std(cls)}
     if labels is not None:
         out["knn-probe"] = knn_probe(cls, labels)
@@ -136,16 +131,16 @@ def ssl_health(model: Any, views: torch.Tensor, teacher_temp: float,
     ``views [P, 1, S, S]`` in [0, 1]; ``teacher_temp`` of the current step. Keys are bare (no prefix).
     """
     out = probe_health(model.student["backbone"], views, labels)
-    t_tok = _tokens(model.teacher["backbone"], views)
-    s_tok = _tokens(model.student["backbone"], views)
+    t_cls, _ = _features(model.teacher["backbone"], views)
+    s_cls, _ = _features(model.student["backbone"], views)
     dev = next(model.teacher.parameters()).device
     center = model.dino_loss.centering.center.float().cpu()
-    t_logits = model.teacher["dino_head"](t_tok[:, 0].to(dev)).float().cpu()
+    t_logits = model.teacher["dino_head"](t_cls.to(dev)).float().cpu()
     head = model.student["dino_head"]
     was_training = head.training
     head.eval()
     try:
-        s_logits = head(s_tok[:, 0].to(dev)).float().cpu()
+        s_logits = head(s_cls.to(dev)).float().cpu()
     finally:
         head.train(was_training)
     t_probs = torch.softmax((t_logits - center) / teacher_temp, dim=-1)
@@ -218,13 +213,13 @@ class HealthMonitor:
             raise ValueError(f"health probe needs views [P >= 2, 1, S, S], got {tuple(views.shape)}")
         self.views = views
         self.labels = labels
-        self._first = None if reference is None else _tokens(reference, views)[:, 0]
+        self._first = None if reference is None else _features(reference, views)[0]
 
     def measure(self, model: Any, teacher_temp: float) -> dict[str, float]:
         """``health/<key>`` scalars of the model now, with ``feature-change`` (relative L2 change of the probe
         CLS features from the reference backbone's, else from this monitor's first measurement)."""
         out = ssl_health(model, self.views, teacher_temp, self.labels)
-        cls = _tokens(model.student["backbone"], self.views)[:, 0]
+        cls = _features(model.student["backbone"], self.views)[0]
         if self._first is None:
             self._first = cls
         out["feature-change"] = float((cls - self._first).norm() / self._first.norm().clamp_min(1e-12))
@@ -279,24 +274,3 @@ def assess_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     order = [COLLAPSED, NOT_LEARNING, OK]
     status = next((s for s in order if any(v["status"] == s for v in sites.values())), "unknown")
     return {"status": status, "sites": sites}
-
-
-def health_section(history: Sequence[Mapping[str, Any]]) -> str:
-    """HTML for the run report: the verdict and the last health measurement of every hospital ("" when no
-    hospital measured any, e.g. under DP)."""
-    import html
-
-    verdict = assess_history(history)
-    if not verdict["sites"]:
-        return ""
-    keys = ["rankme-cls", "rankme-patch", "feature-std", "teacher-entropy", "student-entropy",
-            "prototype-usage", "center-norm", "knn-probe", "feature-change"]
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["hospital", "status", *keys, "reasons"])
-    rows = []
-    for name, v in verdict["sites"].items():
-        cells = [name, v["status"]] + [f"{v['last'][k]:.3g}" if k in v["last"] else "" for k in keys]
-        cells.append("; ".join(v["reasons"]))
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return (f"<h2>SSL health: {html.escape(verdict['status'])}</h2><p class='note'>last measurement per "
-            "hospital on its fixed probe images (xr0_core/train/health.py): RankMe near 1 or feature std near 0 "
-            "= collapsed</p><div class='scroll'><table><tr>" + head + "</tr>" + "".join(rows) + "</table></div>")

@@ -1,5 +1,6 @@
-"""The training step: the ONLY place that calls ``backward``, steps the optimizer, updates the EMA teacher
-and the loss centers (STYLE 1).
+"""The training step's shared pieces: optimizer groups, schedules applied, the seeded step RNG, and the plain
+step :func:`train_step` (STYLE 1: the only place besides the DP step, :class:`xr0_core.train.stepper.DPStep`, that
+calls ``backward``; both end in :func:`optimizer_and_teacher_step`).
 
 A step is a pure function of (model state, optimizer state, batch, schedules[step]) plus a torch RNG seeded
 from (seed, site, step) for stochastic layers (drop-path), so the same start state and step range give
@@ -47,7 +48,7 @@ def build_optimizer(model: XR0SSL) -> torch.optim.AdamW:
 
 
 @contextlib.contextmanager
-def _step_rng(device: torch.device, seed: int) -> Iterator[None]:
+def step_rng(device: torch.device, seed: int) -> Iterator[None]:
     """Fork the global torch RNG, seed it for this step, restore it afterwards (no global side effect)."""
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
@@ -56,6 +57,28 @@ def _step_rng(device: torch.device, seed: int) -> Iterator[None]:
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)
         yield
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, hp: Mapping[str, float]) -> None:
+    """Learning rate and weight decay of this step (``hp = schedules.at(step)``) into every parameter group;
+    a group's ``wd_scale`` (0 or 1, :func:`build_optimizer`) multiplies the scheduled weight decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = hp["lr"]
+        group["weight_decay"] = hp["wd"] * group.get("wd_scale", 1.0)
+
+
+def optimizer_and_teacher_step(model: XR0SSL, optimizer: torch.optim.Optimizer, hp: Mapping[str, float]) -> None:
+    """The end of every step, plain or DP: ``optimizer.step()`` (for DP, Opacus's clip + noise + AdamW),
+    ``zero_grad``, then the EMA update of the teacher with ``momentum[step]`` (post-processing of the student
+    iterates: under DP it costs no privacy)."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.update_teacher(hp["momentum"])
+
+
+def step_metrics(hp: Mapping[str, float]) -> dict[str, float]:
+    """The schedule values every step reports: ``lr``, ``wd``, ``momentum``, ``teacher-temp``."""
+    return {"lr": hp["lr"], "wd": hp["wd"], "momentum": hp["momentum"], "teacher-temp": hp["teacher_temp"]}
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -79,7 +102,7 @@ def host_metrics(metrics: Mapping[str, object], step: int | None = None) -> dict
     loss = out.get("loss", 0.0)
     if out.get("dp-units") == 0.0:
         # A DP step whose Poisson draw sampled no unit has no loss (NaN by convention) but is a real step: it
-        # added noise and the accountant counts it. DPSession checks sampled units' losses itself.
+        # added noise and the accountant counts it. DPStep checks sampled units' losses itself.
         return out
     if loss != loss or loss in (float("inf"), float("-inf")):
         where = f" at step {step}" if step is not None else ""
@@ -108,12 +131,10 @@ def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[s
         ``grad-norm`` (before clipping; NaN when not clipping). Floats (``sync=True``) or 0-d tensors.
     """
     hp = schedules.at(step)
-    for group in optimizer.param_groups:
-        group["lr"] = hp["lr"]
-        group["weight_decay"] = hp["wd"] * group.get("wd_scale", 1.0)
+    apply_schedules(optimizer, hp)
     model.train()
     batch = to_device(batch, device)
-    with _step_rng(device, rng_seed):
+    with step_rng(device, rng_seed):
         with autocast(device, precision):
             out = model(batch, hp["teacher_temp"])
         loss = out.loss.float().mean()
@@ -127,15 +148,12 @@ def train_step(model: XR0SSL, optimizer: torch.optim.Optimizer, batch: Mapping[s
     grad_norm: float | torch.Tensor = float("nan")
     if grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.update_teacher(hp["momentum"])
+    optimizer_and_teacher_step(model, optimizer, hp)
     model.update_centers(out)
     metrics: dict[str, object] = {"loss": loss.detach()}
     for name, part in out.parts.items():
         metrics[f"loss-{name}"] = part.detach().float().mean()
-    metrics.update({"lr": hp["lr"], "wd": hp["wd"], "momentum": hp["momentum"],
-                    "teacher-temp": hp["teacher_temp"], "grad-norm": grad_norm})
+    metrics.update({**step_metrics(hp), "grad-norm": grad_norm})
     return host_metrics(metrics, step) if sync else metrics  # type: ignore[return-value]
 
 

@@ -16,11 +16,12 @@ from typing import Mapping
 
 import torch
 
+from xr0_core.checkpoint import latest_before, prune
 
 log = logging.getLogger(__name__)
 
 KEEP_STATES = 2
-_ROUND_FILE = re.compile(r"round-(\d{5})\.safetensors$")
+_ROUND_FILE = re.compile(r"round-(\d{5})\.safetensors")
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,12 @@ def _state_dir(state_dir: Path, run_key: str) -> Path:
 
 def latest_state_before(state_dir: Path, run_key: str, server_round: int) -> Path | None:
     """Newest saved local state of this run from a round before ``server_round`` (None: first round here)."""
-    folder = _state_dir(state_dir, run_key)
-    if not folder.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for path in folder.iterdir():
-        m = _ROUND_FILE.match(path.name)
-        if m and int(m.group(1)) < server_round and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), path)
-    return best[1] if best else None
+    return latest_before(_state_dir(state_dir, run_key), _ROUND_FILE, server_round)
 
 
 def _prune(folder: Path, keep: int) -> None:
-    files = sorted(p for p in folder.iterdir() if _ROUND_FILE.match(p.name))
-    for old in files[:-keep]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)
+    for old in prune(folder, _ROUND_FILE, keep):
+        old.with_suffix(".json").unlink(missing_ok=True)  # sidecars of earlier versions
 
 
 def start_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec, state_dir: Path) -> None:

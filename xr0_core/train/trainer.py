@@ -10,7 +10,6 @@ it lives:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -24,13 +23,13 @@ from xr0_core.data.dataset import BatchMaker, ImageCache, StepDataset, ssl_recor
 from xr0_core.runtime import resolve_device
 from xr0_core.ssl.factory import build_model
 from xr0_core.ssl.schedules import Schedules
-from xr0_core.train.loop import build_optimizer, host_metrics, step_seed, train_step, trainable_parameters
+from xr0_core.train.loop import build_optimizer, host_metrics, step_seed, trainable_parameters
+from xr0_core.train.stepper import PlainStep, Stepper
 
 log = logging.getLogger(__name__)
 
 SITE_STATE_FORMAT = "xr0-site-state/1"
 _OPTIM_PREFIX = "optim."
-_META_KEY = "xr0"
 LOSS_CURVE_PREFIX = "loss-curve-"  # per-round summary of the per-step loss (scalars; see loss_curve_metrics)
 LOSS_CURVE_POINTS = 8
 
@@ -51,21 +50,29 @@ class SiteTrainer:
         Image reader for the cache (default ``read_image``); tests pass in-memory readers.
     cache : ImageCache, optional
         A prepared cache (skips ``records`` decoding; benchmarks and tests).
+    objective : XR0Config, optional
+        The config the SSL model is built from, when it differs from ``cfg`` (default ``cfg``): a private round
+        passes the DP-compatible objective (:func:`xr0_core.privacy.dp.dp_objective_config`; the site's round
+        decides it). Its shared weights have the same keys; ``cfg`` stays what the config hash names.
+
+    Attributes
+    ----------
+    stepper : Stepper
+        How :meth:`train` steps (:mod:`xr0_core.train.stepper`): :class:`PlainStep` unless the caller sets
+        another with :meth:`use_stepper` (a private round: a :class:`DPStep`).
     """
 
     def __init__(self, cfg: XR0Config, records: Sequence[Any], *, site: str, device: torch.device | None = None,
-                 reader: Callable[[Any], Any] | None = None, cache: ImageCache | None = None) -> None:
+                 reader: Callable[[Any], Any] | None = None, cache: ImageCache | None = None,
+                 objective: XR0Config | None = None) -> None:
         self.cfg = cfg
+        self.objective = cfg if objective is None else objective
         self.site = str(site)
         self.device = device or resolve_device(cfg.train.device)
         self.records = ssl_records(records) if cache is None else list(cache.kept)
         self.cache = cache or ImageCache(self.records, cfg.train.load_size, reader=reader, progress=True)
-        # DP (xr0_core/privacy): the model is built with the DP-compatible objective (refuses batch-coupled
-        # terms with a message); the shared weights are the same as without DP.
-        from xr0_core.privacy.dp import dp_objective_config
-
-        self.model = build_model(dp_objective_config(cfg)).to(self.device)
-        self.dp = None  # a xr0_core.privacy.dp.DPSession makes train() run DP-SGD steps (set by the caller)
+        self.model = build_model(self.objective).to(self.device)
+        self.stepper: Stepper = PlainStep()
         self.optimizer = build_optimizer(self.model)
         self.step = 0  # next global step to run
         self.teacher_ready = False  # False until the first shared weights are loaded or trained from
@@ -91,7 +98,13 @@ class SiteTrainer:
             self.teacher_ready = True
 
     # ------------------------------------------------------------------ training
-    def _batch_maker(self) -> BatchMaker:
+    def use_stepper(self, stepper: Stepper) -> Stepper:
+        """Train with ``stepper`` from now on (:class:`~xr0_core.train.stepper.DPStep` for a private round)."""
+        self.stepper = stepper
+        return stepper
+
+    def batch_maker(self) -> BatchMaker:
+        """Views and masks of this site's images (with mXR-0 also the report tokens), keyed per image."""
         if self._maker is None:
             self._maker = BatchMaker(self.cache, self.cfg, site=self.site, patch_size=self.model.patch_size)
             if self.cfg.multimodal.enabled:  # mXR-0: each image's report tokens ride along (none: image-only)
@@ -104,7 +117,7 @@ class SiteTrainer:
     def measure_health(self, step: int, total_steps: int) -> dict[str, float]:
         """``health/*`` scalars (:mod:`xr0_core.train.health`) on a fixed probe batch of this site's first
         cached images; empty under DP (the probe reads private images outside the accountant)."""
-        if self.dp is not None or len(self.cache) < 2:
+        if self.stepper.private or len(self.cache) < 2:
             return {}
         if self._health is None:
             from xr0_core.train.health import build_monitor
@@ -116,9 +129,9 @@ class SiteTrainer:
         return self._health.measure(self.model, temp)
 
     def _batches(self, start: int, n: int):
-        if self.dp is not None:  # DP-SGD draws its own Poisson batches of privacy units
+        if self.stepper.draws_own_batches:  # DP-SGD draws its own Poisson batches of privacy units
             return (None for _ in range(n))
-        maker = self._batch_maker()
+        maker = self.batch_maker()
         if self.dist is not None:  # data-parallel: this rank's block of each global batch, views for it only
             from xr0_core.train.distributed import RankBlocks
 
@@ -176,31 +189,20 @@ class SiteTrainer:
 
             bar = tqdm(total=num_steps, desc=f"{self.site} SSL", unit="step", file=sys.stderr, leave=False)
         self._maybe_compile()
-        if self.dp is not None and getattr(self.dp, "dist", None) is not self.dist:
-            # A session built before ``dist`` was set would clip AND add noise on every rank (W noise draws).
-            raise RuntimeError("the DP session was attached before the trainer joined its data-parallel group: "
-                               "set trainer.dist before building the DPSession")
-        grad_hook = None
+        if self.stepper.private and self.stepper.dist is not self.dist:
+            # A DP step built before ``dist`` was set would clip AND add noise on every rank (W noise draws).
+            raise RuntimeError("the DP step was built before the trainer joined its data-parallel group: "
+                               "set trainer.dist before building the DP step")
         if self.dist is not None:
             from xr0_core.train import distributed
 
-            # Without DP: average the ranks' gradients after backward. Under DP the session clips per unit on
-            # each rank and all-reduces the clipped sums with the one noise draw (xr0_core/privacy/dp_ranks.py).
-            grad_hook = lambda params: distributed.average_gradients(params, self.dist)  # noqa: E731
         # Metrics reach the host every K steps (one device sync per K), never per step on a GPU.
         sync_every = self.cfg.train.log_every or (25 if self.device.type == "cuda" else 1)
         pending: list[tuple[int, dict, dict | None]] = []  # (step, raw metrics, health measured after it)
         for i, batch in enumerate(self._batches(start_step, num_steps)):
             step = start_step + i
-            if self.dp is not None:  # per-unit clipping + noise (xr0_core/privacy/dp.py)
-                raw = self.dp.step(self, self._batch_maker(), schedules, step,
-                                   rng_seed=step_seed(self.cfg.seed, self.site, step))
-            else:
-                batch.pop("index", None)  # on data-parallel ranks: already this rank's block (RankBlocks)
-                raw = train_step(self.model, self.optimizer, batch, schedules, step, device=self.device,
-                                 precision=self.cfg.train.precision, grad_clip=self.cfg.train.grad_clip,
-                                 rng_seed=step_seed(self.cfg.seed, self.site, step), sync=sync_every == 1,
-                                 grad_hook=grad_hook)
+            raw = self.stepper(self, batch, schedules, step, rng_seed=step_seed(self.cfg.seed, self.site, step),
+                               sync=sync_every == 1)
             self.step = step + 1
             every = self.cfg.train.health_every
             health_now = None
@@ -243,13 +245,15 @@ class SiteTrainer:
         return metrics
 
     def _maybe_compile(self) -> None:
-        """``train.compile``: compile the student and teacher backbones in place (``nn.Module.compile`` keeps the
-        state-dict keys, so shared weights and site state are unchanged). Not with DP: per-unit gradients use
-        ``torch.func.vmap`` over the eager modules."""
-        if not self.cfg.train.compile or self._compiled or self.dp is not None:
+        """``train.compile``: compile the transformer blocks of the student and teacher backbones in place
+        (``nn.Module.compile`` keeps the state-dict keys, so shared weights and site state are unchanged). The
+        blocks, not the backbone: the SSL forward (:func:`~xr0_core.models.backbone.forward_tokens`) calls the
+        backbone's parts, never its own ``forward``. Not with DP: per-unit gradients use ``torch.func.vmap``
+        over the eager modules."""
+        if not self.cfg.train.compile or self._compiled or self.stepper.private:
             return
         for part in (self.model.student, self.model.teacher):
-            part["backbone"].compile()
+            part["backbone"].blocks.compile()
         self._compiled = True
 
     # ------------------------------------------------------------------ site state
@@ -288,32 +292,27 @@ class SiteTrainer:
         self.teacher_ready = bool(int(sd["teacher_ready"]))
 
     def save_site_state(self, path: str | Path) -> Path:
-        """Write the site state atomically as safetensors; non-tensor facts go in its JSON metadata."""
-        from safetensors.torch import save_file
+        """Write the site state atomically as safetensors; non-tensor facts go in its JSON metadata
+        (:func:`xr0_core.checkpoint.save_tensors`)."""
+        from xr0_core.checkpoint import save_tensors
 
-        from xr0_core.atomic import atomic_write
-
-        sd = {k: v.contiguous() for k, v in self.site_state_dict().items()}
-        meta = {_META_KEY: json.dumps({"format": SITE_STATE_FORMAT, "site": self.site,
-                                       "config_hash": self.cfg.hash(), "step": self.step})}
-        return atomic_write(Path(path), lambda tmp: save_file(sd, str(tmp), metadata=meta))
+        meta = {"format": SITE_STATE_FORMAT, "site": self.site, "config_hash": self.cfg.hash(), "step": self.step}
+        return save_tensors(path, self.site_state_dict(), meta)
 
     def load_site_state(self, path: str | Path) -> None:
         """Load a file written by :meth:`save_site_state`; refuses another format or a different config."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from xr0_core.checkpoint import load_tensors, read_meta
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no site state at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+        meta = read_meta(path)
         if meta.get("format") != SITE_STATE_FORMAT:
             raise ValueError(f"{path} is not an XR-0 site state ({meta.get('format')!r})")
         if meta.get("config_hash") != self.cfg.hash():
             raise ValueError(f"{path} was written with another config (hash {meta.get('config_hash')}, now "
                              f"{self.cfg.hash()}); use the same preset and overrides, or start fresh")
-        self.load_site_state_dict(load_file(str(path)))
+        self.load_site_state_dict(load_tensors(path))
 
 
 def loss_curve_metrics(step_losses: list[float], points: int = LOSS_CURVE_POINTS) -> dict[str, float]:

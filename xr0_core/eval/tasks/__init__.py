@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+from xr0_core.eval.summary import FAMILIES
 from xr0_core.registry import Registry
 
 
@@ -44,7 +45,7 @@ def _register() -> None:
 
 _register()
 
-FAMILY_ORDER = ("classification", "retrieval", "segmentation", "landmarks", "grounding", "report_generation")
+FAMILY_ORDER = FAMILIES  # report order (xr0_core/eval/summary.py, which pages read without importing the tasks)
 
 
 def family_of(task: str) -> TaskFamily:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xr0_core.runtime import autocast, derive_seed
+from xr0_core.runtime import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -272,42 +272,31 @@ class Features:
         return int(self.cls.shape[1])
 
 
-@torch.no_grad()
 def extract(backbone: nn.Module, data: EvalSet, *, patches: bool, batch_size: int = 32,
             device: torch.device | str = "cpu", precision: str = "auto") -> Features:
-    """Run the frozen backbone once over every view (``forward_features -> [B, 1 + N, D]``)."""
+    """Run the frozen backbone once over every view (:func:`xr0_core.models.features.frozen_features`): CLS
+    tokens, and float16 patch tokens when a dense task needs them."""
     from xr0_core.data.transforms import normalize
+    from xr0_core.models.features import frozen_features
 
-    device = torch.device(device)
-    was_training = backbone.training
-    backbone.eval()
-    cls, pat = [], []
-    grid = 0
-    try:
-        for start in range(0, len(data), batch_size):
-            x = normalize(data.views[start:start + batch_size].float()).to(device)
-            with autocast(device, precision):
-                tok = backbone.forward_features(x)
-            grid = int(round((tok.shape[1] - 1) ** 0.5))
-            cls.append(tok[:, 0].float().cpu())
-            if patches:
-                pat.append(tok[:, 1:].to(torch.float16).cpu())
-    finally:
-        backbone.train(was_training)
+    cls, pat = frozen_features(backbone, len(data), lambda a, b: normalize(data.views[a:b].float()),
+                               batch_size=batch_size, device=device, precision=precision,
+                               patches=(lambda t: t.to(torch.float16)) if patches else None)
     dim = int(getattr(backbone, "embed_dim", 0))
-    return Features(torch.cat(cls) if cls else torch.zeros(0, dim),
-                    (torch.cat(pat) if pat else torch.zeros(0, 0, dim, dtype=torch.float16)) if patches else None,
-                    grid)
+    if patches and pat is None:
+        pat = torch.zeros(0, 0, dim, dtype=torch.float16)
+    grid = int(round(pat.shape[1] ** 0.5)) if pat is not None and len(pat) else 0  # dense tasks only
+    return Features(cls, pat, grid)
 
 
 @dataclass
 class TaskOutput:
     """Metrics of one task for one backbone, the number of test examples scored, qualitative examples.
 
-    ``per_row`` holds, for one metric that is a mean over scored units (a test image, a query, a phrase),
+    ``per_row`` holds, for the metrics that are a mean over scored units (a test image, a query, a phrase),
     the value of every unit ``[U]``, and ``rows`` the :class:`EvalSet` row of each unit ``[U]`` (whose patient
-    is the bootstrap's resampling unit). The suite pairs them between backbones for the interval of the
-    difference; they never leave the hospital.
+    is the bootstrap's resampling unit). The suite pairs the FIRST of them between backbones for the interval
+    of the difference that leaves as ``<task>/ci/...``; they never leave the hospital themselves.
     """
 
     metrics: dict[str, float]

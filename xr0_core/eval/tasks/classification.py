@@ -73,7 +73,7 @@ def _linear_probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, n_classe
 
 
 def _knn(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, n_classes: int, k: int) -> np.ndarray:
-    from xr0_core.eval.knn import knn_predict
+    from xr0_core.models.knn import knn_predict
 
     votes = knn_predict(F.normalize(x_tr, dim=-1), torch.as_tensor(y_tr), F.normalize(x_te, dim=-1), k=k,
                         num_classes=n_classes)
@@ -98,5 +98,7 @@ def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskCont
     out.update({f"linear-{k}": v for k, v in scores(lin, y_te, prep.binary).items()})
     knn = _knn(x_tr, y_tr, x_te, c, ctx.knn_k)
     out.update({f"knn-{k}": v for k, v in scores(knn, y_te, prep.binary).items()})
-    correct = (lin.argmax(1) == y_te).astype(np.float64)  # [M]: the paired interval is on linear accuracy
-    return TaskOutput(out, len(te), per_row={"linear-accuracy": correct}, rows=list(te))
+    # Per test row [M]: the paired interval is on linear accuracy (first); k-NN correctness for the probe's own.
+    per_row = {"linear-accuracy": (lin.argmax(1) == y_te).astype(np.float64),
+               "knn-accuracy": (knn.argmax(1) == y_te).astype(np.float64)}
+    return TaskOutput(out, len(te), per_row=per_row, rows=list(te))

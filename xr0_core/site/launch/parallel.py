@@ -8,7 +8,7 @@ per round: :func:`xr0_core.site.round.run_parallel_site_round`) hands the round 
    to reopen their images, the reserved DP terms) and ``weights.safetensors`` (the global weights);
 2. ``python -m torch.distributed.run --standalone --nproc-per-node W -m xr0_core.site.launch.rank <folder>``:
    every rank loads the global weights and the site's state, trains its share (:mod:`xr0_core.train.distributed`;
-   DP-SGD across ranks: :mod:`xr0_core.privacy.dp_ranks`); rank 0 saves the site's state and writes
+   DP-SGD across ranks: :mod:`xr0_core.train.dp_ranks`); rank 0 saves the site's state and writes
    ``shared.safetensors`` and ``result.json`` (metrics, DP steps run);
 3. the launcher reads them back. A rank that fails makes torchrun stop the others; the launcher raises
    :class:`ParallelRoundError` (the ranks' output goes to the site log, not into the message that leaves), so

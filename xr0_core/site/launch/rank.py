@@ -3,7 +3,7 @@
 (launched by :func:`xr0_core.site.launch.parallel.launch_round`, which also documents FOLDER's files).
 
 Every rank: join the group (nccl on CUDA with ``cuda:LOCAL_RANK``, gloo on CPU), reopen the site's images, load
-the global weights and the site's state of this run, attach the reserved DP-SGD session (the ranks agree on
+the global weights and the site's state of this run, build the reserved DP-SGD step (the ranks agree on
 rank 0's secrets), train. Rank 0 alone saves the site's state and writes the shared weights and metrics. The
 ledger is never touched here: the launcher reserved the round and commits it.
 """
@@ -37,8 +37,8 @@ def run_rank(folder: Path) -> None:
     from xr0_core.config import from_flat
     from xr0_core.site.launch.parallel import JOB, RESULT, SHARED, WEIGHTS, record_from_json, reopen_images
     from xr0_core.train.distributed import init_from_env
+    from xr0_core.site.round import site_trainer
     from xr0_core.train.round_state import RoundSpec, save_round_state, start_round
-    from xr0_core.train.trainer import SiteTrainer
 
     job = json.loads((folder / JOB).read_text())
     cfg = from_flat(job["run_config"])
@@ -49,19 +49,21 @@ def run_rank(folder: Path) -> None:
     try:
         records = [record_from_json(r) for r in job["records"]]
         images = reopen_images(job["images"], records)
-        trainer = SiteTrainer(cfg, records, site=job["site"], cache=images, device=device)
-        trainer.dist = ctx  # before the DP session: its secrets and its optimizer are the group's
+        trainer = site_trainer(cfg, records, site=job["site"], cache=images, device=device)
+        trainer.dist = ctx  # before the DP step: its secrets and its optimizer are the group's
         spec = RoundSpec(**job["spec"])
         state_dir = Path(job["state_dir"])
         start_round(trainer, load_file(str(folder / WEIGHTS)), spec, state_dir)
+        step = None
         if job["dp"] is not None:
-            from xr0_core.privacy.private_round import attach_session
+            from xr0_core.privacy.private_round import reserved_dp_step
 
             dp = job["dp"]
-            attach_session(trainer, float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["n_units"]))
+            step = trainer.use_stepper(reserved_dp_step(trainer, float(dp["noise_multiplier"]),
+                                                        float(dp["sample_rate"]), int(dp["n_units"])))
         metrics = trainer.train(spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps,
                                 progress=bool(job["progress"]) and ctx.is_main)
-        dp_steps = trainer.dp.steps if trainer.dp is not None else 0
+        dp_steps = step.steps if step is not None else 0
         if ctx.is_main:
             save_round_state(trainer, spec, state_dir)
             shared = {k: v.contiguous() for k, v in trainer.shared_state_dict().items()}

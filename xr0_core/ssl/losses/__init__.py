@@ -8,8 +8,9 @@ batch loss of sample i changes when another sample changes).
 from __future__ import annotations
 
 from xr0_core.registry import Registry
+from xr0_core.ssl.losses.registry import LOSSES
 
-LOSSES: Registry[type] = Registry("loss")
+__all__ = ["LOSSES", "load_all"]
 
 
 def load_all() -> Registry[type]:

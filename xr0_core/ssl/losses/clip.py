@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xr0_core.ssl.losses import LOSSES
+from xr0_core.ssl.losses.registry import LOSSES
 
 
 def match_targets(same: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:

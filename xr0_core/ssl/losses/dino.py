@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xr0_core.ssl.losses import LOSSES
+from xr0_core.ssl.losses.registry import LOSSES
 from xr0_core.ssl.losses.centering import CenteredTargetLoss
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xr0_core.ssl.losses import LOSSES
+from xr0_core.ssl.losses.registry import LOSSES
 from xr0_core.ssl.losses.centering import CenteredTargetLoss
 
 
@@ -21,7 +21,7 @@ class iBOTPatchLoss(CenteredTargetLoss):  # noqa: N801 (the paper's spelling)
 
     Shapes:
         student_logits ``[M, K]``, teacher_probs ``[M, K]``, token_sample ``[M]`` (long, in [0, B)),
-        batch_size B -> loss ``[B]``.
+        batch_size B, weight ``[M]`` (optional: 1 for a real token, 0 for padding) -> loss ``[B]``.
 
     Coupling: per-sample (each token's term and the per-sample mean read only that sample's tokens). The
     targets are batch-coupled with ``centering = "ema"`` (see :attr:`target_coupling`).
@@ -32,12 +32,13 @@ class iBOTPatchLoss(CenteredTargetLoss):  # noqa: N801 (the paper's spelling)
     """
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, token_sample: torch.Tensor,
-                batch_size: int) -> torch.Tensor:
+                batch_size: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         if student_logits.shape != teacher_probs.shape or student_logits.shape[0] != token_sample.shape[0]:
             raise ValueError(f"iBOTPatchLoss: shapes {tuple(student_logits.shape)}, {tuple(teacher_probs.shape)}, "
                              f"{tuple(token_sample.shape)} do not match")
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         ce = -(teacher_probs.float() * log_p).sum(dim=-1)  # [M]
-        total = ce.new_zeros(batch_size).index_add(0, token_sample, ce)
-        count = ce.new_zeros(batch_size).index_add(0, token_sample, torch.ones_like(ce))
+        w = torch.ones_like(ce) if weight is None else weight.to(ce.dtype)
+        total = ce.new_zeros(batch_size).index_add(0, token_sample, ce * w)
+        count = ce.new_zeros(batch_size).index_add(0, token_sample, w)
         return total / count.clamp(min=1.0)

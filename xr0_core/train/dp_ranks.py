@@ -1,6 +1,6 @@
 """Opacus's DP optimizer for one rank of a site's data-parallel group (D3, D16).
 
-The mechanism is unchanged from one process (:mod:`xr0_core.privacy.dp`): per step, the sum over the sampled
+The mechanism is unchanged from one process (:class:`xr0_core.train.stepper.DPStep`): per step, the sum over the sampled
 units of their gradients clipped to norm C, plus ONE draw of ``N(0, (sigma C)^2 I)``, divided by the expected
 batch size ``q * n_units``. Spread over ``W`` ranks, each holding a share of the sampled units:
 

@@ -1,4 +1,8 @@
-"""Weighted k-nearest-neighbour classification on frozen features (D8)."""
+"""Weighted k-nearest-neighbour classification on frozen features: the one k-NN of the project (D8).
+
+Used by the evaluation suite's classification task and by the SSL health probe (leave-one-out on its probe
+images). A non-parametric head, so it sits with the models, below training and evaluation.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ import torch
 
 @torch.no_grad()
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
-                temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+                temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024, *,
+                leave_one_out: bool = False) -> torch.Tensor:
     """Class scores of each test row from its ``k`` most similar training rows.
 
     Votes are weighted by ``exp(cos / temperature)`` as in DINO's k-NN evaluation. Features should be
-    L2-normalised (cosine = dot product).
+    L2-normalised (cosine = dot product). ``leave_one_out``: the test rows ARE the training rows, and a row
+    never votes for itself.
 
     Shapes:
-        train_feats [N, D], train_labels long [N], test_feats [M, D] -> scores [M, C].
+        train_feats [N, D], train_labels long [N], test_feats [M, D] (M = N with ``leave_one_out``)
+        -> scores [M, C].
 
     References:
         Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination" (2018);
@@ -26,11 +33,16 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
         raise ValueError(f"{train_feats.shape[0]} training features but {train_labels.shape[0]} labels")
     labels = train_labels.long()
     c = int(num_classes if num_classes is not None else int(labels.max()) + 1)
-    k = max(1, min(int(k), train_feats.shape[0]))
+    if leave_one_out and test_feats.shape[0] != train_feats.shape[0]:
+        raise ValueError("leave_one_out: the test rows must be the training rows")
+    k = max(1, min(int(k), train_feats.shape[0] - int(leave_one_out)))
     train = train_feats.float()
     out = []
     for start in range(0, test_feats.shape[0], chunk):
         sim = test_feats[start:start + chunk].float() @ train.t()  # [m, N]
+        if leave_one_out:
+            rows = torch.arange(sim.shape[0])
+            sim[rows, start + rows] = -float("inf")
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(sim.shape[0], c)
