@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from tests.privacy.test_ledger import _independent_epsilon, _round
+from tests.privacy.ledgertools import independent_epsilon, private_round
 from xr0_core import record_keys as keys
 from xr0_core.data.splits import private_partition
 from xr0_core.secagg import identity
@@ -21,7 +21,7 @@ from xr0_core.site.state import site_policy
 
 # ---- row 11: a missing or mistyped policy file after DP releases -------------------------------------------
 def test_missing_policy_file_after_dp_releases_is_refused_with_the_path(tmp_path):
-    _round(tmp_path, "run1", 1)  # one DP release in the ledger
+    private_round(tmp_path, "run1", 1)  # one DP release in the ledger
     policy_path(tmp_path).unlink()
     with pytest.raises(PolicyError, match="is missing") as err:
         site_policy(tmp_path)
@@ -43,7 +43,7 @@ def test_missing_policy_file_refuses_through_the_client_app(tmp_path):
 
     data, state = tmp_path / "data" / "mhh", tmp_path / "state"
     data.mkdir(parents=True)
-    _round(state, "run1", 1)
+    private_round(state, "run1", 1)
     policy_path(state).unlink()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     context = Context(run_id=1, node_id=7, node_config={"data-path": str(data), "state-dir": str(state)},
@@ -153,11 +153,11 @@ def test_epsilon_leaves_rounded_up_by_default_and_can_be_withheld(tmp_path):
     with pytest.raises(PolicyError, match="release.epsilon"):
         with_values(policy, {"release.epsilon": "hidden"})
     # A real DP round under the default policy: the released epsilon is the accountant's, rounded up.
-    _, m = _round(tmp_path, "run", 1, **{"release.epsilon": "rounded"})
+    _, m = private_round(tmp_path, "run", 1, **{"release.epsilon": "rounded"})
     from xr0_core.privacy.ledger import PrivacyLedger
 
     led = PrivacyLedger(tmp_path)
-    spent = _independent_epsilon([vars(r) for r in led.read().releases], 1e-5)
+    spent = independent_epsilon([vars(r) for r in led.read().releases], 1e-5)
     assert m["epsilon"] == pytest.approx(math.ceil(spent / 0.1 - 1e-9) * 0.1) and m["epsilon"] >= spent
 
 
