@@ -27,10 +27,10 @@ def _checked_config(msg: Message, context: Context):
     (``xr0_core/deploy/appversion.py`` says what a version is), and the coordinator's config hash is this
     site's."""
     from xr0_core.deploy.appversion import app_version
-    from xr0_core.site.policy import check_app_version
+    from xr0_core.site.refusals import check_bundle
 
     cfg = from_flat(dict(context.run_config))
-    check_app_version(resolve_site(context.node_config, cfg).policy(), app_version())
+    check_bundle(resolve_site(context.node_config, cfg).policy(), app_version())
     weights, instruction = records.parse_instruction(msg.content)
     if instruction.config_hash != cfg.hash():
         raise records.RecordError(

@@ -12,7 +12,8 @@ import pytest
 
 from xr0_core.deploy.appversion import PACKAGES, app_version, app_version_of
 from xr0_core.deploy.runbook import RunbookError, steps
-from xr0_core.site.policy import PolicyRefusal, SitePolicy, check_app_version, with_values
+from xr0_core.site.policy import PolicyRefusal, SitePolicy, with_values
+from xr0_core.site.refusals import check_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,11 +38,11 @@ def test_version_follows_code_not_location_or_docs(copy):
 
 
 def test_policy_allow_list():
-    check_app_version(SitePolicy(), app_version())  # empty list: any version
+    check_bundle(SitePolicy(), app_version())  # empty list: any version
     pinned = with_values(SitePolicy(), {"apps.allowed-versions": app_version()})
-    check_app_version(pinned, app_version())
+    check_bundle(pinned, app_version())
     with pytest.raises(PolicyRefusal, match="not approved"):
-        check_app_version(pinned, "0.1.0+0000000000000000")
+        check_bundle(pinned, "0.1.0+0000000000000000")
 
 
 @pytest.mark.slow  # the xr0 command in a subprocess

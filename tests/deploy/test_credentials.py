@@ -111,6 +111,9 @@ def test_doctor_ready_then_one_line_per_problem(tmp_path, tls_server):
     make_site_key(state / "keys", "a")
     data = tmp_path / "data"
     data.mkdir()
+    unpinned = doctor(state, state / "keys" / "a", ca, address, data)
+    assert [p for p in unpinned.problems if "secagg.peer-keys" in p] == unpinned.problems != []
+    (state / "policy.toml").write_text(f'[secagg]\npeer-keys = ["{"ab" * 32}"]\n')  # the runbook pins the peers
     ok = doctor(state, state / "keys" / "a", ca, address, data)
     assert ok.problems == [], ok.problems
 

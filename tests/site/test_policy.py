@@ -91,11 +91,11 @@ def test_run_config_may_ask_for_a_smaller_delta(tmp_path):
 
 
 def test_plain_train_refused_when_the_policy_requires_secure_aggregation():
-    from xr0_core.site.policy import check_secagg_plain_round
+    from xr0_core.site.refusals import check_plain_round
 
     policy = with_values(SitePolicy(), {"secagg.required": True})
     with pytest.raises(PolicyRefusal, match="refuses a plain train"):
-        check_secagg_plain_round(policy)
+        check_plain_round(policy, None)
     with pytest.raises(PolicyRefusal, match="requires secure aggregation"):
         negotiate(policy, dp_cfg(**{"privacy.enabled": False}))
     negotiate(policy, dp_cfg(**{"privacy.enabled": False, "secagg.enabled": True}))  # asking for it is fine

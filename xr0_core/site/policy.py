@@ -452,15 +452,5 @@ def negotiate(policy: SitePolicy, cfg: Any) -> PrivacyTerms:
                         max_noise_multiplier=p.max_noise_multiplier, unit=p.unit)
 
 
-def check_secagg_plain_round(policy: SitePolicy, cfg: Any = None) -> None:
-    """A plain (unmasked) ``train`` message: see :func:`xr0_core.site.refusals.check_plain_round`."""
-    from xr0_core.site.refusals import check_plain_round
-
-    check_plain_round(policy, cfg)
-
-
-def check_app_version(policy: SitePolicy, version: str) -> None:
-    """An app version outside the allow-list: see :func:`xr0_core.site.refusals.check_bundle`."""
-    from xr0_core.site.refusals import check_bundle
-
-    check_bundle(policy, version)
+# The refusals about who may ask what of the site (plain rounds, app bundles, pinned keys, once per round)
+# live in xr0_core/site/refusals.py, which reads this module.
