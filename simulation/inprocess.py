@@ -20,18 +20,22 @@ class InProcessGrid(Grid):
     """A Grid that runs a ClientApp for each of ``num_nodes`` nodes in this process, in order.
 
     For tests and ``bench/secagg.py``: the same messages, handlers and mods as a real run, without Ray or a
-    SuperLink. ``drop(stage_message_type, node) -> bool`` makes a node silent for a message (a dropout).
+    SuperLink. ``drop(stage_message_type, node) -> bool`` makes a node silent for a message (a dropout);
+    ``vanish(stage_message_type, node) -> bool`` makes it die instead: the SuperLink's own ``NODE_UNAVAILABLE``
+    error answers in its place (built by Flower's function, ``src_node_id`` = the SuperLink's id).
     It sets Flower's process-wide ``TaskIdentity`` (needed to build messages outside a running app).
     """
 
     def __init__(self, client_app: Any, num_nodes: int, run_config: Mapping[str, Any] | None = None,
                  node_configs: Mapping[int, Mapping[str, Any]] | None = None,
-                 drop: Callable[[str, int], bool] | None = None, first_node_id: int = 101) -> None:
+                 drop: Callable[[str, int], bool] | None = None, first_node_id: int = 101,
+                 vanish: Callable[[str, int], bool] | None = None) -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
         self.app = client_app
         self.drop = drop or (lambda _t, _n: False)
+        self.vanish = vanish or (lambda _t, _n: False)
         self.node_ids = [first_node_id + 13 * i for i in range(num_nodes)]
         self.contexts = {
             n: Context(run_id=1, node_id=n, node_config=dict((node_configs or {}).get(i, {})),
@@ -69,6 +73,13 @@ class InProcessGrid(Grid):
             self.sent.append(msg)
             node = int(msg.metadata.dst_node_id)
             if self.drop(msg.metadata.message_type, node):
+                continue
+            if self.vanish(msg.metadata.message_type, node):
+                from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+                reply = create_message_error_unavailable_res_message(msg.metadata, "node_unavail")
+                self.received.append(reply)
+                replies.append(reply)
                 continue
             try:
                 reply = self.app(msg, self.contexts[node])

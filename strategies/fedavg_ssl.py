@@ -39,7 +39,7 @@ from xr0_core import record_keys as keys
 
 from .aggregate import ServerOptimizer, weighted_mean
 from .eval_aggregate import pooled_metrics
-from .validate import aggregate_problem, check_update
+from .validate import aggregate_problem, check_update, reply_sender, sent_to
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,8 @@ class XR0FedAvg(FedAvg):
         self._sent: dict[str, np.ndarray] | None = None
         self._train_nodes: list[int] = []  # hospitals sent this round's train message
         self._eval_nodes: list[int] = []  # hospitals sent this round's evaluate message
+        self._train_msgs: list[Message] = []  # the messages themselves (ids set once pushed): who a reply is for
+        self._eval_msgs: list[Message] = []
 
     def global_round(self, server_round: int) -> int:
         return self.round_offset + server_round
@@ -305,6 +307,7 @@ class XR0FedAvg(FedAvg):
         self._sent = arrays_to_numpy(arrays)
         messages = list(super().configure_train(g, arrays, self.round_config(g, config), grid))
         self._train_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        self._train_msgs = messages
         return messages
 
     def silent_sites(self, nodes: Iterable[int], answered: Iterable[int], what: str) -> list[SiteOutcome]:
@@ -367,11 +370,11 @@ class XR0FedAvg(FedAvg):
         of the accepted ones, summed in a canonical order."""
         sites: list[SiteOutcome] = []
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
+        senders = sent_to(self._train_msgs)
         for msg in replies:
-            try:
-                node = int(msg.metadata.src_node_id)
-            except (AttributeError, TypeError, ValueError):
-                continue  # not a reply from a node: nothing to attribute it to
+            node = reply_sender(msg, senders) if senders else _src_node(msg)
+            if node is None:
+                continue  # not a reply from a node we asked: nothing to attribute it to
             if msg.has_error():
                 sites.append(SiteOutcome(node, "failed", short_reason(msg.error.reason or f"error code {msg.error.code}")))
                 continue
@@ -428,19 +431,20 @@ class XR0FedAvg(FedAvg):
         last = g == self.total_rounds
         periodic = self.evaluate_every > 0 and g % self.evaluate_every == 0
         if not (last or periodic):
-            self._eval_nodes = []
+            self._eval_nodes, self._eval_msgs = [], []
             return []
         messages = list(super().configure_evaluate(g, arrays, self.round_config(g, config), grid))
         self._eval_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        self._eval_msgs = messages
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         g = self.global_round(server_round)
         sites: list[SiteOutcome] = []
+        senders = sent_to(self._eval_msgs)
         for msg in replies:
-            try:
-                node = int(msg.metadata.src_node_id)
-            except (AttributeError, TypeError, ValueError):
+            node = reply_sender(msg, senders) if senders else _src_node(msg)
+            if node is None:
                 continue
             if msg.has_error():
                 sites.append(SiteOutcome(node, "failed", short_reason(msg.error.reason or f"error code {msg.error.code}")))
@@ -469,3 +473,11 @@ class XR0FedAvg(FedAvg):
         if self.on_round_end is not None:
             self.on_round_end(RoundOutcome(g, "evaluate", sites, metrics, updated=False))
         return MetricRecord(metrics)
+
+
+def _src_node(msg: Message) -> int | None:
+    """``src_node_id`` as an int (replies handed in without the round's messages, as unit tests do)."""
+    try:
+        return int(msg.metadata.src_node_id)
+    except (AttributeError, TypeError, ValueError):
+        return None

@@ -50,6 +50,7 @@ from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, PINNED, REC, SET
 
 from .fedavg_ssl import (FormedAggregate, ReplyError, SiteOutcome, XR0FedAvg, finite_metrics,
                          partition_id_of, short_reason)
+from .validate import reply_sender, sent_to
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ class SecAggGrid(Grid):
         out = [Message(c, dst_node_id=node, message_type=message_type, group_id=group) for node, c in contents.items()]
         replies = self.inner.send_and_receive(out, timeout=timeout)
         good: dict[int, Message] = {}
+        senders = sent_to(out)
         for reply in replies:
-            node = int(reply.metadata.src_node_id)
+            node = reply_sender(reply, senders) if senders else int(reply.metadata.src_node_id)
             if node not in contents:
                 continue
             if reply.has_error():

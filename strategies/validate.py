@@ -113,3 +113,33 @@ def aggregate_problem(
         return (f"the aggregated update's norm {norm:.3g} is far below the client-level clipping bound "
                 f"{client_clip:g}")
     return None
+
+
+def reply_sender(reply, sent_to: Mapping[str, int]) -> int | None:
+    """The hospital a reply speaks for, or ``None`` when it cannot be attributed.
+
+    A hospital's own reply names it in ``src_node_id``. When a SuperNode dies mid-round the SuperLink answers
+    in its place (``NODE_UNAVAILABLE``, ``src_node_id`` = the SuperLink's id): that error belongs to the
+    hospital the original message went to, found through ``reply_to_message_id``; counting it under the
+    SuperLink's id would list one hospital twice (failed, and dropped for silence).
+
+    Parameters
+    ----------
+    reply : flwr Message
+        One reply returned by ``Grid.send_and_receive``.
+    sent_to : mapping message id -> node id
+        The messages of this round (their ids are set once pushed) and the node each went to.
+    """
+    try:
+        node = int(reply.metadata.src_node_id)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if node in sent_to.values():
+        return node  # a hospital we asked speaks for itself (never re-attributed to another hospital)
+    # An answer the SuperLink made up for a node that went away: it is that node's outcome.
+    return sent_to.get(getattr(reply.metadata, "reply_to_message_id", "") or "")
+
+
+def sent_to(messages) -> dict[str, int]:
+    """``message id -> destination node`` of pushed messages (ids are empty until the grid pushed them)."""
+    return {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages if m.metadata.message_id}

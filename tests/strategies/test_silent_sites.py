@@ -35,8 +35,8 @@ def _app() -> ClientApp:
     return app
 
 
-def _run(drop):
-    grid = InProcessGrid(_app(), 3, drop=drop)
+def _run(drop, vanish=None):
+    grid = InProcessGrid(_app(), 3, drop=drop, vanish=vanish)
     seen = []
     strategy = XR0FedAvg(round_offset=0, local_steps=1, total_rounds=1, run_seed=0, run_key="k", config_hash="h",
                          server_optimizer=ServerOptimizer(), min_replies=1, on_round_end=seen.append,
@@ -68,3 +68,16 @@ def test_a_train_reply_past_the_timeout_is_a_drop_and_the_round_goes_on():
     dropped = [s for s in train.sites if s.status == "dropped"]
     assert [s.node_id for s in dropped] == [late] and "no reply within" in dropped[0].reason
     assert np.allclose(train.arrays["w"].numpy(), 0.5)
+
+
+def test_a_hospital_whose_supernode_died_is_listed_once_under_its_own_node():
+    """The SuperLink answers for a dead SuperNode (NODE_UNAVAILABLE, src = the SuperLink's id): that is one
+    ``failed`` outcome of the hospital it was sent to, not a failure of "node 1" plus a silent drop."""
+    dead = 101 + 13
+    grid, out = _run(lambda _t, _n: False, vanish=lambda message_type, node: node == dead)
+    for kind in ("train", "evaluate"):
+        by = {s.node_id: s for s in out[kind].sites}
+        assert sorted(by) == sorted(grid.node_ids), (kind, out[kind].sites)
+        assert by[dead].status == "failed" and "Node Unavailable" in by[dead].reason
+        assert [by[n].status for n in grid.node_ids if n != dead] == ["ok", "ok"]
+    assert out["train"].updated
