@@ -11,7 +11,7 @@ Called by :mod:`xr0_core.site.round` only, which composes policy, training and t
    on every rank (:mod:`xr0_core.site.launch.parallel`).
 2. training (by the caller);
 3. :meth:`PrivateRound.finish`: client-level clip + noise, commit the reservation, and the metrics that may
-   leave (epsilon, delta, budget, DP steps; never losses, the sample rate or the noise multiplier, which
+   leave (epsilon over every run and over this one, delta, budget, run cap, DP steps; never losses, the sample rate or the noise multiplier, which
    reveal the patient count).
 """
 
@@ -67,10 +67,11 @@ class PrivateRound:
                 shared, global_weights, clip=self.client_clip, noise_multiplier=res.client_noise_multiplier,
                 generator=noise_generator(torch.device("cpu")))
             log.info("client-level DP: update norm %.4g clipped to %g", norm, self.client_clip)
-        eps = commit_round(self.state_dir, res)
+        eps, run_eps = commit_round(self.state_dir, res)
         log.info("round %d private metrics kept at the site: %s", res.server_round, metrics)
         out = {k: v for k, v in metrics.items() if k == "num-examples"}
-        out.update({"epsilon": float(eps), "privacy-delta": float(res.delta), "privacy-budget": float(res.budget),
+        out.update({"epsilon": float(eps), "epsilon-run": float(run_eps), "privacy-delta": float(res.delta),
+                    "privacy-budget": float(res.budget), "privacy-run-cap": res.effective_run_cap,
                     "dp-steps": float(steps)})
         return shared, out
 
