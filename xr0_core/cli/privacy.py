@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     releases = [{"noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
                  "run_id": r.run_id, "round": r.round, "kind": r.kind, "delta": r.delta, "time": r.time,
-                 "unit": r.unit or data.unit, "status": r.status, "sensitivity": r.effective_sensitivity}
+                 "unit": r.unit or data.unit, "status": r.status, "sensitivity": r.effective_sensitivity,
+                 "counts": r.counts, "note": r.note}
                 for r in data.releases]
     units = sorted(data.release_units())
     unit = units[0] if len(units) == 1 else ("mixed: " + ", ".join(units) if units else "")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'run':<18}{'round':>6}{'kind':>8}{'sigma':>10}{'q':>10}{'steps':>7}{'status':>11}", file=sys.stderr)
     for r in data.releases:
         print(f"{r.run_id:<18}{r.round:>6}{r.kind:>8}{r.noise_multiplier:>10.4f}{r.sample_rate:>10.4g}{r.steps:>7}"
-              f"{r.status:>11}", file=sys.stderr)
+              f"{r.status:>11}" + (f"  ({r.note})" if r.note else ""), file=sys.stderr)
     if not releases:
         print("no releases yet: this hospital has not trained under differential privacy", file=sys.stderr)
     print(f"epsilon spent {eps:.4f} of budget {p.budget} (left {left:.4f}) over {len(releases)} releases"
