@@ -220,7 +220,11 @@ def serve(api: RuntimeAPI, *, cert_file: Path | None = None, poll: float = 1.0,
             try:
                 res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
             except Exception as exc:  # noqa: BLE001 - the SuperNode may be restarting: keep asking
-                log.warning("cannot reach the SuperNode's runtime API at %s: %s", api.address, exc)
+                if getattr(getattr(exc, "response", None), "status_code", None) == 401:
+                    log.error("the SuperNode at %s refuses this launcher's secret: give flower-supernode and "
+                              "`xr0 site clientapp` the same --superexec-auth-secret-file", api.address)
+                else:
+                    log.warning("cannot reach the SuperNode's runtime API at %s: %s", api.address, exc)
                 stop.wait(max(poll, 2.0))
                 continue
             if res.HasField("task") and res.token:
