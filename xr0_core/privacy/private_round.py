@@ -92,11 +92,8 @@ def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> Private
         Before any training; nothing was charged.
     """
     units = privacy_units(records)
-    q = sample_rate_for(cfg.train.batch_size, units.n_units, cfg.privacy.sample_rate) if terms.sample_level else 1.0
-    req = RoundRequest(run_id=spec.run_key, server_round=spec.server_round, local_steps=spec.local_steps,
-                       remaining_steps=spec.total_steps - spec.global_step, sample_rate=q, unit=units.kind,
-                       sample_level=terms.sample_level, sigma=cfg.privacy.noise_multiplier,
-                       client_level=terms.client_level, client_sigma=cfg.privacy.client_noise_multiplier)
+    req = round_request(cfg, units, spec, terms)
+    q = req.sample_rate
     res = reserve_round(Path(state_dir), terms, req)
     if terms.sample_level:
         log.info("DP round %d: unit %s, sigma %.4f, q %.4g, epsilon %.3f -> %.3f of %g (delta %g)",
@@ -104,6 +101,20 @@ def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> Private
                  res.epsilon_after, res.budget, res.delta)
     return PrivateRound(res, Path(state_dir), units.kind, terms.client_level, cfg.privacy.client_clip,
                         sample_level=terms.sample_level, sample_rate=q, n_units=units.n_units)
+
+
+def round_request(cfg, units, spec, terms) -> RoundRequest:
+    """What a round asks of the ledger: its DP-SGD steps at Poisson rate q = batch / units (or the run
+    config's ``privacy.sample-rate``), the run config's fixed sigma (0: calibrate), client-level noise.
+
+    ``units``: :func:`~xr0_core.privacy.units.privacy_units` of the training records; ``spec``: anything with
+    ``run_key``, ``server_round``, ``global_step``, ``total_steps``, ``local_steps`` (the round's
+    :class:`~xr0_core.train.round_state.RoundSpec`, or the preflight's announcement)."""
+    q = sample_rate_for(cfg.train.batch_size, units.n_units, cfg.privacy.sample_rate) if terms.sample_level else 1.0
+    return RoundRequest(run_id=spec.run_key, server_round=spec.server_round, local_steps=spec.local_steps,
+                        remaining_steps=spec.total_steps - spec.global_step, sample_rate=q, unit=units.kind,
+                        sample_level=terms.sample_level, sigma=cfg.privacy.noise_multiplier,
+                        client_level=terms.client_level, client_sigma=cfg.privacy.client_noise_multiplier)
 
 
 def reserved_dp_step(trainer, noise_multiplier: float, sample_rate: float, n_units: int):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,45 +99,65 @@ def reserve_round(state_dir: Path, terms, req: RoundRequest) -> Reservation:
         Mixed privacy units (see :func:`check_unit`).
     """
     ledger = PrivacyLedger(state_dir)
-    delta, acc, budget = terms.delta, terms.accountant, float(terms.budget)
     with ledger.transaction() as data:
-        check_unit(data.release_units(), req.unit, terms.unit)
-        history = [r.history_entry() for r in data.releases]
-        run_history = [r.history_entry() for r in data.releases if r.run_id == req.run_id]
-        eps_before = epsilon_of(history, delta, acc)
-        client: list[tuple[float, float, int]] = []
-        if req.client_level:
-            client.append((req.client_sigma / CLIENT_SENSITIVITY, 1.0, 1))
-        sigma = 0.0
-        if req.sample_level:
-            sigma = _choose_sigma(data, req, terms, history, run_history, client)
-            if sigma > terms.max_noise_multiplier:
-                raise NoiseAboveCap(
-                    f"privacy: this round needs noise multiplier {sigma:.3g} to stay within the budget (epsilon "
-                    f"{eps_before:.3f} of {budget:g} spent), above the site's max-noise-multiplier "
-                    f"{terms.max_noise_multiplier:g}; the hospital refuses to train on noise (its operator may "
-                    "raise privacy.budget or privacy.max-noise-multiplier in the site policy)")
-        planned = ([(sigma, req.sample_rate, int(req.local_steps))] if req.sample_level else []) + client
-        eps_after = epsilon_of(history + planned, delta, acc)
-        run_eps_after = epsilon_of(run_history + planned, delta, acc)
-        if eps_after > budget * (1 + 1e-9):
-            raise PrivacyBudgetExceeded(
-                f"privacy budget exceeded: this round would bring epsilon from {eps_before:.3f} to {eps_after:.3f} "
-                f"(delta {delta:g}), above the hospital's budget of {budget:g}; the hospital refuses to train "
-                "(its operator may raise privacy.budget in the site policy, or leave the federation)")
-        if _capped(terms) and run_eps_after > terms.run_cap * (1 + 1e-9):
-            raise PrivacyBudgetExceeded(
-                f"privacy run cap exceeded: this round would bring this run's epsilon to {run_eps_after:.3f}, above "
-                f"the hospital's per-run cap of {terms.run_cap:g}; the hospital refuses to train")
-        import time
-
+        res = _plan(data, terms, req)
         now = time.time()
         if req.sample_level:
-            data.releases.append(Release(req.run_id, int(req.server_round), sigma, req.sample_rate,
-                                         int(req.local_steps), delta, KIND_DPSGD, now, req.unit, STATUS_PENDING, 1.0))
+            data.releases.append(Release(req.run_id, int(req.server_round), res.noise_multiplier, req.sample_rate,
+                                         int(req.local_steps), res.delta, KIND_DPSGD, now, req.unit, STATUS_PENDING,
+                                         1.0))
         if req.client_level:
-            data.releases.append(Release(req.run_id, int(req.server_round), req.client_sigma, 1.0, 1, delta,
+            data.releases.append(Release(req.run_id, int(req.server_round), req.client_sigma, 1.0, 1, res.delta,
                                          KIND_CLIENT, now, req.unit, STATUS_PENDING, CLIENT_SENSITIVITY))
+    return res
+
+
+def preview_round(state_dir: Path, terms, req: RoundRequest) -> Reservation:
+    """The reservation :func:`reserve_round` would make now, with the same refusals, writing nothing: what a
+    site answers to the coordinator's preflight before any secure-aggregation set-up or training
+    (:mod:`xr0_core.site.preflight`). The real reservation still happens, and is checked again, at training.
+
+    Raises
+    ------
+    PrivacyBudgetExceeded, NoiseAboveCap, UnitMismatch
+        As :func:`reserve_round`.
+    """
+    return _plan(PrivacyLedger(state_dir).read(), terms, req)
+
+
+def _plan(data, terms, req: RoundRequest) -> Reservation:
+    """Sigma, epsilon before and after, and every refusal of this round against ``data`` (the ledger's
+    contents; :func:`_choose_sigma` notes a newly calibrated sigma in ``data.runs``)."""
+    delta, acc, budget = terms.delta, terms.accountant, float(terms.budget)
+    check_unit(data.release_units(), req.unit, terms.unit)
+    counted = [r for r in data.releases if r.counts]
+    history = [r.history_entry() for r in counted]
+    run_history = [r.history_entry() for r in counted if r.run_id == req.run_id]
+    eps_before = epsilon_of(history, delta, acc)
+    client: list[tuple[float, float, int]] = []
+    if req.client_level:
+        client.append((req.client_sigma / CLIENT_SENSITIVITY, 1.0, 1))
+    sigma = 0.0
+    if req.sample_level:
+        sigma = _choose_sigma(data, req, terms, history, run_history, client)
+        if sigma > terms.max_noise_multiplier:
+            raise NoiseAboveCap(
+                f"privacy: this round needs noise multiplier {sigma:.3g} to stay within the budget (epsilon "
+                f"{eps_before:.3f} of {budget:g} spent), above the site's max-noise-multiplier "
+                f"{terms.max_noise_multiplier:g}; the hospital refuses to train on noise (its operator may "
+                "raise privacy.budget or privacy.max-noise-multiplier in the site policy)")
+    planned = ([(sigma, req.sample_rate, int(req.local_steps))] if req.sample_level else []) + client
+    eps_after = epsilon_of(history + planned, delta, acc)
+    run_eps_after = epsilon_of(run_history + planned, delta, acc)
+    if eps_after > budget * (1 + 1e-9):
+        raise PrivacyBudgetExceeded(
+            f"privacy budget exceeded: this round would bring epsilon from {eps_before:.3f} to {eps_after:.3f} "
+            f"(delta {delta:g}), above the hospital's budget of {budget:g}; the hospital refuses to train "
+            "(its operator may raise privacy.budget in the site policy, or leave the federation)")
+    if _capped(terms) and run_eps_after > terms.run_cap * (1 + 1e-9):
+        raise PrivacyBudgetExceeded(
+            f"privacy run cap exceeded: this round would bring this run's epsilon to {run_eps_after:.3f}, above "
+            f"the hospital's per-run cap of {terms.run_cap:g}; the hospital refuses to train")
     return Reservation(req.run_id, req.server_round, sigma, req.sample_rate, int(req.local_steps),
                        req.client_sigma if req.client_level else 0.0, delta, acc, budget, eps_before, eps_after,
                        run_eps_after, float(terms.run_cap))
