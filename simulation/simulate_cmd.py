@@ -168,7 +168,7 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
         raise CLIError(f"the federation ended without writing {run_json}; see {where}")
     summary = json.loads(run_json.read_text())
     summary["sites"] = sites
-    from xr0_core.train.health import assess_history
+    from xr0_core.train.health_verdict import assess_history
 
     history = json.loads((out / "metrics.json").read_text())["rounds"] if (out / "metrics.json").exists() else []
     health = assess_history(history)
