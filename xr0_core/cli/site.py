@@ -83,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     register_deploy(site_sub)
 
+    from xr0_core.cli.dashboard import register_site as register_dashboard
+
+    register_dashboard(site_sub)
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
