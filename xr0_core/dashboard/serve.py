@@ -138,8 +138,9 @@ class DashboardProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "xr0_core.dashboard.child", "--run-dir", str(self.run_dir),
-                 "--port", str(self.port), "--poll", str(self.poll), "--url-file", str(self.url_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                 "--port", str(self.port), "--poll", str(self.poll), "--url-file", str(self.url_file),
+                 "--parent", str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             log.close()
         deadline = time.monotonic() + wait
