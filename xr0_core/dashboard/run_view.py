@@ -132,7 +132,8 @@ def hospitals(history: list[dict[str, Any]], run_sites: list[dict[str, Any]], st
     policy lets it leave: rounded up to 0.1 by default) with ``budget`` and ``budget_left``; ``epsilon_run``:
     (first, last) ε it released in this run's rounds (after ``start_round``); ``epsilon_withheld``: its
     policy keeps ε in; ``secagg``: masked rounds its upload counted in / masked rounds it was asked to;
-    ``ledger_epsilon``: a simulation's reading of the hospital's own ledger at the end (``run.json``).
+    ``ledger_epsilon``: a simulation's reading of the hospital's own ledger at the end, ``images``: its image count
+    (both from ``run.json`` when the run summary lists the hospitals).
     """
     by_name = {str(s.get("name")): s for s in run_sites}
     rows = []
@@ -144,7 +145,7 @@ def hospitals(history: list[dict[str, Any]], run_sites: list[dict[str, Any]], st
                                "epsilon": None, "budget": None, "budget_left": None, "delta": None,
                                "epsilon_round": None, "epsilon_run": None, "epsilon_withheld": False,
                                "secagg": None, "ledger_epsilon": by_name.get(name, {}).get("epsilon"),
-                               "evaluation": None}
+                               "images": by_name.get(name, {}).get("images"), "evaluation": None}
         if seen:
             r, s = seen[-1]
             row["last"] = {"round": r.get("round"), "kind": r.get("kind"), "status": s.get("status"),

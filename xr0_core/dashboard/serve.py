@@ -104,7 +104,7 @@ def serve(view: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token
             fh.write(url + "\n")
     if announce is not None:
         announce(url)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
                             timeout_graceful_shutdown=1)
     try:
         uvicorn.Server(config).run(sockets=[sock])

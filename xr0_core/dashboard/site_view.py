@@ -28,35 +28,37 @@ AUDIT_FILE = "audit.jsonl"  # client/audit.py writes it (the client layer; this 
 IDENTITY_FILE = "site.json"
 RECENT_AUDIT = 100  # newest audit entries kept for the page
 MAX_REFUSALS = 300
-CURVE_POINTS = 120  # ε-over-time points at most (each is one accountant call over a prefix of the releases)
+CURVE_POINTS = 400  # ε-over-time points at most
 MAX_RELEASES_SHOWN = 500
 
 
-def epsilon_curve(ledger: Any, data: Any, delta: float, accountant: str, points: int = CURVE_POINTS
-                  ) -> dict[str, list[Any]]:
-    """ε spent after each release (release order = the order they were reserved), at most ``points`` of them
-    (evenly spaced, the last always included): ``{"time", "epsilon", "label"}``."""
-    from xr0_core.privacy.ledger import epsilon_of
+def epsilon_curve(data: Any, delta: float, accountant: str, points: int = CURVE_POINTS) -> dict[str, list[Any]]:
+    """ε spent after each release (release order = the order they were reserved; at most ``points`` of them,
+    evenly spaced, the last always included): ``{"time", "epsilon", "label"}``
+    (:func:`xr0_core.privacy.ledger.epsilon_prefixes`)."""
+    from xr0_core.privacy.ledger import epsilon_prefixes
 
     releases = data.releases
-    n = len(releases)
-    if n == 0:
-        return {"time": [], "epsilon": [], "label": []}
-    k = min(points, n)
-    idx = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1})
-    history = [r.history_entry() for r in releases]
+    prefixes = epsilon_prefixes([r.history_entry() for r in releases], delta, accountant)
+    if len(prefixes) > points:
+        n = len(prefixes)
+        keep = {round(i * (n - 1) / (points - 1)) for i in range(points)}
+        prefixes = [p for j, p in enumerate(prefixes) if j in keep]
     out: dict[str, list[Any]] = {"time": [], "epsilon": [], "label": []}
-    for i in idx:
+    for i, eps in prefixes:
         r = releases[i]
         out["time"].append(r.time or None)
-        out["epsilon"].append(epsilon_of(history[:i + 1], delta, accountant))
+        out["epsilon"].append(eps)
         out["label"].append(f"run {r.run_id} round {r.round} ({r.status})")
     return out
 
 
-def runs_table(ledger: Any, data: Any, delta: float, accountant: str) -> list[dict[str, Any]]:
+def runs_table(data: Any, delta: float, accountant: str) -> list[dict[str, Any]]:
     """Per run id in the ledger (newest first): releases, rounds, pending ones, first / last time, and ε of that
-    run's releases alone (:meth:`PrivacyLedger.epsilon` with ``run_id``; the lifetime ε composes all runs)."""
+    run's releases alone (what :meth:`PrivacyLedger.epsilon` gives with ``run_id``; the lifetime ε composes all
+    runs)."""
+    from xr0_core.privacy.ledger import epsilon_prefixes
+
     by: dict[str, list[Any]] = {}
     for r in data.releases:
         by.setdefault(r.run_id, []).append(r)
@@ -66,7 +68,7 @@ def runs_table(ledger: Any, data: Any, delta: float, accountant: str) -> list[di
         rows.append({"run_id": run_id, "releases": len(rel), "rounds": sorted({r.round for r in rel}),
                      "pending": sum(r.status == "pending" for r in rel),
                      "first": min(times) if times else None, "last": max(times) if times else None,
-                     "epsilon": ledger.epsilon(data, delta=delta, accountant=accountant, run_id=run_id)})
+                     "epsilon": epsilon_prefixes([r.history_entry() for r in rel], delta, accountant)[-1][1]})
     return sorted(rows, key=lambda r: r["last"] or 0, reverse=True)
 
 
@@ -151,8 +153,8 @@ class SiteView:
             data = ledger.read()
             body = ledger_summary(ledger, data, policy)
             p = policy.privacy
-            curve = epsilon_curve(ledger, data, p.delta, p.accountant)
-            runs = runs_table(ledger, data, p.delta, p.accountant)
+            curve = epsilon_curve(data, p.delta, p.accountant)
+            runs = runs_table(data, p.delta, p.accountant)
         except (PrivacyError, PolicyError) as exc:
             return {"error": str(exc)}
         n = len(body["releases"])

@@ -181,7 +181,8 @@
     var anyEps = rows.some(function (r) { return r.epsilon !== null || r.epsilon_withheld; });
     var anyLedger = rows.some(function (r) { return r.ledger_epsilon !== null && r.ledger_epsilon !== undefined; });
     var anySec = rows.some(function (r) { return r.secagg; });
-    var head = ["hospital", "now", "train rounds", {text: "last problem (reason as the hospital gave it)", cls: "text"}];
+    var anyImages = rows.some(function (r) { return r.images !== null && r.images !== undefined; });
+    var head = ["hospital"].concat(anyImages ? ["images"] : [], ["now", "train rounds", {text: "last problem (reason as the hospital gave it)", cls: "text"}]);
     if (anyEps) head = head.concat(["\u03b5 released (lifetime)", "budget", "budget left", "\u03b5 during this run"]);
     if (anyLedger) head.push("\u03b5 in its ledger");
     if (anySec) head.push("secure aggregation");
@@ -194,7 +195,8 @@
         ? {text: r.problem.kind + " round " + r.problem.round + ", " + r.problem.status + ": " + r.problem.reason,
            cls: "reason " + r.problem.status}
         : {text: "none", cls: "reason ok"};
-      var cells = [{text: r.name, cls: "text"}, now, counts || "\u2013", prob];
+      var cells = [{text: r.name, cls: "text"}].concat(anyImages ? [r.images === null || r.images === undefined ? "\u2013" : r.images] : [],
+                                                       [now, counts || "\u2013", prob]);
       if (anyEps) {
         if (r.epsilon_withheld && r.epsilon === null) {
           cells.push({text: "withheld by its policy", cls: "eps"}, "\u2013", "\u2013", "\u2013");
