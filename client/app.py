@@ -12,11 +12,13 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from xr0_core import record_keys as keys
 from xr0_core.config import from_flat
 
 from . import records, secagg
 from .audit import audit_mod
 from .errors import sanitize_errors_mod
+from .preflight import preflight
 from .runtime import evaluate_site, train_site
 from .site import resolve_site
 
@@ -75,6 +77,7 @@ def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     client_app = ClientApp(mods=[audit_mod, sanitize_errors_mod, *extra_mods])
     client_app.train()(train)
     client_app.evaluate()(evaluate)
+    client_app.query(keys.PREFLIGHT)(preflight)  # before a round: will this hospital take part? (client/preflight.py)
     # Secure-aggregation stages (query.secagg_*, train.secagg); idle unless the server runs secagg rounds.
     secagg.register(client_app, train_round)
     return client_app

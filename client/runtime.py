@@ -65,6 +65,14 @@ def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
     return data
 
 
+def site_records(site: Site) -> list[Any]:
+    """The hospital's records from the files' headers only (no pixels decoded): what the preflight counts
+    privacy units from."""
+    from xr0_core.data.index import index_site
+
+    return list(index_site(site.data_dir, site.manifest, verify_pixels=False).records)
+
+
 def _partition(records: list[Any], site: Site) -> tuple[list[Any], list[Any]]:
     from xr0_core.data.splits import private_partition
     from xr0_core.site.state import ensure_identity

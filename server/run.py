@@ -290,6 +290,11 @@ class Coordinator:
                 on_round_end=self.on_round_end,
                 round_timeout=cfg.federation.round_timeout,
                 client_clip=cfg.privacy.client_clip if cfg.privacy.client_level else 0.0,
+                # Every round starts with the hospitals' preflight answers (issue 22): a hospital that would
+                # refuse says so before any key exchange or training. A secure round needs 2 hospitals at least
+                # (every site refuses a Shamir threshold below 2), and its configured threshold.
+                preflight=True,
+                min_ready=max(2, cfg.secagg.threshold) if cfg.secagg.enabled else 0,
             )
             self._round_started = self._run_started = time.monotonic()
             try:

@@ -257,7 +257,7 @@ def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: lis
     plays the hospitals here; in deployment each hospital writes its own with `xr0 site policy`).
 
     A simulated hospital's policy: the budget ``--epsilon`` at ``--delta`` (a hospital that already spent part
-    of an earlier budget keeps its ledger), and evaluation of held-out patients allowed after the budget is
+    of an earlier budget keeps its ledger) that this run may spend whole (``privacy.run-cap = "all"``), and evaluation of held-out patients allowed after the budget is
     spent, since the researcher wants the final evaluation of a run that spends its whole budget."""
     from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
     from xr0_core.privacy.ledger import PrivacyError
@@ -274,7 +274,10 @@ def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: lis
                     print(f"[xr0] {name} keeps the budget of its own site policy (epsilon {policy.privacy.budget:g}); "
                           "--epsilon applies to hospitals without one", file=sys.stderr, flush=True)
                 continue
+            # run-cap "all": the researcher's one run is meant to spend --epsilon (a hospital's own policy sizes a
+            # cap for the runs its budget must last for: docs/privacy.md).
             policy = with_values(policy, {"privacy.budget": args.epsilon, "privacy.delta": args.delta,
+                                          "privacy.run-cap": policy.privacy.run_cap or "all",
                                           "evaluation.after-budget-spent": True})
             save_policy(policy, policy_path(state))
     except (BatchCoupledLossError, PrivacyError, PolicyError) as exc:

@@ -326,16 +326,19 @@ def privacy_section(rep: RunReport) -> str:
         m = last[n]
         budget = m.get("privacy-budget")
         left = budget - m["epsilon"] if budget is not None else ""
-        summary.append([n, m["epsilon"], budget, left, m.get("privacy-delta", ""), m.get("noise-multiplier", ""),
-                        m.get("sample-rate", ""), m.get("dp-steps", "")])
+        summary.append([n, m.get("epsilon-run", ""), m.get("privacy-run-cap", ""), m["epsilon"], budget, left,
+                        m.get("privacy-delta", ""), m.get("noise-multiplier", ""), m.get("sample-rate", ""),
+                        m.get("dp-steps", "")])
     refused = [[r["round"], s["name"], s.get("reason", "")] for r in train for s in r["sites"] if s["status"] != "ok"]
     unit = "client-level" if rep.cfg.get("privacy.client-level") and not rep.cfg.get("privacy.enabled") else \
         "patient-level (image-level without patient ids)"
     out = ["<h2>Privacy</h2>",
            note(f"{unit} ε at each hospital's δ, accumulated over every round of every run it took part in, as "
                 "recorded in its own privacy ledger before its weights left (docs/privacy.md)"),
-           table(["hospital", "ε spent", "budget", "budget left", "δ", "noise multiplier", "sample rate",
-                  "DP steps (last round)"], summary)]
+           note("ε this run: what the hospital spent in this run (resumes included), against its per-run cap (the "
+                "lifetime budget where its policy sets run-cap = all); ε spent and budget left count every run"),
+           table(["hospital", "ε this run", "run cap", "ε spent (all runs)", "budget", "budget left", "δ",
+                  "noise multiplier", "sample rate", "DP steps (last round)"], summary)]
     png = plot_epsilon(rep, rep.out_dir / "privacy_epsilon.png")
     if png is not None:
         out.append(image(png.name, "epsilon per hospital per round"))

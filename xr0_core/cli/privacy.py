@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from xr0_core.privacy.ledger import PrivacyError, PrivacyLedger
     from xr0_core.site.ledger_summary import ledger_summary
-    from xr0_core.site.policy import PolicyError, policy_path, save_policy, with_values
+    from xr0_core.site.policy import PolicyError, policy_path, run_cap_advice, save_policy, with_values
     from xr0_core.site.state import site_policy
 
     ledger = PrivacyLedger(args.state_dir)
@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
                 changes["privacy.delta"] = args.delta
             if args.accountant:
                 changes["privacy.accountant"] = args.accountant
-            policy = save_policy(with_values(policy, changes), policy_path(args.state_dir))
+            new = with_values(policy, changes)
+            if new.privacy.run_cap_missing:
+                raise CLIError(run_cap_advice(new.privacy).replace("--set ", "xr0 site policy --set ")
+                               + " (nothing was written)")
+            policy = save_policy(new, policy_path(args.state_dir))
         elif not ledger.exists() and not _is_state_dir(args.state_dir, policy):
             raise CLIError(f"{args.state_dir} holds no privacy ledger, site identity (site.json) or site policy: "
                            "is this the hospital's state-dir (the SuperNode's node config state-dir)?")
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if not releases:
         print("no releases yet: this hospital has not trained under differential privacy", file=sys.stderr)
     print(f"epsilon spent {eps:.4f} of budget {p.budget} (left {left:.4f}) over {len(releases)} releases"
-          + (f"; per-run cap {p.run_cap:g}" if p.run_cap > 0 else "; no per-run cap"), file=sys.stderr)
+          + (f"; per-run cap {p.run_cap:g}" if p.capped else "; run cap: all (one run may spend what is left)"
+             if p.run_cap else "; no per-run cap (xr0 site policy --set privacy.run-cap=...)"), file=sys.stderr)
     return 0
 
 

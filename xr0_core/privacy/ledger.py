@@ -41,6 +41,10 @@ KIND_CLIENT = "client"  # client-level Gaussian release of a clipped update (pro
 CLIENT_SENSITIVITY = 2.0  # add/remove one patient moves a clipped update (norm <= C) by up to 2C
 STATUS_PENDING = "pending"  # reserved before training; counts in full
 STATUS_COMMITTED = "committed"
+# Reserved, then nothing of the round ever left the site: its run stopped before the release, the trained
+# weights were dropped and the round's local state was never saved (xr0_core/site/round.py). No output of
+# the mechanism exists any more, so it does not count; it stays in the ledger as the record of what happened.
+STATUS_WITHDRAWN = "withdrawn"
 
 
 class PrivacyError(RuntimeError):
@@ -80,6 +84,11 @@ class Release:
     unit: str = ""
     status: str = STATUS_COMMITTED
     sensitivity: float = 0.0  # 0: the kind's (1 for dp-sgd, 2 for client); older ledgers have none
+
+    @property
+    def counts(self) -> bool:
+        """Whether this release counts toward epsilon (pending and committed ones do; withdrawn ones do not)."""
+        return self.status != STATUS_WITHDRAWN
 
     @property
     def effective_sensitivity(self) -> float:
@@ -263,17 +272,18 @@ class PrivacyLedger:
     # -- queries
     @staticmethod
     def history(data: LedgerData, kind: str | None = None) -> list[tuple[float, float, int]]:
-        return [r.history_entry() for r in data.releases if kind is None or r.kind == kind]
+        return [r.history_entry() for r in data.releases if r.counts and (kind is None or r.kind == kind)]
 
     def epsilon(self, data: LedgerData | None = None, delta: float | None = None, accountant: str | None = None,
                 run_id: str | None = None) -> float:
         """Epsilon spent at ``delta`` with ``accountant`` (the site policy's; a legacy ledger's own values when
-        not given) over every release, pending ones included (or over one run's, with ``run_id``)."""
+        not given) over every release that counts, pending ones included, withdrawn ones not (or over one run's,
+        with ``run_id``)."""
         data = data or self.read()
         d = delta if delta is not None else data.delta
         if d is None:
             raise LedgerError(f"{self.path}: no delta given; the site policy (xr0 site policy) sets it")
-        releases = [r for r in data.releases if run_id is None or r.run_id == run_id]
+        releases = [r for r in data.releases if r.counts and (run_id is None or r.run_id == run_id)]
         return epsilon_of([r.history_entry() for r in releases], d, accountant or data.accountant)
 
     # -- changes

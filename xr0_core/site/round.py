@@ -161,27 +161,34 @@ def release_metrics(policy: SitePolicy, metrics: Mapping[str, float], *, private
 EPSILON_WITHHELD = "epsilon-withheld"  # metric 1.0: this site spent privacy budget but does not say how much
 
 
+EPSILON_METRICS = ("epsilon", "epsilon-run")  # spent over every run / over this run: released alike
+
+
 def release_epsilon(policy: SitePolicy, metrics: Mapping[str, float]) -> dict[str, float]:
-    """``metrics`` with ``epsilon`` as the policy's ``release.epsilon`` lets it leave.
+    """``metrics`` with ``epsilon`` (and ``epsilon-run``, this run's share) as the policy's ``release.epsilon``
+    lets them leave.
 
     ``rounded`` (default): rounded *up* to a multiple of ``release.epsilon-step`` (0.1), so the report never
     shows less than was spent while the exact value, which under a calibrated noise multiplier follows the
     site's patient count (N = 1000 -> 2.494, N = 1010 -> 2.507), stays at the site; ``exact``: as the ledger
-    has it; ``withheld``: no ``epsilon`` at all but :data:`EPSILON_WITHHELD` = 1, so the coordinator's
+    has it; ``withheld``: no epsilon at all but :data:`EPSILON_WITHHELD` = 1, so the coordinator's
     report can say "withheld" rather than "no DP".
     """
     out = dict(metrics)
     if "epsilon" not in out:
         return out
     mode = policy.release.epsilon
-    if mode == "withheld":
-        del out["epsilon"]
-        out[EPSILON_WITHHELD] = 1.0
-    elif mode == "rounded":
-        eps, step = float(out["epsilon"]), float(policy.release.epsilon_step)
-        if math.isfinite(eps):
-            # 1e-9: an epsilon already on the grid (2.5) stays there instead of rising by float noise
-            out["epsilon"] = round(math.ceil(eps / step - 1e-9) * step, 9)
+    for name in EPSILON_METRICS:
+        if name not in out:
+            continue
+        if mode == "withheld":
+            del out[name]
+            out[EPSILON_WITHHELD] = 1.0
+        elif mode == "rounded":
+            eps, step = float(out[name]), float(policy.release.epsilon_step)
+            if math.isfinite(eps):
+                # 1e-9: an epsilon already on the grid (2.5) stays there instead of rising by float noise
+                out[name] = round(math.ceil(eps / step - 1e-9) * step, 9)
     return out
 
 
