@@ -24,7 +24,7 @@ def _site_policies(out):
     """site00 / site01: budget 8, ε leaves exactly (so the page's ε is the ledger's); site02 spent its budget
     of 1 in an earlier run, so it refuses every round with "privacy budget spent"."""
     for name in ("site00", "site01", "site02"):
-        values = {"privacy.budget": 8.0 if name != "site02" else 1.0, "privacy.delta": 1e-5,
+        values = {"privacy.budget": 8.0 if name != "site02" else 1.0, "privacy.delta": 1e-5, "privacy.run-cap": "all",
                   "release.epsilon": "exact", "evaluation.after-budget-spent": True}
         save_policy(with_values(SitePolicy(), values), policy_path(out / "sites" / name))
     with PrivacyLedger(out / "sites" / "site02").transaction() as ledger:

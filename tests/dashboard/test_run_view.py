@@ -84,7 +84,7 @@ def test_hospitals_carry_refusal_reasons_epsilon_budget_and_secure_aggregation()
     assert rows["site02"]["secagg"] == {"counted": 2, "rounds": 3}
     assert rows["site00"]["epsilon"] == 0.9 * 3 and rows["site00"]["budget"] == 8.0
     assert math.isclose(rows["site00"]["budget_left"], 8.0 - 2.7)
-    assert rows["site00"]["epsilon_run"] == [0.9, 0.9 * 3]
+    assert (rows["site00"]["epsilon_run"], rows["site00"]["run_cap"]) == (0.9 * 3, 4.0)
     assert rows["site00"]["ledger_epsilon"] == 2.5 and rows["site00"]["images"] == 48
     assert rows["site01"]["epsilon_withheld"] and rows["site01"]["epsilon_round"] == 2  # last value it did send
     grid = state["grid"]

@@ -17,6 +17,7 @@ few ``stat`` calls per poll.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -122,16 +123,15 @@ def is_secagg_round(entry: dict[str, Any]) -> bool:
     return entry.get("kind") == "train" and any(str(k).startswith("secagg-") for k in entry.get("metrics", {}))
 
 
-def hospitals(history: list[dict[str, Any]], run_sites: list[dict[str, Any]], start_round: int = 0
-              ) -> list[dict[str, Any]]:
+def hospitals(history: list[dict[str, Any]], run_sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per hospital (by site name).
 
     ``last``: its outcome in the newest round it appears in (round, kind, status, reason); ``train``: counts
     of train outcomes (ok, failed, dropped, skipped); ``problem``: its newest non-ok outcome with the reason;
     ``epsilon``: the ε it released with its newest train reply (lifetime at that hospital, at ``delta``, as its
-    policy lets it leave: rounded up to 0.1 by default) with ``budget`` and ``budget_left``; ``epsilon_run``:
-    (first, last) ε it released in this run's rounds (after ``start_round``); ``epsilon_withheld``: its
-    policy keeps ε in; ``secagg``: masked rounds its upload counted in / masked rounds it was asked to;
+    policy lets it leave: rounded up to 0.1 by default) with ``budget`` and ``budget_left``; ``epsilon_run``
+    and ``run_cap``: what it spent in this run (``epsilon-run``, resumes included) against its per-run cap
+    (``"all"``: the rest of its lifetime budget); ``epsilon_withheld``: its policy keeps ε in; ``secagg``: masked rounds its upload counted in / masked rounds it was asked to;
     ``ledger_epsilon``: a simulation's reading of the hospital's own ledger at the end, ``images``: its image count
     (both from ``run.json`` when the run summary lists the hospitals).
     """
@@ -143,7 +143,7 @@ def hospitals(history: list[dict[str, Any]], run_sites: list[dict[str, Any]], st
         row: dict[str, Any] = {"name": name, "last": None, "problem": None,
                                "train": dict(Counter(str(s.get("status")) for _, s in train)),
                                "epsilon": None, "budget": None, "budget_left": None, "delta": None,
-                               "epsilon_round": None, "epsilon_run": None, "epsilon_withheld": False,
+                               "epsilon_round": None, "epsilon_run": None, "run_cap": None, "epsilon_withheld": False,
                                "secagg": None, "ledger_epsilon": by_name.get(name, {}).get("epsilon"),
                                "images": by_name.get(name, {}).get("images"), "evaluation": None}
         if seen:
@@ -163,9 +163,9 @@ def hospitals(history: list[dict[str, Any]], run_sites: list[dict[str, Any]], st
                        delta=m.get("privacy-delta"))
             if isinstance(row["budget"], (int, float)):
                 row["budget_left"] = max(0.0, float(row["budget"]) - float(m["epsilon"]))
-            this_run = [s["metrics"]["epsilon"] for r, s in with_eps if int(r.get("round", 0)) > start_round]
-            if this_run:
-                row["epsilon_run"] = [this_run[0], this_run[-1]]
+            row["epsilon_run"] = m.get("epsilon-run")
+            cap = m.get("privacy-run-cap")
+            row["run_cap"] = "all" if isinstance(cap, (int, float)) and math.isinf(cap) else cap
         if train and "epsilon-withheld" in train[-1][1].get("metrics", {}):
             row["epsilon_withheld"] = True
         masked = [(r, s) for r, s in train if is_secagg_round(r)]
@@ -322,7 +322,7 @@ def build_run_state(history: list[dict[str, Any]], events: list[dict[str, Any]],
         "mode": mode(cfg),
         "checkpoint_round": checkpoint_round,
         "alerts": alerts(history, prog),
-        "hospitals": hospitals(history, run_sites, prog["resumed_after"]),
+        "hospitals": hospitals(history, run_sites),
         "grid": round_grid(history, names),
         "series": series(history, cfg, names, out_dir),
         "health": {"status": health["status"],

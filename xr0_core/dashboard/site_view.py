@@ -15,6 +15,7 @@ Refusals are the replies that carried an error instead of weights (the audit log
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -33,12 +34,12 @@ MAX_RELEASES_SHOWN = 500
 
 
 def epsilon_curve(data: Any, delta: float, accountant: str, points: int = CURVE_POINTS) -> dict[str, list[Any]]:
-    """ε spent after each release (release order = the order they were reserved; at most ``points`` of them,
+    """ε spent after each release that counts (release order = the order they were reserved; at most ``points``,
     evenly spaced, the last always included): ``{"time", "epsilon", "label"}``
     (:func:`xr0_core.privacy.ledger.epsilon_prefixes`)."""
     from xr0_core.privacy.ledger import epsilon_prefixes
 
-    releases = data.releases
+    releases = [r for r in data.releases if r.counts]  # withdrawn ones never count (they stay listed)
     prefixes = epsilon_prefixes([r.history_entry() for r in releases], delta, accountant)
     if len(prefixes) > points:
         n = len(prefixes)
@@ -65,10 +66,12 @@ def runs_table(data: Any, delta: float, accountant: str) -> list[dict[str, Any]]
     rows = []
     for run_id, rel in by.items():
         times = [r.time for r in rel if r.time]
+        counting = [r for r in rel if r.counts]
         rows.append({"run_id": run_id, "releases": len(rel), "rounds": sorted({r.round for r in rel}),
-                     "pending": sum(r.status == "pending" for r in rel),
+                     "pending": sum(r.status == "pending" for r in rel), "withdrawn": len(rel) - len(counting),
                      "first": min(times) if times else None, "last": max(times) if times else None,
-                     "epsilon": epsilon_prefixes([r.history_entry() for r in rel], delta, accountant)[-1][1]})
+                     "epsilon": (epsilon_prefixes([r.history_entry() for r in counting], delta, accountant)[-1][1]
+                                 if counting else 0.0)})
     return sorted(rows, key=lambda r: r["last"] or 0, reverse=True)
 
 
@@ -161,7 +164,8 @@ class SiteView:
         body["releases_total"] = n
         body["releases"] = list(reversed(body["releases"][-MAX_RELEASES_SHOWN:]))  # newest first
         left = (p.budget - body["epsilon"]) if p.budget is not None else None
-        return {"privacy": body, "budget_left": left, "run_cap": p.run_cap, "dp_required": p.dp_required,
+        run_cap = "all" if math.isinf(p.run_cap) else (p.run_cap or None)  # 0: not set
+        return {"privacy": body, "budget_left": left, "run_cap": run_cap, "dp_required": p.dp_required,
                 "curve": curve, "runs": runs,
                 "policy": {"file": Path(policy.path).name if policy.path else None, "note": note,
                            "toml": to_toml(policy), "epsilon_release": policy.release.epsilon,

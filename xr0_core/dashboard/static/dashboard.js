@@ -183,7 +183,7 @@
     var anySec = rows.some(function (r) { return r.secagg; });
     var anyImages = rows.some(function (r) { return r.images !== null && r.images !== undefined; });
     var head = ["hospital"].concat(anyImages ? ["images"] : [], ["now", "train rounds", {text: "last problem (reason as the hospital gave it)", cls: "text"}]);
-    if (anyEps) head = head.concat(["\u03b5 released (lifetime)", "budget", "budget left", "\u03b5 during this run"]);
+    if (anyEps) head = head.concat(["\u03b5 this run", "run cap", "\u03b5 released (all runs)", "budget", "budget left"]);
     if (anyLedger) head.push("\u03b5 in its ledger");
     if (anySec) head.push("secure aggregation");
     head.push("evaluation");
@@ -199,12 +199,13 @@
                                                        [now, counts || "\u2013", prob]);
       if (anyEps) {
         if (r.epsilon_withheld && r.epsilon === null) {
-          cells.push({text: "withheld by its policy", cls: "eps"}, "\u2013", "\u2013", "\u2013");
+          cells.push("\u2013", "\u2013", {text: "withheld by its policy", cls: "eps", data: ""}, "\u2013", "\u2013");
         } else {
-          cells.push({text: num(r.epsilon, 4), cls: "eps", data: r.epsilon === null ? "" : String(r.epsilon),
+          cells.push({text: num(r.epsilon_run, 4), cls: "eps-run", data: r.epsilon_run === null ? "" : String(r.epsilon_run)},
+                     r.run_cap === null ? "\u2013" : (r.run_cap === "all" ? "all" : num(r.run_cap)),
+                     {text: num(r.epsilon, 4), cls: "eps", data: r.epsilon === null ? "" : String(r.epsilon),
                       title: r.epsilon_round ? "released with its round " + r.epsilon_round + " reply, at \u03b4 = " + num(r.delta) : ""},
-                     r.budget, {text: num(r.budget_left, 4), cls: "budget-left"},
-                     r.epsilon_run ? num(r.epsilon_run[0], 4) + " \u2192 " + num(r.epsilon_run[1], 4) : "\u2013");
+                     r.budget, {text: num(r.budget_left, 4), cls: "budget-left"});
         }
       }
       if (anyLedger) cells.push({text: num(r.ledger_epsilon, 4), cls: "ledger-eps",
@@ -215,9 +216,9 @@
     });
     fill("hospitals-table", rows.length ? table(head, out, {id: "hospitals-grid"}) : h("p", {cls: "note", text: "no hospital has answered yet"}));
     $("hospitals-note").textContent = anyEps
-      ? "\u03b5: what each hospital released with its last train reply: its lifetime spend at its own \u03b4 over every run, "
-        + "as its policy lets it leave (rounded up to 0.1 unless the policy says exact). What one run alone spent is in "
-        + "the hospital's own view (xr0 site dashboard)." + (anyLedger ? " \u03b5 in its ledger: read from each simulated "
+      ? "\u03b5 as each hospital released it with its last train reply, at its own \u03b4 and as its policy lets it leave "
+        + "(rounded up to 0.1 unless the policy says exact): this run's spend (resumes included) against its per-run cap, "
+        + "and its spend over every run against its lifetime budget." + (anyLedger ? " \u03b5 in its ledger: read from each simulated "
         + "hospital's own ledger at the end of the simulation." : "")
       : "";
   }
@@ -392,7 +393,7 @@
       $("budget-progress").className = "progress" + (frac >= 0.99 ? " spent" : "");
       facts("privacy-facts", [["\u03b4", num(pv.delta)], ["accountant", pv.accountant], ["privacy unit", pv.unit || "\u2013"],
         ["DP required by the policy", st.dp_required ? "yes" : "no"],
-        ["per-run cap", st.run_cap > 0 ? num(st.run_cap) : "none (lifetime budget only)"],
+        ["per-run cap", st.run_cap === "all" ? "all (one run may spend what is left)" : (st.run_cap ? num(st.run_cap) : "not set")],
         ["releases", String(pv.releases_total)],
         ["\u03b5 leaves this hospital", st.policy ? st.policy.epsilon_release : "\u2013"]]);
       var c = st.curve;
@@ -404,10 +405,10 @@
         {title: {text: "\u03b5 spent after each release"}, xaxis: {title: {text: labelled ? "time" : "release"}},
          yaxis: {title: {text: "\u03b5"}, rangemode: "tozero"}});
       $("eps-time-note").textContent = c.epsilon.length ? "each point: \u03b5 of every release up to it, composed by the accountant at the policy's \u03b4 (pending releases count in full)" : "no release yet: this hospital has not trained under differential privacy";
-      fill("runs-table", st.runs.length ? table(["run", "releases", "rounds", "pending", "first", "last", "\u03b5 of this run's releases alone"],
+      fill("runs-table", st.runs.length ? table(["run", "releases", "rounds", "pending", "withdrawn", "first", "last", "\u03b5 of this run's releases alone"],
         st.runs.map(function (r) {
           return [{text: r.run_id, cls: "text"}, r.releases, r.rounds.length > 6 ? r.rounds[0] + "\u2013" + r.rounds[r.rounds.length - 1] : r.rounds.join(", "),
-                  r.pending, when(r.first), when(r.last), {text: num(r.epsilon, 4), data: String(r.epsilon)}];
+                  r.pending, r.withdrawn, when(r.first), when(r.last), {text: num(r.epsilon, 4), data: String(r.epsilon)}];
         })) : h("p", {cls: "note", text: "no run has released anything here"}));
       fill("releases-table", pv.releases.length ? table(["time", "run", "round", "kind", "unit", "\u03c3", "q", "steps", "\u03b4", "status"],
         pv.releases.map(function (r) {
