@@ -83,6 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     register_deploy(site_sub)
 
+    from xr0_core.cli.dashboard import register_site as register_dashboard
+
+    register_dashboard(site_sub)
+
 
 def site_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``xr0 site`` sub-command table (after :func:`register`), for the site commands a higher layer adds
