@@ -27,14 +27,16 @@ from .site import resolve_site
 
 def _checked_config(msg: Message, context: Context):
     """Run config, weights and instruction of a train/evaluate message, after the two checks every round
-    passes before touching data: the app version is one the site policy approves
-    (``xr0_core/deploy/appversion.py`` says what a version is), and the coordinator's config hash is this
+    passes before touching data: the app bundle is one the site policy approves, as checked by the hospital's
+    own launcher before this code ran (``client/launcher.py``; ``xr0_core/deploy/appversion.py`` says what a
+    version is; no launcher and an allow-list is a refusal), and the coordinator's config hash is this
     site's."""
-    from xr0_core.deploy.appversion import app_version
     from xr0_core.site.refusals import check_bundle
 
+    from .approval import verified_version
+
     cfg = from_flat(dict(context.run_config))
-    check_bundle(resolve_site(context.node_config, cfg).policy(), app_version())
+    check_bundle(resolve_site(context.node_config, cfg).policy(), verified_version())
     weights, instruction = records.parse_instruction(msg.content)
     if instruction.config_hash != cfg.hash():
         raise records.RecordError(

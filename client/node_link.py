@@ -4,7 +4,7 @@ Two things a hospital cannot learn from the messages it is sent, and asks the Su
 
 - **Is this node still admitted?** :func:`admission`. A SuperNode whose key the coordinator unregisters exits
   with status 0 ("terminated gracefully") in Flower 1.42, so a service manager never notices; ``xr0 site
-  supernode`` (:mod:`client.site_cmd`) asks after its SuperNode exits and turns a revocation into exit 3 with
+  supernode`` (:mod:`client.supernode_cmd`) asks after its SuperNode exits and turns a revocation into exit 3 with
   "revoked by the coordinator", and ``xr0 site doctor`` asks before the SuperNode starts.
 - **Is this run still running?** :func:`run_status`. After ``flwr stop``, a hospital's SuperNode silently drops
   the reply of a round that was still training ("Run ... is not in RUNNING status. Ignoring reply"); under DP

@@ -1,137 +1,91 @@
-"""``xr0 site supernode``: the hospital's SuperNode under a supervisor that notices a revocation; and the
-admission check of ``xr0 site doctor``. Both ask the SuperLink with the node key (:mod:`client.node_link`), so
-they live here (``xr0_core`` never imports Flower) and join the ``xr0 site`` commands of
-:mod:`xr0_core.cli.site` when the ``xr0`` entry point registers them.
+"""``xr0 site app-version`` and ``xr0 site clientapp``: the hospital's site commands that need Flower.
 
-``xr0 site supernode --state-dir S --data D --superlink HOST:PORT --root-certificates ca.crt --key KEY
-[--port P] [--manifest M] [--node-config '...'] [-- FLOWER-SUPERNODE FLAGS]``
+``xr0 site app-version [--app DIR | --fab FILE]``
+    The version string of a reviewed checkout (the bundle ``flwr run DIR`` sends, built by Flower's own
+    builder) or of a bundle file, for the policy's ``apps.allowed-versions`` (client/bundle.py,
+    xr0_core/deploy/appversion.py).
 
-1. writes ``S/supernode.json`` (where the SuperLink is, which key): the ClientApp asks the SuperLink whether a
-   run still runs before it charges a DP round (:mod:`client.node_link`);
-2. asks whether the key is admitted; a key the SuperLink does not accept exits 3 at once ("not admitted"),
-   instead of a SuperNode that exits 1 after a page of retries;
-3. runs ``flower-supernode`` with the hospital's node config (``data-path``, ``state-dir``), forwarding SIGTERM
-   and SIGINT to it;
-4. when the SuperNode exits without being asked to, asks again: revoked by the coordinator -> exit 3 with that
-   reason (Flower 1.42's SuperNode exits 0, "terminated gracefully", when its key is unregistered, so a service
-   manager restarting on failure never noticed); otherwise the SuperNode's own exit status.
+``xr0 site clientapp [--runtime-api-address 127.0.0.1:PORT] [--superexec-auth-secret-file F]``
+    Runs next to a SuperNode started with ``--isolation process``: checks every task's bundle against the
+    site policy and answers with the hospital's installed ClientApp (client/launcher.py).
+
+They join the ``xr0 site`` table that :mod:`xr0_core.cli.site` builds (``xr0_core`` never imports Flower);
+the ``xr0`` entry point (:mod:`cli`) registers this module after the framework-free commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from xr0_core.cli import CLIError
 
-EXIT_REVOKED = 3  # the SuperLink does not accept this hospital's node key (revoked, or never admitted)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``supernode`` to the ``xr0 site`` commands and the admission check to ``xr0 site doctor``."""
-    site = subparsers.choices["site"]
-    site_sub = next(a for a in site._actions if isinstance(a, argparse._SubParsersAction))
-    p = site_sub.add_parser(
-        "supernode", help="run this hospital's SuperNode; exit 3 when the coordinator revokes it",
-        description="Runs flower-supernode with this hospital's node config and key, and exits 3 with 'revoked by "
-                    "the coordinator' when the SuperLink no longer accepts the key. Flags after -- go to "
-                    "flower-supernode unchanged.")
-    p.add_argument("--state-dir", type=Path, required=True, help="the hospital's state folder")
-    p.add_argument("--data", type=Path, required=True, help="the data folder (node config data-path)")
-    p.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator's SuperLink")
-    p.add_argument("--root-certificates", type=Path, required=True, help="the coordinator's ca.crt")
-    p.add_argument("--key", type=Path, required=True, help="the node private key (xr0 certs site)")
-    p.add_argument("--port", type=int, default=None, help="the SuperNode's local runtime API port (default 9094)")
-    p.add_argument("--manifest", type=Path, default=None, help="node config manifest")
-    p.add_argument("--node-config", default="", help="more node config entries, e.g. 'gpus=2'")
-    p.add_argument("flower_args", nargs=argparse.REMAINDER, help="-- then flags for flower-supernode")
-    p.set_defaults(func=_supernode)
-    site_sub.choices["doctor"].set_defaults(admission_check=doctor_admission)
+    from xr0_core.cli.site import site_commands
+
+    site_sub = site_commands(subparsers)
+    v = site_sub.add_parser("app-version", help="the app version of a checkout or bundle (for apps.allowed-versions)",
+                            description="Prints <project version>+<sha256> of the app bundle built from a checkout "
+                                        "(as `flwr run DIR` builds it) or of a .fab file: every file of the bundle and "
+                                        "its entry-point mapping. The hospital's launcher hashes the bundle it is sent "
+                                        "the same way.")
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--app", type=Path, default=None,
+                     help="the reviewed checkout (default: the source tree this xr0 runs from)")
+    src.add_argument("--fab", type=Path, default=None, help="a bundle file (flwr build)")
+    v.set_defaults(func=_app_version)
+
+    c = site_sub.add_parser("clientapp", help="the hospital's ClientApp launcher (SuperNode --isolation process)",
+                            description="Asks this hospital's SuperNode (started with --isolation process) for "
+                                        "ClientApp tasks; for each, checks the run's app bundle against the site "
+                                        "policy's apps.allowed-versions before anything runs, then answers with "
+                                        "this installation's ClientApp (never the bundle's code) or refuses with "
+                                        "the reason. Keep it running beside the SuperNode.")
+    c.add_argument("--runtime-api-address", default="127.0.0.1:9094",
+                   help="the SuperNode's runtime API, HOST:PORT (flower-supernode --port; default 127.0.0.1:9094)")
+    c.add_argument("--root-certificates", type=Path, default=None,
+                   help="CA of the runtime API's TLS certificate (needed for an address off this host)")
+    c.add_argument("--superexec-auth-secret-file", type=Path, default=None,
+                   help="the shared secret file also given to flower-supernode: only its holders get tasks")
+    c.add_argument("--poll", type=float, default=1.0, help="seconds between task requests (default 1)")
+    c.set_defaults(func=_clientapp)
 
 
-def _flower_supernode() -> str:
-    here = Path(sys.executable).with_name("flower-supernode")
-    found = str(here) if here.is_file() else shutil.which("flower-supernode")
-    if not found:
-        raise CLIError("flower-supernode is not installed in this environment (pip install -e . installs it)")
-    return found
+def _app_version(args: argparse.Namespace) -> int:
+    from xr0_core.deploy.appversion import BundleError, fab_version
+
+    from .bundle import checkout_version, installed_checkout
+
+    try:
+        if args.fab:
+            print(fab_version(args.fab.expanduser().read_bytes()))
+        else:
+            print(checkout_version(args.app.expanduser() if args.app else installed_checkout()))
+    except (BundleError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
 
 
-def supernode_command(args: argparse.Namespace) -> list[str]:
-    """The ``flower-supernode`` command line for ``args``."""
-    state, data = args.state_dir.expanduser().resolve(), args.data.expanduser().resolve()
-    node = f'data-path="{data}" state-dir="{state}"'
-    if args.manifest:
-        node += f' manifest="{args.manifest.expanduser().resolve()}"'
-    if args.node_config:
-        node += " " + args.node_config
-    cmd = [_flower_supernode(), "--superlink", args.superlink,
-           "--root-certificates", str(args.root_certificates.expanduser().resolve()),
-           "--auth-supernode-private-key", str(args.key.expanduser().resolve()), "--node-config", node]
-    if args.port:
-        cmd += ["--port", str(args.port)]
-    extra = list(args.flower_args or [])
-    return cmd + (extra[1:] if extra[:1] == ["--"] else extra)
+def _clientapp(args: argparse.Namespace) -> int:
+    import logging
 
+    from .launcher import LauncherError, RuntimeAPI, serve
 
-def _revoked_message(detail: str, key: Path) -> str:
-    return (f"xr0 site supernode: revoked by the coordinator (or never admitted): {detail}. Ask the coordinator; "
-            f"to rejoin after a revocation make a new node key (xr0 certs site --out {key.parent} --name {key.name} "
-            "--replace) and send the new .pub (Flower never accepts a revoked key again)")
-
-
-def _supernode(args: argparse.Namespace) -> int:
-    from .node_link import NodeLink, admission, known_node_id
-
-    state = args.state_dir.expanduser().resolve()
-    if not state.is_dir():
-        raise CLIError(f"--state-dir {state} does not exist (mkdir -m 700 {state})")
-    link = NodeLink(args.superlink, args.root_certificates.expanduser().resolve(), args.key.expanduser().resolve())
-    link.write(state)
-    status, detail = admission(link, known_node_id(state))
-    if status == "not-admitted":
-        print(_revoked_message(detail, link.key), file=sys.stderr)
-        return EXIT_REVOKED
-    if status == "online":
-        print(f"xr0 site supernode: {detail}: stop the other SuperNode first", file=sys.stderr)
-        return 1
-    cmd = supernode_command(args)
-    child = subprocess.Popen(cmd)
-    asked = {"stop": False}
-
-    def forward(signum, _frame):
-        asked["stop"] = True
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    rc = child.wait()
-    if asked["stop"]:
-        return rc if rc > 0 else 0
-    status, detail = admission(link, known_node_id(state))
-    if status == "not-admitted":
-        print(_revoked_message(detail, link.key), file=sys.stderr)
-        return EXIT_REVOKED
-    return rc
-
-
-def doctor_admission(args: argparse.Namespace, out) -> None:
-    """``xr0 site doctor``'s question to the SuperLink: is this node key admitted? (Findings in ``out``.)"""
-    if not (args.key and args.superlink and args.root_certificates) or out.problems:
-        return  # needs all three, and a SuperLink the TLS check reached
-    from .node_link import NodeLink, admission, known_node_id
-
-    link = NodeLink(args.superlink, args.root_certificates.expanduser().resolve(), args.key.expanduser().resolve())
-    status, detail = admission(link, known_node_id(args.state_dir.expanduser()))
-    if status == "not-admitted":
-        out.problems.append(f"{detail}: send {link.key.name}.pub to the coordinator (xr0 coordinator admit); after "
-                            "a revocation make a new key first (xr0 certs site --replace)")
-    elif status == "online":
-        out.notes.append(detail)
-    elif status == "admitted":
-        out.notes.append(detail)
+    if args.poll <= 0:
+        raise CLIError(f"--poll must be > 0 seconds, got {args.poll}")
+    try:
+        certs = args.root_certificates.expanduser().read_bytes() if args.root_certificates else None
+        secret = args.superexec_auth_secret_file.expanduser().read_bytes() if args.superexec_auth_secret_file else None
+        if secret == b"":
+            raise CLIError(f"{args.superexec_auth_secret_file} is empty: write a random secret into it "
+                           "(e.g. head -c 32 /dev/urandom) and give the same file to flower-supernode")
+        api = RuntimeAPI(args.runtime_api_address, certs, secret)
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+    except LauncherError as exc:
+        raise CLIError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return serve(api, cert_file=args.root_certificates.expanduser().resolve() if args.root_certificates else None,
+                 poll=args.poll)

@@ -9,6 +9,8 @@ Files under ``cfg.federation.out_dir``::
     backbone.safetensors    final backbone, timm-compatible (+ backbone.json: how to create it with timm)
     run.json                summary: rounds completed, sites, final checkpoint, report
     report.html             curves and tables (xr0_core/report.py)
+    events.jsonl            append-only: run start, each round's end, run end (xr0_core/run_events.py), what
+                            ``xr0 dashboard`` follows a running federation by
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import RoundOutcome, XR0FedAvg, numpy_to_arrays
 from xr0_core.atomic import atomic_write_json
 from xr0_core.config import XR0Config
+from xr0_core.run_events import ROUND_END, RUN_END, RUN_START, EventLog
 
 from .checkpoint import ServerCheckpoint, load_latest, resume_point, save_checkpoint
 
@@ -93,6 +96,7 @@ class Coordinator:
         self._tb = None
         self._failed_rounds = 0  # consecutive train rounds without a usable reply
         self._unattributable: set[frozenset[int]] = set()  # uploader sets whose unmasked sum was out of range
+        self.events = EventLog(self.out)
 
     # ---- start / resume --------------------------------------------------------------------------
 
@@ -158,6 +162,8 @@ class Coordinator:
             )
         entry["checkpoint_seconds"] = round(time.perf_counter() - t_ckpt, 4)
         atomic_write_json(self.out / "metrics.json", {"run_key": self.run_key, "rounds": self.history})
+        self.events.append(ROUND_END, round=entry["round"], kind=entry["kind"], seconds=entry["seconds"],
+                           updated=bool(entry["updated"]))
         self._log_tensorboard(entry)
         self._print_progress(entry)
         self._round_started = time.monotonic()
@@ -243,9 +249,27 @@ class Coordinator:
     # ---- the run ---------------------------------------------------------------------------------
 
     def run(self, grid: Grid) -> dict[str, Any]:
+        """The whole run; ``run-start`` / ``run-end`` events around it (a crash is logged as ``crashed`` with
+        its exception type and message, then raised again)."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._grid = grid  # the deployment Grid names the nodes (before any secure-aggregation wrapper)
         done = self._start_state()
+        self.events.append(RUN_START, run_key=self.run_key, rounds=self.cfg.federation.rounds, done=done,
+                           config=self.cfg.to_flat())
+        try:
+            summary = self._run(grid, done)
+        except BaseException as exc:
+            self.events.append(RUN_END, status="crashed", reason=f"{type(exc).__name__}: {exc}"[:300],
+                               rounds_completed=self._rounds_done())
+            raise
+        self.events.append(RUN_END, status=summary["status"], reason=summary.get("stop_reason", ""),
+                           rounds_completed=summary["rounds_completed"])
+        return summary
+
+    def _rounds_done(self) -> int:
+        return max((r["round"] for r in self.history if r.get("kind") == "train"), default=0)
+
+    def _run(self, grid: Grid, done: int) -> dict[str, Any]:
         cfg = self.cfg
         remaining = cfg.federation.rounds - done
         if remaining > 0:

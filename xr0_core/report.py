@@ -27,8 +27,7 @@ from xr0_core.atomic import atomic_write
 from xr0_core.eval.multimodal_report import multimodal_section
 from xr0_core.eval.summary import LOWER_IS_BETTER, MIN_UNITS, is_task_key, summary_rows
 from xr0_core.htmlpage import details, image, note, page, table
-
-LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/trainer.py: per-round summary of the per-step loss
+from xr0_core.train.loss_curve import LOSS_CURVE_PREFIX  # per-round summary of the per-step loss (sites send it)
 
 
 @dataclass
@@ -201,7 +200,7 @@ def hospitals_section(rep: RunReport) -> str:
 def loss_points(rep: RunReport, name: str) -> tuple[list[float], list[float], bool]:
     """(global steps, losses, per_step) of one hospital: the per-step summary when sites sent it
     (``loss-curve-*``), else one point per round at the round's last step."""
-    from xr0_core.train.trainer import loss_curve_steps
+    from xr0_core.train.loss_curve import loss_curve_steps
 
     local = int(rep.cfg.get("train.local-steps", 1) or 1)
     xs: list[float] = []
@@ -476,7 +475,7 @@ HEALTH_COLUMNS = ("rankme-cls", "rankme-patch", "feature-std", "teacher-entropy"
 def health_section(rep: RunReport) -> str:
     """SSL health verdict and the last measurement of every hospital (:func:`xr0_core.train.health.assess_history`);
     "" when no hospital measured any (e.g. under DP)."""
-    from xr0_core.train.health import assess_history
+    from xr0_core.train.health_verdict import assess_history
 
     verdict = assess_history(rep.history)
     if not verdict["sites"]:

@@ -76,9 +76,12 @@ def test_a_round_too_few_can_join_is_skipped_before_anyone_trains_or_pays(tmp_pa
         assert by[node]["status"] == "failed" and by[node]["reason"].startswith("preflight: privacy ledger"), by[node]
 
 
-def test_a_hospital_that_refuses_at_preflight_is_left_out_of_the_secure_set(tmp_path, hospitals):
+def test_a_hospital_that_refuses_at_preflight_is_left_out_of_the_secure_set(tmp_path, hospitals, monkeypatch):
     """The hospital that does not approve the app version answers at preflight; the secure round runs with the
     other two (its key exchange never includes the refusing hospital) and the record names its reason."""
+    import client.approval
+
+    monkeypatch.setattr(client.approval, "_verified", "0.1.0+" + "1" * 64)  # as the hospitals' launchers found it
     flat, nodes, _ = _federation(tmp_path, hospitals, [{}, {"apps.allowed-versions": "0.0.0+0000000000000000"}, {}],
                                  **{"secagg.enabled": True, "eval.every": 0})
     two = with_values(SitePolicy(), {"secagg.min-degree": 1})  # two hospitals left: one neighbour each

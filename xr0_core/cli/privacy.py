@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from xr0_core.privacy.ledger import PrivacyError, PrivacyLedger
+    from xr0_core.site.ledger_summary import ledger_summary
     from xr0_core.site.policy import PolicyError, policy_path, run_cap_advice, save_policy, with_values
     from xr0_core.site.state import site_policy
 
@@ -49,21 +50,13 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{args.state_dir} holds no privacy ledger, site identity (site.json) or site policy: "
                            "is this the hospital's state-dir (the SuperNode's node config state-dir)?")
         data = ledger.read()
-        p = policy.privacy
-        eps = ledger.epsilon(data, delta=p.delta, accountant=p.accountant)
+        body = ledger_summary(ledger, data, policy)
     except (PrivacyError, PolicyError) as exc:
         raise CLIError(str(exc)) from None
-    releases = [{"noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
-                 "run_id": r.run_id, "round": r.round, "kind": r.kind, "delta": r.delta, "time": r.time,
-                 "unit": r.unit or data.unit, "status": r.status, "sensitivity": r.effective_sensitivity,
-                 "counts": r.counts, "note": r.note}
-                for r in data.releases]
-    units = sorted(data.release_units())
-    unit = units[0] if len(units) == 1 else ("mixed: " + ", ".join(units) if units else "")
     if args.json:
-        print_json({"delta": p.delta, "epsilon": eps, "budget": p.budget, "accountant": p.accountant,
-                    "unit": unit, "releases": releases, "policy": policy.path or None})
+        print_json(body)
         return 0
+    p, eps, releases, unit = policy.privacy, body["epsilon"], body["releases"], body["unit"]
     left = (p.budget - eps) if p.budget is not None else math.nan
     print(f"privacy ledger {ledger.path}", file=sys.stderr)
     print(f"unit {unit or '?'}, accountant {p.accountant}, delta {p.delta:g} (site policy)", file=sys.stderr)

@@ -141,6 +141,50 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
     return float(make_accountant(accountant, history).get_epsilon(delta=delta))
 
 
+def epsilon_prefixes(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp",
+                     points: int = 60) -> list[tuple[int, float]]:
+    """``[(i, epsilon of history[:i + 1])]``: epsilon after each release, for a curve of the spend over time.
+
+    With ``rdp`` every prefix (RDP composes by addition: each distinct entry's RDP vector is computed once and
+    summed in order, so the last value is :func:`epsilon_of` of the whole history, bit for bit); with another
+    accountant at most ``points`` prefixes, evenly spaced, the last always included (each costs a full
+    accounting).
+    """
+    n = len(history)
+    if n == 0:
+        return []
+    if accountant != "rdp":
+        k = min(points, n)
+        idx = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1})
+        return [(i, epsilon_of(history[:i + 1], delta, accountant)) for i in idx]
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    alphas = RDPAccountant.DEFAULT_ALPHAS
+    vectors: dict[tuple[float, float, int], object] = {}
+    total: object = 0  # as RDPAccountant.get_privacy_spent: sum() of the vectors, in history order
+    seen, infinite = False, False
+    out = []
+    for i, (sigma, q, steps) in enumerate(history):
+        if steps > 0:
+            if sigma <= 0:
+                infinite = True
+            else:
+                key = (float(sigma), float(q), int(steps))
+                if key not in vectors:
+                    vectors[key] = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=alphas)
+                total = total + vectors[key]
+                seen = True
+        if infinite:
+            out.append((i, math.inf))
+        elif not seen:
+            out.append((i, 0.0))
+        else:
+            eps, _ = rdp_analysis.get_privacy_spent(orders=alphas, rdp=total, delta=delta)
+            out.append((i, float(eps)))
+    return out
+
+
 def calibrate_noise(history: list[tuple[float, float, int]], *, sample_rate: float, steps: int, budget: float,
                     delta: float, accountant: str = "rdp", sigma_max: float = 50.0) -> float:
     """Smallest noise multiplier sigma (to 1e-3 relative) with which ``steps`` more steps at ``sample_rate``
