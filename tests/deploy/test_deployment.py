@@ -212,8 +212,9 @@ def test_doctor_passes_for_a_ready_site(finished_run):
 
 
 def test_unregistered_node_is_refused(finished_run, deployment):
-    assert finished_run["intruder_rc"] not in (None, 0), deployment.procs.log("site_c")[-3000:]
-    assert "No SuperNode found with the given public key" in deployment.procs.log("superlink")  # refused by auth
+    # xr0 site supernode asks the SuperLink before starting Flower's SuperNode: not admitted, exit 3 at once.
+    assert finished_run["intruder_rc"] == 3, deployment.procs.log("site_c")[-3000:]
+    assert "revoked by the coordinator (or never admitted)" in deployment.procs.log("site_c")
     assert all(finished_run["nodes_alive"].values()), _diagnose(deployment)
 
 
@@ -228,7 +229,10 @@ def test_dp_secagg_round_completes(finished_run, deployment):
     train = [r for r in metrics["rounds"] if r["kind"] == "train"]
     assert len(train) == 1 and train[0]["updated"], train
     assert [s["status"] for s in train[0]["sites"]] == ["ok", "ok"], train[0]["sites"]
+    assert sorted(s["name"] for s in train[0]["sites"]) == list(SITES)  # the names they were admitted under
     assert train[0]["metrics"]["secagg-uploads"] == 2
+    sites = d.ok(COORD["sites"], d.coord_env).stdout
+    assert all(name in sites for name in SITES) and "SHA256:" in sites, sites
     assert (out / "report.html").is_file()
     for name in SITES:  # every message was answered by the hospital's own launcher, none by flwr-clientapp
         assert "started the hospital's ClientApp" in d.procs.log(f"{name}-clientapp"), _diagnose(d)
@@ -312,6 +316,172 @@ def test_a_bundle_one_hospital_did_not_approve_is_refused_there_while_the_other_
     assert any("not approved" in (json.loads(line)["error"] or "") for line in audit_b)
 
 
+def _write_run(d, **over) -> Path:
+    out = over.pop("out")
+    run_config = {**RUN_CONFIG, "federation.out-dir": str(out), **over}
+    (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
+    return out
+
+
+def _audit(env: dict[str, str], run_id: str | None = None) -> list[dict]:
+    path = Path(env["XR0_STATE"]) / "audit.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [a for a in lines if run_id is None or str(a.get("run_id")) == str(run_id)]
+
+
+def _counted(env: dict[str, str], run_key: str) -> list[tuple[int, str]]:
+    return [(r.round, r.status) for r in PrivacyLedger(env["XR0_STATE"]).read().releases
+            if r.run_id == run_key and r.counts]
+
+
+def _wait(condition, seconds: float, why) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, why()
+        threading.Event().wait(0.2)  # polling files and processes, not a timing assumption
+
+
+def test_a_round_that_cannot_reach_its_threshold_is_refused_at_the_first_message(finished_run, deployment):
+    """DP + SecAgg, two hospitals, site_b's budget is spent: it says so at the preflight, before any key exchange;
+    a secure round needs two, so the round is skipped before anyone trains, nobody is charged, the run fails."""
+    d = deployment
+    envs = finished_run["envs"]
+    for name in SITES:  # the runbook's policy again: DP + secure aggregation required, the approved version
+        d.ok(SITE["policy"], envs[name])
+    d.ok('xr0 site policy --state-dir "$XR0_STATE" --set privacy.budget=0.5', envs["site_b"])  # below its spend
+    before = {name: PrivacyLedger(envs[name]["XR0_STATE"]).read().releases for name in SITES}
+    out = _write_run(d, out=d.tmp / "out-preflight")
+    d.ok(COORD["run"], d.coord_env)
+    run_id = (d.tmp / "srv" / "last-run-id").read_text().strip()
+    st = d.sh(COORD["status"], d.coord_env, timeout=600)
+    assert st.returncode == 1 and "finished:failed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
+    train = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
+    assert len(train) == 1 and not train[0]["updated"] and "preflight: 1 of 2 hospitals" in train[0]["reason"]
+    by = {s["name"]: s for s in train[0]["sites"]}
+    assert by["site_b"]["status"] == "failed" and by["site_b"]["reason"].startswith("preflight: privacy ledger")
+    assert by["site_a"]["status"] == "skipped", by
+    for name in SITES:
+        assert PrivacyLedger(envs[name]["XR0_STATE"]).read().releases == before[name], name  # no epsilon anywhere
+        assert {a["message_type"] for a in _audit(envs[name], run_id)} == {"query.preflight"}, name
+
+
+def test_a_run_stopped_mid_round_under_dp_and_secagg_resumes_and_charges_each_round_once(finished_run, deployment):
+    """A 2-round DP + SecAgg run is stopped (runbook's stop step) as round 2's training starts; the hospitals
+    send nothing for it and charge nothing that did not leave; the resumed run (runbook's resume step) finishes,
+    and each ledger holds exactly the releases that left: round 1 and round 2 of this run, once each, within the
+    run cap."""
+    d = deployment
+    envs = finished_run["envs"]
+    for name in SITES:
+        d.ok(SITE["policy"], envs[name])  # site_b's budget back to the runbook's 8
+    out = _write_run(d, out=d.tmp / "out-stop", **{"federation.rounds": 2, "train.local-steps": 8})
+    d.ok(COORD["run"], d.coord_env)
+    run_id = (d.tmp / "srv" / "last-run-id").read_text().strip()
+    shared_keys = lambda: min(sum(a["message_type"] == "query.secagg_share_keys" for a in _audit(envs[n], run_id))
+                              for n in SITES)
+    _wait(lambda: shared_keys() >= 2, 600, lambda: _diagnose(d))  # round 2's keys are shared: training is next
+    d.ok(COORD["stop"], d.coord_env)
+    st = d.sh(COORD["status"], d.coord_env, timeout=600)
+    assert st.returncode == 1 and "finished:stopped" in st.stdout, f"{st.stdout}\n{st.stderr}"
+    assert (out / "checkpoints" / "round-0001").is_dir() and not (out / "checkpoints" / "round-0002").exists()
+    run_key = json.loads((out / "metrics.json").read_text())["run_key"]
+    for name in SITES:  # round 2 left nowhere, so it counts nowhere
+        assert _counted(envs[name], run_key) == [(1, "committed")], (name, _diagnose(d))
+
+    d.ok(COORD["resume"], d.coord_env)
+    st = d.sh(COORD["status"], d.coord_env, timeout=600)
+    assert st.returncode == 0 and "finished:completed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
+    train = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
+    assert [r["round"] for r in train] == [1, 2] and all(r["updated"] for r in train), train
+    for name in SITES:
+        assert _counted(envs[name], run_key) == [(1, "committed"), (2, "committed")], name
+        run_eps = PrivacyLedger(envs[name]["XR0_STATE"]).epsilon(delta=1e-5, run_id=run_key)
+        assert 0 < run_eps <= 4.0 * (1 + 1e-9), (name, run_eps)  # the runbook's run cap, both runs together
+        reported = next(s for s in train[-1]["sites"] if s["name"] == name)["metrics"]
+        assert reported["privacy-run-cap"] == 4.0 and reported["epsilon-run"] >= run_eps  # rounded up, never less
+
+
+def _task_pids(log: str) -> list[int]:
+    return [int(line.rsplit("(pid ", 1)[1].rstrip(")\n ")) for line in log.splitlines()
+            if "started the hospital's ClientApp (pid " in line]
+
+
+def test_a_new_hospital_joins_and_an_evaluation_past_its_timeout_is_a_drop(finished_run, deployment):
+    """site_c (never admitted so far) sends its key; the coordinator's same admit loop admits it (the others are
+    "already admitted") and it trains in the next run. In that run site_b's evaluation does not answer within the
+    round timeout (its task is paused): the coordinator lists site_b as dropped for the evaluation, with why."""
+    import signal
+
+    d = deployment
+    envs = finished_run["envs"]
+    pub = Path(envs["site_c"]["XR0_STATE"]) / "keys" / "site_c.pub"
+    (d.tmp / "nodes" / pub.name).write_bytes(pub.read_bytes())
+    admitted = d.ok(COORD["register"], d.coord_env).stderr
+    assert "admitted site_c" in admitted and admitted.count("already admitted") == 2, admitted
+    for name in (*SITES, "site_c"):  # a plain round: every hospital's policy allows one
+        d.ok('xr0 site policy --state-dir "$XR0_STATE" --set privacy.required=false --set secagg.required=false '
+             '--set apps.allowed-versions="$(xr0 site app-version --app "$XR0_APP")"', envs[name])
+    node_c = d.procs.start("site_c-joined", SITE["supernode"], envs["site_c"])
+    launcher_c = d.procs.start("site_c-clientapp", SITE["clientapp"], envs["site_c"])
+    timeout = 50.0  # below the 60 s after which Flower's SuperNode itself gives up on a silent task
+    out = _write_run(d, out=d.tmp / "out-join", **{"secagg.enabled": False, "privacy.enabled": False,
+                                                   "federation.round-timeout": timeout})
+    seen = len(_task_pids(d.procs.log("site_b-clientapp")))
+    d.ok(COORD["run"], d.coord_env)
+    run_id = (d.tmp / "srv" / "last-run-id").read_text().strip()
+    trained = lambda: any(a["message_type"] == "train" for a in _audit(envs["site_b"], run_id))
+    _wait(trained, 600, lambda: _diagnose(d))
+    _wait(lambda: len(_task_pids(d.procs.log("site_b-clientapp"))) > seen + 2, 600, lambda: _diagnose(d))
+    evaluating = _task_pids(d.procs.log("site_b-clientapp"))[-1]  # preflight, train, then the evaluation's task
+    os.kill(evaluating, signal.SIGSTOP)
+    try:
+        st = d.sh(COORD["status"], d.coord_env, timeout=600)
+    finally:
+        os.kill(evaluating, signal.SIGKILL)
+    assert st.returncode == 0 and "finished:completed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    train = next(r for r in rounds if r["kind"] == "train")
+    assert sorted((s["name"], s["status"]) for s in train["sites"]) == [
+        ("site_a", "ok"), ("site_b", "ok"), ("site_c", "ok")], train["sites"]
+    evaluation = next(r for r in rounds if r["kind"] == "evaluate")
+    by = {s["name"]: s for s in evaluation["sites"]}
+    assert by["site_b"]["status"] == "dropped", by
+    assert by["site_b"]["reason"] == f"evaluate: no reply within federation.round-timeout ({timeout:g} s)"
+    for proc in (node_c, launcher_c):  # site_c leaves again (the next tests count two hospitals)
+        d.procs.kill_group(proc)
+        proc.wait(timeout=30)
+
+
+def test_a_revoked_hospital_is_told_so_and_rejoins_with_a_new_key(finished_run, deployment):
+    """The coordinator revokes site_b (runbook's revoke step): its xr0 site supernode exits 3, "revoked by the
+    coordinator". site_b makes a new key (rekey step), the coordinator's admit loop admits it under the same name
+    with a new node id, and its SuperNode connects again (the next test trains with it)."""
+    d = deployment
+    envs = finished_run["envs"]
+    old = json.loads(d.ok('xr0 coordinator sites xr0 --json', d.coord_env).stdout)["sites"]
+    old_id = next(s["node_id"] for s in old if s["name"] == "site_b")
+    node_b = next(p for n, p in d.procs.started if n == "site_b")
+    d.ok(COORD["revoke"], {**d.coord_env, "XR0_REVOKE": "site_b"})
+    assert node_b.wait(timeout=180) == 3, d.procs.log("site_b")[-3000:]
+    assert "revoked by the coordinator" in d.procs.log("site_b")
+    assert "site_b" not in d.ok(COORD["sites"], d.coord_env).stdout
+
+    d.ok(SITE["rekey"], envs["site_b"])
+    pub = Path(envs["site_b"]["XR0_STATE"]) / "keys" / "site_b.pub"
+    (d.tmp / "nodes" / pub.name).write_bytes(pub.read_bytes())
+    d.ok(COORD["register"], d.coord_env)
+    node = d.procs.start("site_b-readmitted", SITE["supernode"], envs["site_b"])
+
+    def online() -> bool:
+        listed = json.loads(d.ok('xr0 coordinator sites xr0 --json', d.coord_env).stdout)["sites"]
+        return any(s["name"] == "site_b" and s["status"] == "online" for s in listed)
+
+    _wait(online, 120, lambda: d.procs.log("site_b-readmitted")[-3000:])
+    assert node.poll() is None
+    new = json.loads(d.ok('xr0 coordinator sites xr0 --json', d.coord_env).stdout)["sites"]
+    assert next(s["node_id"] for s in new if s["name"] == "site_b") != old_id
+
+
 def test_supernode_killed_mid_round(finished_run, deployment):
     """Plain aggregation: site_b's SuperNode and its launcher (with the task process training) are killed while it
     trains; the round completes with site_a, the coordinator records site_b as missing, and nothing of site_b is
@@ -325,7 +495,7 @@ def test_supernode_killed_mid_round(finished_run, deployment):
     run_config = {**RUN_CONFIG, "secagg.enabled": False, "privacy.enabled": False, "federation.out-dir": str(out),
                   "federation.round-timeout": 300.0}
     (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
-    node_b = next(p for n, p in d.procs.started if n == "site_b")
+    node_b = [p for n, p in d.procs.started if n in ("site_b", "site_b-readmitted")][-1]  # re-admitted above
     launcher_b = next(p for n, p in d.procs.started if n == "site_b-clientapp")
     started = "started the hospital's ClientApp"
     seen = d.procs.log("site_b-clientapp").count(started)
