@@ -118,14 +118,16 @@ def _status(exc: Exception) -> tuple[int | None, int | None]:
     return exc.response.status_code, code if isinstance(code, int) else None
 
 
-def admission(link: NodeLink, node_id: int | None = None) -> tuple[Admission, str]:
+def admission(link: NodeLink, node_id: int | None = None, *, remember: str | Path | None = None
+              ) -> tuple[Admission, str]:
     """Whether the SuperLink admits this node key now, and a one-line detail.
 
     ``admitted``: the key is registered and no SuperNode is connected with it (checked the way a starting
     SuperNode activates, then deactivated at once, as a SuperNode stopping does). ``online``: registered and
     connected right now (only told apart when ``node_id`` is known). ``not-admitted``: never registered, or
     revoked (``flwr supernode unregister``; Flower 1.42 never accepts a revoked key again).
-    ``unreachable``: the SuperLink did not answer.
+    ``unreachable``: the SuperLink did not answer. With ``remember`` (a state folder), the node id of an admitted
+    key is noted there (:func:`remember_node_id`), so a later check while its SuperNode runs can tell "online".
     """
     import httpx
     from flwr.proto.fleet_pb2 import ActivateNodeRequest, DeactivateNodeRequest
@@ -142,6 +144,8 @@ def admission(link: NodeLink, node_id: int | None = None) -> tuple[Admission, st
             got = client.ActivateNode(ActivateNodeRequest(public_key=public_key_to_bytes(public),
                                                           heartbeat_interval=30.0))
             client.DeactivateNode(DeactivateNodeRequest(node_id=got.node_id))
+            if remember is not None:
+                remember_node_id(remember, int(got.node_id))
             return "admitted", f"the SuperLink admits this key as node {got.node_id}"
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code not in (401, 412):

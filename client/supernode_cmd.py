@@ -93,7 +93,7 @@ def _supernode(args: argparse.Namespace) -> int:
         raise CLIError(f"--state-dir {state} does not exist (mkdir -m 700 {state})")
     link = NodeLink(args.superlink, args.root_certificates.expanduser().resolve(), args.key.expanduser().resolve())
     link.write(state)
-    status, detail = admission(link, known_node_id(state))
+    status, detail = admission(link, known_node_id(state), remember=state)
     if status == "not-admitted":
         print(_revoked_message(detail, link.key), file=sys.stderr)
         return EXIT_REVOKED
@@ -128,7 +128,7 @@ def doctor_admission(args: argparse.Namespace, out) -> None:
     from .node_link import NodeLink, admission, known_node_id
 
     link = NodeLink(args.superlink, args.root_certificates.expanduser().resolve(), args.key.expanduser().resolve())
-    status, detail = admission(link, known_node_id(args.state_dir.expanduser()))
+    status, detail = admission(link, known_node_id(args.state_dir.expanduser()), remember=args.state_dir.expanduser())
     if status == "not-admitted":
         out.problems.append(f"{detail}: send {link.key.name}.pub to the coordinator (xr0 coordinator admit); after "
                             "a revocation make a new key first (xr0 certs site --replace)")

@@ -464,6 +464,8 @@ def test_a_revoked_hospital_is_told_so_and_rejoins_with_a_new_key(finished_run, 
     assert node_b.wait(timeout=180) == 3, d.procs.log("site_b")[-3000:]
     assert "revoked by the coordinator" in d.procs.log("site_b")
     assert "site_b" not in d.ok(COORD["sites"], d.coord_env).stdout
+    doctor = d.sh(SITE["doctor"], envs["site_b"])  # the preflight says so too (it used to say "ready")
+    assert doctor.returncode == 1 and "revoked by the coordinator" in doctor.stdout, doctor.stdout
 
     d.ok(SITE["rekey"], envs["site_b"])
     pub = Path(envs["site_b"]["XR0_STATE"]) / "keys" / "site_b.pub"
@@ -477,6 +479,7 @@ def test_a_revoked_hospital_is_told_so_and_rejoins_with_a_new_key(finished_run, 
 
     _wait(online, 120, lambda: d.procs.log("site_b-readmitted")[-3000:])
     assert node.poll() is None
+    assert "site doctor: ready" in d.ok(SITE["doctor"], envs["site_b"]).stdout
     new = json.loads(d.ok('xr0 coordinator sites xr0 --json', d.coord_env).stdout)["sites"]
     assert next(s["node_id"] for s in new if s["name"] == "site_b") != old_id
 
