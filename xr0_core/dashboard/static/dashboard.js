@@ -387,7 +387,8 @@
       e.textContent = num(pv.epsilon, 4);
       e.setAttribute("data-value", String(pv.epsilon));
       $("budget-value").textContent = pv.budget === null ? "none set" : num(pv.budget);
-      $("budget-left").textContent = st.budget_left === null ? "\u2013" : num(st.budget_left, 4);
+      $("budget-left").textContent = st.budget_left === null ? "\u2013"
+        : (st.budget_left < 0 ? "none (over by " + num(-st.budget_left, 4) + ")" : num(st.budget_left, 4));
       var frac = pv.budget ? Math.min(1, pv.epsilon / pv.budget) : 0;
       $("budget-bar").style.width = (100 * frac) + "%";
       $("budget-progress").className = "progress" + (frac >= 0.99 ? " spent" : "");
