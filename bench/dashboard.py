@@ -10,7 +10,8 @@ watching would, unless ``--no-browser``. Printed and written to ``bench/results/
 - ``dashboard_cpu_s``: CPU seconds (user + system) of the dashboard process, sampled from ``/proc`` every
   0.2 s until it exits, and as a fraction of the run's wall time (``dashboard_cpu_fraction``): its cost on
   the simulation's machine, free of the run-to-run noise of the wall times;
-- ``browser_cpu_s``: the same for Chromium's processes (a person's browser usually runs elsewhere).
+- ``browser_cpu_s``: the same for Chromium's processes (a person's browser usually runs elsewhere);
+- ``bench_cpu_s``: this script's own CPU in each run (its samplers and selenium), so its share is visible too.
 
 Usage: ``python bench/dashboard.py [--pairs 2] [--rounds 3] [--sites 3] [--set KEY=VALUE ...] [--no-browser]``.
 No assertions: timings are facts of the machine; the JSON keeps the command line and the host's load.
@@ -62,15 +63,23 @@ def children(pid: int) -> list[int]:
 
 class CpuSampler(threading.Thread):
     """Keeps the last CPU reading of every process ``find()`` returns, until stopped (a process's last reading
-    before it exits is at most one period old)."""
+    before it exits is at most one period old). ``find`` (a scan of /proc) runs every ``refresh`` seconds, or
+    every period until it finds something: scanning /proc costs this process more than reading a few stats,
+    and this process shares the machine with the simulation it measures."""
 
-    def __init__(self, find, period: float = 0.2) -> None:
+    def __init__(self, find, period: float = 0.5, refresh: float = 10.0) -> None:
         super().__init__(daemon=True)
-        self.find, self.period, self.last, self._halt = find, period, {}, threading.Event()
+        self.find, self.period, self.refresh = find, period, refresh
+        self.last: dict[int, float] = {}
+        self._halt = threading.Event()
 
     def run(self) -> None:
+        pids: list[int] = []
+        found_at = -1e9
         while not self._halt.wait(self.period):
-            for pid in self.find():
+            if not pids or time.monotonic() - found_at > self.refresh:
+                pids, found_at = self.find(), time.monotonic()
+            for pid in pids:
                 cpu = cpu_seconds(pid)
                 if cpu is not None:
                     self.last[pid] = cpu
@@ -104,6 +113,7 @@ def one_run(args, dashboard: bool, work: Path) -> dict:
     if dashboard:
         cmd += ["--dashboard", "--dashboard-port", "0"]
     log = open(out.with_suffix(".log"), "w")
+    own0 = time.process_time()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     dash = CpuSampler(lambda: dashboard_pids(out)) if dashboard else None
@@ -128,7 +138,8 @@ def one_run(args, dashboard: bool, work: Path) -> dict:
     log.close()
     if driver is not None:
         driver.quit()
-    result = {"dashboard": dashboard, "wall_s": round(wall, 2), "rc": rc}
+    result = {"dashboard": dashboard, "wall_s": round(wall, 2), "rc": rc, "loadavg_1min_at_end": os.getloadavg()[0],
+              "bench_cpu_s": round(time.process_time() - own0, 3)}
     if dash is not None:
         result["dashboard_cpu_s"] = round(dash.total(), 3)
     if browser_cpu is not None:
