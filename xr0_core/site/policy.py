@@ -43,7 +43,7 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
     after-budget-spent = false   # evaluate (held-out patients only) once the privacy budget is spent
 
     [apps]
-    allowed-versions = []        # app versions this site runs (empty: any); see app_version()
+    allowed-versions = []        # app bundles this site takes part with (empty: any); xr0 site app-version
 
 References: Bonawitz et al. (2017) and Bell et al. (2020) for the secure-aggregation parameters; Opacus
 accountants for ``accountant``.

@@ -51,7 +51,7 @@ class RoundAsk:
     secure: bool
 
 
-def check_round(cfg: Any, policy: SitePolicy, state_dir: Path, ask: RoundAsk, *, version: str,
+def check_round(cfg: Any, policy: SitePolicy, state_dir: Path, ask: RoundAsk, *, version: str | None,
                 records: Callable[[], Sequence[Any]]) -> PrivacyTerms:
     """Raise the refusal this site would make for the round ``ask``; return the privacy terms it would train under.
 
@@ -59,8 +59,9 @@ def check_round(cfg: Any, policy: SitePolicy, state_dir: Path, ask: RoundAsk, *,
     ----------
     cfg : XR0Config
         This site's view of the run config (Flower's run config).
-    version : str
-        The running app's version (:func:`xr0_core.deploy.appversion.app_version`).
+    version : str or None
+        The bundle version the hospital's launcher checked (``client/approval.py``; ``None``: no launcher did,
+        which an allow-list refuses: :func:`~xr0_core.site.refusals.check_bundle`).
     records : callable
         Returns the site's training records (their patient ids give the privacy units; called only under DP).
 
