@@ -18,9 +18,10 @@ For each (parameters, clients) case, in a fresh subprocess (so peak memory is th
   temporary folder and run by its own copy of this script, in the same run on the same machine
   (``--before none`` leaves it out).
 
-Reported per case: wall seconds of the aggregation phase (all clients' work + the server's, sequential on
-this machine; the least of ``--repeats`` runs, kinds interleaved, so a load spike on a shared machine does not
-decide a ratio), bytes uploaded per client (masked vector + key / share traffic), peak RSS, and the ratios, all
+Reported per case: seconds of the aggregation phase (all clients' work + the server's, sequential in one
+process), by default CPU seconds of that process (``--clock cpu``: other load on a shared machine does not
+enter; ``--clock wall`` for wall seconds), the least of ``--repeats`` runs with the kinds interleaved; bytes
+uploaded per client (masked vector + key / share traffic), peak RSS, and the ratios, all
 measured in this run: upload / fp32 model bytes (target <= 1.01), SecAgg / plain round, SecAgg now / before the
 hardening (target <= 1.2), SecAgg / Flower's masking. The last line says whether the targets hold.
 """
@@ -166,14 +167,29 @@ def _extract(rev: str, dest: Path) -> Path:
     return dest
 
 
-def _run_case(tree: Path, kind: str, size: float, n: int) -> dict:
+def _run_case(tree: Path, kind: str, size: float, n: int, clock: str) -> dict:
+    """One case in a fresh process whose imports come from ``tree``; this script drives the tree's own copy."""
     env = dict(os.environ, PYTHONPATH=str(tree), FLWR_TELEMETRY_ENABLED="0")
-    res = subprocess.run([sys.executable, str(tree / "bench" / "secagg.py"), "--case", kind, str(size), str(n)],
+    res = subprocess.run([sys.executable, __file__, "--tree-case", str(tree), clock, kind, str(size), str(n)],
                          env=env, capture_output=True, text=True, check=True, cwd=tree)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def measure(size: float, n: int, repeats: int, before_tree: Path | None) -> dict:
+def _tree_case(tree: str, clock: str, kind: str, size: float, n: int) -> dict:
+    """``_case`` of ``tree``'s own bench/secagg.py. With ``clock = cpu`` its ``time.perf_counter`` reads this
+    process's CPU time, so the same timed section (the aggregation phase) is measured in either tree."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("secagg_bench_of_tree", Path(tree) / "bench" / "secagg.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if clock == "cpu":
+        mod.time = types.SimpleNamespace(perf_counter=time.process_time)
+    return mod._case(kind, size, n)
+
+
+def measure(size: float, n: int, repeats: int, before_tree: Path | None, clock: str = "cpu") -> dict:
     """One (parameters, clients) case: every kind ``repeats`` times, interleaved; the least wall time of each."""
     kinds = [("plain", ROOT, "plain"), ("ours", ROOT, "ours"), ("flower", ROOT, "flower")]
     if before_tree is not None:
@@ -181,7 +197,7 @@ def measure(size: float, n: int, repeats: int, before_tree: Path | None) -> dict
     row: dict = {"params_m": size, "clients": n, "fp32_bytes": int(size * 1_000_000) * 4}
     for _ in range(repeats):
         for name, tree, kind in kinds:
-            res = _run_case(tree, kind, size, n)
+            res = _run_case(tree, kind, size, n, clock)
             if name not in row or res["wall_s"] < row[name]["wall_s"]:
                 row[name] = res
     for kind in ("ours", "flower", *(("before",) if before_tree is not None else ())):
@@ -199,7 +215,7 @@ def _line(row: dict) -> str:
     before = (f" | secagg now/before {row['ours_vs_before_wall']:.2f} (before {row['before']['wall_s']:.2f} s, "
               f"/plain {row['before']['wall_vs_plain']:.2f})" if "before" in row else "")
     return (f"{row['params_m']:>5g} M x {row['clients']:>2} clients | upload/fp32 secagg {ours['upload_vs_fp32']:.4f} "
-            f"flower {row['flower']['upload_vs_fp32']:.2f} | wall s plain {plain['wall_s']:.2f} secagg "
+            f"flower {row['flower']['upload_vs_fp32']:.2f} | s plain {plain['wall_s']:.2f} secagg "
             f"{ours['wall_s']:.2f} flower {row['flower']['wall_s']:.2f} | secagg/plain {ours['wall_vs_plain']:.2f} "
             f"secagg/flower {row['ours_vs_flower_wall']:.2f}{before} | peak MB plain {plain['peak_rss_mb']:.0f} "
             f"secagg {ours['peak_rss_mb']:.0f}")
@@ -211,7 +227,7 @@ def verdict(rows: list[dict]) -> str:
     parts = [f"upload/fp32 max {up:.4f} (target <= {UPLOAD_TARGET}: {'ok' if up <= UPLOAD_TARGET else 'OVER'})"]
     if all("ours_vs_before_wall" in r for r in rows):
         worst = max(r["ours_vs_before_wall"] for r in rows)
-        parts.append(f"secagg wall now/before max {worst:.2f} (target <= {BEFORE_TARGET}: "
+        parts.append(f"secagg time now/before max {worst:.2f} (target <= {BEFORE_TARGET}: "
                      f"{'ok' if worst <= BEFORE_TARGET else 'OVER'})")
     return "targets: " + "; ".join(parts)
 
@@ -220,11 +236,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[1, 10, 22], help="millions of parameters")
     p.add_argument("--clients", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--repeats", type=int, default=2, help="runs of each kind per case; the least wall time counts")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each kind per case; the least wall time counts")
     p.add_argument("--before", default=BEFORE, help=f"revision to compare with (default {BEFORE}); none: skip")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="CPU seconds of the case's process (default: robust on a shared machine) or wall seconds")
     p.add_argument("--json", action="store_true")
     p.add_argument("--case", nargs=3, metavar=("KIND", "PARAMS_M", "CLIENTS"), help=argparse.SUPPRESS)
+    p.add_argument("--tree-case", nargs=5, metavar=("TREE", "CLOCK", "KIND", "PARAMS_M", "CLIENTS"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.tree_case:
+        tree, clock, kind, size, n = args.tree_case
+        print(json.dumps(_tree_case(tree, clock, kind, float(size), int(n))))
+        return 0
     if args.case:
         print(json.dumps(_case(args.case[0], float(args.case[1]), int(args.case[2]))))
         return 0
@@ -236,14 +260,16 @@ def main(argv=None) -> int:
         rows = []
         for size in args.sizes:
             for n in args.clients:
-                rows.append(measure(size, n, args.repeats, before_tree))
+                rows.append(measure(size, n, args.repeats, before_tree, args.clock))
                 if not args.json:
                     print(_line(rows[-1]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
-        print(json.dumps({"rows": rows, "verdict": verdict(rows), "before": args.before}, indent=1))
+        print(json.dumps({"rows": rows, "verdict": verdict(rows), "before": args.before, "clock": args.clock},
+                         indent=1))
     else:
+        print(f"({args.clock} seconds, least of {args.repeats}; before = {args.before})")
         print(verdict(rows))
     return 0
 
