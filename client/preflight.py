@@ -37,13 +37,16 @@ def parse_ask(content: RecordDict):
 
 def preflight(msg: Message, context: Context) -> Message:
     from xr0_core.site.preflight import check_round
+    from xr0_core.site.round import ensure_running
 
+    from .app import run_watch
     from .approval import verified_version
     from .runtime import private_training_records, site_records
 
     cfg = from_flat(dict(context.run_config))
     site = resolve_site(context.node_config, cfg)
     ask = parse_ask(msg.content)
+    ensure_running(run_watch(context, site), "at the round's preflight")
     check_round(cfg, site.policy(), site.state_dir, ask, version=verified_version(),
                 records=lambda: private_training_records(site_records(site), site))
     if ask.secure:

@@ -100,9 +100,13 @@ def _base_metrics(site: Site) -> dict[str, float]:
 
 
 def train_site(
-    cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction
+    cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction,
+    run_active=None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One local SSL round under the site's policy; returns the shared weights and the metrics that may leave.
+
+    ``run_active(fresh) -> bool`` (:func:`client.app.run_watch`): whether the coordinator's run still runs; the
+    round stops (:class:`xr0_core.site.round.RunStopped`) and a DP reservation is withdrawn when it does not.
 
     Raises
     ------
@@ -130,11 +134,11 @@ def train_site(
         from xr0_core.site.round import run_parallel_site_round
 
         shared, metrics = run_parallel_site_round(cfg, data.cache, weights, spec, site.state_dir, policy,
-                                                  site=site.name, workers=site.gpus)
+                                                  site=site.name, workers=site.gpus, run_active=run_active)
         num_examples = len(data.cache.kept)
     else:
         trainer = site_trainer(cfg, data.records, site=site.name, cache=data.cache)
-        shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy)
+        shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy, run_active=run_active)
         num_examples = trainer.num_examples
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})

@@ -82,6 +82,8 @@ class Coordinator:
         self.out = Path(cfg.federation.out_dir).expanduser().resolve()
         self.ckpt_dir = self.out / "checkpoints"
         self.site_names = simulated_site_names(cfg)
+        self.node_names: dict[int, str] = {}  # deployment: node id -> the name it was admitted under
+        self._grid: Grid | None = None
         self.history: list[dict[str, Any]] = []
         self.weights: dict[str, np.ndarray] = {}
         self.run_key = ""
@@ -119,8 +121,10 @@ class Coordinator:
     # ---- per-round bookkeeping -------------------------------------------------------------------
 
     def site_name(self, node_id: int, metrics: dict[str, float], reason: str = "") -> str:
-        """Hospital name in a simulation (from ``partition-id`` or the error tag), else ``node-<id>``. A
-        ``partition-id`` that is not a whole number in range (NaN, inf, hostile) names nobody."""
+        """Hospital name in a simulation (from ``partition-id`` or the error tag); in deployment the name the
+        coordinator admitted the node under (``xr0 coordinator admit``: the SuperLink's registry, read through
+        ``Grid.get_nodes``); else ``node-<id>``. A ``partition-id`` that is not a whole number in range (NaN,
+        inf, hostile) names nobody."""
         pid = metrics.get("partition-id")
         if pid is None:
             tag = _PARTITION_TAG.search(reason or "")
@@ -128,9 +132,12 @@ class Coordinator:
         if (isinstance(pid, (int, float)) and math.isfinite(pid) and float(pid).is_integer()
                 and 0 <= int(pid) < len(self.site_names)):
             return self.site_names[int(pid)]
-        return f"node-{node_id}"
+        return self.node_names.get(int(node_id)) or f"node-{node_id}"
 
     def on_round_end(self, outcome: RoundOutcome) -> None:
+        from .sites import node_names
+
+        self.node_names.update(node_names(self._grid))  # hospitals admitted since the last round too
         entry = outcome.to_json()
         for site in entry["sites"]:
             site["name"] = self.site_name(site["node_id"], site["metrics"], site.get("reason", ""))
@@ -245,6 +252,7 @@ class Coordinator:
         """The whole run; ``run-start`` / ``run-end`` events around it (a crash is logged as ``crashed`` with
         its exception type and message, then raised again)."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self._grid = grid  # the deployment Grid names the nodes (before any secure-aggregation wrapper)
         done = self._start_state()
         self.events.append(RUN_START, run_key=self.run_key, rounds=self.cfg.federation.rounds, done=done,
                            config=self.cfg.to_flat())

@@ -413,9 +413,16 @@ def _round_rows(history: list[dict[str, Any]], metric_names: list[str]) -> list[
     rows = []
     for r in history:
         for s in sorted(r["sites"], key=lambda s: s["name"]):
-            rows.append([r["round"], r["kind"], s["name"], s["status"], s.get("reason", "")]
+            rows.append([r["round"], r["kind"], s["name"], _node_id(s), s["status"], s.get("reason", "")]
                         + [s["metrics"].get(m, "") for m in metric_names])
     return rows
+
+
+def _node_id(site: dict[str, Any]) -> str:
+    """The Flower node id beside a hospital's name, when the name is not made from it (it changes when a
+    hospital re-keys; the name does not)."""
+    node = site.get("node_id")
+    return "" if node is None or site.get("name") == f"node-{node}" else str(node)
 
 
 def _table_metric(key: str) -> bool:
@@ -450,7 +457,7 @@ def rounds_section(rep: RunReport) -> str:
                     [[r["round"], r["kind"], f"{sum(s['status'] == 'ok' for s in r['sites'])}/{len(r['sites'])}",
                       r.get("seconds", ""), _round_note(r)] + [r["metrics"].get(k, "") for k in agg]
                      for r in rep.history])
-            + details("per hospital", table(["round", "kind", "hospital", "status", "reason"] + names,
+            + details("per hospital", table(["round", "kind", "hospital", "node", "status", "reason"] + names,
                                             _round_rows(rep.history, names))))
 
 

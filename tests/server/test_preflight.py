@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 from client import secagg as client_secagg
 from client.app import build_app
 from client.preflight import preflight
 from server.run import Coordinator
 from simulation.inprocess import InProcessGrid
-from xr0_core import record_keys as keys
+from tests.server import knownapp
 from xr0_core.config import from_flat
 from xr0_core.privacy.ledger import PrivacyLedger
 from xr0_core.site.policy import SitePolicy, policy_path, save_policy, with_values
@@ -79,20 +76,6 @@ def test_a_round_too_few_can_join_is_skipped_before_anyone_trains_or_pays(tmp_pa
         assert by[node]["status"] == "failed" and by[node]["reason"].startswith("preflight: privacy ledger"), by[node]
 
 
-def _step(node: int, name: str, shape) -> np.ndarray:
-    seed = (node * 7919 + sum(map(ord, name))) % (2**32)
-    return np.random.default_rng(seed).normal(0, 1e-3, shape).astype(np.float32)
-
-
-def fake_train(msg: Message, context: Context) -> Message:
-    """Training replaced by a known small update (the preflight, not training, is under test)."""
-    node = int(msg.metadata.dst_node_id)
-    arrays = msg.content.array_records[keys.ARRAYS]
-    new = {k: arrays[k].numpy() + _step(node, k, arrays[k].numpy().shape) for k in arrays}
-    return Message(RecordDict({keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in new.items()}),
-                               keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 10})}), reply_to=msg)
-
-
 def test_a_hospital_that_refuses_at_preflight_is_left_out_of_the_secure_set(tmp_path, hospitals, monkeypatch):
     """The hospital that does not approve the app version answers at preflight; the secure round runs with the
     other two (its key exchange never includes the refusing hospital) and the record names its reason."""
@@ -101,11 +84,8 @@ def test_a_hospital_that_refuses_at_preflight_is_left_out_of_the_secure_set(tmp_
     monkeypatch.setattr(client.approval, "_verified", "0.1.0+" + "1" * 64)  # as the hospitals' launchers found it
     flat, nodes, _ = _federation(tmp_path, hospitals, [{}, {"apps.allowed-versions": "0.0.0+0000000000000000"}, {}],
                                  **{"secagg.enabled": True, "eval.every": 0})
-    app = ClientApp()
-    app.train()(fake_train)
-    app.query(keys.PREFLIGHT)(preflight)  # the real hospital-side checks
     two = with_values(SitePolicy(), {"secagg.min-degree": 1})  # two hospitals left: one neighbour each
-    client_secagg.register(app, fake_train, client_secagg.in_memory_trust(two))
+    app = knownapp.build(preflight=preflight, trust=client_secagg.in_memory_trust(two))  # real hospital-side checks
     grid = InProcessGrid(app, N, run_config=flat, node_configs=nodes)
     summary = Coordinator(from_flat(flat)).run(grid)
 

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'run':<18}{'round':>6}{'kind':>8}{'sigma':>10}{'q':>10}{'steps':>7}{'status':>11}", file=sys.stderr)
     for r in data.releases:
         print(f"{r.run_id:<18}{r.round:>6}{r.kind:>8}{r.noise_multiplier:>10.4f}{r.sample_rate:>10.4g}{r.steps:>7}"
-              f"{r.status:>11}", file=sys.stderr)
+              f"{r.status:>11}" + (f"  ({r.note})" if r.note else ""), file=sys.stderr)
     if not releases:
         print("no releases yet: this hospital has not trained under differential privacy", file=sys.stderr)
     print(f"epsilon spent {eps:.4f} of budget {p.budget} (left {left:.4f}) over {len(releases)} releases"

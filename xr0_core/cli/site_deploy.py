@@ -39,6 +39,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
     found = doctor(args.state_dir.expanduser(), args.key, args.root_certificates, args.superlink, args.data,
                    args.policy)
+    admission = getattr(args, "admission_check", None)  # set by client/site_cmd.py: asks the SuperLink (Flower)
+    if admission is not None:
+        admission(args, found)
     if args.json:
         print_json({"problems": found.problems, "notes": found.notes})
     stream = sys.stderr if args.json else sys.stdout

@@ -84,6 +84,7 @@ class Release:
     unit: str = ""
     status: str = STATUS_COMMITTED
     sensitivity: float = 0.0  # 0: the kind's (1 for dp-sgd, 2 for client); older ledgers have none
+    note: str = ""  # why a release was withdrawn, or charged although its update was never used
 
     @property
     def counts(self) -> bool:
@@ -287,13 +288,27 @@ class PrivacyLedger:
         return epsilon_of([r.history_entry() for r in releases], d, accountant or data.accountant)
 
     # -- changes
-    def commit(self, run_id: str, server_round: int) -> int:
+    def withdraw(self, run_id: str, server_round: int, note: str) -> int:
+        """Mark this round's *pending* releases withdrawn (they stop counting); returns how many.
+
+        Only for a round whose mechanism output provably never left the site and was never saved: the caller
+        (:func:`xr0_core.site.round.run_site_round`) does this when the run stopped before the release and
+        before the round's local state was written. A committed release is never withdrawn."""
+        with self.transaction() as data:
+            n = 0
+            for i, r in enumerate(data.releases):
+                if r.run_id == run_id and r.round == server_round and r.status == STATUS_PENDING:
+                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_WITHDRAWN, "note": note})
+                    n += 1
+            return n
+
+    def commit(self, run_id: str, server_round: int, note: str = "") -> int:
         """Mark this round's pending releases committed (they already count); returns how many."""
         with self.transaction() as data:
             n = 0
             for i, r in enumerate(data.releases):
                 if r.run_id == run_id and r.round == server_round and r.status == STATUS_PENDING:
-                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_COMMITTED})
+                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_COMMITTED, "note": note or r.note})
                     n += 1
             return n
 

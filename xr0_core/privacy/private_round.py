@@ -25,7 +25,7 @@ from typing import Mapping
 
 import torch
 
-from xr0_core.privacy.reservation import Reservation, RoundRequest, commit_round, reserve_round
+from xr0_core.privacy.reservation import Reservation, RoundRequest, commit_round, reserve_round, withdraw_round
 from xr0_core.privacy.units import privacy_units, sample_rate_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ class PrivateRound:
     @property
     def noise_multiplier(self) -> float:
         return float(self.reservation.noise_multiplier)
+
+    def withdraw(self, why: str) -> None:
+        """Nothing of this round left the site or was saved: its reservation stops counting (see
+        :func:`~xr0_core.privacy.reservation.withdraw_round`)."""
+        withdraw_round(self.state_dir, self.reservation, why)
+
+    def charge_unused(self, why: str) -> None:
+        """Commit the reservation although the update will not leave (its local state was already saved, so
+        what it learnt stays in the site's later releases): charged, with ``why`` in the ledger."""
+        commit_round(self.state_dir, self.reservation, note=f"charged, unused: {why}")
 
     def finish(self, shared: dict[str, torch.Tensor], global_weights: Mapping[str, torch.Tensor],
                metrics: dict[str, float], *, steps: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -218,11 +218,18 @@ def check_unit(previous: set[str], unit: str, required: str = "auto") -> None:
             "unit (patient ids in the manifest or not), or set the same privacy.unit in the site policy")
 
 
-def commit_round(state_dir: Path, reservation: Reservation) -> tuple[float, float]:
+def withdraw_round(state_dir: Path, reservation: Reservation, why: str) -> None:
+    """The reserved round's output never left and was never saved (its run stopped first): its releases stop
+    counting, marked withdrawn with ``why`` (:meth:`~xr0_core.privacy.ledger.PrivacyLedger.withdraw`)."""
+    PrivacyLedger(state_dir).withdraw(reservation.run_id, reservation.server_round, why)
+    log.info("round %d of run %s withdrawn from the ledger: %s", reservation.server_round, reservation.run_id, why)
+
+
+def commit_round(state_dir: Path, reservation: Reservation, note: str = "") -> tuple[float, float]:
     """Mark the reserved releases committed; return epsilon now over every release and over this run's (at the
-    reservation's delta)."""
+    reservation's delta). ``note``: recorded with them (e.g. charged although the run had stopped)."""
     ledger = PrivacyLedger(state_dir)
-    ledger.commit(reservation.run_id, reservation.server_round)
+    ledger.commit(reservation.run_id, reservation.server_round, note)
     data = ledger.read()
     eps = ledger.epsilon(data, delta=reservation.delta, accountant=reservation.accountant)
     if math.isinf(eps):

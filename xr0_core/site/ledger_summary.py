@@ -26,7 +26,8 @@ def ledger_summary(ledger: PrivacyLedger, data: LedgerData, policy: SitePolicy) 
     eps = ledger.epsilon(data, delta=p.delta, accountant=p.accountant)
     releases = [{"noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
                  "run_id": r.run_id, "round": r.round, "kind": r.kind, "delta": r.delta, "time": r.time,
-                 "unit": r.unit or data.unit, "status": r.status, "sensitivity": r.effective_sensitivity}
+                 "unit": r.unit or data.unit, "status": r.status, "sensitivity": r.effective_sensitivity,
+                 "counts": r.counts, "note": r.note}
                 for r in data.releases]
     units = sorted(data.release_units())
     unit = units[0] if len(units) == 1 else ("mixed: " + ", ".join(units) if units else "")
