@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="dev set folder (default ../shared/data/covid-chest-mhh)")
     p.add_argument("--preset", default="cpu-tiny")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one): where SSL and "
+                   "feature extraction run; probes run on the CPU")
     p.add_argument("--steps", default="100,300,600", help="comma-separated step counts to probe at")
     p.add_argument("--protocol", choices=("test", "cv", "both"), default="test",
                    help="both: cv and test probes at every step (the table shows the first: cv)")
@@ -314,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data or dev_set_path()
     if not (args.data / "manifest.csv").is_file():
         raise SystemExit(f"dev set not found at {args.data} (expected manifest.csv there); pass --data")
-    flat = {"preset": args.preset, "seed": args.seed, "train.device": "cpu", **_parse_sets(args.overrides),
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    flat = {"preset": args.preset, "seed": args.seed, "train.device": device.type, **_parse_sets(args.overrides),
             "train.steps": steps[-1]}
     cfg = from_flat(flat)
     probe_c: float | str = "auto" if args.probe_c == "auto" else float(args.probe_c)
@@ -374,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         both = {k: probe_both(feature_matrix(feats, k)) for k in kinds}
         return {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
 
-    random_feats = extract(random_bb, data, patches=True)
+    random_feats = extract(random_bb.to(device), data, patches=True, device=device)
     random_all, random_curve = probe_kinds(random_feats)
     random_res = random_all[kinds[0]]
     null: dict[str, dict[str, float]] = {}
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"5-95 % [{null[n]['q05']:.3f}, {null[n]['q95']:.3f}]", file=sys.stderr)
     trainer = None
     if args.from_weights is None:
-        trainer = SiteTrainer(cfg, train_records, site="real-probe", device=torch.device("cpu"), reader=reader)
+        trainer = SiteTrainer(cfg, train_records, site="real-probe", device=device, reader=reader)
         len(trainer.cache)  # decode now
     decoded.clear()
     print(f"  setup (decode, baselines) {time.process_time() - t_cpu:.0f} CPU-s", file=sys.stderr)
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             m = trainer.train(target - trainer.step, start_step=trainer.step, total_steps=steps[-1])
             last_loss = m["loss"]
             backbone = trainer.model.student["backbone"]
-        last_feats = extract(backbone, data, patches=True)
+        last_feats = extract(backbone.to(device), data, patches=True, device=device)
         final_all, final_curve = probe_kinds(last_feats)
         final = final_all[kinds[0]]
         row = {"step": target, "loss": last_loss, "health": probe_health(backbone, probe_x),
