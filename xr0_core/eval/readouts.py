@@ -21,13 +21,15 @@ import re
 import torch
 import torch.nn.functional as F
 
+from xr0_core.config import READOUT_NAMES
+
 _GRID = re.compile(r"^cls\+grid([1-9][0-9]?)$")
 READOUTS = ("cls", "mean", "cls+mean", "cls+grid2", "cls+grid4")  # the ones the benches compare
 
 
 def check_readout(name: str) -> str:
     """``name`` when it is a readout this module computes, else a ValueError that lists the valid ones."""
-    if name in ("cls", "mean", "cls+mean") or _GRID.match(name):
+    if READOUT_NAMES.fullmatch(str(name)):
         return name
     raise ValueError(f"readout {name!r}: use cls, mean, cls+mean or cls+grid<k> (e.g. cls+grid4)")
 
