@@ -6,31 +6,37 @@ without local paths or tracebacks (``client/errors.py``).
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import time
+from typing import Callable, Sequence
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from xr0_core import record_keys as keys
 from xr0_core.config import from_flat
 
 from . import records, secagg
 from .audit import audit_mod
 from .errors import sanitize_errors_mod
+from .preflight import preflight
 from .runtime import evaluate_site, train_site
 from .site import resolve_site
 
 
 def _checked_config(msg: Message, context: Context):
     """Run config, weights and instruction of a train/evaluate message, after the two checks every round
-    passes before touching data: the app version is one the site policy approves
-    (``xr0_core/deploy/appversion.py`` says what a version is), and the coordinator's config hash is this
+    passes before touching data: the app bundle is one the site policy approves, as checked by the hospital's
+    own launcher before this code ran (``client/launcher.py``; ``xr0_core/deploy/appversion.py`` says what a
+    version is; no launcher and an allow-list is a refusal), and the coordinator's config hash is this
     site's."""
-    from xr0_core.deploy.appversion import app_version
     from xr0_core.site.refusals import check_bundle
 
+    from .approval import verified_version
+
     cfg = from_flat(dict(context.run_config))
-    check_bundle(resolve_site(context.node_config, cfg).policy(), app_version())
+    check_bundle(resolve_site(context.node_config, cfg).policy(), verified_version())
     weights, instruction = records.parse_instruction(msg.content)
     if instruction.config_hash != cfg.hash():
         raise records.RecordError(
@@ -40,11 +46,47 @@ def _checked_config(msg: Message, context: Context):
     return cfg, weights, instruction
 
 
+CHECK_EVERY = 10.0  # seconds between two questions to the SuperLink while training ("is the run still running?")
+
+
+def run_watch(context: Context, site) -> Callable[[bool], bool] | None:
+    """``run_active(fresh)`` for this message's run: asks the SuperLink with the node key
+    (:func:`client.node_link.run_status`) when ``xr0 site supernode`` left the connection in the state folder;
+    at most every :data:`CHECK_EVERY` seconds unless ``fresh``. None in simulation or without that file
+    (then the round cannot learn of a stop, as before). An unanswered question counts as running."""
+    if site.partition_id is not None:
+        return None
+    from .node_link import NodeLink, run_status
+
+    link = NodeLink.read(site.state_dir)
+    if link is None:
+        return None
+    last = {"at": -math.inf, "active": True}
+
+    def run_active(fresh: bool) -> bool:
+        now = time.monotonic()
+        if fresh or now - last["at"] >= CHECK_EVERY:
+            last["active"] = run_status(link, int(context.node_id), int(context.run_id)) in ("running", "unknown")
+            last["at"] = now
+        return bool(last["active"])
+    return run_active
+
+
+def _site_of(context: Context, cfg):
+    """The hospital of this message; in deployment its node id is noted for later admission checks."""
+    site = resolve_site(context.node_config, cfg)
+    if site.partition_id is None:
+        from .node_link import remember_node_id
+
+        remember_node_id(site.state_dir, int(context.node_id))
+    return site
+
+
 def train_round(msg: Message, context: Context) -> Message:
     """Local training, whether the weights then leave plainly or masked (secure aggregation's stage)."""
     cfg, weights, instruction = _checked_config(msg, context)
-    site = resolve_site(context.node_config, cfg)
-    shared, metrics = train_site(cfg, site, weights, instruction)
+    site = _site_of(context, cfg)
+    shared, metrics = train_site(cfg, site, weights, instruction, run_active=run_watch(context, site))
     return Message(records.train_reply_content(shared, metrics), reply_to=msg)
 
 
@@ -61,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, weights, instruction = _checked_config(msg, context)
-    site = resolve_site(context.node_config, cfg)
+    site = _site_of(context, cfg)
     metrics = evaluate_site(cfg, site, weights, instruction)
     return Message(records.metrics_reply_content(metrics), reply_to=msg)
 
@@ -75,6 +117,7 @@ def build_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     client_app = ClientApp(mods=[audit_mod, sanitize_errors_mod, *extra_mods])
     client_app.train()(train)
     client_app.evaluate()(evaluate)
+    client_app.query(keys.PREFLIGHT)(preflight)  # before a round: will this hospital take part? (client/preflight.py)
     # Secure-aggregation stages (query.secagg_*, train.secagg); idle unless the server runs secagg rounds.
     secagg.register(client_app, train_round)
     return client_app

@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from xr0_core.config import from_flat
+from xr0_core.config import XR0Config, from_flat
 
 from .site import resolve_site
 
@@ -45,11 +45,20 @@ def describe_content(msg: Message) -> dict[str, Any]:
     return records
 
 
+def _run_config(context: Context) -> XR0Config:
+    """The run config, or the defaults when it does not parse (a refused bundle's run may carry keys this
+    installation does not know; a deployed site is found from the node config alone)."""
+    try:
+        return from_flat(dict(context.run_config))
+    except Exception:  # noqa: BLE001 - see above
+        return XR0Config()
+
+
 def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run the handler, then append a description of its reply to the site's audit log."""
     reply = call_next(msg, context)
     try:
-        site = resolve_site(context.node_config, from_flat(dict(context.run_config)))
+        site = resolve_site(context.node_config, _run_config(context))
     except Exception:  # noqa: BLE001 - auditing must never turn a good reply into a failure
         return reply
     entry = {

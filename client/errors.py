@@ -67,6 +67,7 @@ def reply_reason(exc: BaseException, message_type: str, private: bool) -> str:
     from xr0_core.privacy.ledger import PrivacyError
     from xr0_core.secagg.protocol import SecAggError
     from xr0_core.site.policy import PolicyError, PolicyRefusal
+    from xr0_core.site.round import RunStopped
 
     from .records import RecordError
     from .site import SiteConfigError
@@ -74,7 +75,7 @@ def reply_reason(exc: BaseException, message_type: str, private: bool) -> str:
     text = redact(f"{type(exc).__name__}: {exc}")
     if not private:
         return text
-    if isinstance(exc, (PolicyRefusal, PolicyError, SiteConfigError, RecordError, SecAggError)):
+    if isinstance(exc, (PolicyRefusal, PolicyError, SiteConfigError, RecordError, SecAggError, RunStopped)):
         return text
     if isinstance(exc, PrivacyError):
         return PRIVATE_LEDGER

@@ -65,6 +65,14 @@ def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
     return data
 
 
+def site_records(site: Site) -> list[Any]:
+    """The hospital's records from the files' headers only (no pixels decoded): what the preflight counts
+    privacy units from."""
+    from xr0_core.data.index import index_site
+
+    return list(index_site(site.data_dir, site.manifest, verify_pixels=False).records)
+
+
 def _partition(records: list[Any], site: Site) -> tuple[list[Any], list[Any]]:
     from xr0_core.data.splits import private_partition
     from xr0_core.site.state import ensure_identity
@@ -92,9 +100,13 @@ def _base_metrics(site: Site) -> dict[str, float]:
 
 
 def train_site(
-    cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction
+    cfg: XR0Config, site: Site, weights: Mapping[str, torch.Tensor], instruction: RoundInstruction,
+    run_active=None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One local SSL round under the site's policy; returns the shared weights and the metrics that may leave.
+
+    ``run_active(fresh) -> bool`` (:func:`client.app.run_watch`): whether the coordinator's run still runs; the
+    round stops (:class:`xr0_core.site.round.RunStopped`) and a DP reservation is withdrawn when it does not.
 
     Raises
     ------
@@ -122,11 +134,11 @@ def train_site(
         from xr0_core.site.round import run_parallel_site_round
 
         shared, metrics = run_parallel_site_round(cfg, data.cache, weights, spec, site.state_dir, policy,
-                                                  site=site.name, workers=site.gpus)
+                                                  site=site.name, workers=site.gpus, run_active=run_active)
         num_examples = len(data.cache.kept)
     else:
         trainer = site_trainer(cfg, data.records, site=site.name, cache=data.cache)
-        shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy)
+        shared, metrics = run_site_round(trainer, weights, spec, site.state_dir, policy, run_active=run_active)
         num_examples = trainer.num_examples
     out = _base_metrics(site)
     out.update({k: float(v) for k, v in metrics.items()})

@@ -6,7 +6,11 @@
     pyproject.toml holds no ``[tool.flwr.federations]`` table, so ``flwr run`` finds nothing to migrate and
     never rewrites a tracked file.
 
-``xr0 coordinator status NAME [--run-id ID] [--wait]``
+``xr0 coordinator admit NAME --key SITE.pub [--name SITE]`` / ``revoke NAME SITE`` / ``sites NAME``
+    The hospitals' table (:mod:`server.sites`): admit a node key under the hospital's name (idempotent), revoke
+    by name, list name, node id, status, key fingerprint and last seen.
+
+``xr0 coordinator status NAME [--run-id ID] [--wait] [--out DIR]``
     Wraps ``flwr ls NAME --format json``: one line per run; with ``--run-id`` the exit code says how that run
     ended (``flwr run`` itself exits 0 as soon as the run is submitted, whatever happens after): 0 completed
     (or still running without ``--wait``), 1 failed or stopped, 2 the SuperLink could not be asked.
@@ -49,7 +53,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--timeout", type=float, default=0.0, help="with --wait: give up after S seconds (0: never)")
     st.add_argument("--poll", type=float, default=5.0, help="with --wait: seconds between checks (default 5)")
     st.add_argument("--json", action="store_true", help="print flwr's run records as JSON on stdout")
+    st.add_argument("--out", type=Path, default=None,
+                    help="the run's federation.out-dir: also show each hospital (name, node id, last round, "
+                         "epsilon this run, run cap, budget left) from its metrics.json")
     st.set_defaults(func=_status)
+
+    ad = sub.add_parser("admit", help="admit a hospital's node key under its name (flwr supernode register)")
+    ad.add_argument("connection", help="connection name (xr0 coordinator connect --name)")
+    ad.add_argument("--key", type=Path, required=True, help="the hospital's NAME.pub (xr0 certs site)")
+    ad.add_argument("--name", default="", help="the hospital's name in reports (default: the one in the key)")
+    ad.add_argument("--json", action="store_true", help="print the node id as JSON on stdout")
+    ad.set_defaults(func=_admit)
+
+    rv = sub.add_parser("revoke", help="revoke a hospital by name (flwr supernode unregister)")
+    rv.add_argument("connection", help="connection name")
+    rv.add_argument("site", help="the hospital's name (or node id)")
+    rv.set_defaults(func=_revoke)
+
+    ls = sub.add_parser("sites", help="admitted hospitals: name, node id, status, key fingerprint, last seen")
+    ls.add_argument("connection", help="connection name")
+    ls.add_argument("--all", action="store_true", help="also revoked ones")
+    ls.add_argument("--json", action="store_true", help="print them as JSON on stdout")
+    ls.set_defaults(func=_sites)
 
 
 def flwr_exe() -> str:
@@ -132,9 +157,88 @@ def _status(args: argparse.Namespace) -> int:
         details = f" ({r['status-details']})" if r.get("status-details") else ""
         print(f"run {r.get('run-id')}  {r.get('fab-id')}=={r.get('fab-version')}  {r.get('status')}{details}  "
               f"elapsed {r.get('elapsed')}", file=sys.stderr if args.json else sys.stdout)
+    if args.out is not None:
+        for line in hospital_lines(args.out):
+            print(line, file=sys.stderr if args.json else sys.stdout)
     if not args.run_id:
         return EXIT_OK
     if not runs:
         print(f"xr0: error: no run {args.run_id} on {args.connection}", file=sys.stderr)
         return EXIT_ERROR
     return run_outcome(str(runs[0].get("status", "")))
+
+
+def hospital_lines(out: Path) -> list[str]:
+    """One line per hospital from a run's ``metrics.json``: name, node id, its last train round's status (and
+    reason), epsilon this run against its run cap, and the lifetime budget left (as far as its policy lets
+    epsilon leave)."""
+    path = Path(out) / "metrics.json"
+    try:
+        rounds = json.loads(path.read_text())["rounds"]
+    except (OSError, ValueError, KeyError):
+        return [f"no metrics.json in {out} yet"]
+    last: dict[str, dict[str, Any]] = {}
+    for r in rounds:
+        if r.get("kind") != "train":
+            continue
+        for site in r.get("sites", []):
+            last[site["name"]] = {**site, "round": r["round"]}
+    lines = []
+    for name in sorted(last):
+        s = last[name]
+        m = s.get("metrics", {})
+        text = f"hospital {name}  node {s.get('node_id')}  round {s['round']} {s['status']}"
+        if s.get("reason") and s["status"] != "ok":
+            text += f" ({s['reason']})"
+        if "epsilon-run" in m:
+            text += f"  epsilon this run {m['epsilon-run']:g}"
+            if "privacy-run-cap" in m:
+                text += f" of cap {m['privacy-run-cap']:g}"
+        if "epsilon" in m and "privacy-budget" in m:
+            text += f"  budget left {m['privacy-budget'] - m['epsilon']:g} of {m['privacy-budget']:g}"
+        elif m.get("epsilon-withheld"):
+            text += "  epsilon withheld by the hospital's policy"
+        lines.append(text)
+    return lines
+
+
+def _admit(args: argparse.Namespace) -> int:
+    from .sites import SitesError, admit
+
+    try:
+        _, node_id, what = admit(args.connection, args.key.expanduser(), args.name)
+    except SitesError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"[xr0] {what}", file=sys.stderr)
+    if args.json:
+        print_json({"node_id": node_id})
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from .sites import SitesError, revoke
+
+    try:
+        site = revoke(args.connection, args.site)
+    except SitesError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"[xr0] revoked {site.name or 'node'} (node {site.node_id}, key {site.fingerprint}): its SuperNode is "
+          "refused from now on and exits; to re-admit it, the hospital makes a new key (xr0 certs site --replace)",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from .sites import SitesError, list_sites
+
+    try:
+        sites = [s for s in list_sites(args.connection) if args.all or s.active]
+    except SitesError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print_json({"sites": [s.to_json() for s in sites]})
+        return EXIT_OK
+    print(f"{'name':<20}{'node id':<22}{'status':<14}{'last seen':<28}key")
+    for s in sites:
+        print(f"{s.name or '-':<20}{s.node_id:<22}{s.status:<14}{(s.last_seen or 'never'):<28}{s.fingerprint}")
+    return EXIT_OK

@@ -9,6 +9,8 @@ Files under ``cfg.federation.out_dir``::
     backbone.safetensors    final backbone, timm-compatible (+ backbone.json: how to create it with timm)
     run.json                summary: rounds completed, sites, final checkpoint, report
     report.html             curves and tables (xr0_core/report.py)
+    events.jsonl            append-only: run start, each round's end, run end (xr0_core/run_events.py), what
+                            ``xr0 dashboard`` follows a running federation by
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from strategies.aggregate import ServerOptimizer
 from strategies.fedavg_ssl import RoundOutcome, XR0FedAvg, numpy_to_arrays
 from xr0_core.atomic import atomic_write_json
 from xr0_core.config import XR0Config
+from xr0_core.run_events import ROUND_END, RUN_END, RUN_START, EventLog
 
 from .checkpoint import ServerCheckpoint, load_latest, resume_point, save_checkpoint
 
@@ -79,6 +82,8 @@ class Coordinator:
         self.out = Path(cfg.federation.out_dir).expanduser().resolve()
         self.ckpt_dir = self.out / "checkpoints"
         self.site_names = simulated_site_names(cfg)
+        self.node_names: dict[int, str] = {}  # deployment: node id -> the name it was admitted under
+        self._grid: Grid | None = None
         self.history: list[dict[str, Any]] = []
         self.weights: dict[str, np.ndarray] = {}
         self.run_key = ""
@@ -91,6 +96,7 @@ class Coordinator:
         self._tb = None
         self._failed_rounds = 0  # consecutive train rounds without a usable reply
         self._unattributable: set[frozenset[int]] = set()  # uploader sets whose unmasked sum was out of range
+        self.events = EventLog(self.out)
 
     # ---- start / resume --------------------------------------------------------------------------
 
@@ -115,8 +121,10 @@ class Coordinator:
     # ---- per-round bookkeeping -------------------------------------------------------------------
 
     def site_name(self, node_id: int, metrics: dict[str, float], reason: str = "") -> str:
-        """Hospital name in a simulation (from ``partition-id`` or the error tag), else ``node-<id>``. A
-        ``partition-id`` that is not a whole number in range (NaN, inf, hostile) names nobody."""
+        """Hospital name in a simulation (from ``partition-id`` or the error tag); in deployment the name the
+        coordinator admitted the node under (``xr0 coordinator admit``: the SuperLink's registry, read through
+        ``Grid.get_nodes``); else ``node-<id>``. A ``partition-id`` that is not a whole number in range (NaN,
+        inf, hostile) names nobody."""
         pid = metrics.get("partition-id")
         if pid is None:
             tag = _PARTITION_TAG.search(reason or "")
@@ -124,9 +132,12 @@ class Coordinator:
         if (isinstance(pid, (int, float)) and math.isfinite(pid) and float(pid).is_integer()
                 and 0 <= int(pid) < len(self.site_names)):
             return self.site_names[int(pid)]
-        return f"node-{node_id}"
+        return self.node_names.get(int(node_id)) or f"node-{node_id}"
 
     def on_round_end(self, outcome: RoundOutcome) -> None:
+        from .sites import node_names
+
+        self.node_names.update(node_names(self._grid))  # hospitals admitted since the last round too
         entry = outcome.to_json()
         for site in entry["sites"]:
             site["name"] = self.site_name(site["node_id"], site["metrics"], site.get("reason", ""))
@@ -151,6 +162,8 @@ class Coordinator:
             )
         entry["checkpoint_seconds"] = round(time.perf_counter() - t_ckpt, 4)
         atomic_write_json(self.out / "metrics.json", {"run_key": self.run_key, "rounds": self.history})
+        self.events.append(ROUND_END, round=entry["round"], kind=entry["kind"], seconds=entry["seconds"],
+                           updated=bool(entry["updated"]))
         self._log_tensorboard(entry)
         self._print_progress(entry)
         self._round_started = time.monotonic()
@@ -236,8 +249,27 @@ class Coordinator:
     # ---- the run ---------------------------------------------------------------------------------
 
     def run(self, grid: Grid) -> dict[str, Any]:
+        """The whole run; ``run-start`` / ``run-end`` events around it (a crash is logged as ``crashed`` with
+        its exception type and message, then raised again)."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self._grid = grid  # the deployment Grid names the nodes (before any secure-aggregation wrapper)
         done = self._start_state()
+        self.events.append(RUN_START, run_key=self.run_key, rounds=self.cfg.federation.rounds, done=done,
+                           config=self.cfg.to_flat())
+        try:
+            summary = self._run(grid, done)
+        except BaseException as exc:
+            self.events.append(RUN_END, status="crashed", reason=f"{type(exc).__name__}: {exc}"[:300],
+                               rounds_completed=self._rounds_done())
+            raise
+        self.events.append(RUN_END, status=summary["status"], reason=summary.get("stop_reason", ""),
+                           rounds_completed=summary["rounds_completed"])
+        return summary
+
+    def _rounds_done(self) -> int:
+        return max((r["round"] for r in self.history if r.get("kind") == "train"), default=0)
+
+    def _run(self, grid: Grid, done: int) -> dict[str, Any]:
         cfg = self.cfg
         remaining = cfg.federation.rounds - done
         if remaining > 0:
@@ -266,6 +298,11 @@ class Coordinator:
                 on_round_end=self.on_round_end,
                 round_timeout=cfg.federation.round_timeout,
                 client_clip=cfg.privacy.client_clip if cfg.privacy.client_level else 0.0,
+                # Every round starts with the hospitals' preflight answers (issue 22): a hospital that would
+                # refuse says so before any key exchange or training. A secure round needs 2 hospitals at least
+                # (every site refuses a Shamir threshold below 2), and its configured threshold.
+                preflight=True,
+                min_ready=max(2, cfg.secagg.threshold) if cfg.secagg.enabled else 0,
             )
             self._round_started = self._run_started = time.monotonic()
             try:

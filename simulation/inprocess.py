@@ -22,14 +22,16 @@ class InProcessGrid(Grid):
     For tests and ``bench/secagg.py``: the same messages, handlers and mods as a real run, without Ray or a
     SuperLink. ``drop(stage_message_type, node) -> bool`` makes a node silent for a message (a dropout);
     ``vanish(stage_message_type, node) -> bool`` makes it die instead: the SuperLink's own ``NODE_UNAVAILABLE``
-    error answers in its place (built by Flower's function, ``src_node_id`` = the SuperLink's id).
+    error answers in its place (built by Flower's function, ``src_node_id`` = the SuperLink's id). ``names``
+    (node index -> name) plays the SuperLink's registry of admitted names (``get_nodes``).
     It sets Flower's process-wide ``TaskIdentity`` (needed to build messages outside a running app).
     """
 
     def __init__(self, client_app: Any, num_nodes: int, run_config: Mapping[str, Any] | None = None,
                  node_configs: Mapping[int, Mapping[str, Any]] | None = None,
                  drop: Callable[[str, int], bool] | None = None, first_node_id: int = 101,
-                 vanish: Callable[[str, int], bool] | None = None) -> None:
+                 vanish: Callable[[str, int], bool] | None = None,
+                 names: Mapping[int, str] | None = None) -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -42,6 +44,7 @@ class InProcessGrid(Grid):
                        state=RecordDict(), run_config=dict(run_config or {}))
             for i, n in enumerate(self.node_ids)
         }
+        self.names = dict(names or {})  # node index -> admitted name (what a SuperLink's registry holds)
         self.sent: list[Message] = []  # every instruction, for tests that inspect traffic
         self.received: list[Message] = []  # every reply
         self._counter = 0
@@ -58,6 +61,13 @@ class InProcessGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
+
+    def get_nodes(self):
+        """The registry's view of the nodes (as the deployment Grid's ``get_nodes``): id and admitted name."""
+        from flwr.proto.node_pb2 import NodeInfo
+
+        return [NodeInfo(node_id=n, name=self.names[i]) if i in self.names else NodeInfo(node_id=n)
+                for i, n in enumerate(self.node_ids)]
 
     def push_messages(self, messages):  # type: ignore[override]
         raise NotImplementedError("InProcessGrid only supports send_and_receive")

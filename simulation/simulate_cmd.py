@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: all cores; see train.image-cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run-config key, e.g. --set train.batch-size=8 (repeatable)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the live dashboard of this run on 127.0.0.1 while it runs (xr0 dashboard --run-dir OUT)")
+    p.add_argument("--dashboard-port", type=int, default=None, metavar="PORT",
+                   help="with --dashboard: its port (default 8765; 0: any free port)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.add_argument("--verbose", action="store_true",
                    help="show Flower, Ray and library output on the terminal (default: OUT/logs/simulate.log)")
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     # The project's lines and one progress bar on the terminal; Flower, Ray and warnings in OUT/logs/.
     # --json promises one JSON object on stdout: everything printed while running goes to stderr.
     with quiet_console(out / "logs", "simulate", verbose=args.verbose) as con, \
-            contextlib.redirect_stdout(sys.stderr):
+            contextlib.redirect_stdout(sys.stderr), _dashboard(args, out, con):
         summary = _simulate(args, con)
         con.end_progress()
         if summary.get("status") != "stopped":
@@ -90,6 +94,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"xr0: error: {summary['stop_reason']}; no model exported; report {summary['report']}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _dashboard(args: argparse.Namespace, out: Path, con):
+    """With ``--dashboard``: ``xr0 dashboard --run-dir OUT`` as a child process for the command's lifetime (its
+    own process, so serving the page never takes the coordinator's interpreter; bench/dashboard.py measures it)."""
+    if not getattr(args, "dashboard", False):
+        yield None
+        return
+    from xr0_core.dashboard.app import DashboardError
+    from xr0_core.dashboard.serve import DEFAULT_PORT, DashboardProcess
+
+    port = DEFAULT_PORT if args.dashboard_port is None else args.dashboard_port
+    child = DashboardProcess(out, port, out / "logs" / "dashboard.log")
+    try:
+        url = child.start()
+    except DashboardError as exc:
+        raise CLIError(str(exc)) from None
+    con.line(f"dashboard: {url} (it stops with this command; `xr0 dashboard --run-dir {out}` shows the run later)")
+    try:
+        yield child
+    finally:
+        child.stop()
 
 
 def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
@@ -168,7 +195,7 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
         raise CLIError(f"the federation ended without writing {run_json}; see {where}")
     summary = json.loads(run_json.read_text())
     summary["sites"] = sites
-    from xr0_core.train.health import assess_history
+    from xr0_core.train.health_verdict import assess_history
 
     history = json.loads((out / "metrics.json").read_text())["rounds"] if (out / "metrics.json").exists() else []
     health = assess_history(history)
@@ -230,7 +257,7 @@ def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: lis
     plays the hospitals here; in deployment each hospital writes its own with `xr0 site policy`).
 
     A simulated hospital's policy: the budget ``--epsilon`` at ``--delta`` (a hospital that already spent part
-    of an earlier budget keeps its ledger), and evaluation of held-out patients allowed after the budget is
+    of an earlier budget keeps its ledger) that this run may spend whole (``privacy.run-cap = "all"``), and evaluation of held-out patients allowed after the budget is
     spent, since the researcher wants the final evaluation of a run that spends its whole budget."""
     from xr0_core.privacy.dp import BatchCoupledLossError, dp_objective_config
     from xr0_core.privacy.ledger import PrivacyError
@@ -247,7 +274,10 @@ def _prepare_privacy(cfg, args: argparse.Namespace, state_root: Path, names: lis
                     print(f"[xr0] {name} keeps the budget of its own site policy (epsilon {policy.privacy.budget:g}); "
                           "--epsilon applies to hospitals without one", file=sys.stderr, flush=True)
                 continue
+            # run-cap "all": the researcher's one run is meant to spend --epsilon (a hospital's own policy sizes a
+            # cap for the runs its budget must last for: docs/privacy.md).
             policy = with_values(policy, {"privacy.budget": args.epsilon, "privacy.delta": args.delta,
+                                          "privacy.run-cap": policy.privacy.run_cap or "all",
                                           "evaluation.after-budget-spent": True})
             save_policy(policy, policy_path(state))
     except (BatchCoupledLossError, PrivacyError, PolicyError) as exc:

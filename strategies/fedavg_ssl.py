@@ -16,7 +16,10 @@ Replies that fail validation (keys, shapes, dtype, non-finite values, optional u
 dropped with a logged reason; a round with fewer than ``min_replies`` valid replies keeps the previous
 global weights (Flower's ``Strategy.start`` keeps ``arrays`` when ``aggregate_train`` returns ``None``).
 A hospital that was sent a message and did not answer within the round timeout is listed as ``dropped``
-with that reason (train and evaluate). An aggregate that is exactly zero, non-finite or vanishingly small
+with that reason (train and evaluate). With ``preflight`` every sampled hospital is first asked
+``query.preflight`` (:meth:`XR0FedAvg.run_preflight`): those that refuse are left out of the round (and of its
+secure-aggregation set) with their reason, and a round with too few ready hospitals is skipped before anyone
+trains. An aggregate that is exactly zero, non-finite or vanishingly small
 (:func:`strategies.validate.aggregate_problem`) is a failed round with its reason, never a silent no-op.
 """
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -230,7 +233,15 @@ class XR0FedAvg(FedAvg):
         ``federation.round-timeout`` (only to word the reason of a hospital that did not answer in time).
     client_clip : float
         Client-level DP's clip norm (0: off): an aggregate far below it is a failed round.
+    preflight : bool
+        Ask every sampled hospital ``query.preflight`` before the round (:meth:`run_preflight`): the ones that
+        refuse are left out with their reason, and a round with fewer ready hospitals than :attr:`min_ready`
+        is skipped before anyone trains.
+    min_ready : int
+        Fewest ready hospitals a round needs (0: ``min_replies``; a secure round needs at least 2).
     """
+
+    secure = False  # whether train rounds are secure-aggregation rounds (the preflight tells the sites)
 
     def __init__(
         self,
@@ -251,6 +262,8 @@ class XR0FedAvg(FedAvg):
         on_round_end: Callable[[RoundOutcome], None] | None = None,
         round_timeout: float = 0.0,
         client_clip: float = 0.0,
+        preflight: bool = False,
+        min_ready: int = 0,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -277,6 +290,10 @@ class XR0FedAvg(FedAvg):
         self.on_round_end = on_round_end
         self.round_timeout = round_timeout
         self.client_clip = client_clip
+        self.preflight = preflight
+        self.min_ready = max(min_ready, min_replies)
+        self._preflight_sites: list[SiteOutcome] = []  # hospitals left out of this round by their preflight
+        self._preflight_reason = ""  # set when the round was skipped at preflight (nobody trained)
         self._sent: dict[str, np.ndarray] | None = None
         self._train_nodes: list[int] = []  # hospitals sent this round's train message
         self._eval_nodes: list[int] = []  # hospitals sent this round's evaluate message
@@ -306,9 +323,55 @@ class XR0FedAvg(FedAvg):
         g = self.global_round(server_round)
         self._sent = arrays_to_numpy(arrays)
         messages = list(super().configure_train(g, arrays, self.round_config(g, config), grid))
+        self._preflight_sites, self._preflight_reason = [], ""
+        if self.preflight and messages:
+            messages = self.run_preflight(g, messages, grid)
         self._train_nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
         self._train_msgs = messages
         return messages
+
+    def run_preflight(self, global_round: int, messages: list[Message], grid: Grid) -> list[Message]:
+        """Ask the hospitals of ``messages`` whether they take part (``query.preflight``: the round's config and
+        whether it is secure); return the train messages of those that are ready.
+
+        A refusal (error reply) is a ``failed`` outcome with the hospital's reason, silence a ``dropped`` one;
+        both are added to the round's record. With fewer ready hospitals than :attr:`min_ready` nobody is
+        sent anything more: the round is skipped (its reason says so) before any set-up or training, so no
+        hospital pays epsilon for a round that cannot produce a model.
+        """
+        config = messages[0].content.config_records[keys.CONFIG]
+        asks = [Message(RecordDict({keys.CONFIG: config, keys.PREFLIGHT: ConfigRecord({keys.SECURE: self.secure})}),
+                        dst_node_id=int(m.metadata.dst_node_id), message_type=f"query.{keys.PREFLIGHT}",
+                        group_id=str(global_round)) for m in messages]
+        replies = grid.send_and_receive(asks, timeout=self.round_timeout or None)
+        senders = sent_to(asks)
+        nodes = sorted({int(m.metadata.dst_node_id) for m in messages})
+        ready: set[int] = set()
+        left_out: list[SiteOutcome] = []
+        for reply in replies:
+            node = reply_sender(reply, senders) if senders else _src_node(reply)
+            if node is None or node not in nodes or node in ready:
+                continue
+            if reply.has_error():
+                left_out.append(SiteOutcome(node, "failed", "preflight: " + short_reason(
+                    reply.error.reason or f"error code {reply.error.code}")))
+            elif _is_ready(reply):
+                ready.add(node)
+            else:
+                left_out.append(SiteOutcome(node, "dropped", "preflight: the reply does not say ready"))
+        left_out += self.silent_sites(nodes, ready | {s.node_id for s in left_out}, "preflight")
+        for s in left_out:
+            log.warning("round %d: node %d left out at preflight: %s", global_round, s.node_id, s.reason)
+        if len(ready) < self.min_ready:
+            self._preflight_reason = (
+                f"preflight: {len(ready)} of {len(nodes)} hospitals can take part, fewer than the {self.min_ready} "
+                "this round needs; skipped before any hospital trained (no epsilon was charged)")
+            left_out += [SiteOutcome(n, "skipped", "ready, but the round was skipped before training: too few "
+                                     "hospitals could take part") for n in sorted(ready)]
+            self._preflight_sites = left_out
+            return []
+        self._preflight_sites = left_out
+        return [m for m in messages if int(m.metadata.dst_node_id) in ready]
 
     def silent_sites(self, nodes: Iterable[int], answered: Iterable[int], what: str) -> list[SiteOutcome]:
         """A ``dropped`` outcome for every hospital of ``nodes`` that did not answer (Flower's
@@ -331,7 +394,11 @@ class XR0FedAvg(FedAvg):
         if self._sent is None:
             raise RuntimeError("aggregate_train called before configure_train")
         t0 = time.perf_counter()
-        agg = self.form_aggregate(g, replies)
+        if self._preflight_reason:  # nobody was sent the round: its record is the preflight's
+            agg = FormedAggregate(list(self._preflight_sites), None, {}, self._preflight_reason)
+        else:
+            agg = self.form_aggregate(g, replies)
+            agg.sites = agg.sites + [s for s in self._preflight_sites if s.node_id not in {x.node_id for x in agg.sites}]
         for s in agg.sites:
             if s.status != "ok":
                 log.warning("round %d: node %d %s: %s", g, s.node_id, s.status, s.reason)
@@ -473,6 +540,14 @@ class XR0FedAvg(FedAvg):
         if self.on_round_end is not None:
             self.on_round_end(RoundOutcome(g, "evaluate", sites, metrics, updated=False))
         return MetricRecord(metrics)
+
+
+def _is_ready(msg: Message) -> bool:
+    """A preflight reply that says ready: a MetricRecord with ``ready`` = 1."""
+    try:
+        return any(rec.get(keys.READY) == 1 for rec in msg.content.metric_records.values())
+    except Exception:  # noqa: BLE001 - a hostile reply is simply not ready
+        return False
 
 
 def _src_node(msg: Message) -> int | None:

@@ -481,6 +481,8 @@ class XR0SecAggFedAvg(XR0FedAvg):
     range, with the uploaders involved) go to the round record.
     """
 
+    secure = True
+
     def form_aggregate(self, global_round: int, replies: Iterable[Any]) -> FormedAggregate:
         results = [r for r in replies if isinstance(r, SecAggRoundResult)]
         if len(results) != 1:

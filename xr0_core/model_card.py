@@ -27,7 +27,7 @@ def _num(v: Any) -> float | None:
 
 
 def _ssl_health(history: list[dict[str, Any]]) -> dict[str, Any]:
-    from xr0_core.train.health import assess_history
+    from xr0_core.train.health_verdict import assess_history
 
     v = assess_history(history)
     return {"status": v["status"], "sites": {n: {"status": s["status"], "reasons": s["reasons"]} for n, s in v["sites"].items()}}

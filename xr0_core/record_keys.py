@@ -18,3 +18,10 @@ CONFIG_HASH = "config-hash"
 
 # MetricRecord keys sent by a client (scalars only)
 NUM_EXAMPLES = "num-examples"  # Flower's weighting key
+
+# The round's preflight (query.preflight): the coordinator asks, before any set-up or training, whether each
+# hospital will take part; the ConfigRecord PREFLIGHT says whether the round is secure, a ready reply's
+# MetricRecord holds READY = 1 (a refusal is an error reply with the hospital's reason).
+PREFLIGHT = "preflight"
+SECURE = "secure"
+READY = "ready"

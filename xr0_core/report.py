@@ -27,8 +27,7 @@ from xr0_core.atomic import atomic_write
 from xr0_core.eval.multimodal_report import multimodal_section
 from xr0_core.eval.summary import LOWER_IS_BETTER, MIN_UNITS, is_task_key, summary_rows
 from xr0_core.htmlpage import details, image, note, page, table
-
-LOSS_CURVE_PREFIX = "loss-curve-"  # xr0_core/train/trainer.py: per-round summary of the per-step loss
+from xr0_core.train.loss_curve import LOSS_CURVE_PREFIX  # per-round summary of the per-step loss (sites send it)
 
 
 @dataclass
@@ -201,7 +200,7 @@ def hospitals_section(rep: RunReport) -> str:
 def loss_points(rep: RunReport, name: str) -> tuple[list[float], list[float], bool]:
     """(global steps, losses, per_step) of one hospital: the per-step summary when sites sent it
     (``loss-curve-*``), else one point per round at the round's last step."""
-    from xr0_core.train.trainer import loss_curve_steps
+    from xr0_core.train.loss_curve import loss_curve_steps
 
     local = int(rep.cfg.get("train.local-steps", 1) or 1)
     xs: list[float] = []
@@ -327,16 +326,19 @@ def privacy_section(rep: RunReport) -> str:
         m = last[n]
         budget = m.get("privacy-budget")
         left = budget - m["epsilon"] if budget is not None else ""
-        summary.append([n, m["epsilon"], budget, left, m.get("privacy-delta", ""), m.get("noise-multiplier", ""),
-                        m.get("sample-rate", ""), m.get("dp-steps", "")])
+        summary.append([n, m.get("epsilon-run", ""), m.get("privacy-run-cap", ""), m["epsilon"], budget, left,
+                        m.get("privacy-delta", ""), m.get("noise-multiplier", ""), m.get("sample-rate", ""),
+                        m.get("dp-steps", "")])
     refused = [[r["round"], s["name"], s.get("reason", "")] for r in train for s in r["sites"] if s["status"] != "ok"]
     unit = "client-level" if rep.cfg.get("privacy.client-level") and not rep.cfg.get("privacy.enabled") else \
         "patient-level (image-level without patient ids)"
     out = ["<h2>Privacy</h2>",
            note(f"{unit} ε at each hospital's δ, accumulated over every round of every run it took part in, as "
                 "recorded in its own privacy ledger before its weights left (docs/privacy.md)"),
-           table(["hospital", "ε spent", "budget", "budget left", "δ", "noise multiplier", "sample rate",
-                  "DP steps (last round)"], summary)]
+           note("ε this run: what the hospital spent in this run (resumes included), against its per-run cap (the "
+                "lifetime budget where its policy sets run-cap = all); ε spent and budget left count every run"),
+           table(["hospital", "ε this run", "run cap", "ε spent (all runs)", "budget", "budget left", "δ",
+                  "noise multiplier", "sample rate", "DP steps (last round)"], summary)]
     png = plot_epsilon(rep, rep.out_dir / "privacy_epsilon.png")
     if png is not None:
         out.append(image(png.name, "epsilon per hospital per round"))
@@ -411,9 +413,16 @@ def _round_rows(history: list[dict[str, Any]], metric_names: list[str]) -> list[
     rows = []
     for r in history:
         for s in sorted(r["sites"], key=lambda s: s["name"]):
-            rows.append([r["round"], r["kind"], s["name"], s["status"], s.get("reason", "")]
+            rows.append([r["round"], r["kind"], s["name"], _node_id(s), s["status"], s.get("reason", "")]
                         + [s["metrics"].get(m, "") for m in metric_names])
     return rows
+
+
+def _node_id(site: dict[str, Any]) -> str:
+    """The Flower node id beside a hospital's name, when the name is not made from it (it changes when a
+    hospital re-keys; the name does not)."""
+    node = site.get("node_id")
+    return "" if node is None or site.get("name") == f"node-{node}" else str(node)
 
 
 def _table_metric(key: str) -> bool:
@@ -448,7 +457,7 @@ def rounds_section(rep: RunReport) -> str:
                     [[r["round"], r["kind"], f"{sum(s['status'] == 'ok' for s in r['sites'])}/{len(r['sites'])}",
                       r.get("seconds", ""), _round_note(r)] + [r["metrics"].get(k, "") for k in agg]
                      for r in rep.history])
-            + details("per hospital", table(["round", "kind", "hospital", "status", "reason"] + names,
+            + details("per hospital", table(["round", "kind", "hospital", "node", "status", "reason"] + names,
                                             _round_rows(rep.history, names))))
 
 
@@ -466,7 +475,7 @@ HEALTH_COLUMNS = ("rankme-cls", "rankme-patch", "feature-std", "teacher-entropy"
 def health_section(rep: RunReport) -> str:
     """SSL health verdict and the last measurement of every hospital (:func:`xr0_core.train.health.assess_history`);
     "" when no hospital measured any (e.g. under DP)."""
-    from xr0_core.train.health import assess_history
+    from xr0_core.train.health_verdict import assess_history
 
     verdict = assess_history(rep.history)
     if not verdict["sites"]:

@@ -34,7 +34,7 @@ def test_a_site_with_gpus_runs_the_parallel_round_with_that_many_processes(tmp_p
     monkeypatch.setattr(runtime, "site_data", lambda *a, **k: runtime.SiteData(["a", "b", "c"], cache))
     seen = {}
 
-    def parallel(cfg_, images, weights, spec, state_dir, policy, *, site, workers):
+    def parallel(cfg_, images, weights, spec, state_dir, policy, *, site, workers, run_active=None):
         seen.update(images=images, workers=workers, state_dir=state_dir, spec=spec)
         return {"w": torch.ones(1)}, {"loss": 1.0}
 

@@ -1,66 +1,47 @@
-"""The app version a site approves: the same code gives the same version wherever it is unpacked, any code
-change gives another, docs do not; the ClientApp's refusal is the site policy's."""
+"""The app version a site approves, as the ``xr0 site app-version`` command prints it (the launcher's refusals:
+tests/client/test_launcher.py), and the runbooks' steps the deployment test runs."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from xr0_core.deploy.appversion import PACKAGES, app_version, app_version_of
+from client.bundle import checkout_fab, checkout_version
 from xr0_core.deploy.runbook import RunbookError, steps
-from xr0_core.site.policy import PolicyRefusal, SitePolicy, with_values
-from xr0_core.site.refusals import check_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def copy(tmp_path):
-    dest = tmp_path / "app"
-    for pkg in PACKAGES:
-        shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
-    return dest
-
-
-def test_version_follows_code_not_location_or_docs(copy):
-    assert app_version_of(copy) == app_version_of(ROOT) == app_version()
-    (copy / "README.md").write_text("docs change nothing")
-    assert app_version_of(copy) == app_version()
-    with open(copy / "client" / "app.py", "a") as fh:
-        fh.write("\n# a one-line change\n")
-    changed = app_version_of(copy)
-    assert changed != app_version() and changed.split("+")[0] == app_version().split("+")[0]
-
-
-def test_policy_allow_list():
-    check_bundle(SitePolicy(), app_version())  # empty list: any version
-    pinned = with_values(SitePolicy(), {"apps.allowed-versions": app_version()})
-    check_bundle(pinned, app_version())
-    with pytest.raises(PolicyRefusal, match="not approved"):
-        check_bundle(pinned, "0.1.0+0000000000000000")
-
-
-@pytest.mark.slow  # the xr0 command in a subprocess
-def test_cli_prints_the_version():
-    out = subprocess.run([sys.executable, "-m", "cli", "site", "app-version", "--app", str(ROOT)],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == app_version()
+@pytest.mark.slow  # the xr0 command in a subprocess (and two bundle builds of the checkout)
+def test_cli_prints_the_version_of_the_bundle_flwr_run_sends(tmp_path):
+    fab = tmp_path / "app.fab"
+    fab.write_bytes(checkout_fab(ROOT))  # the bytes `flwr run ROOT` submits
+    expected = checkout_version(ROOT)
+    for args in (["--app", str(ROOT)], ["--fab", str(fab)]):
+        out = subprocess.run([sys.executable, "-m", "cli", "site", "app-version", *args], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == expected, (args, out.stderr[-2000:])
+    out = subprocess.run([sys.executable, "-m", "cli", "site", "app-version", "--app", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no pyproject.toml" in out.stderr
 
 
 def test_runbooks_have_every_step_the_test_runs():
     coord = steps(ROOT / "docs" / "deploy-coordinator.md")
     site = steps(ROOT / "docs" / "deploy-hospital.md")
     assert {"certs-ca", "certs-superlink", "superlink", "connect", "register", "run", "status"} <= set(coord)
-    assert {"site-key", "policy", "doctor", "supernode"} <= set(site)
+    assert {"site-key", "policy", "doctor", "supernode", "clientapp"} <= set(site)
     sl = coord["superlink"]
     for flag in ("--ssl-certfile", "--enable-supernode-auth", "--database", "--disable-runtime-dependency-installation"):
         assert flag in sl
     assert "--insecure" not in sl and "--insecure" not in site["supernode"]
+    # The approved-code flow: Flower starts no ClientApp; the hospital's own launcher does, from its install.
+    assert "--isolation process" in site["supernode"] and "xr0 site clientapp" in site["clientapp"]
+    secret = "--superexec-auth-secret-file"
+    assert secret in site["supernode"] and secret in site["clientapp"]
 
 
 def test_runbook_parser_refuses_duplicates(tmp_path):

@@ -1,11 +1,13 @@
 """A real deployment on loopback, driven by the runbooks' own commands (docs/deploy-*.md).
 
 One real ``flower-superlink`` (TLS, SuperNode authentication, database, runtime dependency installation
-off), two real ``flower-supernode`` hospitals with synthetic data, one DP + secure-aggregation round submitted
-with ``flwr run``, and a third SuperNode whose key was never registered. Every command is read from the
+off), two real ``flower-supernode`` hospitals with synthetic data in process isolation, each answered by its
+own launcher (``xr0 site clientapp``: the hospital's installed ClientApp, after checking the bundle), one DP +
+secure-aggregation round submitted with ``flwr run``, a third SuperNode whose key was never registered, and
+a second run with a bundle one hospital did not approve (refused there, trained by the other). Every command is read from the
 runbooks (:mod:`xr0_core.deploy.runbook`) and run with the runbook's variables pointed into a temporary
 folder; HOME, FLWR_HOME and the caches point there too, so the run writes nothing outside it. Every process
-(including ``flwr-serverapp`` / ``flwr-clientapp`` children) is killed at the end, pass or fail.
+(including ``flwr-serverapp`` children and the launchers' task processes) is killed at the end, pass or fail.
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ def finished_run(deployment):
     for name, env in envs.items():
         Path(env["XR0_STATE"]).mkdir(parents=True, mode=0o700)
         d.ok(SITE["site-key"], env)
+        d.ok(SITE["runtime-secret"], env)
         if name != "site_c":  # site_c never sends its key
             pub = Path(env["XR0_STATE"]) / "keys" / f"{name}.pub"
             (d.tmp / "nodes" / pub.name).write_bytes(pub.read_bytes())
@@ -180,6 +183,7 @@ def finished_run(deployment):
         d.ok(SITE["policy"], envs[name])
         result["doctor"][name] = d.sh(SITE["doctor"], envs[name])
     nodes = {name: d.procs.start(name, SITE["supernode"], envs[name]) for name in SITES}
+    launchers = {name: d.procs.start(f"{name}-clientapp", SITE["clientapp"], envs[name]) for name in SITES}
     intruder = d.procs.start("site_c", SITE["supernode"], envs["site_c"])
     try:
         result["intruder_rc"] = intruder.wait(timeout=120)
@@ -190,13 +194,15 @@ def finished_run(deployment):
     (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
     d.ok(COORD["run"], d.coord_env)
     result["status"] = d.sh(COORD["status"], d.coord_env, timeout=600)
-    result["nodes_alive"] = {name: p.poll() is None for name, p in nodes.items()}
+    result["nodes_alive"] = {name: p.poll() is None for name, p in {**nodes, **{
+        f"{n}-clientapp": p for n, p in launchers.items()}}.items()}
     result["envs"] = envs
     return result
 
 
 def _diagnose(d) -> str:
-    return "\n".join(f"--- {n}\n{d.procs.log(n)[-2500:]}" for n in ("superlink", *SITES) if (d.tmp / "logs" / f"{n}.log").exists())
+    names = ("superlink", *SITES, *(f"{n}-clientapp" for n in SITES))
+    return "\n".join(f"--- {n}\n{d.procs.log(n)[-2500:]}" for n in names if (d.tmp / "logs" / f"{n}.log").exists())
 
 
 def test_doctor_passes_for_a_ready_site(finished_run):
@@ -224,6 +230,9 @@ def test_dp_secagg_round_completes(finished_run, deployment):
     assert [s["status"] for s in train[0]["sites"]] == ["ok", "ok"], train[0]["sites"]
     assert train[0]["metrics"]["secagg-uploads"] == 2
     assert (out / "report.html").is_file()
+    for name in SITES:  # every message was answered by the hospital's own launcher, none by flwr-clientapp
+        assert "started the hospital's ClientApp" in d.procs.log(f"{name}-clientapp"), _diagnose(d)
+        assert "Start `flwr-clientapp` process" not in d.procs.log(name)
     for name in SITES:
         state = Path(finished_run["envs"][name]["XR0_STATE"])
         audit = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
@@ -248,33 +257,65 @@ def test_nothing_written_outside_tmp(finished_run, deployment):
     assert _files_newer_than(ROOT, deployment.started) == []
 
 
-def test_unapproved_app_version_is_refused_and_the_run_fails(finished_run, deployment):
-    """site_b stops approving the app (and stops requiring secure aggregation, so that the version is what
-    it refuses on); a plain-aggregation run is refused by both hospitals (site_a's policy
-    requires secure aggregation), no hospital trains, the run fails, `xr0 coordinator status` exits 1 and the
-    coordinator's records name site_b's reason."""
+def _unapproved_bundle(tmp: Path) -> tuple[Path, Path]:
+    """A checkout the coordinator changed: the approved bundle's files plus an entry module of its own (which
+    writes a marker file when imported), with the ClientApp mapping pointed at it. Returns (folder, marker)."""
+    import zipfile
+
+    from client.bundle import checkout_fab
+
+    app = tmp / "unapproved" / "xr0-federated"
+    with zipfile.ZipFile(__import__("io").BytesIO(checkout_fab(ROOT))) as zf:
+        zf.extractall(app)
+    marker = tmp / "unapproved" / "bundle-code-ran"
+    (app / "entry_of_the_coordinator.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from client.app import app as _approved\napp = _approved  # flwr run finds `app` by reading the file\n")
+    pyproject = (app / "pyproject.toml").read_text()
+    assert 'clientapp = "client.app:app"' in pyproject
+    (app / "pyproject.toml").write_text(pyproject.replace('clientapp = "client.app:app"',
+                                                          'clientapp = "entry_of_the_coordinator:app"'))
+    return app, marker
+
+
+def test_a_bundle_one_hospital_did_not_approve_is_refused_there_while_the_other_trains(finished_run, deployment):
+    """The coordinator submits a modified bundle. site_a reviewed and approved it, site_b approves only the
+    original: site_b's launcher refuses every message with the bundle's version, site_a trains with its own
+    installed ClientApp (the bundle's entry module never runs anywhere), the run completes and exports a model.
+    Plain aggregation without DP (a federation of two cannot mask with one hospital)."""
     d = deployment
-    env_b = finished_run["envs"]["site_b"]
-    d.ok('xr0 site policy --state-dir "$XR0_STATE" --set secagg.required=false '
-         '--set apps.allowed-versions=0.0.0+0000000000000000', env_b)
-    out = d.tmp / "out-refused"
-    run_config = {**RUN_CONFIG, "secagg.enabled": False, "federation.out-dir": str(out)}
+    envs = finished_run["envs"]
+    app, marker = _unapproved_bundle(d.tmp)
+    approve = {"site_a": '"$(xr0 site app-version --app "$XR0_APP")","$(xr0 site app-version --app "$XR0_NEW_APP")"',
+               "site_b": '"$(xr0 site app-version --app "$XR0_APP")"'}
+    for name in SITES:
+        d.ok('xr0 site policy --state-dir "$XR0_STATE" --set privacy.required=false --set secagg.required=false '
+             f'--set apps.allowed-versions={approve[name]}', {**envs[name], "XR0_NEW_APP": str(app)}, timeout=300)
+    new_version = d.ok(f'xr0 site app-version --app "{app}"', envs["site_b"]).stdout.strip()
+    out = d.tmp / "out-unapproved"
+    run_config = {**RUN_CONFIG, "secagg.enabled": False, "privacy.enabled": False, "federation.out-dir": str(out)}
     (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
-    d.ok(COORD["run"], d.coord_env)
+    d.ok(COORD["run"], {**d.coord_env, "XR0_APP": str(app)})
     st = d.sh(COORD["status"], d.coord_env, timeout=600)
-    assert st.returncode == 1 and "finished:failed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
+    assert st.returncode == 0 and "finished:completed" in st.stdout, f"{st.stdout}\n{st.stderr}\n{_diagnose(d)}"
     train = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["kind"] == "train"]
-    reasons = sorted(s["reason"] for s in train[0]["sites"])
-    assert len(reasons) == 2 and all(s["status"] == "failed" for s in train[0]["sites"]), train[0]["sites"]
-    refused = [r for r in reasons if "app version" in r]
-    assert len(refused) == 1 and "not approved" in refused[0] and "0.0.0+0000000000000000" in refused[0], reasons
-    assert any("secure aggregation" in r for r in reasons), reasons
+    assert len(train) == 1 and train[0]["updated"], train
+    sites = train[0]["sites"]
+    assert sorted(s["status"] for s in sites) == ["failed", "ok"], sites
+    refused = next(s for s in sites if s["status"] == "failed")["reason"]
+    assert "not approved" in refused and new_version in refused, refused
+    assert (out / "checkpoints" / "round-0001").is_dir() and (out / "backbone.safetensors").is_file()
     assert "not approved" in (out / "report.html").read_text()
+    assert "not approved" in d.procs.log("site_b-clientapp")
+    assert not marker.exists(), "the coordinator's entry module ran"
+    audit_b = (Path(envs["site_b"]["XR0_STATE"]) / "audit.jsonl").read_text().splitlines()
+    assert any("not approved" in (json.loads(line)["error"] or "") for line in audit_b)
 
 
 def test_supernode_killed_mid_round(finished_run, deployment):
-    """Plain aggregation: site_b's SuperNode (and its flwr-clientapp) is killed while it trains; the round
-    completes with site_a, the coordinator records site_b as missing, and nothing of site_b is left running."""
+    """Plain aggregation: site_b's SuperNode and its launcher (with the task process training) are killed while it
+    trains; the round completes with site_a, the coordinator records site_b as missing, and nothing of site_b is
+    left running."""
     d = deployment
     envs = finished_run["envs"]
     for name in SITES:  # both sites now accept a plain, non-DP round of the approved version
@@ -285,14 +326,17 @@ def test_supernode_killed_mid_round(finished_run, deployment):
                   "federation.round-timeout": 300.0}
     (d.tmp / "srv" / "run.toml").write_text("".join(f'"{k}" = {_toml_value(v)}\n' for k, v in run_config.items()))
     node_b = next(p for n, p in d.procs.started if n == "site_b")
-    seen = d.procs.log("site_b").count("Start `flwr-clientapp` process")
+    launcher_b = next(p for n, p in d.procs.started if n == "site_b-clientapp")
+    started = "started the hospital's ClientApp"
+    seen = d.procs.log("site_b-clientapp").count(started)
     d.ok(COORD["run"], d.coord_env)
     deadline = time.monotonic() + 300
-    while d.procs.log("site_b").count("Start `flwr-clientapp` process") == seen:  # site_b is training now
+    while d.procs.log("site_b-clientapp").count(started) == seen:  # site_b is training now
         assert time.monotonic() < deadline and node_b.poll() is None, _diagnose(d)
         threading.Event().wait(0.2)  # polling the log, not a timing assumption
-    d.procs.kill_group(node_b)
-    node_b.wait(timeout=30)
+    for proc in (node_b, launcher_b):
+        d.procs.kill_group(proc)
+        proc.wait(timeout=30)
     flwr_home_b = f"FLWR_HOME={envs['site_b']['FLWR_HOME']}".encode()
     left = [pid for pid in tagged_pids(d.procs.tag)
             if flwr_home_b in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]

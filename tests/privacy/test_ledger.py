@@ -122,3 +122,20 @@ def test_client_level_release_is_recorded_with_sensitivity_2c(tmp_path):
     assert m["epsilon"] == pytest.approx(best, rel=1e-9)
     # The old accounting (sensitivity C) would have claimed a smaller epsilon:
     assert m["epsilon"] > independent_epsilon([{"sample_rate": 1.0, "noise_multiplier": 2.0, "steps": 1}], delta)
+
+
+def test_epsilon_after_each_release_is_the_accounting_of_each_prefix():
+    """The dashboard's ε-over-time curve (xr0_core/privacy/ledger.py: epsilon_prefixes): with RDP every prefix,
+    each exactly epsilon_of of that prefix; with PRV a few prefixes, the whole history last."""
+    import math
+
+    from xr0_core.privacy.ledger import epsilon_of, epsilon_prefixes
+
+    history = [(1.1, 0.3, 20), (1.1, 0.3, 0), (1.1, 0.3, 20), (0.9, 0.2, 10)]
+    got = epsilon_prefixes(history, 1e-5)
+    assert [i for i, _ in got] == [0, 1, 2, 3]
+    assert [e for _, e in got] == [epsilon_of(history[:i + 1], 1e-5) for i in range(4)]
+    assert got[0][1] == got[1][1] < got[2][1] < got[3][1]  # zero steps add nothing
+    assert epsilon_prefixes([(0.0, 0.3, 5)] + history, 1e-5)[-1][1] == math.inf  # no noise: no privacy
+    prv = epsilon_prefixes(history, 1e-5, "prv", points=2)
+    assert [i for i, _ in prv] == [0, 3] and prv[-1][1] == epsilon_of(history, 1e-5, "prv")

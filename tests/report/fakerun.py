@@ -33,8 +33,8 @@ def history(dp: bool = False, secagg: bool = False, rounds: int = 3) -> list[dic
         for i, name in enumerate(SITES):
             m: dict[str, float] = {"num-examples": 40.0, "partition-id": float(i), "train-seconds": 1.5}
             if dp:
-                m.update({"epsilon": 0.9 * r + 0.1 * i, "privacy-budget": 8.0, "privacy-delta": 1e-5,
-                          "dp-steps": float(LOCAL_STEPS)})  # the whitelist a DP site releases
+                m.update({"epsilon": 0.9 * r + 0.1 * i, "epsilon-run": 0.9 * r, "privacy-budget": 8.0,
+                          "privacy-run-cap": 4.0, "privacy-delta": 1e-5, "dp-steps": float(LOCAL_STEPS)})  # the whitelist a DP site releases
             else:
                 m.update({"loss": 5.0 - 0.3 * r - 0.1 * i, **{f"loss-curve-{b:02d}": 5.2 - 0.3 * r - 0.05 * b - 0.1 * i
                                                              for b in range(LOCAL_STEPS)}})

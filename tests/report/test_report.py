@@ -158,3 +158,15 @@ def test_skipped_rounds_and_warnings_are_shown(tmp_path):
     assert "skipped: poisoning bound: a weight word above the cap" in html  # per-round table
     assert "4.2 % of update coordinates were clipped" in html
     assert html.count("poisoning bound") == 2  # and in the secure-aggregation section
+
+
+def test_privacy_section_shows_this_runs_epsilon_against_the_run_cap(tmp_path):
+    """Issue 22 row 3: per hospital, epsilon spent this run, the run cap and the lifetime budget left."""
+    from xr0_core.report import RunReport, privacy_section
+
+    out = tmp_path / "run"
+    rep = RunReport(out, fakerun.summary(dp=True), fakerun.history(dp=True))
+    html = privacy_section(rep)
+    assert "ε this run" in html and "run cap" in html and "budget left" in html
+    # site01 after 3 rounds: 2.7 this run of its cap 4, 2.8 over all runs, 8 - 2.8 = 5.2 left.
+    assert "<td class=text>site01</td><td>2.7</td><td>4</td><td>2.8</td><td>8</td><td>5.2</td>" in html

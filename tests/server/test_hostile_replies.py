@@ -14,6 +14,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import preflight as client_preflight
 from client import secagg as client_secagg
 from server.run import Coordinator
 from simulation.inprocess import InProcessGrid
@@ -54,6 +55,7 @@ def _app(mod) -> ClientApp:
     app = ClientApp(mods=[mod] if mod else [])
     app.train()(fake_train)
     app.evaluate()(fake_evaluate)
+    app.query(keys.PREFLIGHT)(client_preflight.ready)  # the coordinator's preflight: these hospitals always take part
     client_secagg.register(app, fake_train, client_secagg.in_memory_trust())
     return app
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from xr0_core.config import from_flat
 from xr0_core.data.dataset import ImageCache
-from xr0_core.train.health import COLLAPSED, NOT_LEARNING, OK, assess, knn_probe, probe_health, rankme, ssl_health
+from xr0_core.train.health import knn_probe, probe_health, rankme, ssl_health
+from xr0_core.train.health_verdict import COLLAPSED, NOT_LEARNING, OK, assess
 from xr0_core.train.trainer import SiteTrainer
 
 from tests.tiny import TINY

@@ -419,7 +419,7 @@ def _pretrain(args: argparse.Namespace, con, ctx=None) -> dict[str, Any]:
     losses = [r["loss"] for r in rows]
     if rows:
         _plot_curve(rows, out / "curve.png")
-    from xr0_core.train.health import assess
+    from xr0_core.train.health_verdict import assess
 
     health = assess([r for r in rows if any(k.startswith("health/") for k in r)], losses)
     summary: dict[str, Any] = {

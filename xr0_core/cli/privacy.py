@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from xr0_core.privacy.ledger import PrivacyError, PrivacyLedger
-    from xr0_core.site.policy import PolicyError, policy_path, save_policy, with_values
+    from xr0_core.site.ledger_summary import ledger_summary
+    from xr0_core.site.policy import PolicyError, policy_path, run_cap_advice, save_policy, with_values
     from xr0_core.site.state import site_policy
 
     ledger = PrivacyLedger(args.state_dir)
@@ -40,36 +41,34 @@ def run(args: argparse.Namespace) -> int:
                 changes["privacy.delta"] = args.delta
             if args.accountant:
                 changes["privacy.accountant"] = args.accountant
-            policy = save_policy(with_values(policy, changes), policy_path(args.state_dir))
+            new = with_values(policy, changes)
+            if new.privacy.run_cap_missing:
+                raise CLIError(run_cap_advice(new.privacy).replace("--set ", "xr0 site policy --set ")
+                               + " (nothing was written)")
+            policy = save_policy(new, policy_path(args.state_dir))
         elif not ledger.exists() and not _is_state_dir(args.state_dir, policy):
             raise CLIError(f"{args.state_dir} holds no privacy ledger, site identity (site.json) or site policy: "
                            "is this the hospital's state-dir (the SuperNode's node config state-dir)?")
         data = ledger.read()
-        p = policy.privacy
-        eps = ledger.epsilon(data, delta=p.delta, accountant=p.accountant)
+        body = ledger_summary(ledger, data, policy)
     except (PrivacyError, PolicyError) as exc:
         raise CLIError(str(exc)) from None
-    releases = [{"noise_multiplier": r.noise_multiplier, "sample_rate": r.sample_rate, "steps": r.steps,
-                 "run_id": r.run_id, "round": r.round, "kind": r.kind, "delta": r.delta, "time": r.time,
-                 "unit": r.unit or data.unit, "status": r.status, "sensitivity": r.effective_sensitivity}
-                for r in data.releases]
-    units = sorted(data.release_units())
-    unit = units[0] if len(units) == 1 else ("mixed: " + ", ".join(units) if units else "")
     if args.json:
-        print_json({"delta": p.delta, "epsilon": eps, "budget": p.budget, "accountant": p.accountant,
-                    "unit": unit, "releases": releases, "policy": policy.path or None})
+        print_json(body)
         return 0
+    p, eps, releases, unit = policy.privacy, body["epsilon"], body["releases"], body["unit"]
     left = (p.budget - eps) if p.budget is not None else math.nan
     print(f"privacy ledger {ledger.path}", file=sys.stderr)
     print(f"unit {unit or '?'}, accountant {p.accountant}, delta {p.delta:g} (site policy)", file=sys.stderr)
     print(f"{'run':<18}{'round':>6}{'kind':>8}{'sigma':>10}{'q':>10}{'steps':>7}{'status':>11}", file=sys.stderr)
     for r in data.releases:
         print(f"{r.run_id:<18}{r.round:>6}{r.kind:>8}{r.noise_multiplier:>10.4f}{r.sample_rate:>10.4g}{r.steps:>7}"
-              f"{r.status:>11}", file=sys.stderr)
+              f"{r.status:>11}" + (f"  ({r.note})" if r.note else ""), file=sys.stderr)
     if not releases:
         print("no releases yet: this hospital has not trained under differential privacy", file=sys.stderr)
     print(f"epsilon spent {eps:.4f} of budget {p.budget} (left {left:.4f}) over {len(releases)} releases"
-          + (f"; per-run cap {p.run_cap:g}" if p.run_cap > 0 else "; no per-run cap"), file=sys.stderr)
+          + (f"; per-run cap {p.run_cap:g}" if p.capped else "; run cap: all (one run may spend what is left)"
+             if p.run_cap else "; no per-run cap (xr0 site policy --set privacy.run-cap=...)"), file=sys.stderr)
     return 0
 
 

@@ -83,6 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     register_deploy(site_sub)
 
+    from xr0_core.cli.dashboard import register_site as register_dashboard
+
+    register_dashboard(site_sub)
+
+
+def site_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``xr0 site`` sub-command table (after :func:`register`), for the site commands a higher layer adds
+    (``client/site_cmd.py``: the ones that need Flower)."""
+    site = subparsers.choices["site"]
+    return next(a for a in site._actions if isinstance(a, argparse._SubParsersAction))
+
 
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)

@@ -1,7 +1,7 @@
-"""``xr0 site doctor`` (preflight before starting the SuperNode), ``xr0 site app-version`` (the string a
-hospital puts in its policy's ``apps.allowed-versions``) and ``xr0 site secagg-key`` (the public signing key
-the other hospitals pin in ``secagg.peer-keys``); see xr0_core/deploy/doctor.py, appversion.py and
-xr0_core/secagg/identity.py."""
+"""``xr0 site doctor`` (preflight before starting the SuperNode) and ``xr0 site secagg-key`` (the public signing
+key the other hospitals pin in ``secagg.peer-keys``); see xr0_core/deploy/doctor.py and
+xr0_core/secagg/identity.py. ``xr0 site app-version`` and ``xr0 site clientapp`` need Flower (its bundle builder,
+its runtime API) and are registered from ``client/site_cmd.py``."""
 
 from __future__ import annotations
 
@@ -25,10 +25,6 @@ def register(site_sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json", action="store_true", help="print problems and notes as JSON on stdout")
     d.set_defaults(func=_doctor)
 
-    v = site_sub.add_parser("app-version", help="the app version of a checkout (for apps.allowed-versions)")
-    v.add_argument("--app", type=Path, default=None, help="the reviewed checkout (default: the code running xr0)")
-    v.set_defaults(func=_app_version)
-
     k = site_sub.add_parser("secagg-key", help="this hospital's public signing key (for the others' secagg.peer-keys)",
                             description="Prints (making it on first use, mode 0600) the hospital's long-term "
                                         "Ed25519 signing key's public half, hex. Send it to the other hospitals over a "
@@ -43,6 +39,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
     found = doctor(args.state_dir.expanduser(), args.key, args.root_certificates, args.superlink, args.data,
                    args.policy)
+    admission = getattr(args, "admission_check", None)  # set by client/site_cmd.py: asks the SuperLink (Flower)
+    if admission is not None:
+        admission(args, found)
     if args.json:
         print_json({"problems": found.problems, "notes": found.notes})
     stream = sys.stderr if args.json else sys.stdout
@@ -52,16 +51,6 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"note: {line}", file=stream)
     print(f"site doctor: {len(found.problems)} problem(s)" if found.problems else "site doctor: ready", file=stream)
     return 1 if found.problems else 0
-
-
-def _app_version(args: argparse.Namespace) -> int:
-    from xr0_core.deploy.appversion import app_version, app_version_of
-
-    try:
-        print(app_version_of(args.app.expanduser().resolve()) if args.app else app_version())
-    except FileNotFoundError as exc:
-        raise CLIError(str(exc)) from None
-    return 0
 
 
 def _secagg_key(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 ``xr0 site policy --state-dir DIR`` prints the policy in force (the file, or the defaults when there is
 none) and epsilon spent against its budget; ``--set KEY=VALUE`` (repeatable) changes keys and writes the
-file; ``--json`` prints it as JSON on stdout. Keys are ``section.key`` as in the file
+file; ``--json`` prints it as JSON on stdout. A budget without ``privacy.run-cap`` is refused (the operator
+sizes the cap or confirms ``privacy.run-cap=all``): otherwise the first run spends the whole lifetime budget. Keys are ``section.key`` as in the file
 (``privacy.budget``, ``secagg.required``, ``release.train-metrics`` as a comma list, ...).
 """
 
@@ -38,7 +39,8 @@ def _reject_weaker_delta(old, new, spent_releases: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xr0_core.privacy.ledger import PrivacyError, PrivacyLedger
-    from xr0_core.site.policy import PolicyError, load_policy, policy_path, save_policy, to_toml, with_values
+    from xr0_core.site.policy import (PolicyError, load_policy, policy_path, run_cap_advice, save_policy, to_toml,
+                                      with_values)
     from xr0_core.site.state import site_policy
 
     node = {"policy": str(args.policy)} if args.policy else {}
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         policy = site_policy(args.state_dir, node)
         if args.set:
             new = with_values(policy, parse_sets(args.set))
+            if new.privacy.run_cap_missing:  # the operator sizes the run cap, or confirms "all"
+                raise CLIError(run_cap_advice(new.privacy) + " (nothing was written)")
             _reject_weaker_delta(policy, new, len(ledger.read().releases) if ledger.exists() else 0)
             policy = save_policy(new, path)
             print(f"[xr0] wrote {path}", file=sys.stderr)
@@ -59,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         body = {s: dataclasses.asdict(getattr(policy, s)) for s in ("privacy", "secagg", "release", "evaluation",
                                                                     "apps")}
+        if p.run_cap == math.inf:
+            body["privacy"]["run_cap"] = "all"  # JSON has no infinity
         body.update({"path": str(path), "exists": path.is_file(), "epsilon_spent": eps,
                      "dp_required": p.dp_required})
         print_json(body)
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {path}" + ("" if path.is_file() else " (no file yet: defaults in force)"), file=sys.stderr)
     print(to_toml(policy), end="", file=sys.stderr)
     left = (p.budget - eps) if p.budget is not None else math.nan
+    if p.run_cap_missing:
+        print(f"# warning: {run_cap_advice(p)}", file=sys.stderr)
     print(f"# DP {'required' if p.dp_required else 'not required'}; epsilon spent {eps:.4f}"
           + (f" of {p.budget:g} (left {left:.4f})" if p.budget is not None else ""), file=sys.stderr)
     return 0

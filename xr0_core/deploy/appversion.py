@@ -1,74 +1,101 @@
 """What "app version" means for a hospital's allow-list (site policy ``apps.allowed-versions``).
 
-An app version is ``<project version>+<digest>``, e.g. ``0.1.0+3f9c2a61d0b4e7aa``: the ``[project].version``
-of pyproject.toml and the first 16 hex digits of a SHA-256 over the Python source of the packages the app is
-made of (:data:`PACKAGES`: every ``*.py`` file under them, as (relative path, bytes), in sorted order).
+An app version names one Flower app bundle (FAB, the zip ``flwr run`` sends): ``<project version>+<digest>``,
+e.g. ``0.1.0+3f9c...`` (64 hex digits), where the digest is a SHA-256 over
 
-It is computed from the files the running process actually imported the app from, so in deployment it
-names the code Flower unpacked from the submitted bundle (FAB), not the site's own checkout; a hospital
-reviews a checkout, runs ``xr0 site app-version`` (or reads the coordinator's release note) and adds the
-string to its policy.
+- the bundle's entry-point mapping (``[tool.flwr.app.components]`` of its ``pyproject.toml``, which names
+  the modules Flower would load), as canonical JSON, and
+- every file of the bundle, as (path, bytes), in sorted order: code, ``pyproject.toml`` (run-config
+  defaults, dependencies), docs, Flower's ``.info/CONTENT`` manifest.
 
-Why not Flower's own identifiers (checked against flwr 1.42):
+So a bundle that copies the approved packages and adds one module, or changes only ``client/``, or only
+points the mapping elsewhere, has another version. The hospital computes the version of the bundle it was
+*sent*, from the bytes, without unpacking or importing anything (``client/launcher.py``, ``xr0 site
+clientapp``); ``xr0 site app-version --app DIR`` builds the bundle of a reviewed checkout with Flower's own
+builder and hashes it with the same function (``client/bundle.py``), so the two agree for the same files.
 
-- The FAB hash never reaches the ClientApp (``Context`` has run/node ids and configs only); the SuperNode
-  does not expose it to the app. It also covers non-code files (README, docs, the run-config defaults in
-  pyproject.toml), so a typo fix in a doc would void every site's approval.
-- Signed apps (``flower-supernode --trusted-entities``) verify signatures made by Flower's hosted app
-  platform (``flwr app publish``); a coordinator cannot sign a bundle itself offline, so a private
-  federation cannot use it end to end.
-- The run config is already pinned separately: the coordinator's config hash must match the site's.
+Why the whole bundle, not only its Python source (the form before issue 21, 16 hex digits): the check
+runs at the hospital over what the coordinator submitted; a digest over chosen packages left every other
+file (an extra entry module, the mapping) unchecked. The cost: a changed doc in the bundle is a new version
+to approve. The code the hospital *runs* is its own installed ClientApp in any case, never the bundle's;
+the version decides whether the hospital takes part in the run the bundle describes (its ServerApp, its
+run-config defaults).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata
+import io
+import json
 import tomllib
-from pathlib import Path
+import zipfile
+from typing import Mapping
 
-PACKAGES = ("xr0_core", "client", "server", "strategies", "simulation")
-DIGEST_CHARS = 16
-
-
-def source_digest(root: str | Path, packages: tuple[str, ...] = PACKAGES) -> str:
-    """SHA-256 (hex) over every ``*.py`` file below ``root/<package>`` (paths relative to ``root``)."""
-    root = Path(root)
-    h = hashlib.sha256()
-    files = sorted(p for pkg in packages if (root / pkg).is_dir() for p in (root / pkg).rglob("*.py")
-                   if "__pycache__" not in p.parts)
-    if not files:
-        raise FileNotFoundError(f"no app source under {root} (expected {', '.join(packages)})")
-    for path in files:
-        rel = path.relative_to(root).as_posix().encode()
-        data = path.read_bytes()
-        h.update(len(rel).to_bytes(4, "big") + rel + len(data).to_bytes(8, "big") + data)
-    return h.hexdigest()
+BUNDLE_FORMAT = b"xr0-bundle-v1\n"  # changes when the digest's definition changes
+CONFIG_FILE = "pyproject.toml"
 
 
-def project_version(root: str | Path) -> str:
-    """``[project].version`` of ``root/pyproject.toml``, else the installed distribution's version."""
-    pyproject = Path(root) / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
-        except (KeyError, tomllib.TOMLDecodeError):
-            pass
+class BundleError(ValueError):
+    """The bytes are not an app bundle a version can be computed for; the message says what is wrong."""
+
+
+def bundle_files(fab: bytes) -> dict[str, bytes]:
+    """The files of a FAB (zip) as ``{path: bytes}``, read in memory (nothing is written or imported).
+
+    Raises
+    ------
+    BundleError
+        Not a zip, a path that appears twice (two readers could pick different copies), or no
+        ``pyproject.toml``.
+    """
     try:
-        return importlib.metadata.version("xr0-federated")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
+        with zipfile.ZipFile(io.BytesIO(fab)) as zf:
+            files: dict[str, bytes] = {}
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                if info.filename in files:
+                    raise BundleError(f"the app bundle holds {info.filename!r} twice")
+                files[info.filename] = zf.read(info)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise BundleError(f"the app bundle is not a readable zip file ({exc})") from None
+    if CONFIG_FILE not in files:
+        raise BundleError(f"the app bundle has no {CONFIG_FILE}")
+    return files
 
 
-def app_version_of(root: str | Path) -> str:
-    """The app version of the source tree at ``root`` (a checkout or an unpacked FAB)."""
-    return f"{project_version(root)}+{source_digest(root)[:DIGEST_CHARS]}"
+def entry_points(files: Mapping[str, bytes]) -> dict[str, str]:
+    """The bundle's ``[tool.flwr.app.components]`` (e.g. ``{"clientapp": "client.app:app", ...}``)."""
+    config = _config(files)
+    components = config.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
+    if not isinstance(components, dict):
+        raise BundleError(f"{CONFIG_FILE} [tool.flwr.app.components] is not a table")
+    return {str(k): str(v) for k, v in components.items()}
 
 
-@functools.lru_cache(maxsize=1)
-def app_version() -> str:
-    """The app version of the code this process runs (the tree ``xr0_core`` was imported from)."""
-    import xr0_core
+def bundle_version(files: Mapping[str, bytes]) -> str:
+    """``<project version>+<SHA-256 hex>`` of a bundle's files (:func:`bundle_files`); see the module doc."""
+    version = _config(files).get("project", {}).get("version")
+    if not isinstance(version, str) or not version:
+        raise BundleError(f"the app bundle's {CONFIG_FILE} has no [project].version")
+    h = hashlib.sha256(BUNDLE_FORMAT)
+    mapping = json.dumps(entry_points(files), sort_keys=True, separators=(",", ":")).encode()
+    h.update(len(mapping).to_bytes(8, "big") + mapping)
+    for name in sorted(files):
+        path, data = name.encode(), files[name]
+        h.update(len(path).to_bytes(4, "big") + path + len(data).to_bytes(8, "big") + data)
+    return f"{version}+{h.hexdigest()}"
 
-    return app_version_of(Path(xr0_core.__file__).resolve().parents[1])
+
+def fab_version(fab: bytes) -> str:
+    """The app version of FAB bytes (:func:`bundle_files` then :func:`bundle_version`)."""
+    return bundle_version(bundle_files(fab))
+
+
+def _config(files: Mapping[str, bytes]) -> dict:
+    try:
+        return tomllib.loads(files[CONFIG_FILE].decode("utf-8"))
+    except KeyError:
+        raise BundleError(f"the app bundle has no {CONFIG_FILE}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BundleError(f"the app bundle's {CONFIG_FILE} is not valid TOML ({exc})") from None

@@ -57,6 +57,14 @@ def check_policy(state_dir: Path, policy_file: Path | None, out: Findings) -> No
     elif not policy.apps.allowed_versions:
         out.notes.append("site policy approves any app version (apps.allowed-versions is empty); pin the reviewed "
                          "one with `--set apps.allowed-versions=<xr0 site app-version>`")
+    else:
+        out.notes.append("site policy approves listed app versions: start the SuperNode with --isolation process and "
+                         "`xr0 site clientapp` beside it (a ClientApp Flower loads from the coordinator's bundle "
+                         "refuses every message)")
+    if policy.privacy.run_cap_missing:
+        from xr0_core.site.policy import run_cap_advice
+
+        out.problems.append(f"site policy: {run_cap_advice(policy.privacy)}")
     if not policy.secagg.peer_keys:
         if policy.secagg.allow_unpinned:
             out.notes.append("secure aggregation runs without pinned peer keys (secagg.allow-unpinned = true): a "

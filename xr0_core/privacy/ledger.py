@@ -41,6 +41,10 @@ KIND_CLIENT = "client"  # client-level Gaussian release of a clipped update (pro
 CLIENT_SENSITIVITY = 2.0  # add/remove one patient moves a clipped update (norm <= C) by up to 2C
 STATUS_PENDING = "pending"  # reserved before training; counts in full
 STATUS_COMMITTED = "committed"
+# Reserved, then nothing of the round ever left the site: its run stopped before the release, the trained
+# weights were dropped and the round's local state was never saved (xr0_core/site/round.py). No output of
+# the mechanism exists any more, so it does not count; it stays in the ledger as the record of what happened.
+STATUS_WITHDRAWN = "withdrawn"
 
 
 class PrivacyError(RuntimeError):
@@ -80,6 +84,12 @@ class Release:
     unit: str = ""
     status: str = STATUS_COMMITTED
     sensitivity: float = 0.0  # 0: the kind's (1 for dp-sgd, 2 for client); older ledgers have none
+    note: str = ""  # why a release was withdrawn, or charged although its update was never used
+
+    @property
+    def counts(self) -> bool:
+        """Whether this release counts toward epsilon (pending and committed ones do; withdrawn ones do not)."""
+        return self.status != STATUS_WITHDRAWN
 
     @property
     def effective_sensitivity(self) -> float:
@@ -129,6 +139,50 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
     if any(h[0] <= 0 for h in history):
         return math.inf
     return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+
+
+def epsilon_prefixes(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp",
+                     points: int = 60) -> list[tuple[int, float]]:
+    """``[(i, epsilon of history[:i + 1])]``: epsilon after each release, for a curve of the spend over time.
+
+    With ``rdp`` every prefix (RDP composes by addition: each distinct entry's RDP vector is computed once and
+    summed in order, so the last value is :func:`epsilon_of` of the whole history, bit for bit); with another
+    accountant at most ``points`` prefixes, evenly spaced, the last always included (each costs a full
+    accounting).
+    """
+    n = len(history)
+    if n == 0:
+        return []
+    if accountant != "rdp":
+        k = min(points, n)
+        idx = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {n - 1})
+        return [(i, epsilon_of(history[:i + 1], delta, accountant)) for i in idx]
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    alphas = RDPAccountant.DEFAULT_ALPHAS
+    vectors: dict[tuple[float, float, int], object] = {}
+    total: object = 0  # as RDPAccountant.get_privacy_spent: sum() of the vectors, in history order
+    seen, infinite = False, False
+    out = []
+    for i, (sigma, q, steps) in enumerate(history):
+        if steps > 0:
+            if sigma <= 0:
+                infinite = True
+            else:
+                key = (float(sigma), float(q), int(steps))
+                if key not in vectors:
+                    vectors[key] = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=alphas)
+                total = total + vectors[key]
+                seen = True
+        if infinite:
+            out.append((i, math.inf))
+        elif not seen:
+            out.append((i, 0.0))
+        else:
+            eps, _ = rdp_analysis.get_privacy_spent(orders=alphas, rdp=total, delta=delta)
+            out.append((i, float(eps)))
+    return out
 
 
 def calibrate_noise(history: list[tuple[float, float, int]], *, sample_rate: float, steps: int, budget: float,
@@ -219,27 +273,42 @@ class PrivacyLedger:
     # -- queries
     @staticmethod
     def history(data: LedgerData, kind: str | None = None) -> list[tuple[float, float, int]]:
-        return [r.history_entry() for r in data.releases if kind is None or r.kind == kind]
+        return [r.history_entry() for r in data.releases if r.counts and (kind is None or r.kind == kind)]
 
     def epsilon(self, data: LedgerData | None = None, delta: float | None = None, accountant: str | None = None,
                 run_id: str | None = None) -> float:
         """Epsilon spent at ``delta`` with ``accountant`` (the site policy's; a legacy ledger's own values when
-        not given) over every release, pending ones included (or over one run's, with ``run_id``)."""
+        not given) over every release that counts, pending ones included, withdrawn ones not (or over one run's,
+        with ``run_id``)."""
         data = data or self.read()
         d = delta if delta is not None else data.delta
         if d is None:
             raise LedgerError(f"{self.path}: no delta given; the site policy (xr0 site policy) sets it")
-        releases = [r for r in data.releases if run_id is None or r.run_id == run_id]
+        releases = [r for r in data.releases if r.counts and (run_id is None or r.run_id == run_id)]
         return epsilon_of([r.history_entry() for r in releases], d, accountant or data.accountant)
 
     # -- changes
-    def commit(self, run_id: str, server_round: int) -> int:
+    def withdraw(self, run_id: str, server_round: int, note: str) -> int:
+        """Mark this round's *pending* releases withdrawn (they stop counting); returns how many.
+
+        Only for a round whose mechanism output provably never left the site and was never saved: the caller
+        (:func:`xr0_core.site.round.run_site_round`) does this when the run stopped before the release and
+        before the round's local state was written. A committed release is never withdrawn."""
+        with self.transaction() as data:
+            n = 0
+            for i, r in enumerate(data.releases):
+                if r.run_id == run_id and r.round == server_round and r.status == STATUS_PENDING:
+                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_WITHDRAWN, "note": note})
+                    n += 1
+            return n
+
+    def commit(self, run_id: str, server_round: int, note: str = "") -> int:
         """Mark this round's pending releases committed (they already count); returns how many."""
         with self.transaction() as data:
             n = 0
             for i, r in enumerate(data.releases):
                 if r.run_id == run_id and r.round == server_round and r.status == STATUS_PENDING:
-                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_COMMITTED})
+                    data.releases[i] = Release(**{**asdict(r), "status": STATUS_COMMITTED, "note": note or r.note})
                     n += 1
             return n
 

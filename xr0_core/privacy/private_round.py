@@ -11,7 +11,7 @@ Called by :mod:`xr0_core.site.round` only, which composes policy, training and t
    on every rank (:mod:`xr0_core.site.launch.parallel`).
 2. training (by the caller);
 3. :meth:`PrivateRound.finish`: client-level clip + noise, commit the reservation, and the metrics that may
-   leave (epsilon, delta, budget, DP steps; never losses, the sample rate or the noise multiplier, which
+   leave (epsilon over every run and over this one, delta, budget, run cap, DP steps; never losses, the sample rate or the noise multiplier, which
    reveal the patient count).
 """
 
@@ -25,7 +25,7 @@ from typing import Mapping
 
 import torch
 
-from xr0_core.privacy.reservation import Reservation, RoundRequest, commit_round, reserve_round
+from xr0_core.privacy.reservation import Reservation, RoundRequest, commit_round, reserve_round, withdraw_round
 from xr0_core.privacy.units import privacy_units, sample_rate_for
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,16 @@ class PrivateRound:
     def noise_multiplier(self) -> float:
         return float(self.reservation.noise_multiplier)
 
+    def withdraw(self, why: str) -> None:
+        """Nothing of this round left the site or was saved: its reservation stops counting (see
+        :func:`~xr0_core.privacy.reservation.withdraw_round`)."""
+        withdraw_round(self.state_dir, self.reservation, why)
+
+    def charge_unused(self, why: str) -> None:
+        """Commit the reservation although the update will not leave (its local state was already saved, so
+        what it learnt stays in the site's later releases): charged, with ``why`` in the ledger."""
+        commit_round(self.state_dir, self.reservation, note=f"charged, unused: {why}")
+
     def finish(self, shared: dict[str, torch.Tensor], global_weights: Mapping[str, torch.Tensor],
                metrics: dict[str, float], *, steps: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Client-level DP (if on), commit the reservation, and return what may leave (before policy filters).
@@ -67,10 +77,11 @@ class PrivateRound:
                 shared, global_weights, clip=self.client_clip, noise_multiplier=res.client_noise_multiplier,
                 generator=noise_generator(torch.device("cpu")))
             log.info("client-level DP: update norm %.4g clipped to %g", norm, self.client_clip)
-        eps = commit_round(self.state_dir, res)
+        eps, run_eps = commit_round(self.state_dir, res)
         log.info("round %d private metrics kept at the site: %s", res.server_round, metrics)
         out = {k: v for k, v in metrics.items() if k == "num-examples"}
-        out.update({"epsilon": float(eps), "privacy-delta": float(res.delta), "privacy-budget": float(res.budget),
+        out.update({"epsilon": float(eps), "epsilon-run": float(run_eps), "privacy-delta": float(res.delta),
+                    "privacy-budget": float(res.budget), "privacy-run-cap": res.effective_run_cap,
                     "dp-steps": float(steps)})
         return shared, out
 
@@ -91,11 +102,8 @@ def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> Private
         Before any training; nothing was charged.
     """
     units = privacy_units(records)
-    q = sample_rate_for(cfg.train.batch_size, units.n_units, cfg.privacy.sample_rate) if terms.sample_level else 1.0
-    req = RoundRequest(run_id=spec.run_key, server_round=spec.server_round, local_steps=spec.local_steps,
-                       remaining_steps=spec.total_steps - spec.global_step, sample_rate=q, unit=units.kind,
-                       sample_level=terms.sample_level, sigma=cfg.privacy.noise_multiplier,
-                       client_level=terms.client_level, client_sigma=cfg.privacy.client_noise_multiplier)
+    req = round_request(cfg, units, spec, terms)
+    q = req.sample_rate
     res = reserve_round(Path(state_dir), terms, req)
     if terms.sample_level:
         log.info("DP round %d: unit %s, sigma %.4f, q %.4g, epsilon %.3f -> %.3f of %g (delta %g)",
@@ -103,6 +111,20 @@ def reserve_private_round(cfg, records, spec, state_dir: Path, terms) -> Private
                  res.epsilon_after, res.budget, res.delta)
     return PrivateRound(res, Path(state_dir), units.kind, terms.client_level, cfg.privacy.client_clip,
                         sample_level=terms.sample_level, sample_rate=q, n_units=units.n_units)
+
+
+def round_request(cfg, units, spec, terms) -> RoundRequest:
+    """What a round asks of the ledger: its DP-SGD steps at Poisson rate q = batch / units (or the run
+    config's ``privacy.sample-rate``), the run config's fixed sigma (0: calibrate), client-level noise.
+
+    ``units``: :func:`~xr0_core.privacy.units.privacy_units` of the training records; ``spec``: anything with
+    ``run_key``, ``server_round``, ``global_step``, ``total_steps``, ``local_steps`` (the round's
+    :class:`~xr0_core.train.round_state.RoundSpec`, or the preflight's announcement)."""
+    q = sample_rate_for(cfg.train.batch_size, units.n_units, cfg.privacy.sample_rate) if terms.sample_level else 1.0
+    return RoundRequest(run_id=spec.run_key, server_round=spec.server_round, local_steps=spec.local_steps,
+                        remaining_steps=spec.total_steps - spec.global_step, sample_rate=q, unit=units.kind,
+                        sample_level=terms.sample_level, sigma=cfg.privacy.noise_multiplier,
+                        client_level=terms.client_level, client_sigma=cfg.privacy.client_noise_multiplier)
 
 
 def reserved_dp_step(trainer, noise_multiplier: float, sample_rate: float, n_units: int):

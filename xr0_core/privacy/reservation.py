@@ -3,8 +3,8 @@
 Order of a private round at a site (:mod:`xr0_core.site.round` composes it):
 
 1. :func:`reserve_round`, in ONE locked ledger transaction: choose sigma (fixed by the run config, the one
-   already chosen for this run, or calibrated once per run to spend what is left over the run's remaining
-   steps), check it against the policy's largest noise multiplier, check the unit against the releases
+   already chosen for this run, or calibrated once per run so that the run's remaining steps spend at most
+   its per-run cap and never more than is left of the lifetime budget), check it against the policy's largest noise multiplier, check the unit against the releases
    already made, check epsilon after this round against the lifetime budget and the per-run cap, and
    append the round's releases as ``pending``. A pending release counts in full from this moment.
 2. training (the DP-SGD session uses exactly the reserved sigma, q and steps);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,12 @@ class Reservation:
     epsilon_before: float
     epsilon_after: float
     run_epsilon_after: float
+    run_cap: float = 0.0  # the policy's per-run cap (0 unset, math.inf "all")
+
+    @property
+    def effective_run_cap(self) -> float:
+        """The most epsilon this run may spend: the per-run cap, or the lifetime budget when none is finite."""
+        return float(self.run_cap) if 0 < self.run_cap < math.inf else float(self.budget)
 
 
 def reserve_round(state_dir: Path, terms, req: RoundRequest) -> Reservation:
@@ -92,48 +99,68 @@ def reserve_round(state_dir: Path, terms, req: RoundRequest) -> Reservation:
         Mixed privacy units (see :func:`check_unit`).
     """
     ledger = PrivacyLedger(state_dir)
-    delta, acc, budget = terms.delta, terms.accountant, float(terms.budget)
     with ledger.transaction() as data:
-        check_unit(data.release_units(), req.unit, terms.unit)
-        history = [r.history_entry() for r in data.releases]
-        run_history = [r.history_entry() for r in data.releases if r.run_id == req.run_id]
-        eps_before = epsilon_of(history, delta, acc)
-        client: list[tuple[float, float, int]] = []
-        if req.client_level:
-            client.append((req.client_sigma / CLIENT_SENSITIVITY, 1.0, 1))
-        sigma = 0.0
-        if req.sample_level:
-            sigma = _choose_sigma(data, req, terms, history, run_history, client)
-            if sigma > terms.max_noise_multiplier:
-                raise NoiseAboveCap(
-                    f"privacy: this round needs noise multiplier {sigma:.3g} to stay within the budget (epsilon "
-                    f"{eps_before:.3f} of {budget:g} spent), above the site's max-noise-multiplier "
-                    f"{terms.max_noise_multiplier:g}; the hospital refuses to train on noise (its operator may "
-                    "raise privacy.budget or privacy.max-noise-multiplier in the site policy)")
-        planned = ([(sigma, req.sample_rate, int(req.local_steps))] if req.sample_level else []) + client
-        eps_after = epsilon_of(history + planned, delta, acc)
-        run_eps_after = epsilon_of(run_history + planned, delta, acc)
-        if eps_after > budget * (1 + 1e-9):
-            raise PrivacyBudgetExceeded(
-                f"privacy budget exceeded: this round would bring epsilon from {eps_before:.3f} to {eps_after:.3f} "
-                f"(delta {delta:g}), above the hospital's budget of {budget:g}; the hospital refuses to train "
-                "(its operator may raise privacy.budget in the site policy, or leave the federation)")
-        if terms.run_cap > 0 and run_eps_after > terms.run_cap * (1 + 1e-9):
-            raise PrivacyBudgetExceeded(
-                f"privacy run cap exceeded: this round would bring this run's epsilon to {run_eps_after:.3f}, above "
-                f"the hospital's per-run cap of {terms.run_cap:g}; the hospital refuses to train")
-        import time
-
+        res = _plan(data, terms, req)
         now = time.time()
         if req.sample_level:
-            data.releases.append(Release(req.run_id, int(req.server_round), sigma, req.sample_rate,
-                                         int(req.local_steps), delta, KIND_DPSGD, now, req.unit, STATUS_PENDING, 1.0))
+            data.releases.append(Release(req.run_id, int(req.server_round), res.noise_multiplier, req.sample_rate,
+                                         int(req.local_steps), res.delta, KIND_DPSGD, now, req.unit, STATUS_PENDING,
+                                         1.0))
         if req.client_level:
-            data.releases.append(Release(req.run_id, int(req.server_round), req.client_sigma, 1.0, 1, delta,
+            data.releases.append(Release(req.run_id, int(req.server_round), req.client_sigma, 1.0, 1, res.delta,
                                          KIND_CLIENT, now, req.unit, STATUS_PENDING, CLIENT_SENSITIVITY))
+    return res
+
+
+def preview_round(state_dir: Path, terms, req: RoundRequest) -> Reservation:
+    """The reservation :func:`reserve_round` would make now, with the same refusals, writing nothing: what a
+    site answers to the coordinator's preflight before any secure-aggregation set-up or training
+    (:mod:`xr0_core.site.preflight`). The real reservation still happens, and is checked again, at training.
+
+    Raises
+    ------
+    PrivacyBudgetExceeded, NoiseAboveCap, UnitMismatch
+        As :func:`reserve_round`.
+    """
+    return _plan(PrivacyLedger(state_dir).read(), terms, req)
+
+
+def _plan(data, terms, req: RoundRequest) -> Reservation:
+    """Sigma, epsilon before and after, and every refusal of this round against ``data`` (the ledger's
+    contents; :func:`_choose_sigma` notes a newly calibrated sigma in ``data.runs``)."""
+    delta, acc, budget = terms.delta, terms.accountant, float(terms.budget)
+    check_unit(data.release_units(), req.unit, terms.unit)
+    counted = [r for r in data.releases if r.counts]
+    history = [r.history_entry() for r in counted]
+    run_history = [r.history_entry() for r in counted if r.run_id == req.run_id]
+    eps_before = epsilon_of(history, delta, acc)
+    client: list[tuple[float, float, int]] = []
+    if req.client_level:
+        client.append((req.client_sigma / CLIENT_SENSITIVITY, 1.0, 1))
+    sigma = 0.0
+    if req.sample_level:
+        sigma = _choose_sigma(data, req, terms, history, run_history, client)
+        if sigma > terms.max_noise_multiplier:
+            raise NoiseAboveCap(
+                f"privacy: this round needs noise multiplier {sigma:.3g} to stay within the budget (epsilon "
+                f"{eps_before:.3f} of {budget:g} spent), above the site's max-noise-multiplier "
+                f"{terms.max_noise_multiplier:g}; the hospital refuses to train on noise (its operator may "
+                "raise privacy.budget or privacy.max-noise-multiplier in the site policy)")
+    planned = ([(sigma, req.sample_rate, int(req.local_steps))] if req.sample_level else []) + client
+    eps_after = epsilon_of(history + planned, delta, acc)
+    run_eps_after = epsilon_of(run_history + planned, delta, acc)
+    if eps_after > budget * (1 + 1e-9):
+        raise PrivacyBudgetExceeded(
+            f"privacy budget exceeded: this round would bring epsilon from {eps_before:.3f} to {eps_after:.3f} "
+            f"(delta {delta:g}), above the hospital's budget of {budget:g}; the hospital refuses to train "
+            "(its operator may raise privacy.budget in the site policy, or leave the federation)")
+    if _capped(terms) and run_eps_after > terms.run_cap * (1 + 1e-9):
+        raise PrivacyBudgetExceeded(
+            f"privacy run cap exceeded: this round would bring this run's epsilon to {run_eps_after:.3f}, above "
+            f"the hospital's per-run cap of {terms.run_cap:g}; the hospital refuses to train")
     return Reservation(req.run_id, req.server_round, sigma, req.sample_rate, int(req.local_steps),
                        req.client_sigma if req.client_level else 0.0, delta, acc, budget, eps_before, eps_after,
-                       run_eps_after)
+                       run_eps_after, float(terms.run_cap))
 
 
 def _choose_sigma(data, req: RoundRequest, terms, history, run_history, client) -> float:
@@ -149,16 +176,25 @@ def _choose_sigma(data, req: RoundRequest, terms, history, run_history, client) 
     try:
         sigma = calibrate_noise(history + client, sample_rate=req.sample_rate, steps=horizon,
                                 budget=float(terms.budget), delta=terms.delta, accountant=terms.accountant)
-        if terms.run_cap > 0:
+        if _capped(terms):
             sigma = max(sigma, calibrate_noise(run_history + client, sample_rate=req.sample_rate, steps=horizon,
                                                budget=terms.run_cap, delta=terms.delta,
                                                accountant=terms.accountant))
     except PrivacyBudgetExceeded as exc:
         raise PrivacyBudgetExceeded(f"{exc}; this hospital refuses to train") from None
+    if not terms.run_cap:
+        log.warning("run %s: the site policy has a privacy budget but no privacy.run-cap: the noise is calibrated "
+                    "to spend everything left of the lifetime budget in this run (set privacy.run-cap, or "
+                    "privacy.run-cap = \"all\" to confirm)", req.run_id)
     data.runs[req.run_id] = {"noise_multiplier": sigma, "sample_rate": req.sample_rate, "horizon_steps": horizon}
     log.info("run %s: noise multiplier %.4f calibrated for %d steps at q=%.4g within epsilon %.3g", req.run_id,
              sigma, horizon, req.sample_rate, terms.budget)
     return sigma
+
+
+def _capped(terms) -> bool:
+    """A finite per-run cap applies (``run-cap`` 0 is unset, ``math.inf`` is "all": only the budget limits)."""
+    return 0 < terms.run_cap < math.inf
 
 
 def check_unit(previous: set[str], unit: str, required: str = "auto") -> None:
@@ -182,11 +218,22 @@ def check_unit(previous: set[str], unit: str, required: str = "auto") -> None:
             "unit (patient ids in the manifest or not), or set the same privacy.unit in the site policy")
 
 
-def commit_round(state_dir: Path, reservation: Reservation) -> float:
-    """Mark the reserved releases committed; return epsilon now (every release, at the reservation's delta)."""
+def withdraw_round(state_dir: Path, reservation: Reservation, why: str) -> None:
+    """The reserved round's output never left and was never saved (its run stopped first): its releases stop
+    counting, marked withdrawn with ``why`` (:meth:`~xr0_core.privacy.ledger.PrivacyLedger.withdraw`)."""
+    PrivacyLedger(state_dir).withdraw(reservation.run_id, reservation.server_round, why)
+    log.info("round %d of run %s withdrawn from the ledger: %s", reservation.server_round, reservation.run_id, why)
+
+
+def commit_round(state_dir: Path, reservation: Reservation, note: str = "") -> tuple[float, float]:
+    """Mark the reserved releases committed; return epsilon now over every release and over this run's (at the
+    reservation's delta). ``note``: recorded with them (e.g. charged although the run had stopped)."""
     ledger = PrivacyLedger(state_dir)
-    ledger.commit(reservation.run_id, reservation.server_round)
-    eps = ledger.epsilon(delta=reservation.delta, accountant=reservation.accountant)
+    ledger.commit(reservation.run_id, reservation.server_round, note)
+    data = ledger.read()
+    eps = ledger.epsilon(data, delta=reservation.delta, accountant=reservation.accountant)
     if math.isinf(eps):
         raise PrivacyError("the ledger's epsilon is infinite (a release without noise): refusing to release")
-    return eps
+    run_eps = ledger.epsilon(data, delta=reservation.delta, accountant=reservation.accountant,
+                             run_id=reservation.run_id)
+    return eps, run_eps

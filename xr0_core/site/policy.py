@@ -17,7 +17,8 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
     budget = 8.0                 # lifetime epsilon over every round of every run
     delta = 1e-05
     accountant = "rdp"           # rdp | prv (gdp never enforces: it under-reports)
-    run-cap = 0.0                # most epsilon one run may spend (0: only the lifetime budget)
+    run-cap = 2.0                # most epsilon one run may spend; "all": a run may spend all that is left.
+                                 # Required with a budget (xr0 site policy refuses a budget without it)
     max-noise-multiplier = 10.0  # above this sigma the site refuses instead of training on noise
     unit = "auto"                # auto | patient | image: the privacy unit this site insists on
 
@@ -42,7 +43,7 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
     after-budget-spent = false   # evaluate (held-out patients only) once the privacy budget is spent
 
     [apps]
-    allowed-versions = []        # app versions this site runs (empty: any); see app_version()
+    allowed-versions = []        # app bundles this site takes part with (empty: any); xr0 site app-version
 
 References: Bonawitz et al. (2017) and Bell et al. (2020) for the secure-aggregation parameters; Opacus
 accountants for ``accountant``.
@@ -66,11 +67,12 @@ POLICY_FORMAT = "xr0-site-policy/1"
 ENFORCING_ACCOUNTANTS = ("rdp", "prv")
 UNITS = ("auto", "patient", "image")
 EPSILON_RELEASES = ("rounded", "exact", "withheld")
+RUN_CAP_ALL = "all"  # privacy.run-cap = "all": one run may spend whatever is left of the lifetime budget
 
 # Under sample-level DP only these may leave a site (losses and timings are computed from private data
 # without noise; ``sample-rate`` and ``noise-multiplier`` reveal the patient count).
-DP_SAFE_TRAIN_METRICS = ("epsilon", "epsilon-withheld", "privacy-delta", "privacy-budget", "dp-steps",
-                         "num-examples", "partition-id")
+DP_SAFE_TRAIN_METRICS = ("epsilon", "epsilon-run", "epsilon-withheld", "privacy-delta", "privacy-budget",
+                         "privacy-run-cap", "dp-steps", "num-examples", "partition-id")
 
 
 # Under secure aggregation these never leave a site in clear, whatever the allow-list says: each tells the
@@ -100,13 +102,34 @@ class PrivacyPolicy:
     budget: float | None = None
     delta: float = 1e-5
     accountant: str = "rdp"
-    run_cap: float = 0.0
+    run_cap: float = 0.0  # 0: not set; math.inf: "all" (one run may spend everything left)
     max_noise_multiplier: float = 10.0
     unit: str = "auto"
 
     @property
     def dp_required(self) -> bool:
         return bool(self.required) if self.required is not None else self.budget is not None
+
+    @property
+    def run_cap_missing(self) -> bool:
+        """A lifetime budget without ``run-cap``: each run's noise would be calibrated to spend all that is left,
+        so the first run spends the whole budget (:func:`run_cap_advice` says how to size one)."""
+        return self.budget is not None and self.run_cap == 0
+
+    @property
+    def capped(self) -> bool:
+        """Whether a finite per-run cap applies (not unset, not "all")."""
+        return 0 < self.run_cap < math.inf
+
+
+def run_cap_advice(privacy: PrivacyPolicy) -> str:
+    """Why a budget needs a run cap and how to size one (the message of ``xr0 site policy``'s refusal)."""
+    budget = privacy.budget if privacy.budget is not None else 8.0
+    return (f"privacy.budget = {budget:g} is set without privacy.run-cap: every run calibrates its noise to spend "
+            "what is left, so the first run would spend this hospital's whole lifetime budget. Size a cap: the "
+            "budget divided by the runs it must last for (runs per year x years), e.g. "
+            f"--set privacy.run-cap={budget / 4:g} for 4 runs; or confirm that one run may spend everything left "
+            "with --set privacy.run-cap=all")
 
 
 @dataclass(frozen=True)
@@ -208,8 +231,8 @@ def _check(policy: SitePolicy, where: str) -> SitePolicy:
     if p.accountant not in ENFORCING_ACCOUNTANTS:
         problems.append(f"privacy.accountant must be one of {', '.join(ENFORCING_ACCOUNTANTS)}, got "
                         f"{p.accountant!r} (gdp under-reports epsilon and never enforces a budget)")
-    if not (p.run_cap >= 0 and math.isfinite(p.run_cap)):
-        problems.append(f"privacy.run-cap must be >= 0 (0: no per-run cap), got {p.run_cap!r}")
+    if not p.run_cap >= 0:  # NaN fails too; math.inf is "all"
+        problems.append(f"privacy.run-cap must be a positive epsilon or \"all\", got {p.run_cap!r}")
     if not p.max_noise_multiplier > 0:
         problems.append(f"privacy.max-noise-multiplier must be > 0, got {p.max_noise_multiplier!r}")
     if p.unit not in UNITS:
@@ -246,6 +269,8 @@ def _coerce(section: str, f: dataclasses.Field, value: Any, where: str) -> Any:
     also takes "", "none" or "auto" for unset."""
     key = f"{section}.{_dash(f.name)}"
     kind = _OPTIONAL.get(key) or type(f.default if f.default is not dataclasses.MISSING else "")
+    if key == "privacy.run-cap" and isinstance(value, str) and value.strip().lower() == RUN_CAP_ALL:
+        return math.inf
     if key in _OPTIONAL and (value is None or (isinstance(value, str)
                                                and value.strip().lower() in ("", "none", "auto"))):
         return None
@@ -311,6 +336,8 @@ def to_toml(policy: SitePolicy) -> str:
             value = getattr(obj, f.name)
             if value is None:
                 continue  # optional, unset
+            if section == "privacy" and f.name == "run_cap" and value == math.inf:
+                value = RUN_CAP_ALL
             lines.append(f"{_dash(f.name)} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
 

@@ -79,17 +79,30 @@ def check_plain_round(policy: SitePolicy, cfg: Any) -> None:
 OLD_VERSION_DIGITS = 16  # app versions before issue 21 hashed the Python source only, to 16 hex digits
 
 
-def check_bundle(policy: SitePolicy, version: str) -> None:
+def check_bundle(policy: SitePolicy, version: str | None) -> None:
     """Refuse an app bundle whose version (:func:`xr0_core.deploy.appversion.bundle_version`) the policy's
     ``apps.allowed-versions`` does not list (an empty list allows any).
+
+    ``version`` is the version the hospital's own launcher (``xr0 site clientapp``) computed from the bundle's
+    bytes before anything ran; ``None`` means no launcher of the hospital's looked at the bundle (the SuperNode
+    started Flower's ``flwr-clientapp``, which loads the coordinator's code): with an allow-list that is a
+    refusal, since only a check outside the bundle's code can be trusted.
 
     Raises
     ------
     PolicyRefusal
-        The message names the bundle's version, so the hospital can review that bundle and approve it.
+        The message names the bundle's version, so the hospital can review that bundle and approve it, or
+        says how to start the ClientApp so that the version is checked.
     """
     allowed = policy.apps.allowed_versions
-    if not allowed or version in allowed:
+    if not allowed:
+        return
+    if version is None:
+        raise PolicyRefusal("site policy: this hospital approves only listed app versions (apps.allowed-versions), "
+                            "but its ClientApp was not started by its own launcher, so no check outside the "
+                            "coordinator's bundle saw the bundle: start the SuperNode with --isolation process and "
+                            "run `xr0 site clientapp` next to it (docs/deploy-hospital.md)")
+    if version in allowed:
         return
     old = [v for v in allowed if len(v.rpartition("+")[2]) == OLD_VERSION_DIGITS]
     hint = (f"; {len(old)} approved entr{'y is' if len(old) == 1 else 'ies are'} in the old source-only form "

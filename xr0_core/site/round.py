@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -32,6 +32,34 @@ from xr0_core.train.round_state import RoundSpec, run_local_round, save_round_st
 from xr0_core.train.trainer import SiteTrainer
 
 log = logging.getLogger(__name__)
+
+# ``run_active(fresh)``: is the coordinator's run still running? ``fresh=False`` may answer from a recent check
+# (the hospital's client throttles its questions to the SuperLink); None: nobody to ask (simulation).
+RunActive = Callable[[bool], bool]
+
+
+class RunStopped(RuntimeError):
+    """The coordinator's run is no longer running (``flwr stop``, or it failed): the hospital stops the round
+    and sends nothing; a private round's reservation is withdrawn (nothing left the site, nothing was saved)."""
+
+
+def ensure_running(run_active: RunActive | None, when: str) -> None:
+    """Raise :class:`RunStopped` when ``run_active`` says the run has stopped (asked afresh)."""
+    if run_active is not None and not run_active(True):
+        raise RunStopped(f"the coordinator's run is no longer running ({when}): this hospital stops the round and "
+                         "sends nothing")
+
+
+def _stop_check(run_active: RunActive | None):
+    """A trainer ``on_step`` that ends training at the first check that finds the run stopped."""
+    if run_active is None:
+        return None
+
+    def on_step(_step: int, _metrics: dict) -> None:
+        if not run_active(False):
+            raise RunStopped("the coordinator's run stopped during training: this hospital stops the round and "
+                             "sends nothing")
+    return on_step
 
 
 def training_objective(cfg):
@@ -57,8 +85,16 @@ def site_trainer(cfg, records, **kwargs) -> SiteTrainer:
 
 
 def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec, state_dir: Path,
-                   policy: SitePolicy, *, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                   policy: SitePolicy, *, progress: bool = False, run_active: RunActive | None = None,
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One local round under the site's policy.
+
+    With ``run_active`` the round asks whether the coordinator's run still runs: before it reserves anything,
+    during training (at the trainer's metric syncs, as often as ``run_active`` lets through) and after training,
+    before the round's local state is saved or its release committed. A stop ends the round with
+    :class:`RunStopped`; under DP the pending reservation is then *withdrawn* (it stops counting: the trained
+    weights are dropped, unsaved, and never sent). A stop after the commit cannot be seen here: that release
+    counts (the window is the commit and the reply's hand-over to the SuperNode).
 
     Parameters
     ----------
@@ -87,20 +123,29 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
         # A plain-objective model under DP could hold batch-coupled terms or drop-path: no guarantee.
         raise RuntimeError("the site's trainer was built with another objective than this round's (build it "
                            "with xr0_core.site.round.site_trainer)")
+    ensure_running(run_active, "before training")
     if not terms.private:
-        shared, metrics = run_local_round(trainer, global_weights, spec, state_dir, progress=progress)
+        shared, metrics = run_local_round(trainer, global_weights, spec, state_dir, progress=progress,
+                                          on_step=_stop_check(run_active))
         return shared, release_metrics(policy, metrics, private=False)
     from xr0_core.privacy.private_round import reserve_private_round, reserved_dp_step
 
     start_round(trainer, global_weights, spec, state_dir)
     len(trainer.cache)  # decode now: units come from the kept records
     private = reserve_private_round(trainer.cfg, trainer.cache.kept, spec, state_dir, terms)  # charged from here
-    step = None
-    if private.sample_level:
-        step = trainer.use_stepper(reserved_dp_step(trainer, private.noise_multiplier, private.sample_rate,
-                                                    private.n_units))
-    metrics = trainer.train(spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps,
-                            progress=progress)
+    try:
+        step = None
+        if private.sample_level:
+            step = trainer.use_stepper(reserved_dp_step(trainer, private.noise_multiplier, private.sample_rate,
+                                                        private.n_units))
+        metrics = trainer.train(spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps,
+                                progress=progress, on_step=_stop_check(run_active))
+        ensure_running(run_active, "after training, before anything was saved or released")
+    except RunStopped as exc:
+        # Nothing of this round exists outside this process: the weights were never sent, the local state is
+        # not saved (the next round starts from the previous one), so the reservation stops counting.
+        private.withdraw(str(exc))
+        raise
     save_round_state(trainer, spec, state_dir)
     steps = step.steps if step is not None else 0
     shared, metrics = private.finish(trainer.shared_state_dict(), dict(global_weights), metrics, steps=steps)
@@ -109,13 +154,17 @@ def run_site_round(trainer, global_weights: Mapping[str, torch.Tensor], spec: Ro
 
 def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tensor], spec: RoundSpec,
                             state_dir: Path, policy: SitePolicy, *, site: str, workers: int,
-                            progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                            progress: bool = False, run_active: RunActive | None = None,
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """:func:`run_site_round` with the training on ``workers`` data-parallel processes (node config ``gpus``).
 
     Same order and the same single reservation: policy -> process-count check -> (private) reserve once HERE
     -> the ranks load state, train and rank 0 saves it (:func:`xr0_core.site.launch.parallel.launch_round`) ->
     (private) commit once HERE with the steps the ranks ran -> filtered metrics. A failed rank raises
     :class:`~xr0_core.site.launch.parallel.ParallelRoundError` after the reservation: the round stays charged.
+    ``run_active`` is asked before the reservation and after the ranks finished; the ranks themselves do not ask
+    (rank 0 saves the round's state), so a run that stopped meanwhile is charged anyway, its release noted
+    "charged, unused" in the ledger.
 
     Parameters
     ----------
@@ -126,6 +175,7 @@ def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tens
 
     terms = negotiate(policy, cfg)
     check_workers(cfg, workers, private=terms.private)  # refused before anything is charged
+    ensure_running(run_active, "before training")
     if not terms.private:
         shared, metrics, _ = launch_round(cfg, images, global_weights, spec, state_dir, site=site,
                                           workers=workers, progress=progress)
@@ -138,6 +188,11 @@ def run_parallel_site_round(cfg, images, global_weights: Mapping[str, torch.Tens
           "n_units": private.n_units} if private.sample_level else None
     shared, metrics, steps = launch_round(cfg, images, global_weights, spec, state_dir, site=site, workers=workers,
                                           dp=dp, progress=progress)
+    try:
+        ensure_running(run_active, "after training on the data-parallel ranks")
+    except RunStopped as exc:
+        private.charge_unused(str(exc))  # rank 0 saved the round's state: what it learnt stays at the site
+        raise
     shared, metrics = private.finish(shared, dict(global_weights), metrics, steps=steps)
     return shared, release_metrics(policy, metrics, private=True)
 
@@ -161,27 +216,34 @@ def release_metrics(policy: SitePolicy, metrics: Mapping[str, float], *, private
 EPSILON_WITHHELD = "epsilon-withheld"  # metric 1.0: this site spent privacy budget but does not say how much
 
 
+EPSILON_METRICS = ("epsilon", "epsilon-run")  # spent over every run / over this run: released alike
+
+
 def release_epsilon(policy: SitePolicy, metrics: Mapping[str, float]) -> dict[str, float]:
-    """``metrics`` with ``epsilon`` as the policy's ``release.epsilon`` lets it leave.
+    """``metrics`` with ``epsilon`` (and ``epsilon-run``, this run's share) as the policy's ``release.epsilon``
+    lets them leave.
 
     ``rounded`` (default): rounded *up* to a multiple of ``release.epsilon-step`` (0.1), so the report never
     shows less than was spent while the exact value, which under a calibrated noise multiplier follows the
     site's patient count (N = 1000 -> 2.494, N = 1010 -> 2.507), stays at the site; ``exact``: as the ledger
-    has it; ``withheld``: no ``epsilon`` at all but :data:`EPSILON_WITHHELD` = 1, so the coordinator's
+    has it; ``withheld``: no epsilon at all but :data:`EPSILON_WITHHELD` = 1, so the coordinator's
     report can say "withheld" rather than "no DP".
     """
     out = dict(metrics)
     if "epsilon" not in out:
         return out
     mode = policy.release.epsilon
-    if mode == "withheld":
-        del out["epsilon"]
-        out[EPSILON_WITHHELD] = 1.0
-    elif mode == "rounded":
-        eps, step = float(out["epsilon"]), float(policy.release.epsilon_step)
-        if math.isfinite(eps):
-            # 1e-9: an epsilon already on the grid (2.5) stays there instead of rising by float noise
-            out["epsilon"] = round(math.ceil(eps / step - 1e-9) * step, 9)
+    for name in EPSILON_METRICS:
+        if name not in out:
+            continue
+        if mode == "withheld":
+            del out[name]
+            out[EPSILON_WITHHELD] = 1.0
+        elif mode == "rounded":
+            eps, step = float(out[name]), float(policy.release.epsilon_step)
+            if math.isfinite(eps):
+                # 1e-9: an epsilon already on the grid (2.5) stays there instead of rising by float noise
+                out[name] = round(math.ceil(eps / step - 1e-9) * step, 9)
     return out
 
 

@@ -76,8 +76,11 @@ def run_local_round(
     state_dir: Path,
     *,
     progress: bool = False,
+    on_step=None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """A plain (non-private) local round: load global weights and state, train ``spec.local_steps``, save.
+
+    ``on_step``: passed to ``trainer.train`` (an exception it raises ends the round before anything is saved).
 
     A private round is composed by :func:`xr0_core.site.round.run_site_round` from the same pieces
     (:func:`start_round`, ``trainer.train``, :func:`save_round_state`) around the privacy ledger.
@@ -91,7 +94,8 @@ def run_local_round(
     """
     start_round(trainer, global_weights, spec, state_dir)
     metrics = trainer.train(
-        spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps, progress=progress
+        spec.local_steps, start_step=spec.global_step, total_steps=spec.total_steps, progress=progress,
+        on_step=on_step,
     )
     save_round_state(trainer, spec, state_dir)
     return trainer.shared_state_dict(), metrics

@@ -24,14 +24,13 @@ from xr0_core.runtime import resolve_device
 from xr0_core.ssl.factory import build_model
 from xr0_core.ssl.schedules import Schedules
 from xr0_core.train.loop import build_optimizer, host_metrics, step_seed, trainable_parameters
+from xr0_core.train.loss_curve import loss_curve_metrics
 from xr0_core.train.stepper import PlainStep, Stepper
 
 log = logging.getLogger(__name__)
 
 SITE_STATE_FORMAT = "xr0-site-state/1"
 _OPTIM_PREFIX = "optim."
-LOSS_CURVE_PREFIX = "loss-curve-"  # per-round summary of the per-step loss (scalars; see loss_curve_metrics)
-LOSS_CURVE_POINTS = 8
 
 
 class SiteTrainer:
@@ -313,25 +312,3 @@ class SiteTrainer:
             raise ValueError(f"{path} was written with another config (hash {meta.get('config_hash')}, now "
                              f"{self.cfg.hash()}); use the same preset and overrides, or start fresh")
         self.load_site_state_dict(load_tensors(path))
-
-
-def loss_curve_metrics(step_losses: list[float], points: int = LOSS_CURVE_POINTS) -> dict[str, float]:
-    """The per-step loss of one round as at most ``points`` scalars: the mean over equal slices of the steps.
-
-    Per-step values stay at the site; these few scalars let the coordinator draw a per-step curve per
-    hospital (slice ``b`` of ``n`` steps covers local steps ``floor(b n / B) .. floor((b + 1) n / B) - 1``,
-    ``B = min(points, n)``; :func:`loss_curve_steps` gives their centres).
-    """
-    n = len(step_losses)
-    bins = min(points, n)
-    out = {}
-    for b in range(bins):
-        lo, hi = b * n // bins, (b + 1) * n // bins
-        out[f"{LOSS_CURVE_PREFIX}{b:02d}"] = float(sum(step_losses[lo:hi]) / (hi - lo))
-    return out
-
-
-def loss_curve_steps(num_steps: int, points: int = LOSS_CURVE_POINTS) -> list[float]:
-    """Centre (local step, 0-based) of each slice :func:`loss_curve_metrics` averages, ``[min(points, n)]``."""
-    bins = min(points, num_steps)
-    return [((b * num_steps // bins) + ((b + 1) * num_steps // bins) - 1) / 2 for b in range(bins)]
