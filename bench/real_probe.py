@@ -64,37 +64,80 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def probe_scores(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[str], protocol: str,
-                 seed: int, repeats: int = CV_REPEATS) -> tuple[np.ndarray, np.ndarray]:
-    """Positive-class scores of the linear probe and the rows they belong to.
+                 seed: int, repeats: int = CV_REPEATS, c: float | str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the linear probe and the rows they belong to.
+
+    The probe's ``C`` is chosen once, on the train rows, by 3-fold CV by patient
+    (:func:`xr0_core.eval.linear_probe.choose_c`) unless ``c`` is a number: every feature set gets the same
+    procedure (a fixed C = 0.5 under-regularises wide readouts and raw pixels: docs/ablations.md).
 
     ``test``: fit on ``split == train`` rows, score ``split == test`` rows. ``cv``: over the train rows,
-    ``repeats`` times a shuffled 5-fold split by patient, stratified by the label (``StratifiedGroupKFold``:
-    the 13 female patients of the dev set's train split spread over the folds); each held-out fold's scores
-    are turned into within-fold rank percentiles (so the fold models' different intercepts do not mix into
-    one ranking: pooled raw out-of-fold scores of a weak probe score *below* chance, an artefact), and each
-    row's score is the mean of its percentiles over the repeats (a lower-variance estimate than one split).
+    ``repeats`` times a shuffled 5-fold split by patient, stratified by the label (``StratifiedGroupKFold``);
+    each held-out fold's scores are turned into within-fold rank percentiles (so the fold models' different
+    intercepts do not mix into one ranking: pooled raw out-of-fold scores of a weak probe score *below*
+    chance, an artefact), and each row's score is the mean of its percentiles over the repeats.
 
-    Shapes: ``x [N, D]``, ``y [N]`` (int, -1 = missing) -> ``(scores [M], rows [M])``.
+    Shapes: ``x [N, D]``, ``y [N]`` (int, -1 = missing) -> ``(scores [M] for a binary label or [M, K] class
+    scores for K > 2 classes, rows [M])``.
     """
     from scipy.stats import rankdata
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from xr0_core.eval.tasks.classification import _linear_probe
+    from xr0_core.eval.linear_probe import choose_c, fit_predict
 
     has = y >= 0
+    k = int(y[has].max()) + 1 if has.any() else 2
+    k = max(k, 2)
+    sp, g_all = np.array(split), np.array(groups)
+    tr = np.flatnonzero(has & (sp == TRAIN))
+    if c == "auto":
+        c = choose_c(x[tr], y[tr], g_all[tr], k, seed, refine=False)  # 12 fits, not 18: CPU-bound bench
+
+    def out(p: np.ndarray) -> np.ndarray:
+        return p[:, 1] if k == 2 else p
+
     if protocol == "test":
-        tr = np.flatnonzero(has & (np.array(split) == TRAIN))
-        te = np.flatnonzero(has & (np.array(split) == TEST))
-        return _linear_probe(x[tr], y[tr], x[te], 2, seed)[:, 1], te
-    rows = np.flatnonzero(has & (np.array(split) == TRAIN))
-    scores = np.zeros(len(rows))
-    g = np.array(groups)[rows]
+        te = np.flatnonzero(has & (sp == TEST))
+        return out(fit_predict(x[tr], y[tr], x[te], k, seed, c)), te
+    rows = tr
+    scores = np.zeros((len(rows),) if k == 2 else (len(rows), k))
+    g = g_all[rows]
     for r in range(repeats):
         folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=(seed + r) % 2**32)
         for fit, held in folds.split(rows, y[rows], g):
-            s = _linear_probe(x[rows[fit]], y[rows[fit]], x[rows[held]], 2, seed)[:, 1]
-            scores[held] += rankdata(s) / len(s) / repeats
+            s_ = out(fit_predict(x[rows[fit]], y[rows[fit]], x[rows[held]], k, seed, c))
+            scores[held] += rankdata(s_, axis=0) / len(s_) / repeats
     return scores, rows
+
+
+def label_auroc(scores: np.ndarray, y: np.ndarray) -> float:
+    """AUROC of binary scores ``[M]``, macro one-vs-rest AUROC of class scores ``[M, K]``."""
+    from xr0_core.eval.metrics import binary_auroc, macro_auroc
+
+    return binary_auroc(scores, y) if scores.ndim == 1 else macro_auroc(scores, y)
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, y: np.ndarray, groups: list[str], seed: int,
+              n_resamples: int = 1000) -> tuple[float, float]:
+    """95 % percentile interval of ``label_auroc(a) - label_auroc(b)`` over resamples of whole patients
+    (binary scores: :func:`xr0_core.eval.baseline.paired_bootstrap_auroc_ci`; class scores: the same
+    resampling here). Shapes: ``a, b [M]`` or ``[M, K]``, ``y [M]``, ``groups [M]``."""
+    from xr0_core.eval.baseline import paired_bootstrap_auroc_ci
+
+    if a.ndim == 1:
+        return paired_bootstrap_auroc_ci(a, b, y, groups, seed=seed)
+    keys = np.unique(np.asarray(groups), return_inverse=True)[1]
+    members = [np.flatnonzero(keys == g) for g in range(int(keys.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    while len(diffs) < n_resamples:
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        if len(set(y[rows].tolist())) < 2:
+            continue
+        d = label_auroc(a[rows], y[rows]) - label_auroc(b[rows], y[rows])
+        if np.isfinite(d):
+            diffs.append(d)
+    return float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
 
 
 def permutation_null(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[str], protocol: str, seed: int,
@@ -108,8 +151,6 @@ def permutation_null(x: np.ndarray, y: np.ndarray, split: list[str], groups: lis
 
     Shapes: ``x [N, D]``, ``y [N]`` (-1 = missing) -> ``[n]`` AUROCs.
     """
-    from xr0_core.eval.metrics import binary_auroc
-
     rng = np.random.default_rng(seed)
     g, sp = np.asarray(groups), np.asarray(split)
     out = []
@@ -122,37 +163,134 @@ def permutation_null(x: np.ndarray, y: np.ndarray, split: list[str], groups: lis
             shuffled = dict(zip(patients, rng.permutation([label[p] for p in patients])))
             yp[rows] = [shuffled[p] for p in g[rows]]
         scores, rows = probe_scores(x, yp, split, groups, protocol, seed)
-        out.append(binary_auroc(scores, yp[rows]))
+        out.append(label_auroc(scores, yp[rows]))
     return np.array(out)
 
 
 def feature_matrix(feats: Any, kind: str) -> np.ndarray:
-    """``cls``: CLS token ``[N, D]``; ``cls+mean``: CLS and the mean patch token ``[N, 2D]``."""
-    cls = feats.cls.float()
-    if kind == "cls":
-        return cls.numpy()
-    if kind == "cls+mean":
-        import torch
+    """Readout ``kind`` (:mod:`xr0_core.eval.readouts`: cls, mean, cls+mean, cls+grid<k>) of extracted
+    features ``[N, R]``; ``tokens`` (CLS and every patch token, ``[N, (1 + g*g) D]``) as an upper reference."""
+    import torch
 
-        return torch.cat([cls, feats.patches.float().mean(1)], dim=1).numpy()
-    raise SystemExit(f"--features {kind!r}: use cls or cls+mean")
+    from xr0_core.eval.readouts import check_readout, readout
+
+    if kind == "tokens":
+        return torch.cat([feats.cls.float(), feats.patches.float().flatten(1)], dim=1).numpy()
+    try:
+        check_readout(kind)
+    except ValueError as exc:
+        raise SystemExit(f"--features: {exc} (or tokens)") from None
+    return readout(feats.cls, feats.patches, kind).numpy()
+
+
+def subsample_patients(records: list[Any], images: int, seed: int) -> list[Any]:
+    """Records of a seeded random subset of patients holding about ``images`` images (all when 0 or more than
+    there are): the SSL set of the curve over images. Order preserved."""
+    if images <= 0 or images >= len(records):
+        return records
+    rng = np.random.default_rng(seed)
+    patients = list(dict.fromkeys(r.patient_id or str(r.path) for r in records))
+    keep, n = set(), 0
+    by = {}
+    for r in records:
+        by.setdefault(r.patient_id or str(r.path), []).append(r)
+    for pid in rng.permutation(patients):
+        if n >= images:
+            break
+        keep.add(pid)
+        n += len(by[pid])
+    return [r for r in records if (r.patient_id or str(r.path)) in keep]
+
+
+def budget_study(mats: dict[str, np.ndarray], y: np.ndarray, split: list[str], groups: list[str],
+                 budgets: list[int], draws: int, seed: int, c: float | str = "auto") -> dict[str, Any]:
+    """Label efficiency of the frozen probe: for each budget K, ``draws`` times K random labelled train
+    patients (the same patients for every feature set), the probe fitted on their images only (C chosen
+    inside them), scored on every test row.
+
+    ``mats``: feature set name -> ``[N, D]`` (the first is compared with the others); ``y [N]`` (-1 missing).
+    Returns per K: mean and sd over draws of each set's AUROC, and the mean paired difference first - other
+    with a 95 % interval from resampling test patients (the same resample for every draw).
+    """
+    from xr0_core.eval.linear_probe import choose_c, fit_predict
+
+    sp, g = np.array(split), np.array(groups)
+    has = y >= 0
+    k = max(int(y[has].max()) + 1, 2)
+    tr_rows, te = np.flatnonzero(has & (sp == TRAIN)), np.flatnonzero(has & (sp == TEST))
+    patients = list(dict.fromkeys(g[tr_rows]))
+    names = list(mats)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for budget in budgets:
+        scores: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for _ in range(draws):
+            for _attempt in range(100):  # a draw must hold every class at least twice (CV folds need them)
+                chosen = set(rng.choice(patients, size=min(budget, len(patients)), replace=False).tolist())
+                rows = tr_rows[np.isin(g[tr_rows], list(chosen))]
+                cnt = np.bincount(y[rows], minlength=k)
+                if (cnt[np.bincount(y[has], minlength=k) > 0] >= 2).all():
+                    break
+            for n in names:
+                x = mats[n]
+                cc = choose_c(x[rows], y[rows], g[rows], k, seed) if c == "auto" else float(c)
+                p = fit_predict(x[rows], y[rows], x[te], k, seed, cc)
+                scores[n].append(p[:, 1] if k == 2 else p)
+        res: dict[str, Any] = {"patients": budget, "draws": draws, "auroc": {}, "vs": {}}
+        for n in names:
+            vals = [label_auroc(s_, y[te]) for s_ in scores[n]]
+            res["auroc"][n] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals))}
+        first = names[0]
+        for n in names[1:]:
+            res["vs"][n] = {"diff": res["auroc"][first]["mean"] - res["auroc"][n]["mean"],
+                            "ci95": list(_draws_ci(scores[first], scores[n], y[te], g[te], seed))}
+        out[str(budget)] = res
+    return out
+
+
+def _draws_ci(a: list[np.ndarray], b: list[np.ndarray], y: np.ndarray, groups: np.ndarray, seed: int,
+              n_resamples: int = 500) -> tuple[float, float]:
+    """95 % interval of the mean over draws of ``AUROC(a_d) - AUROC(b_d)``, resampling whole test patients."""
+    keys = np.unique(groups, return_inverse=True)[1]
+    members = [np.flatnonzero(keys == i) for i in range(int(keys.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    while len(diffs) < n_resamples:
+        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        if len(set(y[rows].tolist())) < 2:
+            continue
+        d = np.mean([label_auroc(sa[rows], y[rows]) - label_auroc(sb[rows], y[rows]) for sa, sb in zip(a, b)])
+        if np.isfinite(d):
+            diffs.append(d)
+    return float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None, help="dev set folder (default ../shared/data/covid-chest-mhh)")
     p.add_argument("--preset", default="cpu-tiny")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one): where SSL and "
+                   "feature extraction run; probes run on the CPU")
     p.add_argument("--steps", default="100,300,600", help="comma-separated step counts to probe at")
     p.add_argument("--protocol", choices=("test", "cv", "both"), default="test",
                    help="both: cv and test probes at every step (the table shows the first: cv)")
-    p.add_argument("--features", default="cls", help="cls or cls+mean, or both comma-separated (the first one "
-                   "makes the table; results.json holds all)")
+    p.add_argument("--features", default="cls+grid4", help="readouts, comma-separated: cls, mean, cls+mean, "
+                   "cls+grid<k>, tokens (every token: an upper reference); the first makes the main table")
     p.add_argument("--labels", default="", help="comma-separated label names (default: all label_ columns)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--null", type=int, default=0, metavar="N",
                    help="also measure the protocol's chance band: N label shuffles between patients, probed on the "
                         "random-init features (permutation_null); 40 is enough for its 5-95 %% range")
+    p.add_argument("--probe-c", default="auto", help="linear probe C: auto (3-fold CV by patient on the train "
+                   "split, per feature set and label) or a number (0.5: the old fixed probe)")
+    p.add_argument("--train-images", type=int, default=0, metavar="N",
+                   help="SSL on the images of a seeded random subset of train patients holding about N images "
+                        "(0: all; the probes still use every train label): the curve over images")
+    p.add_argument("--label-budgets", default="", metavar="K,K",
+                   help="also probe with only K labelled train patients (e.g. 50,200), frozen features of the "
+                        "last step, random init and raw pixels, --budget-draws draws of K patients each")
+    p.add_argument("--budget-draws", type=int, default=5)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "real_probe")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--save-weights", action="store_true", help="write weights-<step>.safetensors to --out")
@@ -166,13 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from xr0_core.config import from_flat
     from xr0_core.data.images import read_image
     from xr0_core.data.index import index_site
-    from xr0_core.eval.baseline import (
-        backbone_from_shared,
-        paired_bootstrap_auroc_ci,
-        pixel_features,
-        random_init_backbone,
-    )
-    from xr0_core.eval.metrics import binary_auroc
+    from xr0_core.eval.baseline import backbone_from_shared, pixel_features, random_init_backbone
     from xr0_core.eval.tasks.base import build_eval_set, extract
     from xr0_core.train.health import probe_health
     from xr0_core.train.trainer import SiteTrainer
@@ -184,11 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data or dev_set_path()
     if not (args.data / "manifest.csv").is_file():
         raise SystemExit(f"dev set not found at {args.data} (expected manifest.csv there); pass --data")
-    flat = {"preset": args.preset, "seed": args.seed, "train.device": "cpu", **_parse_sets(args.overrides),
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    flat = {"preset": args.preset, "seed": args.seed, "train.device": device.type, **_parse_sets(args.overrides),
             "train.steps": steps[-1]}
     cfg = from_flat(flat)
+    probe_c: float | str = "auto" if args.probe_c == "auto" else float(args.probe_c)
     records = index_site(args.data, verify_pixels=False).records
-    train_records = [r for r in records if r.split != TEST]
+    train_records = subsample_patients([r for r in records if r.split != TEST], args.train_images, args.seed)
     decoded: dict[Any, Any] = {}
 
     def reader(path: Any) -> Any:  # decode each PNG once for the probe views and the SSL cache
@@ -210,35 +344,40 @@ def main(argv: list[str] | None = None) -> int:
     def probe_all(x: np.ndarray, protocol: str | None = None) -> dict[str, dict[str, Any]]:
         out = {}
         for n in names:
-            s, rows = probe_scores(x, labels[n], split, groups, protocol or protocols[0], cfg.seed)
-            out[n] = {"scores": s, "rows": rows, "auroc": binary_auroc(s, labels[n][rows])}
+            s, rows = probe_scores(x, labels[n], split, groups, protocol or protocols[0], cfg.seed, c=probe_c)
+            out[n] = {"scores": s, "rows": rows, "auroc": label_auroc(s, labels[n][rows])}
         return out
 
-    def aurocs(x: np.ndarray) -> dict[str, dict[str, float]]:
-        """AUROC per label under every requested protocol (for the curve)."""
-        return {pr: {n: r[n]["auroc"] for n in names} for pr in protocols for r in [probe_all(x, pr)]}
+    def probe_both(x: np.ndarray) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+        """The table's protocol (scores kept for intervals) and the AUROCs of every protocol, each fitted once."""
+        first = probe_all(x)
+        curve_ = {protocols[0]: {n: first[n]["auroc"] for n in names}}
+        for pr in protocols[1:]:
+            curve_[pr] = {n: r["auroc"] for n, r in probe_all(x, pr).items()}
+        return first, curve_
 
     def with_ci(a: dict, b: dict) -> dict[str, Any]:
         out = {}
         for n in names:
             rows = a[n]["rows"]
-            lo, hi = paired_bootstrap_auroc_ci(a[n]["scores"], b[n]["scores"], labels[n][rows],
-                                               [groups[i] for i in rows], seed=cfg.seed)
+            lo, hi = paired_ci(a[n]["scores"], b[n]["scores"], labels[n][rows], [groups[i] for i in rows],
+                               seed=cfg.seed)
             out[n] = {"diff": a[n]["auroc"] - b[n]["auroc"], "ci95": [lo, hi]}
         return out
 
-    print(f"real_probe: {len(train_records)} train images, {len(records) - len(train_records)} test; "
+    print(f"real_probe: SSL on {len(train_records)} train images; {sum(r.split == TEST for r in records)} test; "
           f"labels {names}; preset {cfg.preset}; protocol {args.protocol}; features {args.features}",
           file=sys.stderr)
-    pixels = probe_all(pixel_features(data).cls.numpy())  # the table's protocol
+    pixel_x = pixel_features(data).cls.numpy()
+    pixels, pixel_curve = probe_both(pixel_x)
     random_bb = random_init_backbone(cfg)
     kinds = [k.strip() for k in args.features.split(",") if k.strip()]
 
     def probe_kinds(feats: Any) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
-        mats = {k: feature_matrix(feats, k) for k in kinds}
-        return {k: probe_all(m) for k, m in mats.items()}, {k: aurocs(m) for k, m in mats.items()}
+        both = {k: probe_both(feature_matrix(feats, k)) for k in kinds}
+        return {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
 
-    random_feats = extract(random_bb, data, patches=True)
+    random_feats = extract(random_bb.to(device), data, patches=True, device=device)
     random_all, random_curve = probe_kinds(random_feats)
     random_res = random_all[kinds[0]]
     null: dict[str, dict[str, float]] = {}
@@ -252,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"5-95 % [{null[n]['q05']:.3f}, {null[n]['q95']:.3f}]", file=sys.stderr)
     trainer = None
     if args.from_weights is None:
-        trainer = SiteTrainer(cfg, train_records, site="real-probe", device=torch.device("cpu"), reader=reader)
+        trainer = SiteTrainer(cfg, train_records, site="real-probe", device=device, reader=reader)
         len(trainer.cache)  # decode now
     decoded.clear()
     print(f"  setup (decode, baselines) {time.process_time() - t_cpu:.0f} CPU-s", file=sys.stderr)
@@ -260,8 +399,6 @@ def main(argv: list[str] | None = None) -> int:
     curve: list[dict[str, Any]] = [{"step": 0, "health": probe_health(random_bb, probe_x),
                                     "auroc": {n: random_res[n]["auroc"] for n in names},
                                     "auroc_by_features": random_curve}]
-    pixel_x = pixel_features(data).cls.numpy()
-    pixel_curve = aurocs(pixel_x)
     last_loss = float("nan")
     final: dict[str, Any] = {}
     for target in steps:
@@ -275,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             m = trainer.train(target - trainer.step, start_step=trainer.step, total_steps=steps[-1])
             last_loss = m["loss"]
             backbone = trainer.model.student["backbone"]
-        final_all, final_curve = probe_kinds(extract(backbone, data, patches=True))
+        last_feats = extract(backbone.to(device), data, patches=True, device=device)
+        final_all, final_curve = probe_kinds(last_feats)
         final = final_all[kinds[0]]
         row = {"step": target, "loss": last_loss, "health": probe_health(backbone, probe_x),
                "auroc": {n: final[n]["auroc"] for n in names}, "auroc_by_features": final_curve}
@@ -298,8 +436,18 @@ def main(argv: list[str] | None = None) -> int:
                       "random_init": random_res[n]["auroc"], "pixels": pixels[n]["auroc"],
                       "pretrained_minus_random": vs_random[n]["diff"], "ci95_vs_random": vs_random[n]["ci95"],
                       "pretrained_minus_pixels": vs_pixels[n]["diff"], "ci95_vs_pixels": vs_pixels[n]["ci95"]})
+    budgets: dict[str, Any] = {}
+    if args.label_budgets:
+        ks = sorted({int(k) for k in args.label_budgets.split(",") if k.strip()})
+        mats = {"pretrained": feature_matrix(last_feats, kinds[0]), "random_init": feature_matrix(random_feats, kinds[0]),
+                "pixels": pixel_x}
+        for n in names:
+            budgets[n] = budget_study(mats, labels[n], split, groups, ks, args.budget_draws, cfg.seed, probe_c)
+            for k, r in budgets[n].items():
+                print(f"  {n} with {k} labelled patients: " + " ".join(
+                    f"{m} {v['mean']:.3f}" for m, v in r["auroc"].items()), file=sys.stderr)
     cpu_s, wall_s = time.process_time() - t_cpu, time.perf_counter() - t_wall
-    result = {"preset": cfg.preset, "overrides": _parse_sets(args.overrides), "steps": steps,
+    result = {"label_budgets": budgets, "probe_c": args.probe_c, "preset": cfg.preset, "overrides": _parse_sets(args.overrides), "steps": steps,
               "protocol": args.protocol, "features": args.features, "config_hash": cfg.hash(),
               "train_images": len(train_records), "images": len(data), "table": table, "curve": curve,
               "pixels_by_protocol": pixel_curve, "chance_band": null, "cpu_seconds": round(cpu_s, 1),
@@ -332,6 +480,29 @@ def render_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['label']} | {r['n_scored']} | {r['pretrained']:.3f} | {r['random_init']:.3f} | "
                      f"{r['pixels']:.3f} | {r['pretrained_minus_random']:+.3f} {_ci(r['ci95_vs_random'])} | "
                      f"{r['pretrained_minus_pixels']:+.3f} {_ci(r['ci95_vs_pixels'])} |")
+    curve = result["curve"]
+    kinds = list(curve[0].get("auroc_by_features", {}))
+    if len(kinds) > 1 or (kinds and result.get("pixels_by_protocol")):
+        pr = next(iter(curve[0]["auroc_by_features"][kinds[0]]))
+        labels = [r["label"] for r in result["table"]]
+        lines += ["", f"AUROC by readout ({pr} protocol; step 0 = random init; raw pixels: "
+                  + ", ".join(f"{n} {result['pixels_by_protocol'][pr][n]:.3f}" for n in labels) + ")", "",
+                  "| readout | label | " + " | ".join(f"step {c['step']}" for c in curve) + " |",
+                  "|---|---|" + "---|" * len(curve)]
+        for k in kinds:
+            for n in labels:
+                lines.append(f"| {k} | {n} | " + " | ".join(f"{c['auroc_by_features'][k][pr][n]:.3f}" for c in curve) + " |")
+    for label, res in sorted((result.get("label_budgets") or {}).items()):
+        lines += ["", f"Label efficiency of `{label}` (frozen probe, `{result['features'].split(',')[0]}` readout, "
+                  "mean over draws of K labelled train patients; test split)", "",
+                  "| K patients | pretrained | random init | raw pixels | pre - random (95% CI) | pre - pixels (95% CI) |",
+                  "|---|---|---|---|---|---|"]
+        for k, r in res.items():
+            a = r["auroc"]
+            lines.append(f"| {k} | {a['pretrained']['mean']:.3f} | {a['random_init']['mean']:.3f} | "
+                         f"{a['pixels']['mean']:.3f} | {r['vs']['random_init']['diff']:+.3f} "
+                         f"{_ci(r['vs']['random_init']['ci95'])} | {r['vs']['pixels']['diff']:+.3f} "
+                         f"{_ci(r['vs']['pixels']['ci95'])} |")
     for label, band in sorted((result.get("chance_band") or {}).items()):
         lines.append(f"\nChance band of `{label}` under this protocol ({band['n']} label shuffles between patients, "
                      f"random-init features): mean {band['mean']:.3f}, sd {band['sd']:.3f}, 5-95 % "

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -179,6 +180,10 @@ class EvalConfig:
     head_batch_size: int = 32
     batch_size: int = 32  # images per backbone forward pass during feature extraction
     max_images: int = 0  # evaluate at most this many images per site (seeded subset; 0: all)
+    # What the linear probes read (xr0_core/eval/readouts.py): cls | mean | cls+mean | cls+grid<k>. cls+grid4
+    # reads the most on real knees for random-init and pretrained backbones alike (docs/ablations.md).
+    readout: str = "cls+grid4"
+    probe_c: str = "auto"  # the probes' L2 inverse strength: "auto" (3-fold CV by patient on train rows) or a number
     text_encoder: str = ""  # local BERT folder for text tasks ("": the bundled offline MiniLM)
     landmark_radius_px: float = 10.0  # success radius for landmarks, original pixels
     landmark_radius_mm: float = 4.0  # success radius when the pixel spacing is known
@@ -377,6 +382,23 @@ def from_flat(flat: Mapping[str, Scalar] | None = None, **overrides: Scalar) -> 
     return cfg
 
 
+# eval.readout values (xr0_core/eval/readouts.py computes them; the name is checked here, in the base layer).
+READOUT_NAMES = re.compile(r"cls|mean|cls\+mean|cls\+grid[1-9][0-9]?")
+
+
+def _readout_ok(name: str) -> bool:
+    return READOUT_NAMES.fullmatch(str(name)) is not None
+
+
+def _probe_c_ok(value: str) -> bool:
+    if str(value) == "auto":
+        return True
+    try:
+        return float(value) > 0
+    except ValueError:
+        return False
+
+
 def validate(cfg: XR0Config) -> None:
     """Cross-field checks; raise :class:`ConfigError` saying what to change."""
     t, s, m, f = cfg.train, cfg.ssl, cfg.model, cfg.federation
@@ -424,6 +446,8 @@ def validate(cfg: XR0Config) -> None:
          "eval.head-steps, eval.head-batch-size and eval.batch-size must be >= 1"),
         (cfg.eval.head_lr > 0, "eval.head-lr must be > 0"),
         (cfg.eval.max_images >= 0, "eval.max-images must be >= 0 (0: all images)"),
+        (_readout_ok(cfg.eval.readout), f"eval.readout {cfg.eval.readout!r}: use cls, mean, cls+mean or cls+grid<k>"),
+        (_probe_c_ok(cfg.eval.probe_c), f"eval.probe-c {cfg.eval.probe_c!r}: use auto or a positive number"),
         (0 <= cfg.privacy.target_delta < 1, "privacy.target-delta must be in [0, 1) (0: each site's own delta)"),
         (cfg.secagg.num_neighbours >= 0, "secagg.num-neighbours must be >= 0 (0: all-to-all)"),
         (cfg.secagg.threshold == 0 or cfg.secagg.threshold >= 2,

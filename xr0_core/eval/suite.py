@@ -198,7 +198,8 @@ def context_from_config(cfg: XR0Config, text: TextCache | None, examples: int = 
     e = cfg.eval
     return TaskContext(budget=HeadBudget(e.head_steps, e.head_lr, e.head_batch_size), seed=derive_seed(cfg.seed, "eval"),
                        knn_k=e.knn_k, landmark_radius_px=e.landmark_radius_px,
-                       landmark_radius_mm=e.landmark_radius_mm, text=text, examples=examples)
+                       landmark_radius_mm=e.landmark_radius_mm, text=text, examples=examples,
+                       probe_c=e.probe_c if e.probe_c == "auto" else float(e.probe_c))
 
 
 def subsample(records: Sequence[Any], max_images: int, seed: int) -> list[Any]:
@@ -307,6 +308,7 @@ def _backbone_features(cfg: XR0Config, factory: Callable[[], nn.Module], data: E
                        device: torch.device) -> Any:
     backbone = factory().to(device)
     return extract(backbone, data, patches=patches, batch_size=cfg.eval.batch_size, device=device,
+                   readout=cfg.eval.readout,
                    precision=cfg.train.precision)  # the backbone is freed on return: only features are kept
 
 

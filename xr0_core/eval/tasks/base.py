@@ -260,12 +260,20 @@ class Features:
     cls : Tensor [N, D] float32, CLS token after the final norm (not normalised)
     patches : Tensor [N, g*g, D] float16 or None (only when a dense task needs them)
     grid : int, patches per side
+    readout : Tensor [N, R] float32 or None: what the linear probes read (``eval.readout``,
+        :mod:`xr0_core.eval.readouts`); None means the CLS token
     """
 
     cls: torch.Tensor
     patches: torch.Tensor | None
     grid: int
     memo: dict = field(default_factory=dict)  # results two tasks share (e.g. one trained projection pair)
+    readout: torch.Tensor | None = None
+
+    @property
+    def probe_input(self) -> torch.Tensor:
+        """What a linear probe reads: the readout, or the CLS token when no other readout was extracted."""
+        return self.cls if self.readout is None else self.readout
 
     @property
     def dim(self) -> int:
@@ -273,20 +281,29 @@ class Features:
 
 
 def extract(backbone: nn.Module, data: EvalSet, *, patches: bool, batch_size: int = 32,
-            device: torch.device | str = "cpu", precision: str = "auto") -> Features:
+            device: torch.device | str = "cpu", precision: str = "auto", readout: str = "cls") -> Features:
     """Run the frozen backbone once over every view (:func:`xr0_core.models.features.frozen_features`): CLS
-    tokens, and float16 patch tokens when a dense task needs them."""
+    tokens, float16 patch tokens when a dense task needs them, and the probes' ``readout``
+    (:mod:`xr0_core.eval.readouts`; pooled per batch, so a spatial readout never needs every token in memory)."""
     from xr0_core.data.transforms import normalize
+    from xr0_core.eval.readouts import assemble, check_readout, needs_patches, pool_patches
     from xr0_core.models.features import frozen_features
 
+    pooled_only = needs_patches(check_readout(readout)) and not patches
+    keep = (lambda t: t.to(torch.float16)) if patches else (lambda t: pool_patches(t, readout)) if pooled_only else None
     cls, pat = frozen_features(backbone, len(data), lambda a, b: normalize(data.views[a:b].float()),
-                               batch_size=batch_size, device=device, precision=precision,
-                               patches=(lambda t: t.to(torch.float16)) if patches else None)
+                               batch_size=batch_size, device=device, precision=precision, patches=keep)
     dim = int(getattr(backbone, "embed_dim", 0))
+    probe = None
+    if pooled_only:
+        probe, pat = assemble(cls, pat, readout), None
+    elif readout != "cls" and pat is not None and len(pat):
+        probe = torch.cat([assemble(cls[a:a + 256], pool_patches(pat[a:a + 256], readout), readout)
+                           for a in range(0, len(pat), 256)])
     if patches and pat is None:
         pat = torch.zeros(0, 0, dim, dtype=torch.float16)
     grid = int(round(pat.shape[1] ** 0.5)) if pat is not None and len(pat) else 0  # dense tasks only
-    return Features(cls, pat, grid)
+    return Features(cls, pat, grid, readout=probe)
 
 
 @dataclass
@@ -386,6 +403,7 @@ class TaskContext:
     landmark_radius_mm: float = 4.0
     text: Any = None  # TextCache or None
     examples: int = 0  # qualitative examples to keep (local evaluation only)
+    probe_c: float | str = "auto"  # linear probes' L2 inverse strength ("auto": chosen by CV by patient)
 
 
 class TextCache:

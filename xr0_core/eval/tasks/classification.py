@@ -1,4 +1,5 @@
-"""Classification on frozen CLS features: linear probe and weighted k-NN (D8).
+"""Classification on frozen features: a linear probe on ``eval.readout`` (:mod:`xr0_core.eval.readouts`,
+its C chosen by CV by patient: :mod:`xr0_core.eval.linear_probe`) and weighted k-NN on the CLS token (D8).
 
 One task per ``label_<name>`` column (``classification/label_<name>``) and one for the anatomy when at least
 two anatomies are present (``classification/anatomy``). Binary labels report AUROC; labels with more than
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from xr0_core.eval import metrics
+from xr0_core.eval.linear_probe import probe
 from xr0_core.eval.tasks.base import TEST, TRAIN, EvalSet, Features, TaskContext, TaskOutput
 
 FAMILY = "classification"
@@ -59,19 +61,6 @@ def prepare(task: str, data: EvalSet, ctx: TaskContext) -> Prepared | str:
     return Prepared(rows, y, classes, binary)
 
 
-def _linear_probe(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
-    """Class probabilities ``[M, C]`` from an L2-regularised logistic regression on standardised features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(x_tr)
-    clf = LogisticRegression(max_iter=1000, C=0.5, random_state=seed % 2**32)
-    clf.fit(scaler.transform(x_tr), y_tr)
-    probs = np.zeros((len(x_te), n_classes))
-    probs[:, clf.classes_] = clf.predict_proba(scaler.transform(x_te))
-    return probs
-
-
 def _knn(x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, n_classes: int, k: int) -> np.ndarray:
     from xr0_core.models.knn import knn_predict
 
@@ -91,11 +80,15 @@ def scores(probs: np.ndarray, y: np.ndarray, binary: bool) -> dict[str, float]:
 def run(task: str, data: EvalSet, prep: Prepared, feats: Features, ctx: TaskContext) -> TaskOutput:
     tr, te = prep.rows[TRAIN], prep.rows[TEST]
     c = len(prep.classes)
-    x_tr, x_te = feats.cls[tr], feats.cls[te]
     y_tr, y_te = prep.y[TRAIN], prep.y[TEST]
     out: dict[str, float] = {}
-    lin = _linear_probe(x_tr.numpy(), y_tr, x_te.numpy(), c, ctx.seed)
+    # The linear probe reads eval.readout (e.g. CLS + a 4x4 pooling of the patch tokens); k-NN stays on the
+    # CLS token (cosine neighbours of a concatenation would weight its parts by their norms).
+    x = feats.probe_input
+    patients = [data.records[i].patient_id or str(data.records[i].path) for i in tr]
+    lin, _c = probe(x[tr].numpy(), y_tr, x[te].numpy(), c, ctx.seed, c=ctx.probe_c, groups=patients)
     out.update({f"linear-{k}": v for k, v in scores(lin, y_te, prep.binary).items()})
+    x_tr, x_te = feats.cls[tr], feats.cls[te]
     knn = _knn(x_tr, y_tr, x_te, c, ctx.knn_k)
     out.update({f"knn-{k}": v for k, v in scores(knn, y_te, prep.binary).items()})
     # Per test row [M]: the paired interval is on linear accuracy (first); k-NN correctness for the probe's own.
