@@ -192,7 +192,16 @@ def run_task(api: RuntimeAPI, token: str) -> int:
     status, details = SubStatus.FAILED, "the hospital's ClientApp failed before replying (see its log)"
     try:
         message, context, _run, fab = pull_task_input(client)
-        reply, ran = answer(message, context, fab.content)
+        try:
+            reply, ran = answer(message, context, fab.content)
+        except Exception as exc:  # noqa: BLE001 - e.g. a message type the app has no handler for: still a reply
+            from flwr.app import Error
+
+            from .errors import SITE_ERROR_CODE, reply_reason
+
+            log.exception("the hospital's ClientApp failed on %s", message.metadata.message_type)
+            reason = reply_reason(exc, message.metadata.message_type, private=True)  # the fixed categories
+            reply, ran = Message(Error(code=SITE_ERROR_CODE, reason=reason), reply_to=message), False
         push_message(client, reply, context)
         status, details = (SubStatus.COMPLETED, "") if ran else (SubStatus.FAILED, "refused by the site policy")
         return 0

@@ -7,17 +7,24 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv || exit 1
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
-# tests/report check report.html in headless Chromium (a Debian package). Install it when it is missing and
-# that is possible (CI runs as root on Debian with the package registry reachable); otherwise those tests fail
-# and say how to get it: they never skip.
+# tests/report check report.html in headless Chromium (a Debian package), and tests/dashboard drive it through
+# chromedriver (chromium-driver). Install them when missing and that is possible (CI runs as root on Debian with
+# the package registry reachable); otherwise those tests fail and say how to get them: they never skip.
+missing=""
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
     && [ -z "${XR0_CHROMIUM:-}" ]; then
+  missing="chromium"
+fi
+if ! command -v chromedriver >/dev/null 2>&1 && [ -z "${XR0_CHROMEDRIVER:-}" ]; then
+  missing="$missing chromium-driver"
+fi
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium for the report's browser test (apt-get)" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
-      || echo "could not install chromium: the browser test will fail" >&2
+    echo "installing$missing for the browser tests (apt-get)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >/dev/null 2>&1 \
+      || echo "could not install$missing: the browser tests will fail" >&2
   else
-    echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will fail" >&2
+    echo "$missing missing and cannot be installed here (needs root and apt-get): the browser tests will fail" >&2
   fi
 fi
 .venv/bin/python -m pytest "$@"

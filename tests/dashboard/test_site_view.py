@@ -10,29 +10,10 @@ import json
 import pytest
 
 from cli import main as xr0
+from tests.dashboard.sitefixture import FLOWER_RUN, hospital as _hospital
 from xr0_core.dashboard.site_view import SiteView
-from xr0_core.privacy.ledger import STATUS_PENDING, PrivacyLedger, Release, epsilon_of
-from xr0_core.site.policy import SitePolicy, policy_path, save_policy, with_values
-
-FLOWER_RUN = 9129583261915662122  # above 2**53: a browser's number would round it
-
-
-def _hospital(state, policy=True):
-    if policy:
-        save_policy(with_values(SitePolicy(), {"privacy.budget": 8.0, "privacy.delta": 1e-5}), policy_path(state))
-    with PrivacyLedger(state).transaction() as ledger:
-        ledger.releases += [Release("run-a", 1, 1.1, 0.3, 20, 1e-5, time=100.0, unit="patient"),
-                            Release("run-a", 2, 1.1, 0.3, 20, 1e-5, time=200.0, unit="patient"),
-                            Release("run-b", 1, 0.9, 0.3, 20, 1e-5, time=300.0, unit="patient",
-                                    status=STATUS_PENDING)]
-    lines = [{"time": "2026-01-01T00:00:00Z", "message_type": "train", "run_id": FLOWER_RUN, "error": None,
-              "records": {"arrays": {"kind": "arrays", "arrays": {"w": {"bytes": 400, "dtype": "float32",
-                                                                          "shape": [100], "sha256": "00"}}},
-                          "metrics": {"kind": "metrics", "values": {"epsilon": 2.3, "num-examples": 1.0}}}},
-             {"time": "2026-01-01T01:00:00Z", "message_type": "train", "run_id": FLOWER_RUN,
-              "error": "site policy: privacy budget spent", "records": {}}]
-    (state / "audit.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return state
+from xr0_core.privacy.ledger import PrivacyLedger, epsilon_of
+from xr0_core.site.policy import policy_path
 
 
 def _privacy_json(state) -> dict:
@@ -60,9 +41,10 @@ def test_the_site_state_holds_the_numbers_of_xr0_privacy_json(tmp_path):
     data = PrivacyLedger(state).read()
     assert runs["run-a"]["epsilon"] == epsilon_of([r.history_entry() for r in data.releases[:2]], 1e-5)
     assert runs["run-b"]["pending"] == 1 and runs["run-a"]["rounds"] == [1, 2]
+    assert runs["run-b"]["withdrawn"] == 1 and runs["run-b"]["epsilon"] == epsilon_of([data.releases[2].history_entry()], 1e-5)
     curve = st["curve"]
     assert curve["epsilon"][-1] == body["epsilon"] and curve["epsilon"] == sorted(curve["epsilon"])
-    assert curve["time"] == [100.0, 200.0, 300.0]
+    assert curve["time"] == [100.0, 200.0, 300.0]  # the withdrawn release (t = 400) does not count
 
 
 def test_refusals_and_the_audit_log_come_from_audit_jsonl(tmp_path):

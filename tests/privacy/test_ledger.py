@@ -86,6 +86,9 @@ def test_losses_do_not_leave_a_dp_site(tmp_path):
     # Neither the Poisson rate nor sigma leaves: together they give the site's patient count.
     assert "sample-rate" not in m and "noise-multiplier" not in m
     assert m["num-examples"] == 1.0  # the policy's declared weight (0 -> 1), not the site's image count
+    from xr0_core.site.policy import DP_SAFE_TRAIN_METRICS
+
+    assert set(m) <= set(DP_SAFE_TRAIN_METRICS), sorted(set(m) - set(DP_SAFE_TRAIN_METRICS))  # no timing, no count
 
 
 def test_client_level_update_is_clipped_before_noise():

@@ -150,6 +150,10 @@ def test_a_missing_consistency_signature_does_not_stop_the_others(tmp_path):
     for entry in train:  # 4 of 5 pinned hospitals signed: the quorum (more than (5 + t - 1) / 2 = 3.5) holds
         assert entry["updated"]
         assert "consistency" in _site(entry, BAD)["reason"]
+        # the record shows how many peer keys each hospital pinned (in this harness each pins the keys published
+        # before its own setup, so the last one to set up pinned the other four)
+        assert all("secagg-pinned" in _site(entry, n)["metrics"] for n in NODES if n != BAD), entry["sites"]
+        assert _site(entry, NODES[-1])["metrics"]["secagg-pinned"] == N - 1, entry["sites"]
 
 
 # ---- rows 8-10: plain rounds ---------------------------------------------------------------------------------

@@ -85,7 +85,8 @@
     if (!el) return;
     if (!traces.length || typeof Plotly === "undefined") { el.hidden = true; return; }
     el.hidden = false;
-    var base = {margin: {l: 55, r: 15, t: 36, b: 45}, font: {size: 11}, legend: {orientation: "h", y: -0.22},
+    var base = {margin: {l: 55, r: 15, t: 36, b: 90}, font: {size: 11},
+                legend: {orientation: "h", x: 0, y: -0.3, yanchor: "top"},
                 autosize: true, hovermode: "closest"};
     Object.keys(layout).forEach(function (k) { base[k] = layout[k]; });
     Plotly.react(el, traces, base, {responsive: true, displaylogo: false,
@@ -256,7 +257,8 @@
     });
     plot("plot-epsilon", eps, {title: {text: "\u03b5 released per hospital (dashed: budget)"},
                                xaxis: {title: {text: "round"}, dtick: 1}, yaxis: {title: {text: "\u03b5"}, rangemode: "tozero"}});
-    var metrics = Object.keys(s.health);
+    var order = ["rankme-cls", "knn-probe", "teacher-entropy", "feature-std"];  // run_view.HEALTH_SERIES
+    var metrics = order.filter(function (m) { return s.health[m]; });
     var sel = $("health-metric");
     if (sel.options.length !== metrics.length) {
       sel.replaceChildren.apply(sel, metrics.map(function (m) { return h("option", {value: m, text: m}); }));
@@ -387,7 +389,8 @@
       e.textContent = num(pv.epsilon, 4);
       e.setAttribute("data-value", String(pv.epsilon));
       $("budget-value").textContent = pv.budget === null ? "none set" : num(pv.budget);
-      $("budget-left").textContent = st.budget_left === null ? "\u2013" : num(st.budget_left, 4);
+      $("budget-left").textContent = st.budget_left === null ? "\u2013"
+        : (st.budget_left < 0 ? "none (over by " + num(-st.budget_left, 4) + ")" : num(st.budget_left, 4));
       var frac = pv.budget ? Math.min(1, pv.epsilon / pv.budget) : 0;
       $("budget-bar").style.width = (100 * frac) + "%";
       $("budget-progress").className = "progress" + (frac >= 0.99 ? " spent" : "");
