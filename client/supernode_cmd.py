@@ -109,9 +109,12 @@ def _supernode(args: argparse.Namespace) -> int:
         if child.poll() is None:
             child.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    rc = child.wait()
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if asked["stop"]:
         return rc if rc > 0 else 0
     status, detail = admission(link, known_node_id(state))
