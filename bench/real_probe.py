@@ -121,23 +121,12 @@ def paired_ci(a: np.ndarray, b: np.ndarray, y: np.ndarray, groups: list[str], se
               n_resamples: int = 1000) -> tuple[float, float]:
     """95 % percentile interval of ``label_auroc(a) - label_auroc(b)`` over resamples of whole patients
     (binary scores: :func:`xr0_core.eval.baseline.paired_bootstrap_auroc_ci`; class scores: the same
-    resampling here). Shapes: ``a, b [M]`` or ``[M, K]``, ``y [M]``, ``groups [M]``."""
+    resampling as :func:`_draws_ci`). Shapes: ``a, b [M]`` or ``[M, K]``, ``y [M]``, ``groups [M]``."""
     from xr0_core.eval.baseline import paired_bootstrap_auroc_ci
 
     if a.ndim == 1:
         return paired_bootstrap_auroc_ci(a, b, y, groups, seed=seed)
-    keys = np.unique(np.asarray(groups), return_inverse=True)[1]
-    members = [np.flatnonzero(keys == g) for g in range(int(keys.max()) + 1)]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    while len(diffs) < n_resamples:
-        rows = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        if len(set(y[rows].tolist())) < 2:
-            continue
-        d = label_auroc(a[rows], y[rows]) - label_auroc(b[rows], y[rows])
-        if np.isfinite(d):
-            diffs.append(d)
-    return float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
+    return _draws_ci([a], [b], y, np.asarray(groups), seed, n_resamples)  # one draw: the same resampling
 
 
 def permutation_null(x: np.ndarray, y: np.ndarray, split: list[str], groups: list[str], protocol: str, seed: int,
