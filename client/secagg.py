@@ -42,7 +42,7 @@ from xr0_core.secagg.protocol import ClientRules, PeerKeys, RoundParams, SecAggE
 from xr0_core.secagg.masks import CHUNK_WORDS
 from xr0_core.secagg.session import ClientSession
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
-                                  WORDS, array_view, graph_from_flat)
+                                  NUMPY_STYPE, WORDS, array_view, graph_from_flat, npy_bytes, release)
 from xr0_core.site.policy import SitePolicy
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,10 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         metrics = dict(reply.content.metric_records[keys.METRICS])
         num_examples = float(metrics.pop(keys.NUM_EXAMPLES))  # travels only inside the masked vector
         num_values = sum(int(np.prod(global_arrays[k].shape)) for k in global_arrays)
-        upload = session.mask_pieces(update_pieces(new_arrays, global_arrays, context), num_values, num_examples)
+        upload = session.mask_pieces(update_pieces(new_arrays, global_arrays, context), num_values, num_examples,
+                                     scratch=True)  # update_pieces' buffer is refilled for each piece
+        del new_arrays
+        release(reply.content)  # the trained weights are masked: free them now (wire.release)
         # Recorded durably before the masked words leave: a restart or a second session cannot upload again.
         trust.uploads.record(session.params.run_key, session.params.server_round)
         _store(context, session)
@@ -313,7 +316,10 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         if kept:
             log.info("metrics kept at the site under secure aggregation: %s", ", ".join(kept))
         out[CLIPPED] = int(upload.clipped)
-        content = RecordDict({MASKED: ArrayRecord({WORDS: Array(upload.words)}), keys.METRICS: MetricRecord(out)})
+        words = Array(dtype=str(upload.words.dtype), shape=tuple(upload.words.shape), stype=NUMPY_STYPE,
+                      data=npy_bytes(upload.words))
+        del upload  # the words are in the message now (one copy)
+        content = RecordDict({MASKED: ArrayRecord({WORDS: words}), keys.METRICS: MetricRecord(out)})
         if rejected:
             content[REC] = ConfigRecord({"rejected": rejected})
         return Message(content, reply_to=msg)

@@ -46,7 +46,7 @@ from xr0_core.secagg.protocol import (PeerKeys, RoundParams, SecAggAbort, SecAgg
 from xr0_core.secagg.server import ServerRound, SumOutOfRange
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, PINNED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION,
-                                  UNMASK, WEIGHT_CAPPED, WORDS, array_view, graph_to_flat)
+                                  UNMASK, WEIGHT_CAPPED, WORDS, array_view, graph_to_flat, release)
 
 from .fedavg_ssl import (FormedAggregate, ReplyError, SiteOutcome, XR0FedAvg, finite_metrics,
                          partition_id_of, short_reason)
@@ -417,11 +417,15 @@ class SecAggGrid(Grid):
         def take(batch: dict[int, Message]) -> None:
             """Sum one batch of masked uploads; the batch's messages are let go right after."""
             got = self._parse("masked-upload", batch, outcome, upload)
-            batch.clear()
             left_out = rnd.add_batch({u: (g[0], g[1], g[3]) for u, g in got.items()})
             for u, (_, _, metrics, _) in got.items():
                 if u not in left_out:  # a site whose upload is kept out by a rejected share reports nothing
                     site_metrics.setdefault(u, {}).update(metrics)
+            got.clear()
+            if not getattr(self.inner, "keep", False):  # a Grid that keeps its traffic (tests) holds them anyway
+                for reply in batch.values():  # summed: its words go now, not at the next cyclic collection
+                    release(reply.content, [MASKED])
+            batch.clear()
 
         self._exchange("masked-upload", contents, f"{TRAIN}.{TRAIN_ACTION}", group, train_timeout, outcome,
                        on_batch=take)

@@ -24,7 +24,7 @@ import numpy as np
 
 SUPPORTED_BITS = (16, 32)
 _CHUNK = 1 << 20  # elements per float64 working chunk: bounds peak memory for 20 M+ parameter models
-_PIECE = 1 << 15  # elements per encoding step: the float64 scratch (256 KB) stays in cache
+_PIECE = 1 << 16  # elements per encoding step: the float64 scratch (512 KB) stays in cache
 
 
 class QuantizationError(ValueError):
@@ -109,12 +109,12 @@ class ChunkEncoder:
         self.scale = wq / spec.value_range
         self.clipped = 0  # coordinates clipped so far
         self._f = np.empty(_PIECE, dtype=np.float64)
-        self._g = np.empty(_PIECE, dtype=np.float64)
-        self._i = np.empty(_PIECE, dtype=np.int64)
-        self._b = np.empty(_PIECE, dtype=bool)
+        self._signed = np.int16 if spec.bits == 16 else np.int32
 
-    def encode_into(self, d: np.ndarray, out: np.ndarray) -> None:
+    def encode_into(self, d: np.ndarray, out: np.ndarray, scratch: bool = False) -> None:
         """Encode the next piece ``d`` (shape [N], any float dtype) into ``out`` (shape [N], ``spec.dtype``).
+
+        ``scratch``: ``d`` (float64, contiguous) may be overwritten, which saves copying it.
 
         Raises
         ------
@@ -125,24 +125,27 @@ class ChunkEncoder:
         if out.shape != d.shape or out.dtype != self.spec.dtype:
             raise QuantizationError(f"encode {d.size} values into {d.size} {self.spec.dtype} words")
         r = self.spec.value_range
+        in_place = scratch and d.dtype == np.float64 and d.flags.c_contiguous and d.flags.writeable
+        signed_out = out.view(self._signed)
         for start in range(0, d.size, _PIECE):
             src = d[start : start + _PIECE]
             n = src.size
-            f, g, i, b = self._f[:n], self._g[:n], self._i[:n], self._b[:n]
-            np.copyto(f, src)  # float32 -> float64 is exact; float64 is copied
-            # One reduction instead of an isfinite mask: a NaN or inf anywhere makes the sum non-finite.
-            if not np.isfinite(np.add.reduce(f)) and not np.all(np.isfinite(f)):
-                raise QuantizationError("the update holds NaN or infinite values; refusing to send it")
-            np.abs(f, out=g)
-            np.greater(g, r, out=b)
-            self.clipped += int(np.count_nonzero(b))
-            np.clip(f, -r, r, out=f)
+            if in_place:
+                f = src
+            else:
+                f = self._f[:n]
+                np.copyto(f, src)  # float32 -> float64 is exact; float64 is copied
+            lo, hi = np.minimum.reduce(f), np.maximum.reduce(f)  # NaN propagates: it fails both tests below
+            if not (-r <= lo and hi <= r):
+                if not np.all(np.isfinite(f)):
+                    raise QuantizationError("the update holds NaN or infinite values; refusing to send it")
+                self.clipped += int(np.count_nonzero(f > r)) + int(np.count_nonzero(f < -r))
+                np.clip(f, -r, r, out=f)
             np.multiply(f, self.scale, out=f)
             np.rint(f, out=f)
-            # float64 -> int64 (exact: |q| <= L < 2^31), then int64 -> uint wraps modulo 2^bits (two's
-            # complement), which is exactly the ring embedding.
-            np.copyto(i, f, casting="unsafe")
-            np.copyto(out[start : start + n], i, casting="unsafe")
+            # float64 -> signed word (exact: |q| <= L < 2^(bits-1)); its two's-complement bits read as the
+            # unsigned word are q mod 2^bits, exactly the ring embedding.
+            np.copyto(signed_out[start : start + n], f, casting="unsafe")
 
 
 def quantize(update: np.ndarray, wq: int, spec: QuantSpec) -> tuple[np.ndarray, int]:

@@ -193,7 +193,8 @@ class ClientSession:
         flat = np.asarray(update).reshape(-1)
         return self.mask_pieces([flat], flat.size, num_examples)
 
-    def mask_pieces(self, pieces: Iterable[np.ndarray], num_values: int, num_examples: float) -> MaskedUpload:
+    def mask_pieces(self, pieces: Iterable[np.ndarray], num_values: int, num_examples: float,
+                    scratch: bool = False) -> MaskedUpload:
         """:meth:`mask` of the update given as consecutive pieces (never one whole-model float copy).
 
         Each cache-sized piece is quantized and gets every mask (self mask and one per mask peer,
@@ -203,12 +204,13 @@ class ClientSession:
         Parameters
         ----------
         pieces : iterable of np.ndarray, each shape [N_i]
-            The flat update in order (e.g. new minus global weights, parameter by parameter); a piece may be
-            overwritten once the next one is asked for.
+            The flat update in order (e.g. new minus global weights, parameter by parameter).
         num_values : int
             P = sum of N_i: the update's length (the server expects P + 1 words).
         num_examples : float
             The site's weight before the cap.
+        scratch : bool
+            The pieces are the caller's scratch (float64): encoding may overwrite them instead of copying.
         """
         self._expect("received")
         if not num_examples > 0:
@@ -227,7 +229,7 @@ class ClientSession:
             for start in range(0, piece.size, CHUNK_WORDS):
                 part = piece[start : start + CHUNK_WORDS]
                 out = words[off : off + part.size]
-                encoder.encode_into(part, out)
+                encoder.encode_into(part, out, scratch)
                 streams.apply_inplace(out)  # masks the piece while it is still in cache
                 off += part.size
         if off != num_values:
