@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -39,9 +39,10 @@ from flwr.clientapp import ClientApp
 from xr0_core import record_keys as keys
 from xr0_core.secagg import identity
 from xr0_core.secagg.protocol import ClientRules, PeerKeys, RoundParams, SecAggError
+from xr0_core.secagg.masks import CHUNK_WORDS
 from xr0_core.secagg.session import ClientSession
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
-                                  WORDS, graph_from_flat)
+                                  NUMPY_STYPE, WORDS, array_view, graph_from_flat, npy_bytes, release)
 from xr0_core.site.policy import SitePolicy
 
 log = logging.getLogger(__name__)
@@ -144,18 +145,46 @@ def in_memory_trust(policy: SitePolicy | None = None) -> TrustFn:
 
 
 def flatten(arrays: ArrayRecord) -> np.ndarray:
-    """Float64 concatenation of an ArrayRecord's arrays in sorted-name order, shape [P]."""
+    """Float64 concatenation of an ArrayRecord's arrays in sorted-name order, shape [P] (the materialised
+    form of :func:`update_pieces`; the secure round itself never builds it)."""
     return np.concatenate([arrays[name].numpy().astype(np.float64).reshape(-1) for name in sorted(arrays)])
 
 
+def update_pieces(new_arrays: ArrayRecord, global_arrays: ArrayRecord, context: Context) -> Iterator[np.ndarray]:
+    """The site's update ``new - global`` as float64, flat in sorted-name order, one cache-sized piece at a
+    time (shape [<= CHUNK_WORDS] each), through :func:`prepare_update`.
+
+    The pieces concatenate to ``flatten(new_arrays) - flatten(global_arrays)`` exactly (float32 -> float64 is
+    exact and the difference is taken in float64), without the three whole-model float64 copies that takes.
+    One buffer is reused: a piece is valid until the next is asked for.
+
+    Raises
+    ------
+    SecAggError
+        A parameter whose size differs between the trained and the global weights.
+    """
+    buf = np.empty(CHUNK_WORDS, dtype=np.float64)
+    for name in sorted(global_arrays):
+        new = array_view(new_arrays[name]).reshape(-1)
+        old = array_view(global_arrays[name]).reshape(-1)
+        if new.size != old.size:
+            raise SecAggError(f"the trained parameter {name!r} has {new.size} values, the global one {old.size}")
+        for start in range(0, new.size, CHUNK_WORDS):
+            out = buf[: min(CHUNK_WORDS, new.size - start)]
+            np.subtract(new[start : start + CHUNK_WORDS], old[start : start + CHUNK_WORDS], out=out,
+                        dtype=np.float64)
+            yield prepare_update(out, context)
+
+
 def prepare_update(update: np.ndarray, context: Context) -> np.ndarray:
-    """Hook between the site's update (flat delta, [P]) and masking: identity.
+    """Hook between the site's update (a piece of the flat delta, [N]) and masking: identity.
 
     Client-level DP (``privacy.client-level``) has already happened inside ``train_fn``
     (xr0_core/privacy/private_round.py: clip to C, then the site's *full* noise ``N(0, (sigma C)^2)``, recorded in
     its ledger), so ``update`` is already private when it arrives here. The full noise per site (rather than
     ``sigma / sqrt(n)`` each) keeps each hospital's guarantee independent of the other sites' honesty and of
-    dropouts; the split is a possible optimisation once the accountant models it.
+    dropouts; the split is a possible optimisation once the accountant models it. It sees the update piece by
+    piece (:func:`update_pieces`), so anything put here must be elementwise.
     """
     return update
 
@@ -270,8 +299,11 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
             raise SecAggError("the trained weights do not have the global model's parameter names")
         metrics = dict(reply.content.metric_records[keys.METRICS])
         num_examples = float(metrics.pop(keys.NUM_EXAMPLES))  # travels only inside the masked vector
-        update = prepare_update(flatten(new_arrays) - flatten(global_arrays), context)
-        upload = session.mask(update, num_examples)
+        num_values = sum(int(np.prod(global_arrays[k].shape)) for k in global_arrays)
+        upload = session.mask_pieces(update_pieces(new_arrays, global_arrays, context), num_values, num_examples,
+                                     scratch=True)  # update_pieces' buffer is refilled for each piece
+        del new_arrays
+        release(reply.content)  # the trained weights are masked: free them now (wire.release)
         # Recorded durably before the masked words leave: a restart or a second session cannot upload again.
         trust.uploads.record(session.params.run_key, session.params.server_round)
         _store(context, session)
@@ -284,7 +316,10 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
         if kept:
             log.info("metrics kept at the site under secure aggregation: %s", ", ".join(kept))
         out[CLIPPED] = int(upload.clipped)
-        content = RecordDict({MASKED: ArrayRecord({WORDS: Array(upload.words)}), keys.METRICS: MetricRecord(out)})
+        words = Array(dtype=str(upload.words.dtype), shape=tuple(upload.words.shape), stype=NUMPY_STYPE,
+                      data=npy_bytes(upload.words))
+        del upload  # the words are in the message now (one copy)
+        content = RecordDict({MASKED: ArrayRecord({WORDS: words}), keys.METRICS: MetricRecord(out)})
         if rejected:
             content[REC] = ConfigRecord({"rejected": rejected})
         return Message(content, reply_to=msg)

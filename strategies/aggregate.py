@@ -79,28 +79,36 @@ class ServerOptimizer:
             raise ValueError(f"unknown server optimizer {self.kind!r}; known: fedavg, fedavgm, fedadam")
 
     def apply(self, global_weights: Mapping[str, np.ndarray], mean_weights: Mapping[str, np.ndarray]) -> Weights:
-        """New global weights from the current ones and the clients' weighted mean."""
-        delta = {k: mean_weights[k].astype(np.float64) - global_weights[k].astype(np.float64) for k in global_weights}
+        """New global weights from the current ones and the clients' weighted mean.
+
+        Parameter by parameter (the float64 delta and step of one tensor at a time, not of the whole model: a
+        22 M-parameter model's would be 350 MB more at the coordinator's peak); the arithmetic is the same.
+        """
         self.steps += 1
-        if self.kind == "fedavg":
-            step = {k: self.lr * d for k, d in delta.items()}
-        elif self.kind == "fedavgm":
-            m = self.state.setdefault("m", {k: np.zeros_like(d) for k, d in delta.items()})
-            for k, d in delta.items():
+        b1, b2 = self.momentum, self.beta2
+        if self.kind != "fedavg":
+            shapes = {k: np.shape(global_weights[k]) for k in global_weights}
+            m = self.state.setdefault("m", {k: np.zeros(s) for k, s in shapes.items()})
+            if self.kind == "fedadam":
+                v = self.state.setdefault("v", {k: np.zeros(s) for k, s in shapes.items()})
+        out: Weights = {}
+        for k in global_weights:
+            g = global_weights[k].astype(np.float64)
+            d = mean_weights[k].astype(np.float64) - g
+            if self.kind == "fedavg":
+                step = self.lr * d
+            elif self.kind == "fedavgm":
                 m[k] = self.momentum * m[k] + d
-            step = {k: self.lr * m[k] for k in delta}
-        else:
-            m = self.state.setdefault("m", {k: np.zeros_like(d) for k, d in delta.items()})
-            v = self.state.setdefault("v", {k: np.zeros_like(d) for k, d in delta.items()})
-            b1, b2 = self.momentum, self.beta2
-            step = {}
-            for k, d in delta.items():
+                step = self.lr * m[k]
+            else:
                 m[k] = b1 * m[k] + (1 - b1) * d
                 v[k] = b2 * v[k] + (1 - b2) * d * d
                 m_hat = m[k] / (1 - b1**self.steps)
                 v_hat = v[k] / (1 - b2**self.steps)
-                step[k] = self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
-        return {k: (global_weights[k].astype(np.float64) + step[k]).astype(global_weights[k].dtype) for k in global_weights}
+                step = self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+            del d
+            out[k] = (g + step).astype(global_weights[k].dtype)
+        return out
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Flat name -> array view of the optimizer state (for safetensors checkpoints)."""

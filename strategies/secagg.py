@@ -46,7 +46,7 @@ from xr0_core.secagg.protocol import (PeerKeys, RoundParams, SecAggAbort, SecAgg
 from xr0_core.secagg.server import ServerRound, SumOutOfRange
 from xr0_core.secagg.quantize import QuantSpec, decode_mean, mean_error_bound, setting_warnings
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, PINNED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION,
-                                  UNMASK, WEIGHT_CAPPED, WORDS, graph_to_flat)
+                                  UNMASK, WEIGHT_CAPPED, WORDS, array_view, graph_to_flat, release)
 
 from .fedavg_ssl import (FormedAggregate, ReplyError, SiteOutcome, XR0FedAvg, finite_metrics,
                          partition_id_of, short_reason)
@@ -182,24 +182,69 @@ class SecAggGrid(Grid):
 
     # ---- the secure round ------------------------------------------------------------------------
     def _exchange(self, stage: str, contents: Mapping[int, RecordDict], message_type: str, group: str,
-                  timeout: float | None, outcome: dict[int, SiteOutcome]) -> dict[int, Message]:
-        """Send one stage's messages; return ok replies by node, marking errors / silence in ``outcome``."""
+                  timeout: float | None, outcome: dict[int, SiteOutcome],
+                  on_batch: Callable[[dict[int, Message]], None] | None = None) -> dict[int, Message]:
+        """Send one stage's messages; return ok replies by node, marking errors / silence in ``outcome``.
+
+        With ``on_batch``, replies are handed over as they arrive (push, then pull until all answered or the
+        timeout) and not kept: the masked uploads of a round are summed one batch at a time, so the coordinator
+        never holds every site's upload at once. A Grid without push / pull gets one batch from
+        ``send_and_receive``. Returns the ok replies not handed to ``on_batch`` (none when it is given).
+        """
         t0 = time.perf_counter()
         out = [Message(c, dst_node_id=node, message_type=message_type, group_id=group) for node, c in contents.items()]
-        replies = self.inner.send_and_receive(out, timeout=timeout)
         good: dict[int, Message] = {}
-        senders = sent_to(out)
-        for reply in replies:
-            node = reply_sender(reply, senders) if senders else int(reply.metadata.src_node_id)
-            if node not in contents:
-                continue
-            if reply.has_error():
-                outcome.setdefault(node, SiteOutcome(node, "failed", f"{stage}: " + short_reason(
-                    reply.error.reason or f"error code {reply.error.code}")))
+        answered: set[int] = set()
+
+        def sort(replies: Iterable[Message], senders: Mapping[str, int]) -> dict[int, Message]:
+            batch: dict[int, Message] = {}
+            for reply in replies:
+                node = reply_sender(reply, senders) if senders else int(reply.metadata.src_node_id)
+                if node not in contents or node in answered:
+                    continue
+                answered.add(node)
+                if reply.has_error():
+                    outcome.setdefault(node, SiteOutcome(node, "failed", f"{stage}: " + short_reason(
+                        reply.error.reason or f"error code {reply.error.code}")))
+                else:
+                    batch[node] = reply
+            return batch
+
+        ids: list[str] | None = None
+        if on_batch is not None:
+            try:
+                ids = list(self.inner.push_messages(out))
+            except NotImplementedError:
+                ids = None
+        if ids is None:
+            batch = sort(self.inner.send_and_receive(out, timeout=timeout), sent_to(out))
+            if on_batch is not None:
+                on_batch(batch)
             else:
-                good[node] = reply
+                good = batch
+        else:
+            senders = sent_to(out)
+            del out  # the pushed messages (and the global weights they carry) are the Grid's now
+            pending = set(ids)
+            end = None if timeout is None else time.time() + timeout
+            interval = float(getattr(self.inner, "pull_interval", 0.1))
+            while pending:
+                replies = list(self.inner.pull_messages(pending))
+                pending -= {r.metadata.reply_to_message_id for r in replies}
+                batch = sort(replies, senders)
+                arrived = bool(replies)
+                del replies
+                if batch:
+                    on_batch(batch)
+                    batch.clear()
+                if not pending or (end is not None and time.time() >= end):
+                    break
+                if not arrived:
+                    if getattr(self.inner, "answers_immediately", False):
+                        break  # an in-process Grid: what did not answer now never will (a silent node)
+                    time.sleep(interval)
         for node in contents:
-            if node not in good and node not in outcome:
+            if node not in answered and node not in outcome:
                 outcome[node] = SiteOutcome(node, "dropped", f"{stage}: no reply within the timeout")
         self.last_stage_seconds[stage] = time.perf_counter() - t0
         return good
@@ -257,7 +302,7 @@ class SecAggGrid(Grid):
         if metrics["secagg-clipped-fraction"] > 0.01:
             warnings.append(f"{100 * metrics['secagg-clipped-fraction']:.1f} % of update coordinates were clipped to "
                             f"secagg.quant-range {params.quant.value_range:g}; raise it")
-        rms = float(np.sqrt(np.mean(np.square(mean)))) if mean.size else 0.0
+        rms = float(np.sqrt(np.dot(mean, mean) / mean.size)) if mean.size else 0.0
         metrics["secagg-error-to-update"] = metrics["secagg-error-bound"] / rms if rms > 0 else float("inf")
         if metrics["secagg-error-to-update"] > 0.1:
             warnings.append(error_warning(metrics["secagg-error-bound"], rms, params.quant, params.weight_cap,
@@ -355,8 +400,6 @@ class SecAggGrid(Grid):
                 keys.ARRAYS: global_arrays, keys.CONFIG: config,
                 REC: ConfigRecord({"round": server_round, "src": srcs, "ct": [incoming[v] for v in srcs]}),
             })
-        replies = self._exchange("masked-upload", contents, f"{TRAIN}.{TRAIN_ACTION}", group, train_timeout,
-                                 outcome)
 
         def upload(r: Message):
             arrays = r.content.array_records[MASKED]
@@ -369,20 +412,23 @@ class SecAggGrid(Grid):
             clear = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             partition_id_of(clear)  # a hostile partition-id drops the site here, before its upload counts
             clear, _ = finite_metrics(clear)
-            return arrays[WORDS].numpy(), int(clipped), clear, rejected
+            return array_view(arrays[WORDS]), int(clipped), clear, rejected
 
-        got = self._parse("masked-upload", replies, outcome, upload)
-        # A sender whose share a receiver could not authenticate stays out of the sum: its mask for that
-        # receiver would not cancel (the receiver masked without it).
-        excluded = rnd.excluded_by_rejections({u: g[3] for u, g in got.items()})
-        for u in sorted(got):
-            words, clipped, metrics, rejected = got.pop(u)
-            if u in excluded:
-                rnd.log.drop(u, "masked-upload", f"node {excluded[u]} could not authenticate the share it sent")
-            else:
-                rnd.add_upload(u, words, clipped, rejected)
-                site_metrics.setdefault(u, {}).update(metrics)
-            del words
+        def take(batch: dict[int, Message]) -> None:
+            """Sum one batch of masked uploads; the batch's messages are let go right after."""
+            got = self._parse("masked-upload", batch, outcome, upload)
+            left_out = rnd.add_batch({u: (g[0], g[1], g[3]) for u, g in got.items()})
+            for u, (_, _, metrics, _) in got.items():
+                if u not in left_out:  # a site whose upload is kept out by a rejected share reports nothing
+                    site_metrics.setdefault(u, {}).update(metrics)
+            got.clear()
+            if not getattr(self.inner, "keep", False):  # a Grid that keeps its traffic (tests) holds them anyway
+                for reply in batch.values():  # summed: its words go now, not at the next cyclic collection
+                    release(reply.content, [MASKED])
+            batch.clear()
+
+        self._exchange("masked-upload", contents, f"{TRAIN}.{TRAIN_ACTION}", group, train_timeout, outcome,
+                       on_batch=take)
         rnd.close_uploads()
 
         # stage 3a: consistency (uploaders sign the whole session's transcript before anyone reveals a share)

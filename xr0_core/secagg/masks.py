@@ -3,11 +3,19 @@
 The whole 256-bit seed keys the stream cipher (Flower's SecAgg+ folds its secret to 32 bits for numpy's
 MT19937, which a server can brute-force). Each seed is used for exactly one stream, so the fixed nonce is
 safe. Words are taken directly from keystream bytes: for 16- and 32-bit rings every word value is equally
-likely, so a masked word is uniform whatever it hides. Work is chunked so a 22 M-parameter mask never sits
-in memory whole.
+likely, so a masked word is uniform whatever it hides.
+
+Cost (issue 27): a client adds one mask per neighbour plus its self mask, so the masks are most of secure
+aggregation's work. :class:`MaskStreams` applies all of them together over one cache-sized piece of the
+vector at a time (the keystream is written straight into a reused buffer, the piece stays in cache across
+every mask), instead of streaming the whole vector through memory once per mask. A stream cipher's output
+depends only on the position, so applying a vector in consecutive pieces of any sizes gives the same words,
+bit for bit, as adding each whole mask at once (:func:`expand_mask`; ``tests/secagg/test_streaming.py``).
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -16,19 +24,74 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 # counter ("xr0-" = 758 M) and a 12-byte nonce. From there the 32-bit counter has ~3.5e9 64-byte blocks
 # (~225 GB) before it wraps; the largest mask here is under 1 GB.
 _NONCE = b"xr0-secagg-mask\x00"
-_CHUNK_BYTES = 1 << 22
+CHUNK_WORDS = 1 << 15  # words per piece (128 KB of 32-bit words): piece + keystream stay in L2 across masks
 
 
 def _keystream(seed: bytes):
-    if len(seed) != 32:
-        raise ValueError(f"mask seeds are 32 bytes, got {len(seed)}")
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise ValueError(f"mask seeds are 32 bytes, got {len(seed) if isinstance(seed, bytes) else type(seed)}")
     return Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
 
 
 def expand_mask(seed: bytes, num_words: int, dtype: np.dtype) -> np.ndarray:
-    """The mask vector of ``num_words`` words of ``dtype`` (uint16 or uint32) for ``seed``."""
+    """The whole mask vector of ``num_words`` words of ``dtype`` (uint16 or uint32) for ``seed`` (the
+    materialised reference; the protocol itself applies masks with :class:`MaskStreams`)."""
     dtype = np.dtype(dtype)
     return np.frombuffer(_keystream(seed).update(bytes(num_words * dtype.itemsize)), dtype=dtype).copy()
+
+
+class MaskStreams:
+    """Several masks added (sign +1) or removed (sign -1) together, over consecutive pieces of one vector.
+
+    Each mask's keystream advances by exactly the words it is applied to, so calling :meth:`apply_inplace`
+    on consecutive slices ``words[0:a]``, ``words[a:b]``, ... gives the same result as on ``words`` at once.
+
+    Parameters
+    ----------
+    masks : iterable of (seed, sign)
+        32-byte seeds and +1 / -1.
+    dtype : np.dtype
+        Ring word type, uint16 or uint32.
+    """
+
+    def __init__(self, masks: Iterable[tuple[bytes, int]], dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+            raise ValueError(f"ring words are uint16 or uint32, got {self.dtype}")
+        self._streams = []
+        for seed, sign in masks:
+            if sign not in (1, -1):
+                raise ValueError("sign must be +1 or -1")
+            self._streams.append((_keystream(seed), sign))
+        self._zeros = memoryview(bytes(CHUNK_WORDS * self.dtype.itemsize))
+        self._raw = bytearray(CHUNK_WORDS * self.dtype.itemsize)  # keystream of one piece, reused
+        self._out = memoryview(self._raw)
+        self._key = np.frombuffer(self._raw, dtype=self.dtype)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def apply_inplace(self, words: np.ndarray) -> None:
+        """``words <- words + sum(sign * mask)`` modulo 2^bits for the next ``words.size`` words of every mask.
+
+        Parameters
+        ----------
+        words : np.ndarray, shape [N], ``dtype``, C-contiguous
+            The next piece of the vector; modified in place (numpy unsigned arithmetic wraps).
+        """
+        if words.dtype != self.dtype or words.ndim != 1 or not words.flags.c_contiguous:
+            raise ValueError(f"masks apply to a contiguous 1-D {self.dtype} vector")
+        item = self.dtype.itemsize
+        for start in range(0, words.size, CHUNK_WORDS):
+            piece = words[start : start + CHUNK_WORDS]
+            key = self._key[: piece.size]
+            zeros, out = self._zeros[: piece.size * item], self._out[: piece.size * item]
+            for enc, sign in self._streams:
+                enc.update_into(zeros, out)  # keystream XOR zeros = keystream, written into the buffer
+                if sign > 0:
+                    np.add(piece, key, out=piece)
+                else:
+                    np.subtract(piece, key, out=piece)
 
 
 def apply_mask_inplace(words: np.ndarray, seed: bytes, sign: int) -> None:
@@ -43,16 +106,4 @@ def apply_mask_inplace(words: np.ndarray, seed: bytes, sign: int) -> None:
     sign : int
         +1 to add the mask, -1 to remove it.
     """
-    if sign not in (1, -1):
-        raise ValueError("sign must be +1 or -1")
-    enc = _keystream(seed)
-    per_chunk = _CHUNK_BYTES // words.itemsize
-    zeros = bytes(per_chunk * words.itemsize)
-    for start in range(0, words.size, per_chunk):
-        n = min(per_chunk, words.size - start)
-        mask = np.frombuffer(enc.update(zeros[: n * words.itemsize]), dtype=words.dtype)
-        view = words[start : start + n]
-        if sign > 0:
-            np.add(view, mask, out=view)
-        else:
-            np.subtract(view, mask, out=view)
+    MaskStreams([(seed, sign)], words.dtype).apply_inplace(words)

@@ -24,6 +24,7 @@ import numpy as np
 
 SUPPORTED_BITS = (16, 32)
 _CHUNK = 1 << 20  # elements per float64 working chunk: bounds peak memory for 20 M+ parameter models
+_PIECE = 1 << 16  # elements per encoding step: the float64 scratch (512 KB) stays in cache
 
 
 class QuantizationError(ValueError):
@@ -87,6 +88,66 @@ class QuantSpec:
         return weight_cap / self.levels
 
 
+class ChunkEncoder:
+    """:func:`quantize` one piece at a time, with reused scratch buffers (no whole-vector float64 copy).
+
+    ``encode_into(d, out)`` writes ``rint(clip(d, -R, R) * wq / R) mod 2^bits`` for consecutive pieces ``d``
+    of the flat update; the words are bit-identical to :func:`quantize` of the whole vector whatever the
+    piece sizes (the same float64 operations, element by element).
+
+    Parameters
+    ----------
+    wq : int
+        Quantized weight from :meth:`QuantSpec.quantize_weight`, ``0 <= wq <= L``.
+    spec : QuantSpec
+    """
+
+    def __init__(self, wq: int, spec: QuantSpec) -> None:
+        if not 0 <= wq <= spec.levels:
+            raise QuantizationError(f"quantized weight {wq} outside [0, {spec.levels}]")
+        self.wq, self.spec = int(wq), spec
+        self.scale = wq / spec.value_range
+        self.clipped = 0  # coordinates clipped so far
+        self._f = np.empty(_PIECE, dtype=np.float64)
+        self._signed = np.int16 if spec.bits == 16 else np.int32
+
+    def encode_into(self, d: np.ndarray, out: np.ndarray, scratch: bool = False) -> None:
+        """Encode the next piece ``d`` (shape [N], any float dtype) into ``out`` (shape [N], ``spec.dtype``).
+
+        ``scratch``: ``d`` (float64, contiguous) may be overwritten, which saves copying it.
+
+        Raises
+        ------
+        QuantizationError
+            ``d`` holds NaN or infinite values (the site refuses to send such an update).
+        """
+        d = np.asarray(d).reshape(-1)
+        if out.shape != d.shape or out.dtype != self.spec.dtype:
+            raise QuantizationError(f"encode {d.size} values into {d.size} {self.spec.dtype} words")
+        r = self.spec.value_range
+        in_place = scratch and d.dtype == np.float64 and d.flags.c_contiguous and d.flags.writeable
+        signed_out = out.view(self._signed)
+        for start in range(0, d.size, _PIECE):
+            src = d[start : start + _PIECE]
+            n = src.size
+            if in_place:
+                f = src
+            else:
+                f = self._f[:n]
+                np.copyto(f, src)  # float32 -> float64 is exact; float64 is copied
+            lo, hi = np.minimum.reduce(f), np.maximum.reduce(f)  # NaN propagates: it fails both tests below
+            if not (-r <= lo and hi <= r):
+                if not np.all(np.isfinite(f)):
+                    raise QuantizationError("the update holds NaN or infinite values; refusing to send it")
+                self.clipped += int(np.count_nonzero(f > r)) + int(np.count_nonzero(f < -r))
+                np.clip(f, -r, r, out=f)
+            np.multiply(f, self.scale, out=f)
+            np.rint(f, out=f)
+            # float64 -> signed word (exact: |q| <= L < 2^(bits-1)); its two's-complement bits read as the
+            # unsigned word are q mod 2^bits, exactly the ring embedding.
+            np.copyto(signed_out[start : start + n], f, casting="unsafe")
+
+
 def quantize(update: np.ndarray, wq: int, spec: QuantSpec) -> tuple[np.ndarray, int]:
     """Encode a weighted update as ring words.
 
@@ -106,30 +167,21 @@ def quantize(update: np.ndarray, wq: int, spec: QuantSpec) -> tuple[np.ndarray, 
         Number of coordinates outside ``[-R, R]`` that were clipped.
     """
     flat = np.asarray(update).reshape(-1)
-    if not 0 <= wq <= spec.levels:
-        raise QuantizationError(f"quantized weight {wq} outside [0, {spec.levels}]")
+    enc = ChunkEncoder(wq, spec)
     words = np.empty(flat.size + 1, dtype=spec.dtype)
-    r = spec.value_range
-    scale = wq / r
-    clipped = 0
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start : start + _CHUNK].astype(np.float64)
-        if not np.all(np.isfinite(chunk)):
-            raise QuantizationError("the update holds NaN or infinite values; refusing to send it")
-        over = np.abs(chunk) > r
-        clipped += int(np.count_nonzero(over))
-        np.clip(chunk, -r, r, out=chunk)
-        # int64 -> uint wraps modulo 2^bits (two's complement), which is exactly the ring embedding.
-        words[start : start + chunk.size] = np.rint(chunk * scale).astype(np.int64).astype(spec.dtype)
+    enc.encode_into(flat, words[:-1])
     words[-1] = wq
-    return words, clipped
+    return words, enc.clipped
+
+
+def _signed_view(words: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Ring words read as two's-complement signed integers of the same width (a view, no copy)."""
+    return words.view(np.int16 if spec.bits == 16 else np.int32)
 
 
 def to_signed(words: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """Ring words -> signed int64 in ``[-2^(bits-1), 2^(bits-1))``."""
-    signed = words.astype(np.int64)
-    signed[signed >= (1 << (spec.bits - 1))] -= spec.modulus
-    return signed
+    return _signed_view(np.ascontiguousarray(words, dtype=spec.dtype), spec).astype(np.int64)
 
 
 def check_sum(sum_words: np.ndarray, spec: QuantSpec, num_clients: int) -> int:
@@ -162,11 +214,16 @@ def check_sum(sum_words: np.ndarray, spec: QuantSpec, num_clients: int) -> int:
     if not 0 < total_wq <= num_clients * spec.levels:
         raise QuantizationError(f"summed weight {total_wq} outside (0, {num_clients} x {spec.levels}]")
     n = sum_words.size - 1
+    signed = _signed_view(np.ascontiguousarray(sum_words, dtype=spec.dtype), spec)
     for start in range(0, n, _CHUNK):
-        chunk = np.abs(to_signed(sum_words[start : min(start + _CHUNK, n)], spec))
-        if chunk.size and int(chunk.max()) > total_wq:
-            j = start + int(chunk.argmax())
-            raise QuantizationError(f"coordinate {j} sums to {int(chunk.max())}, beyond the summed weight {total_wq}")
+        chunk = signed[start : min(start + _CHUNK, n)]
+        if not chunk.size:
+            continue
+        # max and -min instead of abs: abs(-2^31) does not fit the word type.
+        hi, lo = int(chunk.max()), int(chunk.min())
+        if max(hi, -lo) > total_wq:
+            j = start + int(chunk.argmax() if hi >= -lo else chunk.argmin())
+            raise QuantizationError(f"coordinate {j} sums to {max(hi, -lo)}, beyond the summed weight {total_wq}")
     return total_wq
 
 
@@ -188,10 +245,12 @@ def decode_mean(sum_words: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, int
     total_wq = int(to_signed(sum_words[-1:], spec)[0])
     if total_wq <= 0:
         raise QuantizationError("the summed weight is zero: no client contributed a positive weight")
+    signed = _signed_view(np.ascontiguousarray(sum_words, dtype=spec.dtype), spec)
     mean = np.empty(sum_words.size - 1, dtype=np.float64)
     factor = spec.value_range / total_wq
     for start in range(0, mean.size, _CHUNK):
-        mean[start : start + _CHUNK] = to_signed(sum_words[start : min(start + _CHUNK, mean.size)], spec) * factor
+        end = min(start + _CHUNK, mean.size)
+        np.multiply(signed[start:end], factor, out=mean[start:end])  # int -> float64 is exact
     return mean, total_wq
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import identity, keys, shamir
-from .masks import apply_mask_inplace
+from .masks import MaskStreams
 from .protocol import (SECRET_BYTES, PeerKeys, RoundParams, SecAggAbort, _sign, b_commitment, components)
 
 
@@ -97,6 +98,7 @@ class ServerRound:
         self.uploaded: list[int] = []  # U3
         self.rejected: dict[int, set[int]] = {}  # uploader -> senders whose share it rejected (no mask with them)
         self.signatures: dict[int, tuple[bytes, bytes]] = {}  # U3: node -> (signing key, view signature)
+        self._excluded: dict[int, int] = {}  # sender -> a receiver that rejected its share (add_batch)
         self.clipped = 0
 
     @property
@@ -186,6 +188,48 @@ class ServerRound:
                 if v in self.graph.get(receiver, ()) and v in self.shares:
                     out.setdefault(v, receiver)
         return out
+
+    def add_batch(self, uploads: Mapping[int, tuple[np.ndarray, int, Iterable[int]]]) -> set[int]:
+        """Add masked uploads batch by batch as they arrive, so no more than one batch is held at a time.
+
+        ``uploads``: node -> (masked words, clipped count, senders whose share it rejected). Rejections are
+        read first: a sender that a receiver of this batch rejected stays out of the sum, as in
+        :meth:`excluded_by_rejections` (its mask for that receiver would not cancel). When that sender's
+        upload is already in the sum from an earlier batch, the *receiver* stays out instead: the sum cannot
+        give a sender's words back, and leaving the receiver out is the ordinary dropout case (its key's
+        shares remove its masks with the summed nodes). So no two summed uploads ever disagree about a mask
+        between them. With all replies in one batch this is exactly :meth:`excluded_by_rejections` followed
+        by :meth:`add_upload`. (A hostile receiver could already keep any neighbour out by claiming a
+        rejection; a hostile sender whose upload is summed first can now keep the receiver out: the same
+        power, no secret revealed.)
+
+        Returns
+        -------
+        set of int
+            The nodes of this batch left out because of a rejected share.
+        """
+        late: dict[int, int] = {}  # receiver -> a summed sender whose share it rejected
+        for receiver, (_, _, senders) in sorted(uploads.items()):
+            for v in senders:
+                v = int(v)
+                if v in self.graph.get(receiver, ()) and v in self.shares:
+                    if v in self.uploaded:
+                        late.setdefault(receiver, v)
+                    else:
+                        self._excluded.setdefault(v, receiver)
+        left_out = set()
+        for u in sorted(uploads):
+            words, clipped, rejected = uploads[u]
+            if u in self._excluded:
+                self.log.drop(u, "masked-upload", f"node {self._excluded[u]} could not authenticate the share it sent")
+                left_out.add(u)
+            elif u in late:
+                self.log.drop(u, "masked-upload", f"it could not authenticate node {late[u]}'s share, whose upload "
+                                                  "was already in the sum")
+                left_out.add(u)
+            else:
+                self.add_upload(u, words, clipped, rejected)
+        return left_out
 
     def add_upload(self, node: int, words: np.ndarray, clipped: int, rejected=()) -> None:
         """Add one masked upload to the running ring sum (the server never keeps uploads apart).
@@ -320,6 +364,7 @@ class ServerRound:
                     else:
                         self.log.note(holder, "unmask: malformed share or wrong x-coordinate ignored")
         total = self._sum
+        removals: list[tuple[bytes, int]] = []  # every mask to take off, applied in one pass below
         for u, shares in b_shares.items():
             if len(shares) < t:
                 raise SecAggAbort(f"only {len(shares)} valid shares of client {u}'s self mask (threshold {t}); "
@@ -330,7 +375,7 @@ class ServerRound:
                 raise SecAggAbort(f"no {t} of the {len(shares)} shares of client {u}'s self mask rebuild the secret "
                                   "it committed to (corrupted shares); the round is skipped and the global weights "
                                   "are unchanged")
-            apply_mask_inplace(total, keys.self_mask_seed(b, tag, u), -1)
+            removals.append((keys.self_mask_seed(b, tag, u), -1))
         for v, shares in sk_shares.items():
             if len(shares) < t:
                 raise SecAggAbort(f"only {len(shares)} valid shares of dropped client {v}'s key (threshold {t}); "
@@ -347,7 +392,9 @@ class ServerRound:
             for u in self.graph[v]:
                 if u in self.uploaded and v not in self.rejected.get(u, ()):
                     seed = keys.pairwise_mask_seed(sk, self.keys[u][1], tag, v, u)
-                    apply_mask_inplace(total, seed, -_sign(u, v))
+                    removals.append((seed, -_sign(u, v)))
+        # All masks come off together, one cache-sized piece of the sum at a time (masks.MaskStreams).
+        MaskStreams(removals, total.dtype).apply_inplace(total)
         self._sum = None
         try:
             check_sum(total, self.params.quant, len(self.uploaded))

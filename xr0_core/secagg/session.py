@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
 from . import identity, keys, shamir
-from .masks import apply_mask_inplace
+from .masks import CHUNK_WORDS, MaskStreams
 from .protocol import (MIN_SESSION_BYTES, SECRET_BYTES, ClientRules, MaskedUpload, PeerKeys, RoundParams,
                        SecAggError, _sign, b_commitment, check_graph, components, consistency_quorum, is_connected)
-from .quantize import quantize
+from .quantize import ChunkEncoder
 
 
 @dataclass
@@ -189,19 +190,64 @@ class ClientSession:
 
     def mask(self, update: np.ndarray, num_examples: float) -> MaskedUpload:
         """Quantize ``update`` (flat, [P]) weighted by ``num_examples`` and add all masks."""
+        flat = np.asarray(update).reshape(-1)
+        return self.mask_pieces([flat], flat.size, num_examples)
+
+    def mask_pieces(self, pieces: Iterable[np.ndarray], num_values: int, num_examples: float,
+                    scratch: bool = False) -> MaskedUpload:
+        """:meth:`mask` of the update given as consecutive pieces (never one whole-model float copy).
+
+        Each cache-sized piece is quantized and gets every mask (self mask and one per mask peer,
+        :class:`MaskStreams`) before the next is read, so the site's extra memory is the upload itself; the
+        words are bit-identical to :meth:`mask` of the concatenated update.
+
+        Parameters
+        ----------
+        pieces : iterable of np.ndarray, each shape [N_i]
+            The flat update in order (e.g. new minus global weights, parameter by parameter).
+        num_values : int
+            P = sum of N_i: the update's length (the server expects P + 1 words).
+        num_examples : float
+            The site's weight before the cap.
+        scratch : bool
+            The pieces are the caller's scratch (float64): encoding may overwrite them instead of copying.
+        """
         self._expect("received")
         if not num_examples > 0:
             raise SecAggError("num-examples must be positive")
         fraction = min(1.0, float(num_examples) / self.params.weight_cap)
         spec = self.params.quant
-        words, clipped = quantize(update, spec.quantize_weight(fraction), spec)
-        tag = self.params.tag
-        apply_mask_inplace(words, keys.self_mask_seed(self.b, tag, self.node), +1)
-        for v in sorted(self.received):
-            seed = keys.pairwise_mask_seed(self.s.private, self.peer_s[v], tag, self.node, v)
-            apply_mask_inplace(words, seed, _sign(self.node, v))
+        wq = spec.quantize_weight(fraction)
+        encoder = ChunkEncoder(wq, spec)
+        streams = MaskStreams(self._mask_seeds(), spec.dtype)
+        words = np.empty(int(num_values) + 1, dtype=spec.dtype)
+        off = 0
+        for piece in pieces:
+            piece = np.asarray(piece).reshape(-1)
+            if off + piece.size > num_values:
+                raise SecAggError(f"the update is longer than the {num_values} values announced")
+            for start in range(0, piece.size, CHUNK_WORDS):
+                part = piece[start : start + CHUNK_WORDS]
+                out = words[off : off + part.size]
+                encoder.encode_into(part, out, scratch)
+                streams.apply_inplace(out)  # masks the piece while it is still in cache
+                off += part.size
+        if off != num_values:
+            raise SecAggError(f"the update has {off} values, not the {num_values} announced")
+        words[-1] = wq
+        streams.apply_inplace(words[-1:])
         self.stage = "masked"
-        return MaskedUpload(words, clipped, num_examples > self.params.weight_cap)
+        return MaskedUpload(words, encoder.clipped, num_examples > self.params.weight_cap)
+
+    def _mask_seeds(self) -> list[tuple[bytes, int]]:
+        """(seed, sign) of every mask this site adds: its self mask, and + / - the pairwise mask of each
+        neighbour whose share arrived (+ when this site's id is the smaller one, so pairs cancel)."""
+        tag = self.params.tag
+        out = [(keys.self_mask_seed(self.b, tag, self.node), +1)]
+        for v in sorted(self.received):
+            out.append((keys.pairwise_mask_seed(self.s.private, self.peer_s[v], tag, self.node, v),
+                        _sign(self.node, v)))
+        return out
 
     # ---- stage 3a: consistency ------------------------------------------------------------------------
     def consistency(self, shared: list[int], uploaded: list[int], announced: dict[int, PeerKeys],
