@@ -222,6 +222,12 @@ class XR0FedAvg(FedAvg):
         Optional L2 bound on ``reply - global`` (0 disables).
     max_update_ratio : float
         L2 bound on ``reply - global`` as a multiple of the global weights' norm (0 disables).
+    fraction_train, fraction_evaluate : float
+        Share of the connected hospitals Flower samples for a train / evaluate round (``federation.fraction-*``;
+        ``int(connected * fraction)``, never fewer than ``min_replies``): a large federation trains a fraction
+        of its hospitals per round.
+    min_available : int
+        Hospitals that must be connected before a round samples (Flower waits for them; 0: ``min_replies``).
     weight_cap : float
         A reply's ``num-examples`` above this counts as this (0 disables): a hostile hospital claiming 1e300
         examples gets no more weight than a large honest one.
@@ -258,6 +264,8 @@ class XR0FedAvg(FedAvg):
         max_update_ratio: float = 0.0,
         weight_cap: float = 0.0,
         fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_available: int = 0,
         evaluate_every: int = 0,
         on_round_end: Callable[[RoundOutcome], None] | None = None,
         round_timeout: float = 0.0,
@@ -267,10 +275,10 @@ class XR0FedAvg(FedAvg):
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
-            fraction_evaluate=1.0,
+            fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_replies,
             min_evaluate_nodes=min_replies,
-            min_available_nodes=min_replies,
+            min_available_nodes=max(min_available, min_replies),
             weighted_by_key=keys.NUM_EXAMPLES,
             arrayrecord_key=keys.ARRAYS,
             configrecord_key=keys.CONFIG,
