@@ -40,7 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from xr0_core import record_keys as keys
 
-from .aggregate import ServerOptimizer, weighted_mean
+from .aggregate import ServerOptimizer, global_norm, weighted_mean
 from .eval_aggregate import pooled_metrics
 from .validate import aggregate_problem, check_update, reply_sender, sent_to
 
@@ -330,6 +330,7 @@ class XR0FedAvg(FedAvg):
     ) -> Iterable[Message]:
         g = self.global_round(server_round)
         self._sent = arrays_to_numpy(arrays)
+        self._sent_norm = global_norm(self._sent) if self.max_update_ratio > 0 else None  # once, not per reply
         messages = list(super().configure_train(g, arrays, self.round_config(g, config), grid))
         self._preflight_sites, self._preflight_reason = [], ""
         if self.preflight and messages:
@@ -492,7 +493,8 @@ class XR0FedAvg(FedAvg):
             note = "; ".join(x for x in (note, f"num-examples {n:.3g} counted as federation.weight-cap "
                                                 f"{self.weight_cap:g}") if x)
         update = arrays_to_numpy(array_records[0])
-        reason = check_update(update, self._sent or {}, self.max_update_norm, self.max_update_ratio)
+        reason = check_update(update, self._sent or {}, self.max_update_norm, self.max_update_ratio,
+                              reference_norm=getattr(self, "_sent_norm", None))
         if reason is not None:
             return SiteOutcome(node, "dropped", reason, metrics), None
         return SiteOutcome(node, "ok", note, metrics), update

@@ -116,10 +116,11 @@ class FederationConfig:
     rounds: int = 3
     min_replies: int = 1  # a round with fewer valid replies keeps the previous global weights
     # Large federations (issue 27): the share of connected hospitals sampled for a train / evaluate round
-    # (Flower's own sampling, FedAvg's fraction_train / fraction_evaluate; never fewer than min-replies), and
-    # how many must be connected before a round samples (0: min-replies). Flower waits for min-available.
+    # (Flower's own sampling, FedAvg's fraction_train / fraction_evaluate; never fewer than min-replies; an
+    # evaluate fraction of 0 takes the train fraction), and how many must be connected before a round samples
+    # (0: min-replies). Flower waits for min-available.
     fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
+    fraction_evaluate: float = 0.0
     min_available: int = 0
     server_optimizer: str = "fedavg"  # fedavg | fedavgm | fedadam
     server_lr: float = 1.0
@@ -435,8 +436,8 @@ def validate(cfg: XR0Config) -> None:
         (cfg.simulation.site_cache_mb >= 0, "simulation.site-cache-mb must be >= 0 (0: keep only the hospital in use)"),
         (0 < f.fraction_train <= 1, "federation.fraction-train must be in (0, 1]: the share of connected "
          "hospitals sampled per train round (e.g. 0.05 trains 50 of 1000)"),
-        (0 < f.fraction_evaluate <= 1, "federation.fraction-evaluate must be in (0, 1]: the share of connected "
-         "hospitals sampled per evaluation round"),
+        (0 <= f.fraction_evaluate <= 1, "federation.fraction-evaluate must be in [0, 1]: the share of connected "
+         "hospitals sampled per evaluation round (0: as federation.fraction-train)"),
         (f.min_available == 0 or f.min_available >= f.min_replies,
          f"federation.min-available must be 0 (= federation.min-replies) or >= federation.min-replies "
          f"({f.min_replies}); got {f.min_available}: a round waits until that many hospitals are connected"),

@@ -57,12 +57,13 @@ def test_each_round_trains_the_configured_fraction_of_hospitals(tmp_path):
     assert list(evaluated) == ["3"] and len(evaluated["3"]) == 10  # the last round, int(20 * 0.5)
 
 
-def test_never_fewer_than_min_replies_are_sampled(tmp_path):
+def test_never_fewer_than_min_replies_are_sampled_and_evaluation_follows_the_train_fraction(tmp_path):
     cfg = _cfg(tmp_path, **{"federation.rounds": 1, "federation.fraction-train": 0.05,
                             "federation.min-replies": 3})
     grid = InProcessGrid(build(), 10)
     Coordinator(cfg).run(grid)
     assert len(_sent_to(grid, "train")["1"]) == 3  # int(10 * 0.05) = 0 < min-replies
+    assert len(_sent_to(grid, "evaluate")["1"]) == 3  # fraction-evaluate 0 (default): as fraction-train
 
 
 class ConnectingGrid(InProcessGrid):
@@ -101,12 +102,15 @@ def test_a_round_waits_for_min_available_hospitals(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flat, words", [
     ({"federation.fraction-train": 0.0}, "federation.fraction-train must be in (0, 1]"),
     ({"federation.fraction-train": 1.5}, "federation.fraction-train must be in (0, 1]"),
-    ({"federation.fraction-evaluate": -0.1}, "federation.fraction-evaluate must be in (0, 1]"),
+    ({"federation.fraction-evaluate": -0.1}, "federation.fraction-evaluate must be in [0, 1]"),
+    ({"federation.fraction-evaluate": 1.01}, "federation.fraction-evaluate must be in [0, 1]"),
     ({"federation.min-available": 2, "federation.min-replies": 3}, "federation.min-available must be 0"),
     ({"federation.min-available": "many"}, "federation.min-available"),
 ])
 def test_bad_sampling_settings_are_refused_with_the_key_to_fix(flat, words):
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    import re
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
         from_flat(flat)
 
 
