@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 # counter ("xr0-" = 758 M) and a 12-byte nonce. From there the 32-bit counter has ~3.5e9 64-byte blocks
 # (~225 GB) before it wraps; the largest mask here is under 1 GB.
 _NONCE = b"xr0-secagg-mask\x00"
-CHUNK_WORDS = 1 << 15  # words per piece (128 KB of 32-bit words): piece + keystream stay in L2 across masks
+CHUNK_WORDS = 1 << 16  # words per piece (256 KB of 32-bit words): piece, keystream and float64 scratch stay in L2
 
 
 def _keystream(seed: bytes):
