@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-# 16 bytes as cryptography's ChaCha20 takes them (RFC 7539 layout): a 4-byte little-endian initial block
-# counter ("xr0-" = 758 M) and a 12-byte nonce. From there the 32-bit counter has ~3.5e9 64-byte blocks
-# (~225 GB) before it wraps; the largest mask here is under 1 GB.
+# The initial 128-bit counter block of AES-256-CTR. Each seed keys exactly one stream, so a fixed start is
+# safe; the counter (the whole 16 bytes, big-endian) cannot wrap within any mask (2^128 blocks).
 _NONCE = b"xr0-secagg-mask\x00"
 CHUNK_WORDS = 1 << 16  # words per piece (256 KB of 32-bit words): piece, keystream and float64 scratch stay in L2
 
@@ -30,7 +29,7 @@ CHUNK_WORDS = 1 << 16  # words per piece (256 KB of 32-bit words): piece, keystr
 def _keystream(seed: bytes):
     if not isinstance(seed, bytes) or len(seed) != 32:
         raise ValueError(f"mask seeds are 32 bytes, got {len(seed) if isinstance(seed, bytes) else type(seed)}")
-    return Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
+    return Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
 
 
 def expand_mask(seed: bytes, num_words: int, dtype: np.dtype) -> np.ndarray:
