@@ -36,14 +36,16 @@ class SiteData:
 _SITES: "OrderedDict[tuple, SiteData]" = OrderedDict()
 
 
-def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
+def site_data(cfg: XR0Config, site: Site, *, private: bool = False, canaries: int = 0) -> SiteData:
     """Index (once per process) and cache the hospital's training images; unusable files are skipped.
 
     Training records are ``split != test``; under DP (``private``) also without the patients held out by
     :func:`xr0_core.data.splits.private_partition` (keyed by the site's stable id), so that evaluation
-    under DP only ever sees patients never used in training.
+    under DP only ever sees patients never used in training. With ``canaries`` (the policy's
+    ``privacy.audit-canaries``) the canary patients whose secret coin is False are left out too
+    (:mod:`xr0_core.audit.canaries`; the coins are drawn once, at the first call, and kept in the state folder).
     """
-    key = (str(site.data_dir), str(site.manifest), cfg.train.load_size, private)
+    key = (str(site.data_dir), str(site.manifest), cfg.train.load_size, private, canaries)
     if key in _SITES:
         _SITES.move_to_end(key)
         return _SITES[key]
@@ -56,6 +58,10 @@ def site_data(cfg: XR0Config, site: Site, *, private: bool = False) -> SiteData:
     if index.skipped:
         log.warning("site %s: %d files skipped (run `xr0 site check` for reasons)", site.name, len(index.skipped))
     train = private_training_records(index.records, site) if private else ssl_records(index.records)
+    if canaries:
+        from xr0_core.audit.canaries import ensure_canaries, without_left_out
+
+        train = without_left_out(train, ensure_canaries(site.state_dir, train, canaries))
     # In RAM for small sites, else the prepared shards in the state folder (train.image-cache; D16).
     images = open_site_images(cfg, train, site.state_dir, data_dir=site.data_dir, prepare_records=index.records)
     data = SiteData(index.records, images)
@@ -120,7 +126,7 @@ def train_site(
     t0 = time.perf_counter()
     policy = site.policy()
     private = negotiate(policy, cfg).private  # refuses here, before any data is read
-    data = site_data(cfg, site, private=private)
+    data = site_data(cfg, site, private=private, canaries=policy.privacy.audit_canaries)
     if not data.cache.kept:
         raise RuntimeError(f"site {site.name} has no training images (all are split=test or unusable)")
     spec = RoundSpec(
@@ -169,7 +175,7 @@ def evaluate_site(
     t0 = time.perf_counter()
     policy = site.policy()
     private = check_evaluation(policy, cfg, site.state_dir)
-    data = site_data(cfg, site, private=private)
+    data = site_data(cfg, site, private=private, canaries=policy.privacy.audit_canaries)
     records = private_evaluation_records(data.records, site) if private else data.records
     out = _base_metrics(site)
     tasks = evaluate_backbone(cfg, records, weights, strict=False)
@@ -178,6 +184,10 @@ def evaluate_site(
     out.update(tasks.flat_metrics())
     # Weigh the site by its largest task test set (per-task weights travel as <task>/num-examples).
     out["num-examples"] = max([0] + list(tasks.counts.values()))
+    if cfg.eval.audit:  # the privacy audit of these weights on this site's own patients: scalars only
+        from xr0_core.audit.task import audit_metrics
+
+        out.update(audit_metrics(cfg, site.state_dir, weights, data.records, server_round=instruction.server_round))
     out["eval-seconds"] = time.perf_counter() - t0
     # Under DP no timing and no count leaves (xr0_core/site/round.py: release_eval_metrics).
     return release_eval_metrics(policy, out, private=private)

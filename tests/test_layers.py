@@ -1,8 +1,8 @@
 """Imports point one way (DESIGN "Layers"; README "Layout").
 
 Between packages: simulation -> server, client -> strategies -> xr0_core. Inside xr0_core:
-base -> data / models -> ssl -> train -> privacy / eval / secagg / export -> site -> deploy / report -> dashboard
--> cli.
+base -> data / models -> ssl -> train -> privacy / eval / secagg / export -> site -> audit -> deploy / report ->
+dashboard -> cli.
 Every ``import`` statement counts wherever it stands (module level, inside a function, under ``if``), relative
 ones resolved; a module may import its own area and the areas of lower layers, never a peer or a higher one,
 and no chain of imports between xr0_core modules may come back to where it started.
@@ -35,6 +35,7 @@ XR0_CORE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("privacy", "eval", "secagg", "export"),
     ("site",),
+    ("audit",),
     ("deploy", "report"),
     ("dashboard",),
     ("cli",),

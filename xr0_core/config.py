@@ -180,6 +180,7 @@ class EvalConfig:
     head_batch_size: int = 32
     batch_size: int = 32  # images per backbone forward pass during feature extraction
     max_images: int = 0  # evaluate at most this many images per site (seeded subset; 0: all)
+    audit: bool = False  # each site also audits the global weights (xr0_core/audit/task.py; only its scalars leave)
     # What the linear probes read (xr0_core/eval/readouts.py): cls | mean | cls+mean | cls+grid<k>. cls+grid4
     # reads the most on real knees for random-init and pretrained backbones alike (docs/ablations.md).
     readout: str = "cls+grid4"

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from xr0_core.cli import certs, dashboard, evaluate, pretrain, privacy, site, synth
+from xr0_core.cli import audit, certs, dashboard, evaluate, pretrain, privacy, site, synth
 
-CORE_COMMANDS = (site, synth, pretrain, evaluate, privacy, dashboard, certs)
+CORE_COMMANDS = (site, synth, pretrain, evaluate, privacy, audit, dashboard, certs)

@@ -21,6 +21,8 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
                                  # Required with a budget (xr0 site policy refuses a budget without it)
     max-noise-multiplier = 10.0  # above this sigma the site refuses instead of training on noise
     unit = "auto"                # auto | patient | image: the privacy unit this site insists on
+    audit-canaries = 0           # M > 0: M of the site's training patients become canaries of the one-run
+                                 # audit, each trained on by a secret coin kept in <state-dir>/audit/
 
     [secagg]
     required = false             # refuse plain (unmasked) training rounds
@@ -37,6 +39,7 @@ File: ``<state-dir>/policy.toml`` (or the node config's ``policy``)::
     declared-examples = 0        # under DP, the weight sent as num-examples (0: 1, equal weights)
     epsilon = "rounded"          # rounded (up, to epsilon-step) | exact | withheld: how epsilon leaves
     epsilon-step = 0.1           # the rounding step of epsilon = "rounded"
+    audit = true                 # the privacy audit's scalars (audit/*) may leave (false: none ever does)
 
     [evaluation]
     enabled = true               # answer federated evaluation requests at all
@@ -68,6 +71,7 @@ ENFORCING_ACCOUNTANTS = ("rdp", "prv")
 UNITS = ("auto", "patient", "image")
 EPSILON_RELEASES = ("rounded", "exact", "withheld")
 RUN_CAP_ALL = "all"  # privacy.run-cap = "all": one run may spend whatever is left of the lifetime budget
+AUDIT_METRIC_PREFIX = "audit/"  # the privacy audit's scalars (xr0_core/audit/task.py); release.audit gates them
 
 # Under sample-level DP only these may leave a site (losses and timings are computed from private data
 # without noise; ``sample-rate`` and ``noise-multiplier`` reveal the patient count).
@@ -105,6 +109,7 @@ class PrivacyPolicy:
     run_cap: float = 0.0  # 0: not set; math.inf: "all" (one run may spend everything left)
     max_noise_multiplier: float = 10.0
     unit: str = "auto"
+    audit_canaries: int = 0  # canary patients of the one-run audit (xr0_core/audit/canaries.py); 0: none
 
     @property
     def dp_required(self) -> bool:
@@ -164,6 +169,7 @@ class ReleasePolicy:
     declared_examples: int = 0
     epsilon: str = "rounded"  # rounded | exact | withheld (EPSILON_RELEASES)
     epsilon_step: float = 0.1
+    audit: bool = True  # the audit evaluation task's scalars (audit/*) may leave, as eval-metrics also allows
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,8 @@ class SitePolicy:
         return name not in SIZE_REVEALING_METRICS and self.train_metric_allowed(name, private)
 
     def eval_metric_allowed(self, name: str) -> bool:
+        if name.startswith(AUDIT_METRIC_PREFIX) and not self.release.audit:
+            return False
         return _matches(name, self.release.eval_metrics)
 
 
@@ -235,6 +243,9 @@ def _check(policy: SitePolicy, where: str) -> SitePolicy:
         problems.append(f"privacy.run-cap must be a positive epsilon or \"all\", got {p.run_cap!r}")
     if not p.max_noise_multiplier > 0:
         problems.append(f"privacy.max-noise-multiplier must be > 0, got {p.max_noise_multiplier!r}")
+    if p.audit_canaries < 0:
+        problems.append(f"privacy.audit-canaries must be >= 0 (canary patients of the one-run audit), got "
+                        f"{p.audit_canaries}")
     if p.unit not in UNITS:
         problems.append(f"privacy.unit must be one of {', '.join(UNITS)}, got {p.unit!r}")
     if p.required is True and p.budget is None:

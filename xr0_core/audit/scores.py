@@ -1,0 +1,143 @@
+"""Membership scores of a released backbone, one per image, then one per patient (the DP unit).
+
+What an attacker holding the released weights (or querying the backbone's features: black box) and a
+candidate patient's radiographs can compute:
+
+- ``ssl-consistency`` (augmentation consistency): the mean cosine between the features of ``views`` augmented
+  views of an image and of its centre view. The SSL objective pulls the views of each *training* image
+  together, so a model that memorised a patient gives its images more consistent features.
+- ``nn-margin`` (nearest-neighbour re-identification): the cosine between one augmented view and the image's
+  own centre view, minus its cosine to the nearest image of any *other* patient of the audited set. A
+  positive margin re-identifies the image from a perturbed copy (another acquisition); memorised patients
+  are re-identified by a wider margin.
+
+Views are seeded by (seed, image key), never by position, so a target model and its reference models score
+the same views. Features are centred by the mean centre-view feature of the audited set before the cosine
+(the raw ViT's common component would otherwise dominate it).
+
+References: Yeom et al. (2018) for loss-style scores; Packhaeuser et al. (2022, Sci Rep) for patient
+re-identification from chest radiographs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xr0_core.config import XR0Config
+from xr0_core.data.dataset import image_key
+from xr0_core.data.views import MultiCropViews, center_view
+from xr0_core.models.features import frozen_features
+from xr0_core.runtime import torch_generator
+
+CONSISTENCY = "ssl-consistency"
+NN_MARGIN = "nn-margin"
+IMAGE_REPORT = "image-report"
+SCORES = (CONSISTENCY, NN_MARGIN)
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Centre-view and augmented-view features of every audited image (unit L2 norm after centring).
+
+    Shapes: ``center [N, D]``, ``views [N, V, D]``.
+    """
+
+    center: torch.Tensor
+    views: torch.Tensor
+
+
+def _views_maker(cfg: XR0Config) -> MultiCropViews:
+    # global crops only: local crops are not what the released backbone is evaluated on
+    return MultiCropViews(dataclasses.replace(cfg, ssl=dataclasses.replace(cfg.ssl, n_local_crops=0)))
+
+
+def image_views(cfg: XR0Config, image: torch.Tensor, key: str, n_views: int, seed: int) -> torch.Tensor:
+    """The centre view and ``n_views`` augmented global views of one image, seeded by (seed, key).
+
+    Shapes: ``image [1, H, W]`` -> ``[1 + n_views, 1, S, S]``.
+    """
+    maker, g = _views_maker(cfg), torch_generator(seed, "audit-views", key)
+    views = [center_view(image, cfg.model.img_size)[None]]
+    while sum(v.shape[0] for v in views) < 1 + n_views:
+        views.append(maker(image, g)["global"])
+    return torch.cat(views)[: 1 + n_views]
+
+
+@torch.no_grad()
+def extract_image_features(cfg: XR0Config, backbone: nn.Module, images: Any, keys: Sequence[str], *,
+                           n_views: int = 4, seed: int = 0, batch_size: int = 64,
+                           device: torch.device | str = "cpu") -> ImageFeatures:
+    """CLS features of the centre view and ``n_views`` augmented views of every image of ``images``.
+
+    Parameters
+    ----------
+    images : image source (``len``, ``images[i] -> [1, L, L]``; an ImageCache or prepared shards)
+    keys : the stable key of each image (:func:`xr0_core.data.dataset.image_key`), which seeds its views
+    """
+    n, per = len(images), 1 + n_views
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} image keys for {n} images")
+    block = max(1, batch_size // per)
+    made: dict[int, torch.Tensor] = {}
+
+    def batch(a: int, b: int) -> torch.Tensor:
+        # a..b index image-major virtual rows (image i, view j) = i * per + j
+        rows = []
+        for r in range(a, b):
+            i = r // per
+            if i not in made:
+                made.clear()
+                made.update({k: image_views(cfg, images[k], keys[k], n_views, seed)
+                             for k in range(i, min(n, i + block))})
+            rows.append(made[i][r % per])
+        return torch.stack(rows)
+
+    cls, _ = frozen_features(backbone, n * per, batch, batch_size=block * per, device=device,
+                             precision=cfg.train.precision)
+    cls = cls.view(n, per, -1)
+    mean = cls[:, 0].mean(0)
+    cls = F.normalize(cls - mean, dim=-1)
+    return ImageFeatures(center=cls[:, 0].contiguous(), views=cls[:, 1:].contiguous())
+
+
+def image_scores(feats: ImageFeatures, patients: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-image ``ssl-consistency`` and ``nn-margin`` (see the module docstring). Shapes: ``[N]`` each."""
+    pats = np.asarray([str(p) for p in patients])
+    consistency = (feats.views * feats.center[:, None]).sum(-1).mean(1)
+    query = feats.views[:, 0]  # [N, D]
+    sim = query @ feats.center.T  # [N, N]: query i against every image's centre view
+    own = sim.diagonal().clone()
+    _, codes = np.unique(pats, return_inverse=True)
+    codes_t = torch.as_tensor(codes)
+    same = codes_t[:, None] == codes_t[None, :]
+    other = sim.masked_fill(same, -float("inf")).max(1).values
+    margin = own - torch.where(torch.isfinite(other), other, torch.full_like(other, -1.0))
+    return {CONSISTENCY: consistency.numpy().astype(float), NN_MARGIN: margin.numpy().astype(float)}
+
+
+def per_patient(values: np.ndarray, patients: Sequence[str], order: Sequence[str]) -> np.ndarray:
+    """Mean of each patient's image values, in the order of ``order``. Shapes: ``[N] -> [len(order)]``."""
+    pats = np.asarray([str(p) for p in patients])
+    out = np.empty(len(order))
+    for k, p in enumerate(order):
+        sel = pats == p
+        if not sel.any():
+            raise ValueError(f"patient {p!r} has no audited image")
+        out[k] = float(np.mean(values[sel]))
+    return out
+
+
+def patient_scores(cfg: XR0Config, backbone: nn.Module, images: Any, patients: Sequence[str],
+                   order: Sequence[str], *, n_views: int = 4, seed: int = 0,
+                   device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Every score of :data:`SCORES` per patient of ``order`` (``images[i]`` belongs to ``patients[i]``)."""
+    keys = [image_key(r) for r in images.kept]
+    feats = extract_image_features(cfg, backbone, images, keys, n_views=n_views, seed=seed, device=device)
+    return {name: per_patient(v, patients, order) for name, v in image_scores(feats, patients).items()}
