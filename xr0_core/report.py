@@ -274,7 +274,7 @@ def plot_curves(rep: RunReport, path: Path) -> tuple[Path | None, bool]:
     many = len(lines) > MANY_SITES
     for name, (xs, ys, _) in sorted(lines.items()):
         if many:  # every hospital faint, the median across hospitals bold (below)
-            ax.plot(xs, ys, "-", lw=0.5, alpha=0.15, color="#777777")
+            ax.plot(xs, ys, "-", marker=".", ms=2.5, lw=0.5, alpha=0.25, color="#777777")  # 1-point hospitals too
         else:
             ax.plot(xs, ys, "-", marker="." if len(xs) < 40 else None, lw=1.2, alpha=0.85, label=name)
     if many:
