@@ -96,33 +96,32 @@ class PeakMemory:
         self._thread.join()
 
 
-_SITE_CPU = {"last": 0.0}  # in each actor: CPU seconds of the last train_site call
-
-
-def _time_train_site() -> None:
-    """Wrap ``client.app.train_site`` in this actor so that its CPU seconds are known (bench only)."""
+def _time_train_site():
+    """Wrap ``client.app.train_site`` in this actor so that its CPU seconds are known (bench only); returns the
+    module, whose ``_bench_site_cpu`` holds the last call's. (The ClientApp, and with it this bench's functions,
+    is unpickled anew in the actor: state must live in an imported module, not in this script's globals.)"""
     import client.app as app
 
-    if getattr(app.train_site, "_bench_timed", False):
-        return
-    inner = app.train_site
+    if not getattr(app.train_site, "_bench_timed", False):
+        inner = app.train_site
 
-    def timed(*args, **kwargs):
-        c0 = time.process_time()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            _SITE_CPU["last"] = time.process_time() - c0
+        def timed(*args, **kwargs):
+            c0 = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                app._bench_site_cpu = time.process_time() - c0
 
-    timed._bench_timed = True
-    app.train_site = timed
+        timed._bench_timed = True
+        app.train_site = timed
+    return app
 
 
 def timing_mod(msg, context, call_next):
     """Innermost ClientApp mod (bench only): wall and CPU seconds of every handler call and CPU seconds of its
     local training (``train_site``), appended per actor."""
-    _time_train_site()
-    _SITE_CPU["last"] = 0.0
+    app = _time_train_site()
+    app._bench_site_cpu = 0.0
     t0, c0 = time.perf_counter(), time.process_time()
     reply = call_next(msg, context)
     folder = os.environ.get(TIMING_DIR_VAR)
@@ -132,7 +131,7 @@ def timing_mod(msg, context, call_next):
         except Exception:  # noqa: BLE001 - a message without the round config (secure-aggregation stages)
             rnd = -1
         line = {"type": msg.metadata.message_type, "round": rnd, "wall": time.perf_counter() - t0,
-                "cpu": time.process_time() - c0, "site_cpu": _SITE_CPU["last"]}
+                "cpu": time.process_time() - c0, "site_cpu": app._bench_site_cpu}
         with open(Path(folder) / f"actor-{os.getpid()}.jsonl", "a") as fh:
             fh.write(json.dumps(line) + "\n")
     return reply
@@ -223,6 +222,7 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
         # hospitals' local work (train_site) is overhead.
         "tree_cpu_s": round(tree_cpu, 2),
         "site_cpu_s": round(site_cpu, 2),
+        "handler_cpu_s": round(sum(c["cpu"] for c in this_round), 2),  # the ClientApp calls, site work included
         "cpu_overhead": round(1 - site_cpu / tree_cpu, 4) if tree_cpu > 0 else None,
         "aggregate_s": round(last["metrics"].get("server-aggregate-seconds", 0.0), 3),
         "checkpoint_s": round(last.get("checkpoint_seconds", 0.0), 3),
