@@ -4,7 +4,8 @@
 
 For each DP route (``vmap``, ``microbatch``) and for plain training: a tiny site trainer on the device trains two
 local steps through the code a hospital's round runs (``site_trainer`` -> ``dp_step`` -> ``SiteTrainer.train``),
-and the per-unit gradients of the device are compared with the CPU's on the same batch (fp32, no autocast). A
+and the per-unit gradients of the device are compared with the CPU's on the same batch (fp32, no autocast);
+then every evaluation family runs with the backbone on the device. A
 row fails with the exception's last line (a tensor left on the CPU shows up here, as it did in
 ``per_unit_grads_vmap`` before 2026-12-04). Prints one JSON object; exit status 1 if any row failed.
 """
@@ -89,6 +90,36 @@ def grads_row(device: str, mode: str) -> dict:
             "max_loss_diff": loss_diff}
 
 
+def eval_row(device: str, _mode: str) -> dict:
+    """Every evaluation family (backbone on ``device``, heads on the CPU) on a small synthetic hospital with
+    every column; finite numbers for the pretrained and the random-init side, and the same numbers as the CPU's
+    for a family whose heads are deterministic given the features (classification)."""
+    import math
+    import tempfile
+
+    from xr0_core.config import from_flat
+    from xr0_core.data.index import index_site
+    from xr0_core.data.synthetic import write_federation
+    from xr0_core.eval.suite import evaluate_backbone
+    from xr0_core.ssl.factory import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        site = write_federation(Path(tmp), n_sites=1, images_per_site=36, seed=3, image_size=64)[0]
+        records = index_site(site, verify_pixels=False).records
+        cfg = from_flat({"eval.head-steps": 4, "eval.head-batch-size": 8, "eval.batch-size": 16,
+                         "train.device": device})
+        shared = build_model(from_flat({**cfg.to_flat(), "seed": 1})).shared_state_dict()
+        result = evaluate_backbone(cfg, records, shared, device=device)
+        cpu = evaluate_backbone(cfg, records, shared, device="cpu", tasks="classification")
+    families = sorted({t.split("/")[0] for t in result.tasks})
+    finite = all(math.isfinite(v) for side in (result.tasks, result.baseline_random) for m in side.values()
+                 for v in m.values())
+    cls = {t: m for t, m in result.tasks.items() if t.startswith("classification/")}
+    diff = max((abs(m[k] - cpu.tasks[t][k]) for t, m in cls.items() for k in m if t in cpu.tasks), default=0.0)
+    return {"row": "eval-all-families", "ok": finite and len(families) == 6 and diff < 0.05, "families": families,
+            "finite": finite, "max_classification_diff_vs_cpu": diff}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -98,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     jobs = [(train_row, "plain"), (train_row, "vmap"), (train_row, "microbatch"), (grads_row, "vmap"),
-            (grads_row, "microbatch")]
+            (grads_row, "microbatch"), (eval_row, "")]
     for fn, mode in jobs:
         try:
             rows.append(fn(args.device, mode))
