@@ -99,7 +99,8 @@ def audit_site(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
                          "before training; the coins are drawn at the first round that reads the data)")
     membership = limit_patients(site_membership(train, held, canary_set), max_patients, seed)
     wanted = set(membership.units)
-    images = ImageCache([r for r in records if unit_of(r) in wanted], cfg.train.load_size, progress=True)
+    # decode now: ``kept`` (the images that decoded) is empty until the cache's first access
+    images = ImageCache([r for r in records if unit_of(r) in wanted], cfg.train.load_size, progress=True).decode()
     present = {unit_of(r) for r in images.kept}
     if not present:
         raise AuditError("no audited image could be decoded")
