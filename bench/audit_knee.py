@@ -9,7 +9,8 @@ Members: ``--patients`` patients of the train split (both knees of each), traine
 ``--dp-steps``, noise calibrated so the one round spends ``--epsilon`` at delta 1e-5); non-members: as many
 patients of the test split, never trained on. Scores are calibrated as the difference to the round-0
 initialisation the training started from (``--baseline init``). Prints a Markdown table and writes the JSON
-summaries (no ROC points) to ``--out``. Keep it short: 2 shared CPU cores.
+summaries (no ROC points) to ``--out``; each model's ``audit.json`` (with its ROC) and ``roc.png`` (log axes) go to
+``<out without .json>/<mode>/``. Keep it short: 2 shared CPU cores.
 """
 
 from __future__ import annotations
@@ -57,7 +58,15 @@ def train_site(cfg, records, state: Path, steps: int, epsilon: float | None):
         policy = with_values(policy, {"privacy.budget": epsilon, "privacy.run-cap": "all", "privacy.delta": 1e-5,
                                       "release.epsilon": "exact"})
     policy = save_policy(policy, policy_path(state))
-    trainer = site_trainer(cfg, [r for r in records if r.split != TEST], site="knee")
+    train = [r for r in records if r.split != TEST]
+    if epsilon is not None:
+        # what a DP site trains on (client/runtime.py): its private partition, keyed by its identity, which
+        # the audit reads back to know who the members are (with split = test rows: those patients held out)
+        from xr0_core.data.splits import private_partition
+        from xr0_core.site.state import ensure_identity
+
+        train = private_partition(records, ensure_identity(state, "knee").site_id)[0]
+    trainer = site_trainer(cfg, train, site="knee")
     shared, metrics = run_site_round(trainer, initial_shared_state(cfg), RoundSpec(1, 0, steps, steps, "audit"),
                                      state, policy)
     return shared, metrics
@@ -91,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
                          **({"privacy.enabled": True} if dp else {})})
         with tempfile.TemporaryDirectory() as tmp:
             state = Path(tmp) / "state"
-            t0 = time.perf_counter()
+            t0, c = time.perf_counter(), time.process_time()
             shared, metrics = train_site(cfg, records, state, args.dp_steps if dp else args.steps,
                                          args.epsilon if dp else None)
-            t_train = time.perf_counter() - t0
+            t_train, c_train = time.perf_counter() - t0, time.process_time() - c
+            c0 = time.process_time()
             result, _ = audit_site(cfg, lambda: backbone_from_shared(cfg, shared), shared, state, records=records,
-                                   baseline=initial_shared_state(cfg), write=False, seed=args.seed,
+                                   baseline=initial_shared_state(cfg), out=args.out.with_suffix("") / mode,
+                                   seed=args.seed,
                                    model=f"{args.preset} {'DP eps=%g' % args.epsilon if dp else 'non-DP'}")
         body = {k: v for k, v in result.to_json().items() if k != "roc"}
-        body.update({"train_seconds": t_train, "steps": args.dp_steps if dp else args.steps,
+        body.update({"train_seconds": t_train, "train_cpu_seconds": c_train, "audit_cpu_seconds": time.process_time() - c0,
+                     "train_images": int(metrics.get("num-examples", 0)) or None, "steps": args.dp_steps if dp else args.steps,
                      "train_loss": metrics.get("loss"), "load_avg": os.getloadavg()})
         results[mode] = body
         print(f"{mode}: trained {body['steps']} steps in {t_train:.0f} s; audit {result.seconds:.0f} s", file=sys.stderr)

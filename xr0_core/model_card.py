@@ -266,16 +266,23 @@ def card_markdown(card: dict[str, Any]) -> str:
                   "Each hospital audited the global weights on its own patients (membership inference per patient, "
                   "`eval.audit`); only these scalars left it. ε (ledger) is the guarantee, an upper bound; the "
                   "lower bounds are 95 % empirical ones (docs/privacy.md). ROC on log axes: `audit_roc.png`.", ""]
+        from xr0_core.audit.summary import ci
+
         audit_lines = []
         for r in card["privacy_audit"]:
+            if r.get("skipped"):
+                audit_lines.append([r["site"], _fmt(r.get("epsilon_ledger")), "skipped (no held-out patients)",
+                                    "", "", "", "", ""])
+                continue
             for name, sc in r["scores"].items():
                 t = sc["tpr"]
                 audit_lines.append([r["site"], _fmt(r.get("epsilon_ledger")), _fmt(r.get("epsilon_lower")),
                                     _fmt(r.get("epsilon_canary")), name,
                                     f"{_fmt(sc['auroc'])} [{_fmt(sc['auroc_ci'][0])}, {_fmt(sc['auroc_ci'][1])}]",
-                                    _fmt((t.get("0.001") or [None])[0]), _fmt((t.get("0.01") or [None])[0])])
+                                    ci(*t["0.001"], 3) if "0.001" in t else "",
+                                    ci(*t["0.01"], 3) if "0.01" in t else ""])
         lines += _md_table(["hospital", "ε (ledger)", "ε lower (membership)", "ε lower (canaries)", "score",
-                            "AUROC [95 %]", "TPR @ 0.1 % FPR", "TPR @ 1 % FPR"], audit_lines)
+                            "AUROC [95 %]", "TPR @ 0.1 % FPR [95 %]", "TPR @ 1 % FPR [95 %]"], audit_lines)
         lines.append("")
     lines += ["## Limitations", ""]
     lims = ["held-out sets are small: read the intervals, not the point estimates;",
