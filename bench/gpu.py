@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, __file__, "--one", f"{preset}:{mode}:{batch}", "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--device", args.device] + (["--compile"] if args.compile else [])
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                      env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                          filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
                 if proc.returncode != 0:
                     tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
                     rows.append({"preset": preset, "mode": mode, "batch": batch, "error": tail})

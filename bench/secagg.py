@@ -20,6 +20,14 @@ For each (parameters, clients) case, in a fresh subprocess (so peak memory is th
   into a temporary folder and run by its own copy of this script, in the same run on the same machine
   (``--before none`` leaves it out; ``--before ca8e961`` is the code before issue 21's hardening).
 
+Before the cases, the mask PRG's keystream throughput on this machine (``--prg`` alone prints only that):
+AES-256-CTR computed through OpenSSL's GCM encryptor (what ``xr0_core/secagg/masks.py`` uses), through its
+CTR mode, and ChaCha20 (the PRG before issue 27), CPU seconds, least of ``--repeats`` interleaved runs; and
+the floor it sets: the keystream bytes a round expands at the time case (every client adds its self mask and
+one mask per other client, the server removes the self masks: ``(n^2 + n) x 4 P`` bytes, all-to-all, no
+dropouts) divided by that throughput, against the plain round's time. ``--profile KIND PARAMS_M CLIENTS``
+runs one case under cProfile and prints where its time goes (the project's functions, by cumulative time).
+
 Reported per case: wall and CPU seconds of the aggregation phase (all clients' work + the server's,
 sequential in one process), each the least of ``--repeats`` runs with the kinds interleaved; bytes uploaded
 per client (masked vector + key / share traffic); peak RSS of the case's process (largest over the runs;
@@ -178,6 +186,51 @@ def run_flower(params_m: float, n: int) -> dict:
             "base_rss_mb": base}
 
 
+PRG_ROUTES = ("aes256-gcm-route", "aes256-ctr", "chacha20")  # the first is the one masks.py uses
+
+
+def _prg(route: str, seed: bytes):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from xr0_core.secagg import masks
+
+    if route == "aes256-gcm-route":
+        return masks._keystream(seed)
+    if route == "aes256-ctr":
+        return Cipher(algorithms.AES(seed), modes.CTR(masks.counter_block(0))).encryptor()
+    return Cipher(algorithms.ChaCha20(seed, b"xr0-secagg-mask\x00"), mode=None).encryptor()
+
+
+def prg_throughput(repeats: int, megabytes: int = 256) -> dict[str, float]:
+    """Keystream bytes per CPU second of each route in :data:`PRG_ROUTES`, written piece by piece into one
+    reused buffer as :class:`xr0_core.secagg.masks.MaskStreams` does; the least time of ``repeats``
+    interleaved runs."""
+    from xr0_core.secagg.masks import CHUNK_WORDS
+
+    piece = CHUNK_WORDS * 4
+    zeros, out = memoryview(bytes(piece)), memoryview(bytearray(piece))
+    pieces = max(1, (megabytes << 20) // piece)
+    best = {r: float("inf") for r in PRG_ROUTES}
+    for _ in range(repeats):
+        for route in PRG_ROUTES:
+            enc = _prg(route, os.urandom(32))
+            c0 = time.process_time()
+            for _ in range(pieces):
+                enc.update_into(zeros, out)
+            best[route] = min(best[route], time.process_time() - c0)
+    return {r: pieces * piece / max(t, 1e-9) for r, t in best.items()}
+
+
+def keystream_bytes(params_m: float, n: int) -> int:
+    """Keystream a round of ``n`` all-to-all clients expands without dropouts: each client's self mask and
+    n - 1 pairwise masks, and the server's removal of the n self masks; 4 bytes per word, P + 1 words."""
+    return (n * n + n) * 4 * (int(params_m * 1_000_000) + 1)
+
+
+def _prg_line(rates: dict[str, float]) -> str:
+    return "PRG keystream GB/s (cpu, this machine): " + ", ".join(f"{r} {v / 1e9:.2f}" for r, v in rates.items())
+
+
 def _case(kind: str, params_m: float, n: int) -> dict:
     out = run_flower(params_m, n) if kind == "flower" else run_ours_or_plain(params_m, n, secure=kind == "ours")
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -295,6 +348,36 @@ def verdict(rows: list[dict], clock: str = "cpu") -> str:
     return "targets: " + "; ".join(parts)
 
 
+def floor_line(rows: list[dict], rates: dict[str, float]) -> str:
+    """The share of the plain round the mask keystream alone costs at the time case (the floor of SecAgg /
+    plain that no removal of other work can go below, on this machine's measured PRG throughput)."""
+    for r in rows:
+        if (r["params_m"], r["clients"]) == TIME_CASE:
+            ks = keystream_bytes(*TIME_CASE)
+            secs = ks / rates[PRG_ROUTES[0]]
+            return (f"floor at {TIME_CASE[0]:g} M x {TIME_CASE[1]}: {ks / 1e9:.2f} GB of keystream per round = {secs:.2f} "
+                    f"cpu s at {rates[PRG_ROUTES[0]] / 1e9:.1f} GB/s = {secs / r['plain']['cpu_s']:.2f} x the plain round "
+                    f"({r['plain']['cpu_s']:.2f} s); SecAgg's cost beyond the keystream: "
+                    f"{r['ours']['cpu_s'] - secs:.2f} s vs the plain round's {r['plain']['cpu_s']:.2f} s")
+    return ""
+
+
+def profile_case(kind: str, params_m: float, n: int, top: int = 30) -> None:
+    """One case under cProfile in this process: the project's functions by cumulative time, then the
+    heaviest callees by own time (numpy / OpenSSL calls show up here)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    res = run_flower(params_m, n) if kind == "flower" else run_ours_or_plain(params_m, n, secure=kind == "ours")
+    prof.disable()
+    print(f"# {kind} {params_m:g} M x {n}: wall {res['wall_s']:.2f} s, cpu {res['cpu_s']:.2f} s (under the profiler)")
+    stats = pstats.Stats(prof)
+    stats.sort_stats("cumulative").print_stats(r"(strategies|client|xr0_core|simulation)/", top)
+    stats.sort_stats("tottime").print_stats(top)
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -308,6 +391,9 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                    help="the clock the time target is judged on (both are printed): CPU seconds of the case's "
                         "process (default: robust on a shared machine) or wall seconds")
+    p.add_argument("--prg", action="store_true", help="only measure the mask PRG's keystream throughput")
+    p.add_argument("--profile", nargs=3, metavar=("KIND", "PARAMS_M", "CLIENTS"),
+                   help="one case (plain, ours or flower) under cProfile: where its time goes")
     p.add_argument("--json", action="store_true")
     p.add_argument("--case", nargs=3, metavar=("KIND", "PARAMS_M", "CLIENTS"), help=argparse.SUPPRESS)
     p.add_argument("--tree-case", nargs=5, metavar=("TREE", "CLOCK", "KIND", "PARAMS_M", "CLIENTS"),
@@ -322,10 +408,21 @@ def main(argv=None) -> int:
         return 0
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.profile:
+        kind, size, n = args.profile
+        if kind not in ("plain", "ours", "flower"):
+            p.error("--profile KIND is plain, ours or flower")
+        profile_case(kind, float(size), int(n))
+        return 0
+    rates = prg_throughput(max(args.repeats, 3))
+    if args.prg:
+        print(json.dumps(rates) if args.json else _prg_line(rates))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="xr0-bench-secagg-"))
     load_start = _load()
     if not args.json:
         print(f"# load average at start {load_start} ({os.cpu_count()} cores)", flush=True)
+        print(_prg_line(rates), flush=True)
     try:
         before_tree = None if args.before == "none" else _extract(args.before, tmp)
         rows = []
@@ -338,10 +435,14 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps({"rows": rows, "verdict": verdict(rows, args.clock), "before": args.before,
-                          "clock": args.clock, "load_average": [load_start, _load()]}, indent=1))
+                          "clock": args.clock, "load_average": [load_start, _load()], "prg_bytes_per_s": rates,
+                          "floor": floor_line(rows, rates)}, indent=1))
     else:
         print(f"(seconds: least of {args.repeats} interleaved runs; peak: largest for secagg, smallest for flower; "
               f"before = {args.before}; load average at end {_load()})")
+        floor = floor_line(rows, rates)
+        if floor:
+            print(floor)
         print(verdict(rows, args.clock))
     return 0
 

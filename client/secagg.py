@@ -42,7 +42,7 @@ from xr0_core.secagg.protocol import ClientRules, PeerKeys, RoundParams, SecAggE
 from xr0_core.secagg.masks import CHUNK_WORDS
 from xr0_core.secagg.session import ClientSession
 from xr0_core.secagg.wire import (CLIPPED, CONSISTENCY, MASKED, REC, SETUP, SHARE_KEYS, TRAIN_ACTION, UNMASK,
-                                  NUMPY_STYPE, WORDS, array_view, graph_from_flat, npy_bytes, release)
+                                  NUMPY_STYPE, WORDS, array_view, graph_from_flat, release)
 from xr0_core.site.policy import SitePolicy
 
 log = logging.getLogger(__name__)
@@ -317,8 +317,8 @@ def make_handlers(train_fn: TrainFn, trust_fn: TrustFn = site_trust) -> dict[str
             log.info("metrics kept at the site under secure aggregation: %s", ", ".join(kept))
         out[CLIPPED] = int(upload.clipped)
         words = Array(dtype=str(upload.words.dtype), shape=tuple(upload.words.shape), stype=NUMPY_STYPE,
-                      data=npy_bytes(upload.words))
-        del upload  # the words are in the message now (one copy)
+                      data=upload.npy)
+        del upload  # the message holds the upload's only copy (written once, wire.NpyWriter)
         content = RecordDict({MASKED: ArrayRecord({WORDS: words}), keys.METRICS: MetricRecord(out)})
         if rejected:
             content[REC] = ConfigRecord({"rejected": rejected})

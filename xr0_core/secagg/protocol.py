@@ -227,3 +227,4 @@ class MaskedUpload:
     words: np.ndarray  # [P + 1] ring words: masked update then masked weight
     clipped: int  # coordinates clipped to the declared range
     weight_capped: bool  # num-examples exceeded the weight cap
+    npy: bytes = b""  # the .npy image of words, what the site sends (words is then a read-only view of it)

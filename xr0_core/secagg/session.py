@@ -17,6 +17,7 @@ from .masks import CHUNK_WORDS, MaskStreams
 from .protocol import (MIN_SESSION_BYTES, SECRET_BYTES, ClientRules, MaskedUpload, PeerKeys, RoundParams,
                        SecAggError, _sign, b_commitment, check_graph, components, consistency_quorum, is_connected)
 from .quantize import ChunkEncoder
+from .wire import NpyWriter, npy_view
 
 
 @dataclass
@@ -189,17 +190,21 @@ class ClientSession:
         return list(self.rejected)
 
     def mask(self, update: np.ndarray, num_examples: float) -> MaskedUpload:
-        """Quantize ``update`` (flat, [P]) weighted by ``num_examples`` and add all masks."""
+        """Quantize ``update`` (flat, [P]) weighted by ``num_examples`` and add all masks; ``words`` is a
+        writable array (harnesses and tests; a site sends :meth:`mask_pieces`' ``npy`` image)."""
         flat = np.asarray(update).reshape(-1)
-        return self.mask_pieces([flat], flat.size, num_examples)
+        up = self.mask_pieces([flat], flat.size, num_examples)
+        return MaskedUpload(up.words.copy(), up.clipped, up.weight_capped)
 
     def mask_pieces(self, pieces: Iterable[np.ndarray], num_values: int, num_examples: float,
                     scratch: bool = False) -> MaskedUpload:
         """:meth:`mask` of the update given as consecutive pieces (never one whole-model float copy).
 
-        Each cache-sized piece is quantized and gets every mask (self mask and one per mask peer,
-        :class:`MaskStreams`) before the next is read, so the site's extra memory is the upload itself; the
-        words are bit-identical to :meth:`mask` of the concatenated update.
+        Each cache-sized piece is quantized into a reused buffer, gets every mask (self mask and one per mask
+        peer, :class:`MaskStreams`) while it is in cache, and is appended to the upload's ``.npy`` image
+        (:class:`NpyWriter`) before the next is read: the site's extra memory is the upload itself, written
+        once (no word array beside the bytes the message carries). The words are bit-identical to
+        :meth:`mask` of the concatenated update.
 
         Parameters
         ----------
@@ -211,6 +216,12 @@ class ClientSession:
             The site's weight before the cap.
         scratch : bool
             The pieces are the caller's scratch (float64): encoding may overwrite them instead of copying.
+
+        Returns
+        -------
+        MaskedUpload
+            ``npy``: the ``.npy`` image of the [P + 1] masked words (what a Flower ``Array`` carries);
+            ``words``: a read-only view of it.
         """
         self._expect("received")
         if not num_examples > 0:
@@ -220,7 +231,8 @@ class ClientSession:
         wq = spec.quantize_weight(fraction)
         encoder = ChunkEncoder(wq, spec)
         streams = MaskStreams(self._mask_seeds(), spec.dtype)
-        words = np.empty(int(num_values) + 1, dtype=spec.dtype)
+        image = NpyWriter(spec.dtype, int(num_values) + 1)
+        buf = np.empty(CHUNK_WORDS, dtype=spec.dtype)  # one piece of words, reused
         off = 0
         for piece in pieces:
             piece = np.asarray(piece).reshape(-1)
@@ -228,16 +240,20 @@ class ClientSession:
                 raise SecAggError(f"the update is longer than the {num_values} values announced")
             for start in range(0, piece.size, CHUNK_WORDS):
                 part = piece[start : start + CHUNK_WORDS]
-                out = words[off : off + part.size]
+                out = buf[: part.size]
                 encoder.encode_into(part, out, scratch)
                 streams.apply_inplace(out)  # masks the piece while it is still in cache
+                image.write(out)
                 off += part.size
         if off != num_values:
             raise SecAggError(f"the update has {off} values, not the {num_values} announced")
-        words[-1] = wq
-        streams.apply_inplace(words[-1:])
+        out = buf[:1]
+        out[0] = wq
+        streams.apply_inplace(out)
+        image.write(out)
+        data = image.getvalue()
         self.stage = "masked"
-        return MaskedUpload(words, encoder.clipped, num_examples > self.params.weight_cap)
+        return MaskedUpload(npy_view(data), encoder.clipped, num_examples > self.params.weight_cap, data)
 
     def _mask_seeds(self) -> list[tuple[bytes, int]]:
         """(seed, sign) of every mask this site adds: its self mask, and + / - the pairwise mask of each

@@ -79,13 +79,52 @@ def npy_view(data: bytes) -> np.ndarray:
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
-def npy_bytes(arr: np.ndarray) -> bytes:
-    """``np.save`` output for a C-contiguous array, built with one copy (``np.save`` into a BytesIO and then
-    ``getvalue`` copy the data twice; a masked upload is the size of the whole model)."""
-    arr = np.ascontiguousarray(arr)
-    head = io.BytesIO()
-    npy_format.write_array_header_1_0(head, npy_format.header_data_from_array_1_0(arr))
-    return b"".join((head.getvalue(), memoryview(arr).cast("B")))
+class NpyWriter:
+    """A 1-D ``.npy`` image written piece by piece, handed over as ``bytes`` without a final copy.
+
+    What a Flower ``Array`` must hold is ``bytes``; building the words in an array and then converting them
+    (``np.save``, or a header joined to the array's buffer) costs a second model-sized buffer and a pass
+    over it. Here each piece is appended to a ``BytesIO`` sized once for the whole image, whose
+    :meth:`getvalue` returns its own buffer when it is full (CPython shares it instead of copying), so a
+    masked upload is written to memory exactly once.
+
+    Parameters
+    ----------
+    dtype : np.dtype
+        Word type of the image.
+    size : int
+        Number of words it will hold (shape ``[size]``).
+    """
+
+    def __init__(self, dtype: np.dtype, size: int) -> None:
+        self.dtype, self.size = np.dtype(dtype), int(size)
+        head = io.BytesIO()
+        npy_format.write_array_header_1_0(head, {"descr": npy_format.dtype_to_descr(self.dtype),
+                                                 "fortran_order": False, "shape": (self.size,)})
+        self._buf = io.BytesIO()
+        self._buf.write(head.getvalue())
+        self._start = self._buf.tell()
+        self._end = self._start + self.size * self.dtype.itemsize
+        if self.size:  # one allocation of the final size (a null byte at the end), then written in order
+            self._buf.seek(self._end - 1)
+            self._buf.write(b"\0")
+            self._buf.seek(self._start)
+
+    def write(self, words: np.ndarray) -> None:
+        """Append ``words`` (1-D, ``dtype``, contiguous)."""
+        if words.dtype != self.dtype or words.ndim != 1 or not words.flags.c_contiguous:
+            raise ValueError(f"an .npy image of {self.dtype} takes contiguous 1-D {self.dtype} pieces")
+        if self._buf.tell() + words.nbytes > self._end:
+            raise ValueError(f"more than the {self.size} words announced")
+        self._buf.write(memoryview(words).cast("B"))
+
+    def getvalue(self) -> bytes:
+        """The complete image (every announced word written); the writer is spent afterwards."""
+        if self._buf.tell() != self._end:
+            raise ValueError(f"{(self._buf.tell() - self._start) // self.dtype.itemsize} of {self.size} words written")
+        data = self._buf.getvalue()
+        self._buf = None  # type: ignore[assignment]  # a later write would copy the shared buffer
+        return data
 
 
 NUMPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY (no Flower import here)

@@ -102,7 +102,7 @@ def per_unit_grads_vmap(model, batch: Mapping[str, torch.Tensor], image_slot: to
     grads = {}
     for k in params:
         gi = g_img[_functional_name(k)]
-        w = weight.to(gi.dtype).reshape(-1, *([1] * (gi.ndim - 1)))
+        w = weight.to(device=gi.device, dtype=gi.dtype).reshape(-1, *([1] * (gi.ndim - 1)))
         grads[k] = gi.new_zeros((n_units, *gi.shape[1:])).index_add_(0, image_slot.to(gi.device), gi * w)
     unit_loss = loss_img.new_zeros(n_units).index_add_(0, image_slot.to(loss_img.device),
                                                         loss_img.detach() * weight.to(loss_img.device))
