@@ -76,7 +76,20 @@ def build_card(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[s
         "ssl_health": _ssl_health(history),
         "nothing_to_evaluate": bool(evals) and all(s["status"] == "empty" for r in evals for s in r["sites"]),
         "summary": rows,
+        "privacy_audit": _audit(history),
     }
+
+
+def _audit(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per hospital, the audit scalars it released (:func:`xr0_core.audit.summary.audit_rows`), JSON-able."""
+    from xr0_core.audit.summary import audit_rows
+
+    rows = audit_rows(history)
+    for r in rows:
+        for sc in r["scores"].values():
+            sc["tpr"] = {f"{f:g}": list(v) for f, v in sc["tpr"].items()}
+            sc["auroc_ci"] = list(sc["auroc_ci"])
+    return rows
 
 
 def pretrain_card(summary: dict[str, Any], cfg_flat: dict[str, Any], export: dict[str, Any],
@@ -248,6 +261,29 @@ def card_markdown(card: dict[str, Any]) -> str:
     else:
         lines += ["Not evaluated in this run."]
     lines.append("")
+    if card.get("privacy_audit"):
+        lines += ["### Privacy audit", "",
+                  "Each hospital audited the global weights on its own patients (membership inference per patient, "
+                  "`eval.audit`); only these scalars left it. ε (ledger) is the guarantee, an upper bound; the "
+                  "lower bounds are 95 % empirical ones (docs/privacy.md). ROC on log axes: `audit_roc.png`.", ""]
+        from xr0_core.audit.summary import ci
+
+        audit_lines = []
+        for r in card["privacy_audit"]:
+            if r.get("skipped"):
+                audit_lines.append([r["site"], _fmt(r.get("epsilon_ledger")), "skipped (no held-out patients)",
+                                    "", "", "", "", ""])
+                continue
+            for name, sc in r["scores"].items():
+                t = sc["tpr"]
+                audit_lines.append([r["site"], _fmt(r.get("epsilon_ledger")), _fmt(r.get("epsilon_lower")),
+                                    _fmt(r.get("epsilon_canary")), name,
+                                    f"{_fmt(sc['auroc'])} [{_fmt(sc['auroc_ci'][0])}, {_fmt(sc['auroc_ci'][1])}]",
+                                    ci(*t["0.001"], 3) if "0.001" in t else "",
+                                    ci(*t["0.01"], 3) if "0.01" in t else ""])
+        lines += _md_table(["hospital", "ε (ledger)", "ε lower (membership)", "ε lower (canaries)", "score",
+                            "AUROC [95 %]", "TPR @ 0.1 % FPR [95 %]", "TPR @ 1 % FPR [95 %]"], audit_lines)
+        lines.append("")
     lines += ["## Limitations", ""]
     lims = ["held-out sets are small: read the intervals, not the point estimates;",
             "the evaluation uses light heads on frozen features, not fine-tuning;"]

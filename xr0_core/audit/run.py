@@ -28,14 +28,13 @@ from xr0_core.audit import stats
 from xr0_core.audit.calibrate import offline_lira
 from xr0_core.audit.canaries import CanarySet
 from xr0_core.audit.one_run import audit_canaries
-from xr0_core.audit.scores import CONSISTENCY, NN_MARGIN, patient_scores
+from xr0_core.audit.scores import CONSISTENCY, NN_MARGIN, SSL_LOSS, patient_scores
 from xr0_core.config import XR0Config
 from xr0_core.data.splits import unit_of
 from xr0_core.runtime import derive_seed, numpy_rng
 
 log = logging.getLogger(__name__)
 
-SSL_LOSS = "ssl-loss"
 AUDIT_FORMAT = "xr0-audit/1"
 CANARY_SCORE_ORDER = (SSL_LOSS, CONSISTENCY, NN_MARGIN)  # the canary audit's score: the first available
 
@@ -155,32 +154,6 @@ def score_stats(scores: np.ndarray, members: np.ndarray, delta: float, *, alpha:
                       split["epsilon_lower"], split["epsilon_point"], ([float(x) for x in fpr], [float(x) for x in tpr]))
 
 
-def ssl_loss_scores(cfg: XR0Config, shared: Mapping[str, torch.Tensor], images: Any, patients: Sequence[str],
-                    order: Sequence[str], *, repeats: int = 4, seed: int = 0, batch_size: int = 64) -> np.ndarray:
-    """Minus the per-image SSL loss (DINO + iBOT with the released student as its own teacher, per-sample
-    targets), mean over ``repeats`` seeded view draws, then per patient. Needs the shared weights (heads)."""
-    from xr0_core.audit.scores import per_patient
-    from xr0_core.data.dataset import BatchMaker
-    from xr0_core.privacy.dp import dp_objective_config
-    from xr0_core.ssl.factory import build_model
-
-    objective = dp_objective_config(cfg)  # per-sample targets: one image's loss never depends on its batch
-    model = build_model(objective)
-    model.load_shared_state_dict({k: torch.as_tensor(v) for k, v in shared.items()}, strict=True)
-    model.reset_teacher_from_student()
-    model.eval()
-    maker = BatchMaker(images, objective, site=f"audit-{seed}", patch_size=model.patch_size)
-    n = len(images)
-    losses = np.zeros(n)
-    with torch.no_grad():
-        for rep in range(repeats):
-            for a in range(0, n, batch_size):
-                idx = torch.arange(a, min(n, a + batch_size))
-                out = model(maker.build(10_000 + rep, idx), objective.ssl.teacher_temp)
-                losses[a: a + idx.numel()] += out.loss.double().numpy() / repeats
-    return per_patient(-losses, patients, order)
-
-
 ModelScores = Callable[[Any, Sequence[str], Sequence[str]], dict[str, np.ndarray]]
 
 
@@ -188,11 +161,15 @@ def model_scorer(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module]
                  shared: Mapping[str, torch.Tensor] | None, *, n_views: int = 4, seed: int = 0) -> ModelScores:
     """``scorer(images, patients, order) -> {score: [P]}`` for one model (the SSL loss only with ``shared``)."""
     def scorer(images: Any, patients: Sequence[str], order: Sequence[str]) -> dict[str, np.ndarray]:
-        out = {}
+        head = None
         if shared is not None:
-            out[SSL_LOSS] = ssl_loss_scores(cfg, shared, images, patients, order, seed=seed)
-        out.update(patient_scores(cfg, backbone_factory(), images, patients, order, n_views=n_views, seed=seed))
-        return out
+            from xr0_core.ssl.factory import build_model
+
+            model = build_model(cfg)
+            model.load_shared_state_dict({k: torch.as_tensor(v) for k, v in shared.items()}, strict=True)
+            head = model.student["dino_head"]
+        return patient_scores(cfg, backbone_factory(), images, patients, order, n_views=n_views, seed=seed,
+                              head=head)
     return scorer
 
 
@@ -220,7 +197,7 @@ def run_audit(cfg: XR0Config, images: Any, membership: Membership, scorer: Model
               references: int = 0, reference_steps: int = 0, alpha: float = 0.05, seed: int = 0,
               canary_guess_fraction: float = 1.0, epsilon_ledger: float | None = None,
               reference_scorer: Callable[[Mapping[str, torch.Tensor]], ModelScores] | None = None,
-              model: str = "") -> AuditResult:
+              baseline: ModelScores | None = None, model: str = "") -> AuditResult:
     """Score the audited model, calibrate against ``references`` reference models, and compute every statistic.
 
     Parameters
@@ -233,6 +210,11 @@ def run_audit(cfg: XR0Config, images: Any, membership: Membership, scorer: Model
         uses only the references that did not train on it (canaries: all).
     reference_scorer : ``reference_scorer(shared) -> scorer`` of a reference model (default: like ``scorer``'s
         model, built with :func:`model_scorer` from the shared weights)
+    baseline : the scorer of the weights training *started* from (the round-0 initialisation, or the global
+        weights a round received), used when there are no references: each score minus the patient's score
+        under the starting weights ("difficulty calibration" against a model that trained on nobody of this
+        site; Watson et al., ICLR 2022). A model that has not trained on a patient moved its score only by
+        what it learned from others.
     """
     import time
 
@@ -267,6 +249,10 @@ def run_audit(cfg: XR0Config, images: Any, membership: Membership, scorer: Model
         out_mask = np.array(outs, dtype=bool)
         final = {k: offline_lira(raw[k], np.array(ref_scores[k]), out_mask) for k in raw}
         calibration = f"offline LiRA, {references} reference model(s) of {reference_steps} steps"
+    elif baseline is not None:
+        start = baseline(images, patients, order)
+        final = {k: raw[k] - start[k] for k in raw}
+        calibration = "difference to the starting weights"
     n_scores = len(final)
     result = AuditResult(delta=float(delta), membership=membership, calibration=calibration,
                          scores={k: score_stats(v, membership.members, delta, alpha=alpha / n_scores,

@@ -3,6 +3,9 @@
 What an attacker holding the released weights (or querying the backbone's features: black box) and a
 candidate patient's radiographs can compute:
 
+- ``ssl-loss`` (white box, needs the DINO head of the shared weights): minus the DINO term of the SSL loss of
+  the image's views with the released student as its own teacher (:func:`dino_loss_scores`): training lowered
+  exactly this on the training images.
 - ``ssl-consistency`` (augmentation consistency): the mean cosine between the features of ``views`` augmented
   views of an image and of its centre view. The SSL objective pulls the views of each *training* image
   together, so a model that memorised a patient gives its images more consistent features.
@@ -36,6 +39,7 @@ from xr0_core.data.views import MultiCropViews, center_view
 from xr0_core.models.features import frozen_features
 from xr0_core.runtime import torch_generator
 
+SSL_LOSS = "ssl-loss"
 CONSISTENCY = "ssl-consistency"
 NN_MARGIN = "nn-margin"
 IMAGE_REPORT = "image-report"
@@ -46,11 +50,13 @@ SCORES = (CONSISTENCY, NN_MARGIN)
 class ImageFeatures:
     """Centre-view and augmented-view features of every audited image (unit L2 norm after centring).
 
-    Shapes: ``center [N, D]``, ``views [N, V, D]``.
+    Shapes: ``center [N, D]``, ``views [N, V, D]``; ``raw [N, 1 + V, D]``: the CLS tokens as the backbone gave
+    them (centre view first), which the DINO head reads.
     """
 
     center: torch.Tensor
     views: torch.Tensor
+    raw: torch.Tensor | None = None
 
 
 def _views_maker(cfg: XR0Config) -> MultiCropViews:
@@ -101,10 +107,33 @@ def extract_image_features(cfg: XR0Config, backbone: nn.Module, images: Any, key
 
     cls, _ = frozen_features(backbone, n * per, batch, batch_size=block * per, device=device,
                              precision=cfg.train.precision)
-    cls = cls.view(n, per, -1)
-    mean = cls[:, 0].mean(0)
-    cls = F.normalize(cls - mean, dim=-1)
-    return ImageFeatures(center=cls[:, 0].contiguous(), views=cls[:, 1:].contiguous())
+    raw = cls.view(n, per, -1)
+    mean = raw[:, 0].mean(0)
+    cls = F.normalize(raw - mean, dim=-1)
+    return ImageFeatures(center=cls[:, 0].contiguous(), views=cls[:, 1:].contiguous(), raw=raw)
+
+
+@torch.no_grad()
+def dino_loss_scores(feats: ImageFeatures, head: nn.Module, *, teacher_temp: float, student_temp: float
+                     ) -> np.ndarray:
+    """Minus the DINO term of the SSL loss per image, the released student as its own teacher.
+
+    Every view's head output is a teacher target (centred by the mean output over the audited images, DINO's
+    centering; sharpened at ``teacher_temp``) for every *other* view's student prediction (``student_temp``):
+    ``-mean_{a != b} CE(softmax((z_a - c) / t_t), log_softmax(z_b / t_s))``. Shapes: ``raw [N, 1 + V, D] -> [N]``.
+
+    References: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (ICCV 2021).
+    """
+    if feats.raw is None:
+        raise ValueError("dino_loss_scores needs the raw CLS tokens")
+    z = head(feats.raw.flatten(0, 1)).view(*feats.raw.shape[:2], -1).float()  # [N, P, K]
+    center = z.mean((0, 1), keepdim=True)
+    t = torch.softmax((z - center) / teacher_temp, dim=-1)
+    logp = torch.log_softmax(z / student_temp, dim=-1)
+    ce = -(t[:, :, None] * logp[:, None]).sum(-1)  # [N, P(teacher), P(student)]
+    p = z.shape[1]
+    off = ~torch.eye(p, dtype=torch.bool)
+    return (-ce[:, off].mean(-1)).numpy().astype(float)
 
 
 def image_scores(feats: ImageFeatures, patients: Sequence[str]) -> dict[str, np.ndarray]:
@@ -135,9 +164,14 @@ def per_patient(values: np.ndarray, patients: Sequence[str], order: Sequence[str
 
 
 def patient_scores(cfg: XR0Config, backbone: nn.Module, images: Any, patients: Sequence[str],
-                   order: Sequence[str], *, n_views: int = 4, seed: int = 0,
+                   order: Sequence[str], *, n_views: int = 4, seed: int = 0, head: nn.Module | None = None,
                    device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """Every score of :data:`SCORES` per patient of ``order`` (``images[i]`` belongs to ``patients[i]``)."""
+    """Every score of :data:`SCORES` per patient of ``order`` (``images[i]`` belongs to ``patients[i]``), and
+    :data:`SSL_LOSS` when the DINO ``head`` is given (white box: the shared weights, not an exported backbone)."""
     keys = [image_key(r) for r in images.kept]
     feats = extract_image_features(cfg, backbone, images, keys, n_views=n_views, seed=seed, device=device)
-    return {name: per_patient(v, patients, order) for name, v in image_scores(feats, patients).items()}
+    per_image = image_scores(feats, patients)
+    if head is not None:
+        per_image = {SSL_LOSS: dino_loss_scores(feats, head.eval(), teacher_temp=cfg.ssl.teacher_temp,
+                                                student_temp=cfg.ssl.student_temp), **per_image}
+    return {name: per_patient(v, patients, order) for name, v in per_image.items()}

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from xr0_core.audit.canaries import read_canaries
-from xr0_core.audit.run import AuditError, AuditResult, Membership, model_scorer, run_audit, site_membership
+from xr0_core.audit.run import (AuditError, AuditResult, Membership, _factory, model_scorer, run_audit,
+                                site_membership)
 from xr0_core.config import XR0Config
 from xr0_core.data.splits import unit_of
 from xr0_core.runtime import numpy_rng
@@ -69,9 +70,12 @@ def audit_site(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
                shared: Mapping[str, torch.Tensor] | None, state_dir: Path, data_dir: Path | None = None, *,
                records: Sequence[Any] | None = None, manifest: Path | None = None, references: int = 0,
                reference_steps: int = 0, canaries: bool = False, views: int = 4, max_patients: int = 0,
-               seed: int = 0, out: Path | None = None, model: str = "", write: bool = True
-               ) -> tuple[AuditResult, Path]:
+               seed: int = 0, out: Path | None = None, model: str = "", write: bool = True,
+               baseline: Mapping[str, torch.Tensor] | None = None) -> tuple[AuditResult, Path]:
     """Audit one model at the site whose state folder is ``state_dir`` (records from ``data_dir`` unless given).
+
+    ``baseline``: shared weights training started from (e.g. the round-0 initialisation): without references,
+    scores are calibrated as the difference to them (:func:`xr0_core.audit.run.run_audit`).
 
     Raises
     ------
@@ -95,7 +99,8 @@ def audit_site(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
                          "before training; the coins are drawn at the first round that reads the data)")
     membership = limit_patients(site_membership(train, held, canary_set), max_patients, seed)
     wanted = set(membership.units)
-    images = ImageCache([r for r in records if unit_of(r) in wanted], cfg.train.load_size, progress=True)
+    # decode now: ``kept`` (the images that decoded) is empty until the cache's first access
+    images = ImageCache([r for r in records if unit_of(r) in wanted], cfg.train.load_size, progress=True).decode()
     present = {unit_of(r) for r in images.kept}
     if not present:
         raise AuditError("no audited image could be decoded")
@@ -107,7 +112,10 @@ def audit_site(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
         eps = float(ledger.epsilon(delta=policy.privacy.delta, accountant=policy.privacy.accountant))
     result = run_audit(cfg, images, membership, model_scorer(cfg, backbone_factory, shared, n_views=views, seed=seed),
                        policy.privacy.delta, references=references, reference_steps=reference_steps, seed=seed,
-                       epsilon_ledger=eps, model=model)
+                       epsilon_ledger=eps, model=model,
+                       baseline=None if baseline is None else model_scorer(
+                           cfg, _factory(cfg, baseline), baseline if shared is not None else None, n_views=views,
+                           seed=seed))
     out = Path(out) if out is not None else state_dir / "audit" / "report"
     if write:
         write_outputs(result, out)

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "patients (default 0: raw scores)")
     p.add_argument("--reference-steps", type=int, default=0, metavar="K",
                    help="training steps per reference model (default train.steps of the config)")
+    p.add_argument("--baseline", default="init", metavar="init|none|FILE",
+                   help="without references, calibrate each score as its difference to these starting weights: init "
+                        "(the round-0 initialisation of the config, default), none (raw scores), or shared weights")
     p.add_argument("--canaries", action="store_true", help="also the one-run epsilon audit of the site's canaries")
     p.add_argument("--views", type=int, default=4, help="augmented views per image for the feature scores")
     p.add_argument("--max-patients", type=int, default=0, metavar="N",
@@ -63,12 +66,25 @@ def _run(args: argparse.Namespace) -> int:
     cfg, factory, what = load_backbone_source(ns)
     if factory is None:
         raise CLIError("--model random audits nothing: give the released model")
+    baseline = None
+    if args.references == 0 and args.baseline != "none":
+        if args.baseline == "init":
+            from xr0_core.ssl.factory import initial_shared_state
+
+            baseline = initial_shared_state(cfg)
+        else:
+            from safetensors.torch import load_file
+
+            try:
+                baseline = load_file(str(Path(args.baseline).expanduser()))
+            except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
+                raise CLIError(f"--baseline {args.baseline}: not a readable safetensors file ({exc})") from None
     try:
         result, out = audit_site(cfg, factory, getattr(factory, "weights", None), args.state_dir, args.data,
                                  manifest=args.manifest, references=args.references,
                                  reference_steps=args.reference_steps or cfg.train.steps, canaries=args.canaries,
                                  views=args.views, max_patients=args.max_patients, seed=args.seed,
-                                 out=args.out, model=what)
+                                 out=args.out, model=what, baseline=baseline)
     except AuditError as exc:
         raise CLIError(str(exc)) from None
     body = result.to_json()
