@@ -27,7 +27,14 @@ if [ -n "$missing" ]; then
     echo "$missing missing and cannot be installed here (needs root and apt-get): the browser tests will fail" >&2
   fi
 fi
-.venv/bin/python -m pytest "$@"
+# Two test processes (pytest-xdist): the deployment tests, which mostly wait on real Flower processes, overlap
+# with the CPU-bound rest (tests/conftest.py groups and orders them). XR0_TEST_WORKERS=0 runs them in one process.
+workers=${XR0_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -n "$workers" --dist loadgroup --no-loadscope-reorder "$@"
+fi
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2

@@ -137,7 +137,10 @@ def run_federation(
         publish_signing_keys(cfg)
     if gpus_per_client < 0:
         raise ValueError(f"gpus_per_client must be >= 0, got {gpus_per_client}")
-    init_args: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    # address "local": always a new local Ray instance. Ray's default (None) joins a cluster that somebody
+    # started on this machine with `ray start` (found through /tmp/ray/ray_current_cluster), so a researcher's
+    # simulation would silently run on, and share the resources of, another user's cluster.
+    init_args: dict[str, Any] = {"address": "local", "include_dashboard": False, "configure_logging": False}
     if ray_address:
         init_args = {"address": ray_address, "configure_logging": False}  # Ray refuses num_cpus etc. here
     elif total_cpus:
