@@ -6,7 +6,9 @@ times each:
 
 - ``flower``: Flower's own dispatch loop (the Simulation Engine asks the LinkState, every 0.1 s, for each
   hospital's next message: a scan of every waiting message per hospital; what main ran before issue 27);
-- ``xr0``: :mod:`simulation.fastvce` (one scan per tick) and the rest of issue 27's changes.
+- ``xr0``: :mod:`simulation.fastvce` (one scan per tick), :mod:`simulation.shared_weights` (the round's weights
+  put into Ray's object store once, not pickled into every message's task) and the rest of issue 27's changes
+  (those outside the engine, e.g. the ClientApp's one config parse per message, run in both variants).
 
 Per run it reads the last train round (the first pays Ray start-up and image decoding):
 
@@ -191,7 +193,8 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
     try:
         with PeakMemory() as mem:
             run_federation(cfg, n_sites, app_dir=out / "flower-app", total_cpus=cpus,
-                           client_app=build_app(extra_mods=[timing_mod]), one_scan_dispatch=(variant == "xr0"))
+                           client_app=build_app(extra_mods=[timing_mod]), one_scan_dispatch=(variant == "xr0"),
+                           shared_weights=(variant == "xr0"))
     finally:
         server_app_module.Coordinator = original
     history = json.loads((out / "metrics.json").read_text())["rounds"]
