@@ -66,9 +66,22 @@ def site_data(cfg: XR0Config, site: Site, *, private: bool = False, canaries: in
     images = open_site_images(cfg, train, site.state_dir, data_dir=site.data_dir, prepare_records=index.records)
     data = SiteData(index.records, images)
     _SITES[key] = data
-    while len(_SITES) > MAX_CACHED_SITES:
-        _SITES.popitem(last=False)
+    evict_sites(MAX_CACHED_SITES, cfg.simulation.site_cache_mb * 2**20)
     return data
+
+
+def cached_bytes(data: SiteData) -> int:
+    """RAM held by a hospital's decoded images (memory-mapped prepared shards: 0, the OS pages them out)."""
+    images = getattr(data.cache, "_images", None)
+    return int(images.numel() * images.element_size()) if isinstance(images, torch.Tensor) else 0
+
+
+def evict_sites(max_sites: int, max_bytes: int) -> None:
+    """Forget the least recently used hospitals until at most ``max_sites`` with at most ``max_bytes`` of
+    decoded images are cached in this process; the newest always stays (it is the one in use). The per-actor
+    memory bound of a large simulated federation: one Ray actor serves hundreds of hospitals in turn."""
+    while len(_SITES) > 1 and (len(_SITES) > max_sites or sum(cached_bytes(d) for d in _SITES.values()) > max_bytes):
+        _SITES.popitem(last=False)
 
 
 def site_records(site: Site) -> list[Any]:

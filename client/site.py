@@ -129,6 +129,9 @@ def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
                 "run with as many supernodes as hospital folders"
             )
         name = site_name_of(sites[pid])
+        from xr0_core.data.synthetic.lazy import materialize
+
+        materialize(sites[pid])  # a planned synthetic hospital is written when first used (issue 27)
         state_root = Path(cfg.simulation.state_root or (root.parent / "state")).expanduser().resolve()
         site = Site(name, sites[pid].resolve(), state_root / name, None, pid)
     else:

@@ -294,6 +294,8 @@ class Coordinator:
                 max_update_ratio=cfg.federation.max_update_ratio,
                 weight_cap=cfg.federation.weight_cap,
                 fraction_train=cfg.federation.fraction_train,
+                fraction_evaluate=cfg.federation.fraction_evaluate or cfg.federation.fraction_train,
+                min_available=cfg.federation.min_available,
                 evaluate_every=cfg.eval.every,
                 on_round_end=self.on_round_end,
                 round_timeout=cfg.federation.round_timeout,

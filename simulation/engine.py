@@ -12,6 +12,7 @@ function, hence the pin ``flwr>=1.42,<1.43``; ``tests/simulation`` exercises it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -86,6 +87,7 @@ def run_federation(
     verbose: bool = False,
     ray_address: str | None = None,
     gpus_per_client: float = 0.0,
+    one_scan_dispatch: bool = True,
 ) -> None:
     """Run ``cfg.federation.rounds`` rounds with ``num_sites`` simulated hospitals.
 
@@ -109,6 +111,10 @@ def run_federation(
         process's ``PYTHONPATH``). The cluster is left running afterwards: it is not ours to stop.
     gpus_per_client : float
         Ray GPU resources per ClientApp (0.25: four hospitals share a GPU), as Flower's Simulation Engine allows.
+    one_scan_dispatch : bool
+        Hand messages to the Ray workers with :mod:`simulation.fastvce` (one scan of the waiting messages per
+        tick) instead of Flower's loop (one scan per hospital per tick); False only for ``bench/federation.py``'s
+        baseline.
     """
     os.environ.update(FLOWER_ENV)
     from flwr.app import Context, RecordDict
@@ -141,19 +147,23 @@ def run_federation(
         "init_args": init_args,
     }
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
+    from .fastvce import install
+
+    dispatch = install() if one_scan_dispatch else contextlib.nullcontext()
     try:
-        _run_simulation(
-            num_supernodes=num_sites,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config=backend_config,
-            server_app_context=context,
-            app_dir=str(app_dir),
-            is_app=True,
-            verbose_logging=verbose,
-        )
+        with dispatch:  # Flower's own dispatch loop scans every waiting message once per hospital per tick
+            _run_simulation(
+                num_supernodes=num_sites,
+                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                client_app=client_app,
+                server_app=server_app,
+                backend_name="ray",
+                backend_config=backend_config,
+                server_app_context=context,
+                app_dir=str(app_dir),
+                is_app=True,
+                verbose_logging=verbose,
+            )
     finally:
         # Flower terminates its actors but leaves the local Ray cluster (raylet, GCS, idle workers) up for
         # the rest of the process; a library call must not leave processes behind. With ray_address this only

@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete round")
     p.add_argument("--images-per-site", type=int, default=48, help="synthetic images per hospital (default 48)")
     p.add_argument("--image-size", type=int, default=128, help="synthetic image side in pixels (default 128)")
+    p.add_argument("--eager-sites", action="store_true",
+                   help="write every synthetic hospital before the run (default: each one when its ClientApp first "
+                   "uses it, so a large federation sampling a fraction per round writes only those; "
+                   "--compare-pooled writes all)")
     p.add_argument("--local-steps", type=int, default=None, help="local SSL steps per round (default: preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-client", type=int, default=1, help="CPU cores per simulated hospital (default 1)")
@@ -158,15 +162,20 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
         cfg = from_flat(flat)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
+    if not args.data:
+        check_min_available(cfg, args.sites)
     try:
         if args.data:
             dirs = check_given(data_root)
         else:
-            dirs = ensure_synthetic(data_root, args.sites, args.images_per_site, args.seed, args.image_size)
+            lazy = not (getattr(args, "eager_sites", False) or args.compare_pooled)  # pooled reads every hospital
+            dirs = ensure_synthetic(data_root, args.sites, args.images_per_site, args.seed, args.image_size,
+                                    lazy=lazy)
     except SimulationDataError as exc:
         raise CLIError(str(exc)) from None
     if args.data and args.sites != len(dirs):
         con.line(f"--data holds {len(dirs)} hospitals: simulating all of them")
+    check_min_available(cfg, len(dirs))
     sites = describe_sites(dirs, out / "sites")
     con.line(f"simulate: {len(dirs)} hospitals ({'given' if args.data else 'synthetic'}, "
              f"{sum(s.get('images', 0) or 0 for s in sites)} images), preset {cfg.preset}, "
@@ -233,6 +242,14 @@ def _simulate(args: argparse.Namespace, con) -> dict[str, Any]:
     return summary
 
 
+def check_min_available(cfg, n_sites: int) -> None:
+    """Refuse a ``federation.min-available`` above the simulated hospitals: Flower would wait for them forever."""
+    want = cfg.federation.min_available
+    if want > n_sites:
+        raise CLIError(f"federation.min-available {want} > the {n_sites} simulated hospitals: every round would wait "
+                       f"forever for hospitals that never connect; use --sites {want} or lower it")
+
+
 def _prepare_images(cfg, sites: list[dict[str, Any]], workers: int | None, con) -> None:
     """Decode large hospitals into prepared shards here, in parallel over the cores, before Ray starts: the
     simulated clients then read them memory-mapped (train.image-cache; D16). Small ones stay in RAM (auto)."""
@@ -245,6 +262,9 @@ def _prepare_images(cfg, sites: list[dict[str, Any]], workers: int | None, con) 
         state = Path(site["state_dir"])
         if cache_kind(cfg, int(site["images"]), state) != "prepared":
             continue
+        from xr0_core.data.synthetic.lazy import materialize
+
+        materialize(Path(site["data_dir"]))  # a planned synthetic hospital: its images first
         folder = prepared_dir(state, cfg.train.load_size, PREPARED_DTYPE)
         report = prepare_site(site["data_dir"], folder, cfg.train.load_size, dtype=PREPARED_DTYPE,
                               workers=workers or os.cpu_count() or 1, verify=True)

@@ -40,7 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from xr0_core import record_keys as keys
 
-from .aggregate import ServerOptimizer, weighted_mean
+from .aggregate import ServerOptimizer, global_norm, weighted_mean
 from .eval_aggregate import pooled_metrics
 from .validate import aggregate_problem, check_update, reply_sender, sent_to
 
@@ -222,6 +222,12 @@ class XR0FedAvg(FedAvg):
         Optional L2 bound on ``reply - global`` (0 disables).
     max_update_ratio : float
         L2 bound on ``reply - global`` as a multiple of the global weights' norm (0 disables).
+    fraction_train, fraction_evaluate : float
+        Share of the connected hospitals Flower samples for a train / evaluate round (``federation.fraction-*``;
+        ``int(connected * fraction)``, never fewer than ``min_replies``): a large federation trains a fraction
+        of its hospitals per round.
+    min_available : int
+        Hospitals that must be connected before a round samples (Flower waits for them; 0: ``min_replies``).
     weight_cap : float
         A reply's ``num-examples`` above this counts as this (0 disables): a hostile hospital claiming 1e300
         examples gets no more weight than a large honest one.
@@ -258,6 +264,8 @@ class XR0FedAvg(FedAvg):
         max_update_ratio: float = 0.0,
         weight_cap: float = 0.0,
         fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_available: int = 0,
         evaluate_every: int = 0,
         on_round_end: Callable[[RoundOutcome], None] | None = None,
         round_timeout: float = 0.0,
@@ -267,10 +275,10 @@ class XR0FedAvg(FedAvg):
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
-            fraction_evaluate=1.0,
+            fraction_evaluate=fraction_evaluate,
             min_train_nodes=min_replies,
             min_evaluate_nodes=min_replies,
-            min_available_nodes=min_replies,
+            min_available_nodes=max(min_available, min_replies),
             weighted_by_key=keys.NUM_EXAMPLES,
             arrayrecord_key=keys.ARRAYS,
             configrecord_key=keys.CONFIG,
@@ -322,6 +330,7 @@ class XR0FedAvg(FedAvg):
     ) -> Iterable[Message]:
         g = self.global_round(server_round)
         self._sent = arrays_to_numpy(arrays)
+        self._sent_norm = global_norm(self._sent) if self.max_update_ratio > 0 else None  # once, not per reply
         messages = list(super().configure_train(g, arrays, self.round_config(g, config), grid))
         self._preflight_sites, self._preflight_reason = [], ""
         if self.preflight and messages:
@@ -484,7 +493,8 @@ class XR0FedAvg(FedAvg):
             note = "; ".join(x for x in (note, f"num-examples {n:.3g} counted as federation.weight-cap "
                                                 f"{self.weight_cap:g}") if x)
         update = arrays_to_numpy(array_records[0])
-        reason = check_update(update, self._sent or {}, self.max_update_norm, self.max_update_ratio)
+        reason = check_update(update, self._sent or {}, self.max_update_norm, self.max_update_ratio,
+                              reference_norm=getattr(self, "_sent_norm", None))
         if reason is not None:
             return SiteOutcome(node, "dropped", reason, metrics), None
         return SiteOutcome(node, "ok", note, metrics), update

@@ -115,7 +115,13 @@ class TrainConfig:
 class FederationConfig:
     rounds: int = 3
     min_replies: int = 1  # a round with fewer valid replies keeps the previous global weights
+    # Large federations (issue 27): the share of connected hospitals sampled for a train / evaluate round
+    # (Flower's own sampling, FedAvg's fraction_train / fraction_evaluate; never fewer than min-replies; an
+    # evaluate fraction of 0 takes the train fraction), and how many must be connected before a round samples
+    # (0: min-replies). Flower waits for min-available.
     fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_available: int = 0
     server_optimizer: str = "fedavg"  # fedavg | fedavgm | fedadam
     server_lr: float = 1.0
     server_momentum: float = 0.9
@@ -218,6 +224,10 @@ class SimulationConfig:
 
     data_root: str = ""  # one sub-folder per hospital; partition i takes the i-th sorted sub-folder
     state_root: str = ""  # site state directories (ledgers, local SSL state) as <state_root>/<site>
+    # Per Ray actor (one process serves many simulated hospitals): decoded images of at most this many MB of
+    # recently used hospitals stay in RAM (client/runtime.py; the newest always stays), so 1,000 hospitals
+    # never pile up in one actor (issue 27).
+    site_cache_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -423,7 +433,14 @@ def validate(cfg: XR0Config) -> None:
         (f.max_update_ratio >= 0 and math.isfinite(f.max_update_ratio),
          "federation.max-update-ratio must be >= 0 (0: no bound relative to the global weights' norm)"),
         (f.weight_cap >= 0 and math.isfinite(f.weight_cap), "federation.weight-cap must be >= 0 (0: no cap)"),
-        (0 < f.fraction_train <= 1, "federation.fraction-train must be in (0, 1]"),
+        (cfg.simulation.site_cache_mb >= 0, "simulation.site-cache-mb must be >= 0 (0: keep only the hospital in use)"),
+        (0 < f.fraction_train <= 1, "federation.fraction-train must be in (0, 1]: the share of connected "
+         "hospitals sampled per train round (e.g. 0.05 trains 50 of 1000)"),
+        (0 <= f.fraction_evaluate <= 1, "federation.fraction-evaluate must be in [0, 1]: the share of connected "
+         "hospitals sampled per evaluation round (0: as federation.fraction-train)"),
+        (f.min_available == 0 or f.min_available >= f.min_replies,
+         f"federation.min-available must be 0 (= federation.min-replies) or >= federation.min-replies "
+         f"({f.min_replies}); got {f.min_available}: a round waits until that many hospitals are connected"),
         (f.server_optimizer in ("fedavg", "fedavgm", "fedadam"),
          "federation.server-optimizer must be fedavg, fedavgm or fedadam"),
         (0.0 <= s.mask_ratio_min <= s.mask_ratio_max < 1.0,

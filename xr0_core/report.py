@@ -183,15 +183,52 @@ def run_line_section(rep: RunReport) -> str:
 # ---------------------------------------------------------------------------------------- hospitals
 
 
+# Above this many hospitals a per-hospital table is folded behind an aggregated one (issue 27: a report of
+# 1,000 simulated hospitals must stay readable).
+MANY_SITES = 30
+
+
+def fold_rows(title: str, headers: list[str], rows: list[list[Any]], **kw: Any) -> str:
+    """``table(headers, rows)``, folded (``details``, ``title`` with the row count) when it has more than
+    :data:`MANY_SITES` rows."""
+    body = table(headers, rows, **kw)
+    return body if len(rows) <= MANY_SITES else details(f"{title} ({len(rows)} rows)", body)
+
+
+def _spread(values: list[float]) -> str:
+    """``min / median / max`` of numbers, for the aggregated tables."""
+    import statistics
+
+    if not values:
+        return ""
+    fmt = (lambda v: f"{v:.0f}") if all(float(v).is_integer() for v in values) else (lambda v: f"{v:.3g}")
+    return f"{fmt(min(values))} / {fmt(statistics.median(values))} / {fmt(max(values))}"
+
+
 def hospitals_section(rep: RunReport) -> str:
-    """Images per hospital and anatomy (columns that are empty everywhere are left out)."""
+    """Images per hospital and anatomy (columns that are empty everywhere are left out); above
+    :data:`MANY_SITES` hospitals the table per anatomy across hospitals comes first and the per-hospital one
+    is folded."""
     sites = rep.summary.get("sites") or []
     if not sites:
         return ""
     anatomies = sorted({a for s in sites for a in s.get("by_anatomy", {})})
     rows = [[s["name"], s.get("images", "")] + [s.get("by_anatomy", {}).get(a, 0) for a in anatomies]
             + [s.get("scanner", "")] for s in sites]
-    return "<h2>Hospitals</h2>" + table(["hospital", "images"] + anatomies + ["scanner"], rows)
+    per_site = table(["hospital", "images"] + anatomies + ["scanner"], rows)
+    if len(sites) <= MANY_SITES:
+        return "<h2>Hospitals</h2>" + per_site
+    images = [float(s["images"]) for s in sites if isinstance(s.get("images"), (int, float))]
+    agg = [["all anatomies", len(sites), int(sum(images)), _spread(images)]]
+    for a in anatomies:
+        counts = [float(s.get("by_anatomy", {}).get(a, 0)) for s in sites]
+        held = [c for c in counts if c > 0]
+        agg.append([a, len(held), int(sum(counts)), _spread(held)])
+    return ("<h2>Hospitals</h2>"
+            + note(f"{len(sites)} hospitals; per anatomy: the hospitals that hold it and their images "
+                   "(min / median / max over those hospitals)")
+            + table(["anatomy", "hospitals", "images", "images per hospital (min / median / max)"], agg)
+            + details(f"every hospital ({len(sites)})", per_site))
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -234,8 +271,22 @@ def plot_curves(rep: RunReport, path: Path) -> tuple[Path | None, bool]:
 
     fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=100)
     per_step = any(v[2] for v in lines.values())
+    many = len(lines) > MANY_SITES
     for name, (xs, ys, _) in sorted(lines.items()):
-        ax.plot(xs, ys, "-", marker="." if len(xs) < 40 else None, lw=1.2, alpha=0.85, label=name)
+        if many:  # every hospital faint, the median across hospitals bold (below)
+            ax.plot(xs, ys, "-", marker=".", ms=2.5, lw=0.5, alpha=0.25, color="#777777")  # 1-point hospitals too
+        else:
+            ax.plot(xs, ys, "-", marker="." if len(xs) < 40 else None, lw=1.2, alpha=0.85, label=name)
+    if many:
+        import statistics
+
+        at: dict[float, list[float]] = {}
+        for xs, ys, _ in lines.values():
+            for x, y in zip(xs, ys):
+                at.setdefault(x, []).append(y)
+        steps = sorted(at)
+        ax.plot(steps, [statistics.median(at[x]) for x in steps], "-", color="#c0392b", lw=2.0,
+                label=f"median of {len(lines)} hospitals")
     local = int(rep.cfg.get("train.local-steps", 1) or 1)
     for r in rep.train[:-1]:
         ax.axvline(r["round"] * local - 0.5, color="#bbbbbb", lw=0.6, ls=":")
@@ -244,7 +295,7 @@ def plot_curves(rep: RunReport, path: Path) -> tuple[Path | None, bool]:
     ax.set_ylabel("local SSL loss")
     ax.set_title("local SSL loss per hospital" + ("" if per_step else " (per round)"), fontsize=10)
     ax.grid(alpha=0.3)
-    if len(lines) <= 12:
+    if len(lines) <= 12 or many:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path), per_step
@@ -337,15 +388,30 @@ def privacy_section(rep: RunReport) -> str:
                 "recorded in its own privacy ledger before its weights left (docs/privacy.md)"),
            note("ε this run: what the hospital spent in this run (resumes included), against its per-run cap (the "
                 "lifetime budget where its policy sets run-cap = all); ε spent and budget left count every run"),
-           table(["hospital", "ε this run", "run cap", "ε spent (all runs)", "budget", "budget left", "δ",
-                  "noise multiplier", "sample rate", "DP steps (last round)"], summary)]
+           ]
+    headers = ["hospital", "ε this run", "run cap", "ε spent (all runs)", "budget", "budget left", "δ",
+               "noise multiplier", "sample rate", "DP steps (last round)"]
+    if len(names) > MANY_SITES:  # per round across hospitals first; a column per hospital would not read
+        spent = [[r["round"], sum("epsilon" in s["metrics"] for s in r["sites"]),
+                  _spread([s["metrics"]["epsilon"] for s in r["sites"] if "epsilon" in s["metrics"]])]
+                 for r in train]
+        out.append(table(["round", "hospitals charged", "ε spent (min / median / max)"], spent))
+        out.append(fold_rows("ε per hospital", headers, summary))
+    else:
+        out.append(table(headers, summary))
     png = plot_epsilon(rep, rep.out_dir / "privacy_epsilon.png")
     if png is not None:
         out.append(image(png.name, "epsilon per hospital per round"))
-    out.append(details("ε per hospital after each round", table(["round"] + names, rows)))
+    if len(names) > MANY_SITES:  # one row per hospital and round (a column per hospital would be 1,000 wide)
+        long = [[r["round"], s["name"], f"{s['metrics']['epsilon']:.3f}" if "epsilon" in s["metrics"] else s["status"]]
+                for r in train for s in sorted(r["sites"], key=lambda s: s["name"])]
+        out.append(details(f"ε per hospital after each round ({len(long)} rows)",
+                           table(["round", "hospital", "ε"], long)))
+    else:
+        out.append(details("ε per hospital after each round", table(["round"] + names, rows)))
     if refused:
         out.append(note("hospitals that did not train, with their reason"))
-        out.append(table(["round", "hospital", "reason"], refused))
+        out.append(fold_rows("hospitals that did not train", ["round", "hospital", "reason"], refused))
     return "\n".join(out)
 
 
@@ -418,7 +484,7 @@ def secagg_section(rep: RunReport) -> str:
            table(["round"] + [label for _, label in SECAGG_COLUMNS], rows)]
     if drops:
         out.append(note("hospitals whose update did not count, with the stage and reason"))
-        out.append(table(["round", "hospital", "status", "reason"], drops))
+        out.append(fold_rows("hospitals whose update did not count", ["round", "hospital", "status", "reason"], drops))
     elif rounds:
         out.append(note("no hospital dropped out"))
     notes = [[r["round"], "skipped" if not r.get("updated", True) else "warning", text]
@@ -478,7 +544,8 @@ def charged_note(r: dict[str, Any]) -> str:
     if r.get("kind") != "train" or r.get("updated", True):
         return ""
     paid = [s["name"] for s in r["sites"] if s["status"] == "ok" and "epsilon" in s["metrics"]]
-    return f"ε was charged at {len(paid)} hospital(s) for this round: {', '.join(sorted(paid))}" if paid else ""
+    shown = ", ".join(sorted(paid)[:10]) + (f" and {len(paid) - 10} more" if len(paid) > 10 else "")
+    return f"ε was charged at {len(paid)} hospital(s) for this round: {shown}" if paid else ""
 
 
 def _round_note(r: dict[str, Any]) -> str:
@@ -524,10 +591,25 @@ def health_section(rep: RunReport) -> str:
         return ""
     rows = [[name, v["status"], *[f"{v['last'][k]:.3g}" if k in v["last"] else "" for k in HEALTH_COLUMNS],
              "; ".join(v["reasons"])] for name, v in verdict["sites"].items()]
-    return (f"<h2>SSL health: {html.escape(verdict['status'])}</h2>"
+    headers = ["hospital", "status", *HEALTH_COLUMNS, "reasons"]
+    head = (f"<h2>SSL health: {html.escape(verdict['status'])}</h2>"
             + note("last measurement per hospital on its fixed probe images (xr0_core/train/health.py): RankMe "
-                   "near 1 or feature std near 0 = collapsed")
-            + table(["hospital", "status", *HEALTH_COLUMNS, "reasons"], rows, keep_empty=True, text_columns=2))
+                   "near 1 or feature std near 0 = collapsed"))
+    if len(rows) <= MANY_SITES:
+        return head + table(headers, rows, keep_empty=True, text_columns=2)
+    # Many hospitals: how many are in each state, the measurements across hospitals, the ones not ok in full.
+    states: dict[str, int] = {}
+    for v in verdict["sites"].values():
+        states[v["status"]] = states.get(v["status"], 0) + 1
+    spread = [[k, _spread([v["last"][k] for v in verdict["sites"].values() if k in v["last"]])]
+              for k in HEALTH_COLUMNS]
+    flagged = [r for r in rows if r[1] != "ok"]
+    return (head + table(["status", "hospitals"], sorted(states.items()))
+            + table(["measurement", "min / median / max over hospitals"], spread)
+            + (note(f"{len(flagged)} hospitals not ok") + fold_rows("hospitals not ok", headers, flagged,
+                                                                      keep_empty=True, text_columns=2)
+               if flagged else "")
+            + details(f"every hospital ({len(rows)})", table(headers, rows, keep_empty=True, text_columns=2)))
 
 
 Section = Callable[[RunReport], str]

@@ -60,12 +60,14 @@ def ensure_identity(state_dir: Path, name: str, data_dir: Path | None = None) ->
                                  "hospital's state; never delete the state folder)") from None
     else:
         ident = SiteIdentity(secrets.token_hex(8), name, time.time(), [])
+    changed = not path.is_file()
     if data_dir is not None and str(data_dir) not in ident.data_paths:
+        changed = True
         if ident.data_paths:
             log.warning("site %s: data path is now %s (before: %s); the privacy ledger and policy in %s still "
                         "apply", ident.name, data_dir, ident.data_paths[-1], state_dir)
         ident = SiteIdentity(ident.site_id, ident.name, ident.created, [*ident.data_paths, str(data_dir)])
-    if not path.is_file() or data_dir is not None:
+    if changed:  # written when new or re-pointed only: every message of a round resolves its site (issue 27)
         state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, ident.__dict__)
     return ident
