@@ -5,7 +5,7 @@ Flower's Ray backend (``flwr.server.superlink.fleet.vce.backend.raybackend.RayBa
 8 MB ``ArrayRecord`` 100 times into Ray's object store and every actor unpickles it again per message. Flower's
 strategies build a round's messages around one shared ``RecordDict`` (``FedAvg._construct_messages``), so the
 same ``ArrayRecord`` object sits in all of them. :func:`process_message` below (the same body as Flower's) puts
-each large ``ArrayRecord`` into Ray's object store once (:func:`ray.put`), sends the message without it plus the
+each large ``ArrayRecord`` that more than one message carries into Ray's object store once (:func:`ray.put`), sends the message without it plus the
 object reference, and the actor puts the record back before the ClientApp sees the message
 (:class:`RestoringApp`); each actor fetches a round's record once (:data:`_ACTOR_CACHE`). What the ClientApp
 gets is the real Flower ``Message`` with the same metadata and the same records (equal bytes); nothing about
@@ -45,15 +45,23 @@ class SharedRecords:
         self._lock = threading.Lock()  # Flower's worker threads call process_message concurrently
         # id(record) -> (record kept alive so that its id is not reused, fingerprint, reference)
         self._refs: OrderedDict[int, tuple[Any, tuple, Any]] = OrderedDict()
+        self._candidate: tuple[Any, tuple] | None = None  # a record seen once (kept alive: its id stays its own)
         self.puts = 0
 
     def ref_of(self, record: Any) -> Any:
+        """The reference to put in place of ``record``, or None to send it inside the message: a record is put
+        on its second sighting (a round's weights go to every hospital; a record sent once, e.g. a secure-
+        aggregation stage's per-hospital payload, would only pay an extra object)."""
         fp = _fingerprint(record)
         with self._lock:
             hit = self._refs.get(id(record))
             if hit is not None and hit[0] is record and hit[1] == fp:
                 self._refs.move_to_end(id(record))
                 return hit[2]
+            if self._candidate is None or self._candidate[0] is not record or self._candidate[1] != fp:
+                self._candidate = (record, fp)  # first sighting: inline, as Flower sends it
+                return None
+            self._candidate = None
             put = self._put
             if put is None:
                 import ray
@@ -72,7 +80,8 @@ class SharedRecords:
         if message.has_error() or not message.has_content():
             return message, {}, []
         content = message.content
-        refs = {name: self.ref_of(rec) for name, rec in content.array_records.items() if _nbytes(rec) >= MIN_BYTES}
+        refs = {name: ref for name, rec in content.array_records.items()
+                if _nbytes(rec) >= MIN_BYTES and (ref := self.ref_of(rec)) is not None}
         if not refs:
             return message, {}, []
         from flwr.app import RecordDict

@@ -54,7 +54,9 @@ def test_a_rounds_weights_are_put_once_and_every_message_comes_back_equal():
     store = FakeStore()
     shared = sw.SharedRecords(put=store.put)
     messages = _round_messages(5)
-    for msg in messages:
+    first, refs, _ = shared.split(messages[0])
+    assert first is messages[0] and refs == {}  # seen once: sent as Flower sends it
+    for msg in messages[1:]:
         light, refs, order = shared.split(msg)
         assert set(refs) == {"arrays"} and "arrays" not in light.content  # the weights travel by reference
         assert "arrays" in msg.content  # the LinkState's message is untouched
@@ -66,7 +68,7 @@ def test_a_rounds_weights_are_put_once_and_every_message_comes_back_equal():
         for k, a in msg.content["arrays"].items():
             assert got.content["arrays"][k].data == a.data
         assert dict(got.content["config"]) == dict(msg.content["config"])
-    assert shared.puts == 1  # one put for the five messages
+    assert shared.puts == 1  # one put for the four messages after the first
 
 
 def test_a_changed_record_is_put_again_and_small_records_stay_in_the_message():
@@ -74,8 +76,11 @@ def test_a_changed_record_is_put_again_and_small_records_stay_in_the_message():
     shared = sw.SharedRecords(put=store.put)
     msg = _round_messages(1)[0]
     shared.split(msg)
+    shared.split(msg)
+    assert shared.puts == 1
     rec = msg.content["arrays"]
     rec["w"] = Array(np.zeros(1 << 19, dtype=np.float32))  # same record object, new contents
+    assert shared.split(msg)[1] == {}  # not the record that was put: inline again, then put again
     light, refs, order = shared.split(msg)
     assert shared.puts == 2
     got = sw.restore(pickle.loads(pickle.dumps(light)), refs, order, fetch=store.get)
@@ -85,13 +90,28 @@ def test_a_changed_record_is_put_again_and_small_records_stay_in_the_message():
     assert refs == {} and light is small and shared.puts == 2
 
 
+def test_records_sent_once_never_push_the_shared_one_out():
+    store = FakeStore()
+    shared = sw.SharedRecords(put=store.put)
+    msgs = _round_messages(3)
+    shared.split(msgs[0])
+    shared.split(msgs[1])
+    assert shared.puts == 1
+    for i in range(5):  # per-hospital payloads between the round's messages (e.g. secure-aggregation stages)
+        own = _round_messages(1)[0]
+        assert shared.split(own)[1] == {}
+    assert set(shared.split(msgs[2])[1]) == {"arrays"} and shared.puts == 1
+
+
 def test_the_restoring_app_hands_the_clientapp_the_full_message(monkeypatch):
     store = FakeStore()
     monkeypatch.setattr(sw, "_fetch", store.get)  # what the actor's RestoringApp fetches with
     monkeypatch.setattr(sw, "_ACTOR_CACHE", {})
     shared = sw.SharedRecords(put=store.put)
     msg = _round_messages(1)[0]
+    shared.split(msg)
     light, refs, order = shared.split(msg)
+    assert refs
     seen = {}
 
     def client_app(message, context):
