@@ -2,8 +2,8 @@
 "hospital" (knee-oa-dev, patients as units), each audited with ``xr0 audit``'s code on its own members and
 held-out patients.
 
-    python bench/audit_knee.py [--data ../shared/data/knee-oa-dev] [--patients 150] [--steps 300]
-                               [--dp-steps 150] [--epsilon 8] [--out bench/results/audit_knee.json]
+    python bench/audit_knee.py [--data ../shared/data/knee-oa-dev] [--patients 100] [--steps 80]
+                               [--dp-steps 40] [--epsilon 8] [--out bench/results/audit_knee.json]
 
 Members: ``--patients`` patients of the train split (both knees of each), trained on for ``--steps`` (DP:
 ``--dp-steps``, noise calibrated so the one round spends ``--epsilon`` at delta 1e-5); non-members: as many
@@ -67,17 +67,18 @@ def train_site(cfg, records, state: Path, steps: int, epsilon: float | None):
 
         train = private_partition(records, ensure_identity(state, "knee").site_id)[0]
     trainer = site_trainer(cfg, train, site="knee")
+    len(trainer.cache)  # decode now (the cache is lazy) so the trained image count is known
     shared, metrics = run_site_round(trainer, initial_shared_state(cfg), RoundSpec(1, 0, steps, steps, "audit"),
                                      state, policy)
-    return shared, metrics
+    return shared, {**metrics, "train_images": len(trainer.cache.kept)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=None)
-    p.add_argument("--patients", type=int, default=150)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--dp-steps", type=int, default=150)
+    p.add_argument("--patients", type=int, default=100)
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--dp-steps", type=int, default=40)
     p.add_argument("--epsilon", type=float, default=8.0)
     p.add_argument("--preset", default="cpu-tiny")
     p.add_argument("--seed", type=int, default=0)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                    model=f"{args.preset} {'DP eps=%g' % args.epsilon if dp else 'non-DP'}")
         body = {k: v for k, v in result.to_json().items() if k != "roc"}
         body.update({"train_seconds": t_train, "train_cpu_seconds": c_train, "audit_cpu_seconds": time.process_time() - c0,
-                     "train_images": int(metrics.get("num-examples", 0)) or None, "steps": args.dp_steps if dp else args.steps,
+                     "train_images": metrics["train_images"], "steps": args.dp_steps if dp else args.steps,
                      "train_loss": metrics.get("loss"), "load_avg": os.getloadavg()})
         results[mode] = body
         print(f"{mode}: trained {body['steps']} steps in {t_train:.0f} s; audit {result.seconds:.0f} s", file=sys.stderr)

@@ -6,7 +6,9 @@ times each:
 
 - ``flower``: Flower's own dispatch loop (the Simulation Engine asks the LinkState, every 0.1 s, for each
   hospital's next message: a scan of every waiting message per hospital; what main ran before issue 27);
-- ``xr0``: :mod:`simulation.fastvce` (one scan per tick) and the rest of issue 27's changes.
+- ``xr0``: :mod:`simulation.fastvce` (one scan per tick), :mod:`simulation.shared_weights` (the round's weights
+  put into Ray's object store once, not pickled into every message's task) and the rest of issue 27's changes
+  (those outside the engine, e.g. the ClientApp's one config parse per message, run in both variants).
 
 Per run it reads the last train round (the first pays Ray start-up and image decoding):
 
@@ -17,7 +19,8 @@ Per run it reads the last train round (the first pays Ray start-up and image dec
   steps); its parts: ``aggregate_s`` and ``checkpoint_s`` measured directly, ``app_s`` (the ClientApp's time
   outside ``site-seconds``: config, checks, records, audit, preflight answers; per slot) and ``driver_cpu_s``
   (CPU seconds the coordinator process used during the round: dispatch, serialisation, aggregation,
-  bookkeeping; on a 2-core machine it competes with the hospitals);
+  bookkeeping; on a 2-core machine it competes with the hospitals), less ``instrument_cpu_s`` (this bench's
+  own memory sampler and /proc scans, reported on its own);
 - ``cpu_overhead = 1 - site_cpu_s / tree_cpu_s``: the same question in CPU seconds, which a loaded machine
   does not distort: ``tree_cpu_s`` is every CPU second of this process and its Ray processes (GCS, raylet,
   agents, actors) during the round, ``site_cpu_s`` the hospitals' ``train_site`` calls' own;
@@ -75,8 +78,14 @@ def _ray_pids() -> list[int]:
     return pids
 
 
+INSTRUMENT_CPU = [0.0]  # CPU seconds this bench's own measuring (memory sampler, /proc scans) used so far
+
+
 class PeakMemory:
-    """Samples the summed RSS of this process and its Ray processes every 0.5 s."""
+    """Samples the summed RSS of this process and its Ray processes every 0.5 s (the Ray pid list, a scan of
+    every process on the machine, every 5 s). Its own CPU seconds go to :data:`INSTRUMENT_CPU`, which the
+    round's CPU figures leave out: the sampler is this bench's, not the federation's (at 100 hospitals it was
+    ~1.7 CPU s per round of the coordinator process)."""
 
     def __init__(self) -> None:
         self.peak = 0.0
@@ -84,8 +93,15 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        pids: list[int] = []
+        tick = 0
         while not self._stop.wait(0.5):
-            self.peak = max(self.peak, _rss_mb_of([os.getpid(), *_ray_pids()]))
+            c0 = time.thread_time()
+            if tick % 10 == 0:
+                pids = _ray_pids()
+            tick += 1
+            self.peak = max(self.peak, _rss_mb_of([os.getpid(), *pids]))
+            INSTRUMENT_CPU[0] += time.thread_time() - c0
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
@@ -94,6 +110,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak = max(self.peak, _rss_mb_of([os.getpid(), *_ray_pids()]))
 
 
 def _time_train_site():
@@ -163,8 +180,12 @@ class DriverCPU:
         class Timed(coordinator_cls):
             def on_round_end(self, outcome):
                 super().on_round_end(outcome)
+                c0 = time.thread_time()
                 ru = resource.getrusage(resource.RUSAGE_SELF)
-                marks.append((outcome.server_round, outcome.kind, ru.ru_utime + ru.ru_stime, _tree_cpu_s()))
+                tree = _tree_cpu_s()
+                INSTRUMENT_CPU[0] += time.thread_time() - c0  # the /proc scan is this bench's, not the round's
+                # (round, kind, coordinator CPU, all processes' CPU, instrument CPU so far)
+                marks.append((outcome.server_round, outcome.kind, ru.ru_utime + ru.ru_stime, tree, INSTRUMENT_CPU[0]))
         return Timed
 
 
@@ -191,7 +212,8 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
     try:
         with PeakMemory() as mem:
             run_federation(cfg, n_sites, app_dir=out / "flower-app", total_cpus=cpus,
-                           client_app=build_app(extra_mods=[timing_mod]), one_scan_dispatch=(variant == "xr0"))
+                           client_app=build_app(extra_mods=[timing_mod]), one_scan_dispatch=(variant == "xr0"),
+                           shared_weights=(variant == "xr0"))
     finally:
         server_app_module.Coordinator = original
     history = json.loads((out / "metrics.json").read_text())["rounds"]
@@ -205,8 +227,9 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
     this_round = [c for c in calls if c["round"] == last["round"] and not c["type"].startswith("evaluate")]
     app_total = sum(c["wall"] for c in this_round) / concurrency
     at = max(i for i, m in enumerate(cpu.marks) if m[1] == "train")  # the last train round's end
-    driver_cpu = cpu.marks[at][2] - (cpu.marks[at - 1][2] if at else 0.0)
-    tree_cpu = cpu.marks[at][3] - (cpu.marks[at - 1][3] if at else 0.0)
+    instrument = cpu.marks[at][4] - (cpu.marks[at - 1][4] if at else 0.0)
+    driver_cpu = cpu.marks[at][2] - (cpu.marks[at - 1][2] if at else 0.0) - instrument
+    tree_cpu = cpu.marks[at][3] - (cpu.marks[at - 1][3] if at else 0.0) - instrument
     site_cpu = sum(c.get("site_cpu", 0.0) for c in this_round)
     return {
         "variant": variant,
@@ -221,6 +244,7 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
         # CPU terms (robust to a loaded machine): every CPU second of the round's processes not spent in the
         # hospitals' local work (train_site) is overhead.
         "tree_cpu_s": round(tree_cpu, 2),
+        "instrument_cpu_s": round(instrument, 2),  # this bench's sampler and /proc scans: left out of the above
         "site_cpu_s": round(site_cpu, 2),
         "handler_cpu_s": round(sum(c["cpu"] for c in this_round), 2),  # the ClientApp calls, site work included
         "cpu_overhead": round(1 - site_cpu / tree_cpu, 4) if tree_cpu > 0 else None,

@@ -25,25 +25,31 @@ from .runtime import evaluate_site, train_site
 from .site import resolve_site
 
 
-def _checked_config(msg: Message, context: Context):
-    """Run config, weights and instruction of a train/evaluate message, after the two checks every round
-    passes before touching data: the app bundle is one the site policy approves, as checked by the hospital's
-    own launcher before this code ran (``client/launcher.py``; ``xr0_core/deploy/appversion.py`` says what a
-    version is; no launcher and an allow-list is a refusal), and the coordinator's config hash is this
-    site's."""
+def _checked_config(msg: Message, context: Context, cfg=None, site=None):
+    """Run config, hospital, weights and instruction of a train/evaluate message, after the two checks every
+    round passes before touching data: the app bundle is one the site policy approves, as checked by the
+    hospital's own launcher before this code ran (``client/launcher.py``; ``xr0_core/deploy/appversion.py`` says
+    what a version is; no launcher and an allow-list is a refusal), and the coordinator's config hash is this
+    site's. ``cfg`` / ``site``: already parsed / resolved for this message (each is done once per message:
+    resolving a simulated hospital lists the data root and reads its identity file)."""
     from xr0_core.site.refusals import check_bundle
 
     from .approval import verified_version
 
-    cfg = from_flat(dict(context.run_config))
-    check_bundle(resolve_site(context.node_config, cfg).policy(), verified_version())
+    if cfg is None:
+        cfg = from_flat(dict(context.run_config))
+    if site is None:
+        site = resolve_site(context.node_config, cfg)
+    check_bundle(site.policy(), verified_version())
     weights, instruction = records.parse_instruction(msg.content)
-    if instruction.config_hash != cfg.hash():
+    local_hash = cfg.hash()
+    if instruction.config_hash != local_hash:
         raise records.RecordError(
             f"the coordinator's config hash {instruction.config_hash} differs from this site's "
-            f"{cfg.hash()}: the site runs another app version or run config"
+            f"{local_hash}: the site runs another app version or run config"
         )
-    return cfg, weights, instruction
+    _note_node(context, site)  # only once both checks passed, as before
+    return cfg, site, weights, instruction
 
 
 CHECK_EVERY = 10.0  # seconds between two questions to the SuperLink while training ("is the run still running?")
@@ -72,20 +78,17 @@ def run_watch(context: Context, site) -> Callable[[bool], bool] | None:
     return run_active
 
 
-def _site_of(context: Context, cfg):
-    """The hospital of this message; in deployment its node id is noted for later admission checks."""
-    site = resolve_site(context.node_config, cfg)
+def _note_node(context: Context, site) -> None:
+    """In deployment, the hospital's node id is noted for later admission checks."""
     if site.partition_id is None:
         from .node_link import remember_node_id
 
         remember_node_id(site.state_dir, int(context.node_id))
-    return site
 
 
-def train_round(msg: Message, context: Context) -> Message:
+def train_round(msg: Message, context: Context, cfg=None, site=None) -> Message:
     """Local training, whether the weights then leave plainly or masked (secure aggregation's stage)."""
-    cfg, weights, instruction = _checked_config(msg, context)
-    site = _site_of(context, cfg)
+    cfg, site, weights, instruction = _checked_config(msg, context, cfg, site)
     shared, metrics = train_site(cfg, site, weights, instruction, run_active=run_watch(context, site))
     return Message(records.train_reply_content(shared, metrics), reply_to=msg)
 
@@ -97,13 +100,13 @@ def train(msg: Message, context: Context) -> Message:
     from xr0_core.site.refusals import check_plain_round
 
     cfg = from_flat(dict(context.run_config))
-    check_plain_round(resolve_site(context.node_config, cfg).policy(), cfg)
-    return train_round(msg, context)
+    site = resolve_site(context.node_config, cfg)
+    check_plain_round(site.policy(), cfg)
+    return train_round(msg, context, cfg, site)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, weights, instruction = _checked_config(msg, context)
-    site = _site_of(context, cfg)
+    cfg, site, weights, instruction = _checked_config(msg, context)
     metrics = evaluate_site(cfg, site, weights, instruction)
     return Message(records.metrics_reply_content(metrics), reply_to=msg)
 

@@ -88,6 +88,7 @@ def run_federation(
     ray_address: str | None = None,
     gpus_per_client: float = 0.0,
     one_scan_dispatch: bool = True,
+    shared_weights: bool = True,
 ) -> None:
     """Run ``cfg.federation.rounds`` rounds with ``num_sites`` simulated hospitals.
 
@@ -115,6 +116,9 @@ def run_federation(
         Hand messages to the Ray workers with :mod:`simulation.fastvce` (one scan of the waiting messages per
         tick) instead of Flower's loop (one scan per hospital per tick); False only for ``bench/federation.py``'s
         baseline.
+    shared_weights : bool
+        Put each round's global weights into Ray's object store once (:mod:`simulation.shared_weights`)
+        instead of pickling them into every message's task; False only for ``bench/federation.py``'s baseline.
     """
     os.environ.update(FLOWER_ENV)
     from flwr.app import Context, RecordDict
@@ -150,11 +154,14 @@ def run_federation(
         "init_args": init_args,
     }
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
-    from .fastvce import install
+    from . import fastvce, shared_weights as shared
 
-    dispatch = install() if one_scan_dispatch else contextlib.nullcontext()
+    dispatch = fastvce.install() if one_scan_dispatch else contextlib.nullcontext()
+    by_reference = shared.install() if shared_weights else contextlib.nullcontext()
     try:
-        with dispatch:  # Flower's own dispatch loop scans every waiting message once per hospital per tick
+        # Flower's own dispatch loop scans every waiting message once per hospital per tick; its Ray backend
+        # pickles the round's weights into every message's task.
+        with dispatch, by_reference:
             _run_simulation(
                 num_supernodes=num_sites,
                 exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

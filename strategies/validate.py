@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .aggregate import global_norm, subtract
+from .aggregate import global_norm
 
 
 def check_update(
@@ -39,6 +39,8 @@ def check_update(
     extra = sorted(set(update) - set(reference))
     if missing or extra:
         return f"parameter keys differ from the global model (missing {missing[:3]}, extra {extra[:3]})"
+    bounded = max_update_norm > 0 or max_update_ratio > 0
+    sq = 0.0
     for name, ref in reference.items():
         arr = update[name]
         if not isinstance(arr, np.ndarray):
@@ -49,8 +51,10 @@ def check_update(
             return f"{name}: dtype {arr.dtype} != {ref.dtype}"
         if not np.all(np.isfinite(arr)):
             return f"{name}: non-finite values (NaN or inf)"
-    if max_update_norm > 0 or max_update_ratio > 0:
-        norm = global_norm(subtract(update, reference))
+        if bounded:
+            sq += squared_distance(arr, ref)
+    if bounded:
+        norm = float(np.sqrt(sq))
         if max_update_norm > 0 and norm > max_update_norm:
             return f"update norm {norm:.3g} exceeds federation.max-update-norm {max_update_norm:.3g}"
         if max_update_ratio > 0:
@@ -59,6 +63,15 @@ def check_update(
                 return (f"update norm {norm:.3g} exceeds federation.max-update-ratio {max_update_ratio:g} x the global "
                         f"weights' norm ({bound:.3g})")
     return None
+
+
+def squared_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """``||a - b||^2`` exactly as :func:`global_norm` of ``a - b`` computes it (difference in the arrays' dtype,
+    squares summed in float64, same result bit for bit), squaring in place: at 100 replies x 8 MB the fresh
+    temporaries of ``np.square(d.astype(float64))`` cost more than the arithmetic."""
+    d = np.subtract(a, b).astype(np.float64, copy=False)
+    np.square(d, out=d)
+    return float(np.sum(d))
 
 
 # An aggregate this small relative to the weights it updates moves nothing a float32 model can hold

@@ -1,0 +1,50 @@
+"""Reply arrays read as views (strategies/fedavg_ssl.npy_view) and the in-place update norm (validate)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from flwr.app import Array
+
+from strategies.aggregate import global_norm, subtract
+from strategies.fedavg_ssl import npy_view
+from strategies.validate import check_update, squared_distance
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.zeros((0, 3), np.float32),
+    np.ones((), np.float16),
+    np.arange(5, dtype=np.int64),
+])
+def test_a_view_equals_what_numpy_load_returns_and_is_read_only(arr):
+    data = Array(np.asarray(arr)).data
+    view, loaded = npy_view(data), np.load(io.BytesIO(data), allow_pickle=False)
+    assert view.shape == loaded.shape and view.dtype == loaded.dtype
+    assert np.array_equal(view, loaded)
+    assert not view.flags.writeable  # a reply's bytes are never written through
+
+
+def test_truncated_bytes_and_object_arrays_are_refused():
+    data = Array(np.arange(4, dtype=np.float32)).data
+    with pytest.raises(ValueError):
+        npy_view(data[:-3])
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="object"):
+        npy_view(buf.getvalue())
+
+
+def test_the_in_place_norm_is_the_old_norm_bit_for_bit():
+    rng = np.random.default_rng(3)
+    a = {f"p{i}": rng.standard_normal((64, 33)).astype(np.float32) for i in range(4)}
+    b = {k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.1 for k, v in a.items()}
+    old = global_norm(subtract(a, b))
+    new = float(np.sqrt(sum(squared_distance(a[k], b[k]) for k in a)))
+    assert new == old
+    # the bound sits exactly between two updates: the one just below passes, the one just above is dropped
+    assert check_update(b, a, max_update_norm=old * 1.0001) is None
+    assert "max-update-norm" in check_update(b, a, max_update_norm=old * 0.9999)
