@@ -120,20 +120,19 @@ def dino_loss_scores(feats: ImageFeatures, head: nn.Module, *, teacher_temp: flo
 
     Every view's head output is a teacher target (centred by the mean output over the audited images, DINO's
     centering; sharpened at ``teacher_temp``) for every *other* view's student prediction (``student_temp``):
-    ``-mean_{a != b} CE(softmax((z_a - c) / t_t), log_softmax(z_b / t_s))``. Shapes: ``raw [N, 1 + V, D] -> [N]``.
+    ``-mean_{a != b} CE(softmax((z_a - c) / t_t), softmax(z_b / t_s))``. Shapes: ``raw [N, 1 + V, D] -> [N]``.
 
     References: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (ICCV 2021).
     """
     if feats.raw is None:
         raise ValueError("dino_loss_scores needs the raw CLS tokens")
+    from xr0_core.ssl.losses.dino import DINOLoss  # the one DINO cross-entropy (ssl/losses), not a copy
+
     z = head(feats.raw.flatten(0, 1)).view(*feats.raw.shape[:2], -1).float()  # [N, P, K]
     center = z.mean((0, 1), keepdim=True)
-    t = torch.softmax((z - center) / teacher_temp, dim=-1)
-    logp = torch.log_softmax(z / student_temp, dim=-1)
-    ce = -(t[:, :, None] * logp[:, None]).sum(-1)  # [N, P(teacher), P(student)]
-    p = z.shape[1]
-    off = ~torch.eye(p, dtype=torch.bool)
-    return (-ce[:, off].mean(-1)).numpy().astype(float)
+    t = torch.softmax((z - center) / teacher_temp, dim=-1)  # every view a teacher target: G = V = P
+    loss = DINOLoss(z.shape[-1], student_temp=student_temp)(z, t)  # [N], mean over the pairs a != b
+    return (-loss).cpu().numpy().astype(float)
 
 
 def image_scores(feats: ImageFeatures, patients: Sequence[str]) -> dict[str, np.ndarray]:
