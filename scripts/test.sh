@@ -28,12 +28,12 @@ if [ -n "$missing" ]; then
   fi
 fi
 # Two test processes (pytest-xdist): the deployment tests, which mostly wait on real Flower processes, overlap
-# with the CPU-bound rest (tests/conftest.py groups and orders them). XR0_TEST_WORKERS=0 runs them in one process.
+# with the CPU-bound rest (one module per worker at a time; tests/conftest.py orders them). XR0_TEST_WORKERS=0 runs them in one process.
 workers=${XR0_TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
   .venv/bin/python -m pytest "$@"
 else
-  .venv/bin/python -m pytest -n "$workers" --dist loadgroup --no-loadscope-reorder "$@"
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
 fi
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -25,29 +25,24 @@ def hospitals(tmp_path_factory) -> Path:
     return root
 
 
-# --- Two test processes (scripts/test.sh runs `pytest -n 2 --dist loadgroup`, pytest-xdist) -----------------
-# The suite's long pole is tests/deploy (a real SuperLink and SuperNodes, mostly waiting on processes): on a
-# second worker it overlaps with the CPU-bound rest. Each module stays on one worker (its module-scoped
-# fixtures, e.g. the deployment, are set up once), the whole of tests/deploy shares one worker (its tests run
-# `flwr` against SuperLinks of their own and a shared FLWR_HOME would mix them), and the longest groups are
-# handed out first so that the last one to finish does not start last.
-# xdist hands each worker one group, then a second one to queue behind it: the third group here waits behind
-# tests/deploy, so it is a short one.
-_FIRST = ("tests/deploy/", "tests/dashboard/test_live_browser.py", "tests/test_layers.py",
+# --- Two test processes (scripts/test.sh runs `pytest -n 2 --dist loadfile`, pytest-xdist) ------------------
+# The suite's long pole is tests/deploy/test_deployment.py (a real SuperLink and SuperNodes, mostly waiting on
+# processes): on a second worker it overlaps with the CPU-bound rest. `loadfile` keeps each module on one worker
+# (its module-scoped fixtures, e.g. the deployment, are set up once, and its tests run in order: they build on
+# each other's state). Not `loadgroup`: with pytest 9 its groups never reach the node ids (xdist 3.8 renames
+# `item._nodeid`, which pytest 9 no longer reads), so grouped tests were spread over both workers.
+# The longest modules are handed out first (scripts/test.sh passes --no-loadscope-reorder, else xdist orders
+# modules by their number of tests): xdist gives each worker one module, then a second one to queue behind it,
+# so the third module here, which waits behind the deployment, is a short one.
+_FIRST = ("tests/deploy/test_deployment.py", "tests/dashboard/test_live_browser.py", "tests/test_layers.py",
           "tests/simulation/test_simulate_cli.py", "tests/secagg/test_simulation.py")
 
 
-def _group_of(item: pytest.Item) -> str:
-    path = Path(str(item.path)).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
-    return "tests/deploy" if path.startswith("tests/deploy/") else path
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parents[1]
+
     def rank(item: pytest.Item) -> int:
-        path = _group_of(item)
-        return next((i for i, p in enumerate(_FIRST) if path.startswith(p.rstrip("/"))), len(_FIRST))
+        path = Path(str(item.path)).resolve().relative_to(root).as_posix()
+        return next((i for i, p in enumerate(_FIRST) if path == p), len(_FIRST))
 
     items.sort(key=rank)  # stable: the order inside a module is kept
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(_group_of(item)))
