@@ -69,9 +69,16 @@ class Procs:
             except subprocess.TimeoutExpired:
                 pass
         strays = tagged_pids(self.tag)
-        for pid in strays:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        left, deadline = set(strays), time.monotonic() + 10
+        while left and time.monotonic() < deadline:
+            # A killed process stays listed until it is gone, and one forked by a dying parent appears
+            # after the first look: kill what is still there until nothing is (or 10 s have passed).
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            threading.Event().wait(0.2)  # polling for exit, not a timing assumption
+            left = tagged_pids(self.tag)
+            strays |= left
         return strays

@@ -72,6 +72,8 @@ def _files_newer_than(root: Path, since: float) -> list[str]:
     of this pytest process excluded; tracked files are git status's job): such a file was written by the
     deployment outside its temporary folder (an out-dir, a ``.flwr`` folder, a uv environment...)."""
     skip = {".venv", ".git", "__pycache__", ".pytest_cache", ".hypothesis"}
+    # Written on purpose by the browser tests of tests/dashboard, which run beside this module (two workers).
+    others = ("tests/dashboard/screenshots/",)
     tracked = set(subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split())
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -81,7 +83,10 @@ def _files_newer_than(root: Path, since: float) -> list[str]:
                 continue
             p = Path(dirpath) / f
             try:
-                if str(p.relative_to(root)) not in tracked and p.stat().st_mtime > since:
+                rel = p.relative_to(root).as_posix()
+                if rel.startswith(others):
+                    continue
+                if rel not in tracked and p.stat().st_mtime > since:
                     found.append(str(p.relative_to(root)))
             except OSError:
                 pass
