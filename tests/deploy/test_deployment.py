@@ -455,6 +455,14 @@ def test_a_new_hospital_joins_and_an_evaluation_past_its_timeout_is_a_drop(finis
         d.procs.kill_group(proc)
         proc.wait(timeout=30)
 
+    def c_online() -> bool:
+        listed = json.loads(d.ok('xr0 coordinator sites xr0 --json', d.coord_env).stdout)["sites"]
+        return any(s["name"] == "site_c" and s["status"] == "online" for s in listed)
+
+    # The SuperLink lists a killed SuperNode as online until two heartbeat intervals (2 x 30 s) pass without one;
+    # a run started before that samples site_c and records it as a third, failed site ("Node Unavailable").
+    _wait(lambda: not c_online(), 180, lambda: "site_c still listed online 180 s after its SuperNode was killed")
+
 
 def test_a_revoked_hospital_is_told_so_and_rejoins_with_a_new_key(finished_run, deployment):
     """The coordinator revokes site_b (runbook's revoke step): its xr0 site supernode exits 3, "revoked by the
