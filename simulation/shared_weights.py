@@ -153,7 +153,8 @@ _SHARED = SharedRecords()
 
 
 def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
-    """Flower's ``RayBackend.process_message`` (flwr 1.42), with the shared records sent by reference."""
+    """Flower's ``RayBackend.process_message`` (flwr 1.42), with the shared records sent by reference and the
+    backend's ``app_fn`` pickled once (:mod:`simulation.pickled_once`)."""
     from flwr.common.constant import PARTITION_ID_KEY
 
     partition_id = context.node_config[PARTITION_ID_KEY]
@@ -162,8 +163,11 @@ def process_message(self: Any, message: Any, context: Any) -> tuple[Any, Any]:
     if self.app_fn is None:
         raise ValueError("Unspecified function to load a `ClientApp`. "
                          "Call the backend's `build()` method before processing messages.")
+    from .pickled_once import pickled_once
+
     light, refs, order = _SHARED.split(message)
-    app_fn = RestoringAppFn(self.app_fn, refs, order) if refs else self.app_fn
+    once = pickled_once(self, self.app_fn)  # cloudpickled once per run, not per message (simulation/pickled_once.py)
+    app_fn = RestoringAppFn(once, refs, order) if refs else once
     future = None
     try:
         future = self.pool.submit(

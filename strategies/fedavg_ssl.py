@@ -25,7 +25,6 @@ trains. An aggregate that is exactly zero, non-finite or vanishingly small
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -41,6 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 from xr0_core import record_keys as keys
 
 from .aggregate import ServerOptimizer, global_norm, weighted_mean
+from .canonical import canonical_order
 from .eval_aggregate import pooled_metrics
 from .validate import aggregate_problem, check_update, reply_sender, sent_to
 
@@ -208,14 +208,6 @@ def reply_metrics(record: MetricRecord | None) -> tuple[dict[str, float], str]:
     partition_id_of(metrics)
     metrics, bad = finite_metrics(metrics)
     return metrics, (f"non-finite metrics ignored: {', '.join(bad[:5])}" if bad else "")
-
-
-def _content_digest(weights: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        h.update(name.encode())
-        h.update(memoryview(np.ascontiguousarray(weights[name])).cast("B"))  # the bytes of tobytes(), uncopied
-    return h.hexdigest()
 
 
 def weighted_metrics(sites: list[SiteOutcome], weight_key: str = keys.NUM_EXAMPLES) -> dict[str, float]:
@@ -494,8 +486,8 @@ class XR0FedAvg(FedAvg):
         if not accepted:
             return FormedAggregate(sites, None, metrics)
         # Replies arrive in network order; summing in a canonical order makes the aggregate (and so a resumed
-        # run) bit-for-bit reproducible.
-        accepted.sort(key=lambda pair: _content_digest(pair[0]))
+        # run) bit-for-bit reproducible (strategies/canonical.py: a sampled key, full digests only on ties).
+        accepted = canonical_order(accepted)
         mean = weighted_mean([u for u, _ in accepted], [n for _, n in accepted])
         return FormedAggregate(sites, mean, metrics)
 
