@@ -19,7 +19,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from xr0_core.config import XR0Config, from_flat
 
-from .site import resolve_site
+from .site import one_message, resolve_site
 
 AUDIT_FILE = "audit.jsonl"
 
@@ -56,11 +56,12 @@ def _run_config(context: Context) -> XR0Config:
 
 def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run the handler, then append a description of its reply to the site's audit log."""
-    reply = call_next(msg, context)
-    try:
-        site = resolve_site(context.node_config, _run_config(context))
-    except Exception:  # noqa: BLE001 - auditing must never turn a good reply into a failure
-        return reply
+    with one_message():  # the handler's site is the one audited: resolved once (client/site.py)
+        reply = call_next(msg, context)
+        try:
+            site = resolve_site(context.node_config, _run_config(context))
+        except Exception:  # noqa: BLE001 - auditing must never turn a good reply into a failure
+            return reply
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "message_type": msg.metadata.message_type,

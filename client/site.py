@@ -25,9 +25,11 @@ hospital keeps its link's name) and keeping its state in ``simulation.state-root
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from xr0_core.config import XR0Config
 
@@ -84,7 +86,37 @@ def node_gpus(node_config: Mapping[str, object]) -> int:
     return gpus
 
 
+# Sites resolved while one message is handled (None outside :func:`one_message`): resolving a simulated hospital
+# lists the federation root and reads its identity file, and a message asked for it twice (the handler, then
+# the audit log's mod) - 100 times a round each at 100 hospitals (issue 27).
+_MESSAGE_SITES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("xr0_message_sites", default=None)
+
+
+@contextlib.contextmanager
+def one_message() -> Iterator[None]:
+    """Inside the block, :func:`resolve_site` resolves each (node config, data/state roots) once; the block is
+    one message's handling (``client/audit.py``'s mod), so nothing is remembered from one message to the next."""
+    token = _MESSAGE_SITES.set({})
+    try:
+        yield
+    finally:
+        _MESSAGE_SITES.reset(token)
+
+
 def resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
+    """:func:`_resolve_site`, once per message inside :func:`one_message` (same arguments -> same Site)."""
+    memo = _MESSAGE_SITES.get()
+    if memo is None:
+        return _resolve_site(node_config, cfg)
+    key = (tuple(sorted((str(k), repr(v)) for k, v in node_config.items())),
+           cfg.simulation.data_root, cfg.simulation.state_root)
+    site = memo.get(key)
+    if site is None:
+        site = memo[key] = _resolve_site(node_config, cfg)
+    return site
+
+
+def _resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
     """Site identity and folders from the node config (deployment) or the partition id (simulation).
 
     Raises

@@ -48,7 +48,7 @@ def npy_view(data: bytes) -> np.ndarray:
 
     Parameters
     ----------
-    data : bytes
+    data : bytes-like (bytes, bytearray, memoryview, or a 1-D C-contiguous uint8 array)
         ``np.save`` output (C or Fortran order, any plain numeric dtype).
 
     Returns
@@ -61,6 +61,8 @@ def npy_view(data: bytes) -> np.ndarray:
     ValueError
         Not a ``.npy`` image, an object dtype (never unpickled), or a length that does not match its header.
     """
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1 and data.flags.c_contiguous:
+        data = memoryview(data)  # a reply's bytes as a view of Ray's object store (simulation.shared_weights.out_of_band)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError("array data must be bytes")
     head = io.BytesIO(bytes(memoryview(data)[:65536 + 16]))
