@@ -88,7 +88,7 @@ def test_process_message_sends_the_once_pickled_app_fn(count_dumps):
     for _ in range(4):
         assert sw.process_message(backend, _Message(), _Context()) == ("reply", "context")
     assert len(count_dumps) == 1 and len(backend.pool.sent) == 4
-    assert all(pickle.loads(b)() == "client app backend" for b in backend.pool.sent)
+    assert all(pickle.loads(b)().app == "client app backend" for b in backend.pool.sent)  # what the actor runs
     backend.app_fn = _make_app_fn("rebuilt")  # build() called again: the new function is pickled anew
     sw.process_message(backend, _Message(), _Context())
-    assert len(count_dumps) == 2 and pickle.loads(backend.pool.sent[-1])() == "client app rebuilt"
+    assert len(count_dumps) == 2 and pickle.loads(backend.pool.sent[-1])().app == "client app rebuilt"
