@@ -25,6 +25,8 @@ from PIL import Image
 
 from tests import tiny
 
+pytestmark = pytest.mark.slow  # trains 600 + 100 steps and runs xr0 audit twice (~30 s on 2 cores)
+
 PATIENTS = 96
 STEPS = 600
 # Under DP at epsilon = 1 the same 600 steps of 48 cannot fit the budget at any noise (calibrate_noise stops at
