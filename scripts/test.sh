@@ -30,6 +30,11 @@ fi
 # Two test processes (pytest-xdist): the deployment tests, which mostly wait on real Flower processes, overlap
 # with the CPU-bound rest (one module per worker at a time; tests/conftest.py orders them). XR0_TEST_WORKERS=0 runs them in one process.
 workers=${XR0_TEST_WORKERS:-2}
+if [ "$workers" != 0 ]; then
+  # One intra-op thread per test process: two processes of torch's default two threads on two cores spin against
+  # each other (a tiny model's 600 steps took 149 CPU s that way, 25 s with one thread). Subprocesses inherit it.
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+fi
 if [ "$workers" = 0 ]; then
   .venv/bin/python -m pytest "$@"
 else

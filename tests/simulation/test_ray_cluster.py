@@ -75,6 +75,24 @@ def test_simulate_attaches_to_a_local_ray_head(hospitals, tmp_path):
         assert [s["name"] for s in summary["sites"]] == sorted(p.name for p in data.iterdir())
         # Attached, not owned: the cluster is still up after the simulation.
         assert _cluster_pids(tag), "xr0 simulate stopped a Ray cluster it did not start"
+
+        # Issue 27 on the same cluster: built-in hospitals written lazily, a fraction of them sampled per round.
+        out = tmp_path / "out-lazy"
+        proc = subprocess.run(xr0_cmd("simulate", "--sites", "8", "--images-per-site", "16", "--out", str(out),
+                                      "--rounds", "1", "--ray-address", f"127.0.0.1:{port}", "--json",
+                                      *fast_set_args(), "--set", "eval.tasks=probe",
+                                      "--set", "federation.fraction-train=0.25",
+                                      "--set", "federation.fraction-evaluate=0.25"),
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+        train = [r for r in rounds if r["kind"] == "train"]
+        assert len(train) == 1 and [s["status"] for s in train[0]["sites"]] == ["ok", "ok"], train
+        evaluated = {s["name"] for r in rounds if r["kind"] == "evaluate" for s in r["sites"]}
+        assert 0 < len(evaluated) <= 2, rounds
+        written = {d.name for d in (out / "hospitals").iterdir() if (d / "manifest.csv").is_file()}
+        assert {s["name"] for s in train[0]["sites"]} | evaluated <= written and len(written) <= 4, written
+        assert _cluster_pids(tag)
     finally:
         _stop_cluster(tag)
     assert not _cluster_pids(tag)

@@ -159,17 +159,20 @@ ModelScores = Callable[[Any, Sequence[str], Sequence[str]], dict[str, np.ndarray
 
 def model_scorer(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
                  shared: Mapping[str, torch.Tensor] | None, *, n_views: int = 4, seed: int = 0) -> ModelScores:
-    """``scorer(images, patients, order) -> {score: [P]}`` for one model (the SSL loss only with ``shared``)."""
+    """``scorer(images, patients, order) -> {score: [P]}`` for one model (the SSL loss only with ``shared``; the
+    image-report re-linkage with the ``shared`` weights of an mXR-0 model with a contrastive term)."""
     def scorer(images: Any, patients: Sequence[str], order: Sequence[str]) -> dict[str, np.ndarray]:
-        head = None
+        head = text_model = None
         if shared is not None:
             from xr0_core.ssl.factory import build_model
 
             model = build_model(cfg)
             model.load_shared_state_dict({k: torch.as_tensor(v) for k, v in shared.items()}, strict=True)
             head = model.student["dino_head"]
+            if getattr(model, "contrastive_loss", None) is not None:
+                text_model = model
         return patient_scores(cfg, backbone_factory(), images, patients, order, n_views=n_views, seed=seed,
-                              head=head)
+                              head=head, text_model=text_model)
     return scorer
 
 

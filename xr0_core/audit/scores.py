@@ -13,18 +13,26 @@ candidate patient's radiographs can compute:
   own centre view, minus its cosine to the nearest image of any *other* patient of the audited set. A
   positive margin re-identifies the image from a perturbed copy (another acquisition); memorised patients
   are re-identified by a wider margin.
+- ``image-report`` (mXR-0 only, white box: the released image and text projections; the site's reports):
+  image-to-report re-linkage, the cosine of the image's projection to its *own* report's minus its cosine
+  to the closest report of any *other* audited patient. The contrastive term pulled exactly the training
+  pairs together, so a model that memorised a patient links its image to its report by a wider margin.
+  Images without a report do not count; a patient without any is not scored (the score is then left out).
 
 Views are seeded by (seed, image key), never by position, so a target model and its reference models score
 the same views. Features are centred by the mean centre-view feature of the audited set before the cosine
 (the raw ViT's common component would otherwise dominate it).
 
 References: Yeom et al. (2018) for loss-style scores; Packhaeuser et al. (2022, Sci Rep) for patient
-re-identification from chest radiographs.
+re-identification from chest radiographs; for the re-linkage of images and reports, the membership attacks
+on contrastive vision-language models (Ko et al., "Practical membership inference attacks against large-scale
+multi-modal models", ICCV 2023).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,6 +46,8 @@ from xr0_core.data.dataset import image_key
 from xr0_core.data.views import MultiCropViews, center_view
 from xr0_core.models.features import frozen_features
 from xr0_core.runtime import torch_generator
+
+log = logging.getLogger(__name__)
 
 SSL_LOSS = "ssl-loss"
 CONSISTENCY = "ssl-consistency"
@@ -140,14 +150,53 @@ def image_scores(feats: ImageFeatures, patients: Sequence[str]) -> dict[str, np.
     pats = np.asarray([str(p) for p in patients])
     consistency = (feats.views * feats.center[:, None]).sum(-1).mean(1)
     query = feats.views[:, 0]  # [N, D]
-    sim = query @ feats.center.T  # [N, N]: query i against every image's centre view
+    margin = margin_to_others(query @ feats.center.T, pats)  # query i against every image's centre view
+    return {CONSISTENCY: consistency.numpy().astype(float), NN_MARGIN: margin.numpy().astype(float)}
+
+
+def margin_to_others(sim: torch.Tensor, patients: Sequence[str]) -> torch.Tensor:
+    """Row i's similarity to its own column i minus its largest similarity to a column of another patient
+    (-1 when there is none). Shapes: ``sim [N, N] -> [N]``."""
+    pats = np.asarray([str(p) for p in patients])
     own = sim.diagonal().clone()
     _, codes = np.unique(pats, return_inverse=True)
     codes_t = torch.as_tensor(codes)
     same = codes_t[:, None] == codes_t[None, :]
     other = sim.masked_fill(same, -float("inf")).max(1).values
-    margin = own - torch.where(torch.isfinite(other), other, torch.full_like(other, -1.0))
-    return {CONSISTENCY: consistency.numpy().astype(float), NN_MARGIN: margin.numpy().astype(float)}
+    return own - torch.where(torch.isfinite(other), other, torch.full_like(other, -1.0))
+
+
+@torch.no_grad()
+def image_report_scores(model: nn.Module, feats: ImageFeatures, reports: Sequence[str | None],
+                        patients: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+    """Image-to-report re-linkage margin per image (see the module docstring); NaN where an image has no report.
+
+    Parameters
+    ----------
+    model : MultimodalXR0 with its contrastive projections (``encode_image``, ``encode_text``, ``tokenizer``)
+    feats : the audited images' features; ``raw[:, 0]`` (centre-view CLS) is what the image projection reads
+    reports : one report per image (None or empty: no report)
+
+    Shapes: ``[N]``.
+    """
+    from xr0_core.data.reports import prepare_report
+
+    if feats.raw is None:
+        raise ValueError("image_report_scores needs the raw CLS tokens")
+    texts = [prepare_report(r) for r in reports]
+    rows = [i for i, t in enumerate(texts) if t]
+    out = np.full(len(texts), np.nan)
+    if not rows:
+        return out
+    chosen = [texts[i] for i in rows]
+    enc = model.tokenizer(chosen, padding=True, truncation=True, max_length=model.max_tokens, return_tensors="pt")
+    zt = torch.cat([model.encode_text(enc["input_ids"][a:a + batch_size],
+                                      enc["attention_mask"][a:a + batch_size].bool()).float()
+                    for a in range(0, len(chosen), batch_size)])
+    zi = model.encode_image(feats.raw[rows, 0]).float()
+    sim = F.normalize(zi, dim=-1) @ F.normalize(zt, dim=-1).T  # [R, R]: image i against every report
+    out[rows] = margin_to_others(sim, [patients[i] for i in rows]).numpy()
+    return out
 
 
 def per_patient(values: np.ndarray, patients: Sequence[str], order: Sequence[str]) -> np.ndarray:
@@ -164,13 +213,27 @@ def per_patient(values: np.ndarray, patients: Sequence[str], order: Sequence[str
 
 def patient_scores(cfg: XR0Config, backbone: nn.Module, images: Any, patients: Sequence[str],
                    order: Sequence[str], *, n_views: int = 4, seed: int = 0, head: nn.Module | None = None,
-                   device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """Every score of :data:`SCORES` per patient of ``order`` (``images[i]`` belongs to ``patients[i]``), and
-    :data:`SSL_LOSS` when the DINO ``head`` is given (white box: the shared weights, not an exported backbone)."""
+                   text_model: nn.Module | None = None, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Every score of :data:`SCORES` per patient of ``order`` (``images[i]`` belongs to ``patients[i]``),
+    :data:`SSL_LOSS` when the DINO ``head`` is given (white box: the shared weights, not an exported backbone),
+    and :data:`IMAGE_REPORT` when an mXR-0 ``text_model`` is given and every patient of ``order`` has an image
+    with a report (``images.kept[i].report``)."""
     keys = [image_key(r) for r in images.kept]
     feats = extract_image_features(cfg, backbone, images, keys, n_views=n_views, seed=seed, device=device)
     per_image = image_scores(feats, patients)
     if head is not None:
         per_image = {SSL_LOSS: dino_loss_scores(feats, head.eval(), teacher_temp=cfg.ssl.teacher_temp,
                                                 student_temp=cfg.ssl.student_temp), **per_image}
-    return {name: per_patient(v, patients, order) for name, v in per_image.items()}
+    out = {name: per_patient(v, patients, order) for name, v in per_image.items()}
+    if text_model is not None:
+        linked = image_report_scores(text_model.eval(), feats, [getattr(r, "report", None) for r in images.kept],
+                                     patients, batch_size=cfg.eval.batch_size)
+        has = np.isfinite(linked)
+        scored = {str(p) for p, h in zip(patients, has) if h}
+        missing = [p for p in order if str(p) not in scored]
+        if missing:
+            log.info("audit: image-report score left out: %d of %d patients have no image with a report",
+                     len(missing), len(order))
+        else:
+            out[IMAGE_REPORT] = per_patient(linked[has], [p for p, h in zip(patients, has) if h], order)
+    return out

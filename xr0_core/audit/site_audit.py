@@ -69,13 +69,15 @@ def limit_patients(membership: Membership, n: int, seed: int) -> Membership:
 def audit_site(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
                shared: Mapping[str, torch.Tensor] | None, state_dir: Path, data_dir: Path | None = None, *,
                records: Sequence[Any] | None = None, manifest: Path | None = None, references: int = 0,
-               reference_steps: int = 0, canaries: bool = False, views: int = 4, max_patients: int = 0,
-               seed: int = 0, out: Path | None = None, model: str = "", write: bool = True,
-               baseline: Mapping[str, torch.Tensor] | None = None) -> tuple[AuditResult, Path]:
+               reference_steps: int = 0, canaries: bool = False, canary_guess_fraction: float = 1.0,
+               views: int = 4, max_patients: int = 0, seed: int = 0, out: Path | None = None, model: str = "",
+               write: bool = True, baseline: Mapping[str, torch.Tensor] | None = None) -> tuple[AuditResult, Path]:
     """Audit one model at the site whose state folder is ``state_dir`` (records from ``data_dir`` unless given).
 
-    ``baseline``: shared weights training started from (e.g. the round-0 initialisation): without references,
-    scores are calibrated as the difference to them (:func:`xr0_core.audit.run.run_audit`).
+    ``canary_guess_fraction``: share of the canaries the one-run audit guesses
+    (:func:`xr0_core.audit.one_run.audit_canaries`). ``baseline``: shared weights training started from (e.g.
+    the round-0 initialisation): without references, scores are calibrated as the difference to them
+    (:func:`xr0_core.audit.run.run_audit`).
 
     Raises
     ------
@@ -112,7 +114,7 @@ def audit_site(cfg: XR0Config, backbone_factory: Callable[[], torch.nn.Module],
         eps = float(ledger.epsilon(delta=policy.privacy.delta, accountant=policy.privacy.accountant))
     result = run_audit(cfg, images, membership, model_scorer(cfg, backbone_factory, shared, n_views=views, seed=seed),
                        policy.privacy.delta, references=references, reference_steps=reference_steps, seed=seed,
-                       epsilon_ledger=eps, model=model,
+                       epsilon_ledger=eps, model=model, canary_guess_fraction=canary_guess_fraction,
                        baseline=None if baseline is None else model_scorer(
                            cfg, _factory(cfg, baseline), baseline if shared is not None else None, n_views=views,
                            seed=seed))

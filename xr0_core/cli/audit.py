@@ -1,7 +1,8 @@
 """``xr0 audit``: measure what a released model tells an attacker about who was in this hospital's training data.
 
     xr0 audit --state-dir S --data DIR --model FILE [--manifest FILE] [--references R --reference-steps K]
-              [--canaries] [--out DIR] [--views V] [--preset P] [--set key=value ...] [--json]
+              [--canaries [--canary-guess-fraction F]] [--out DIR] [--views V] [--preset P]
+              [--set key=value ...] [--json]
 
 ``--model`` takes what ``xr0 evaluate --checkpoint`` takes: an exported ``backbone.safetensors`` (black box:
 feature scores only), a round checkpoint or shared weights (the SSL-loss score too, from the heads). Members
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="without references, calibrate each score as its difference to these starting weights: init "
                         "(the round-0 initialisation of the config, default), none (raw scores), or shared weights")
     p.add_argument("--canaries", action="store_true", help="also the one-run epsilon audit of the site's canaries")
+    p.add_argument("--canary-guess-fraction", type=float, default=1.0, metavar="F",
+                   help="share of the canaries the one-run audit guesses (the F/2 highest scores 'in', the F/2 "
+                        "lowest 'out', the rest abstain); fix it before looking at the scores (default 1: all)")
     p.add_argument("--views", type=int, default=4, help="augmented views per image for the feature scores")
     p.add_argument("--max-patients", type=int, default=0, metavar="N",
                    help="audit at most N members and N non-members (seeded choice; 0: all)")
@@ -59,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.references < 0 or args.views < 1 or args.max_patients < 0:
         raise CLIError("--references and --max-patients must be >= 0 and --views >= 1")
+    if not 0 < args.canary_guess_fraction <= 1:
+        raise CLIError(f"--canary-guess-fraction must be in (0, 1], got {args.canary_guess_fraction}")
     t0 = time.perf_counter()
     ns = argparse.Namespace(checkpoint=args.model, preset=args.preset, overrides=args.overrides)
     from xr0_core.cli.evaluate import load_backbone_source
@@ -83,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         result, out = audit_site(cfg, factory, getattr(factory, "weights", None), args.state_dir, args.data,
                                  manifest=args.manifest, references=args.references,
                                  reference_steps=args.reference_steps or cfg.train.steps, canaries=args.canaries,
-                                 views=args.views, max_patients=args.max_patients, seed=args.seed,
+                                 canary_guess_fraction=args.canary_guess_fraction, views=args.views, max_patients=args.max_patients, seed=args.seed,
                                  out=args.out, model=what, baseline=baseline)
     except AuditError as exc:
         raise CLIError(str(exc)) from None
