@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from xr0_core.config import XR0Config
 from xr0_core.flat_values import toml_value
@@ -114,9 +114,8 @@ def run_federation(
         Ray GPU resources per ClientApp (0.25: four hospitals share a GPU), as Flower's Simulation Engine allows.
     one_scan_dispatch : bool
         Hand messages to the Ray workers with :mod:`simulation.fastvce` (one scan of the waiting messages per
-        tick) instead of Flower's loop (one scan per hospital per tick), and pull replies with
-        :mod:`simulation.fastpull` (a full pull when one has arrived, at least every second); False only for
-        ``bench/federation.py``'s baseline.
+        tick) instead of Flower's loop (one scan per hospital per tick); False only for ``bench/federation.py``'s
+        baseline.
     shared_weights : bool
         Put each round's global weights into Ray's object store once (:mod:`simulation.shared_weights`)
         instead of pickling them into every message's task; False only for ``bench/federation.py``'s baseline.
@@ -155,14 +154,9 @@ def run_federation(
         "init_args": init_args,
     }
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(flat))
-    from . import fastpull, fastvce, shared_weights as shared
+    from . import fastvce, shared_weights as shared
 
-    @contextlib.contextmanager
-    def fast_dispatch() -> Iterator[None]:  # one scan per tick for the workers; a full pull only when a reply came
-        with fastvce.install(), fastpull.install():
-            yield
-
-    dispatch = fast_dispatch() if one_scan_dispatch else contextlib.nullcontext()
+    dispatch = fastvce.install() if one_scan_dispatch else contextlib.nullcontext()
     by_reference = shared.install() if shared_weights else contextlib.nullcontext()
     try:
         # Flower's own dispatch loop scans every waiting message once per hospital per tick; its Ray backend
