@@ -142,7 +142,7 @@ def out_of_band(reply: Any) -> Any:
     Departure from Flower's types: on the coordinator such an ``Array.data`` is a buffer (``len``,
     ``memoryview``, ``np.frombuffer``, ``io.BytesIO`` and so ``Array.numpy()`` work as on bytes; ``==`` with
     bytes does not). The coordinator reads reply arrays only through ``np.frombuffer``-style views
-    (``strategies.fedavg_ssl.npy_view``, ``xr0_core.secagg.wire``) or ``Array.numpy()``."""
+    (``xr0_core.secagg.wire.npy_view``) or ``Array.numpy()``."""
     if not hasattr(reply, "has_content") or reply.has_error() or not reply.has_content():
         return reply
     import numpy as np

@@ -38,6 +38,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from xr0_core import record_keys as keys
+from xr0_core.secagg.wire import npy_view
 
 from .aggregate import ServerOptimizer, global_norm, weighted_mean
 from .canonical import canonical_order
@@ -116,34 +117,10 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def reply_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """A reply's arrays as read-only views of its bytes (:func:`npy_view`): what ``Array.numpy()`` returns,
-    without copying every hospital's 8 MB once more (they are only read: checked, hashed, averaged)."""
+    """A reply's arrays as read-only views of its bytes (:func:`xr0_core.secagg.wire.npy_view`, the one reader
+    of ``.npy`` bytes, which the secure-aggregation path uses too): what ``Array.numpy()`` returns, without
+    copying every hospital's 8 MB once more (they are only read: checked, hashed, averaged)."""
     return {name: npy_view(arr.data) for name, arr in record.items()}
-
-
-def npy_view(data: bytes) -> np.ndarray:
-    """``np.load(BytesIO(data), allow_pickle=False)`` as a read-only view of ``data`` (no copy).
-
-    Raises
-    ------
-    ValueError
-        Not ``.npy`` bytes, an object dtype (never unpickled), or fewer bytes than the header promises.
-    """
-    import io
-
-    from numpy.lib import format as npy
-
-    bio = io.BytesIO(data)
-    version = npy.read_magic(bio)
-    if version == (1, 0):
-        shape, fortran, dtype = npy.read_array_header_1_0(bio)
-    else:
-        shape, fortran, dtype = npy._read_array_header(bio, version)  # 2.0 / 3.0 headers, as np.load reads them
-    if dtype.hasobject:
-        raise ValueError("object arrays are not accepted (they would need unpickling)")
-    count = int(np.prod(shape, dtype=np.int64))
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=bio.tell())
-    return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
 
 
 def numpy_to_arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:

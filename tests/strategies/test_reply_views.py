@@ -1,4 +1,5 @@
-"""Reply arrays read as views (strategies/fedavg_ssl.npy_view) and the in-place update norm (validate)."""
+"""Reply arrays read as views (xr0_core.secagg.wire.npy_view, which strategies/fedavg_ssl.reply_arrays uses) and the
+in-place update norm (validate)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from flwr.app import Array
 
 from strategies.aggregate import global_norm, subtract
-from strategies.fedavg_ssl import npy_view
+from strategies.fedavg_ssl import reply_arrays
+from xr0_core.secagg.wire import npy_view
 from strategies.validate import check_update, squared_distance
 
 
@@ -26,12 +28,20 @@ def test_a_view_equals_what_numpy_load_returns_and_is_read_only(arr):
     assert view.shape == loaded.shape and view.dtype == loaded.dtype
     assert np.array_equal(view, loaded)
     assert not view.flags.writeable  # a reply's bytes are never written through
+    # the same through a whole reply record, also when the bytes arrive as a view of Ray's object store
+    from flwr.app import ArrayRecord
+
+    record = ArrayRecord({"w": Array(np.asarray(arr))})
+    assert np.array_equal(reply_arrays(record)["w"], loaded)
+    assert np.array_equal(npy_view(np.frombuffer(data, dtype=np.uint8)), loaded)
 
 
 def test_truncated_bytes_and_object_arrays_are_refused():
     data = Array(np.arange(4, dtype=np.float32)).data
     with pytest.raises(ValueError):
         npy_view(data[:-3])
+    with pytest.raises(ValueError):  # bytes past what the header says are refused too
+        npy_view(data + b"\0\0\0\0")
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="object"):
