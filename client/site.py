@@ -152,9 +152,9 @@ def _resolve_site(node_config: Mapping[str, object], cfg: XR0Config) -> Site:
             raise SiteConfigError(
                 f"simulated partition {pid}: run config simulation.data-root {str(root)!r} is not a folder"
             )
-        from xr0_core.data.index import hospital_dirs
+        from xr0_core.data.index import hospital_dirs_cached
 
-        sites = hospital_dirs(root)
+        sites = hospital_dirs_cached(root)  # listed again when the root changes (every message asks)
         if pid >= len(sites):
             raise SiteConfigError(
                 f"simulated partition {pid} has no hospital folder: {root} holds {len(sites)} sub-folders; "

@@ -17,6 +17,8 @@ import hashlib
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -355,6 +357,38 @@ def from_flat(flat: Mapping[str, Scalar] | None = None, **overrides: Scalar) -> 
     """
     merged: dict[str, Scalar] = dict(flat or {})
     merged.update(overrides)
+    key = _flat_key(merged)
+    if key is not None:
+        with _FROM_FLAT_LOCK:
+            hit = _FROM_FLAT.get(key)
+        if hit is not None:
+            return hit
+    cfg = _build(merged)
+    if key is not None:
+        with _FROM_FLAT_LOCK:
+            _FROM_FLAT[key] = cfg
+            while len(_FROM_FLAT) > FROM_FLAT_CACHE:
+                _FROM_FLAT.popitem(last=False)
+    return cfg
+
+
+# from_flat is a pure function of its flat keys (frozen dataclasses of scalars, no file or environment read),
+# and a hospital parses the same run config for every message (2-3 times each: ~0.5 ms a parse, issue 27), so
+# the last few results are kept. A key names each value by type and repr: 1, 1.0 and True (equal in Python)
+# or 0.0 and -0.0 are different keys, since they may coerce or hash differently. Errors are never kept.
+FROM_FLAT_CACHE = 16
+_FROM_FLAT: "OrderedDict[tuple, XR0Config]" = OrderedDict()
+_FROM_FLAT_LOCK = threading.Lock()
+
+
+def _flat_key(merged: Mapping[str, Any]) -> tuple | None:
+    if not all(isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in merged.items()):
+        return None
+    return tuple(sorted((k, type(v).__name__, repr(v)) for k, v in merged.items()))
+
+
+def _build(merged: dict[str, Any]) -> XR0Config:
+    """:func:`from_flat`'s work (``merged``: the flat keys with the overrides applied; it is consumed)."""
     preset = str(merged.pop("preset", "cpu-tiny"))
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections import Counter
+import threading
+import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +32,35 @@ def hospital_dirs(root: Path) -> list[Path]:
     (used by the ClientApp, the coordinator's report names and ``xr0 simulate``).
     """
     return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+RACY_NS = 2_000_000_000  # a root modified less than 2 s before its listing is listed again next time
+_LISTINGS: "OrderedDict[tuple, list[Path]]" = OrderedDict()
+_LISTINGS_LOCK = threading.Lock()
+
+
+def hospital_dirs_cached(root: Path) -> list[Path]:
+    """:func:`hospital_dirs`, listed again only when the root folder changed (its inode or modification time).
+
+    A simulated hospital's ClientApp resolves its partition through this list for every message: at 100
+    hospitals a listing (100 ``stat`` calls and a sort of paths) per message, at 1,000 ten times that per
+    message (issue 27). Adding, removing or renaming a hospital folder changes the root's modification time;
+    what it does not see is a hospital *symlink* whose target stops being a folder, which then fails where the
+    hospital's data is read. Returns a new list (callers may not edit the cached one)."""
+    st = os.stat(root)
+    key = (os.path.abspath(root), st.st_dev, st.st_ino, st.st_mtime_ns)
+    with _LISTINGS_LOCK:
+        hit = _LISTINGS.get(key)
+    if hit is None:
+        hit = hospital_dirs(root)
+        # "Racy" listings are not kept (as git does for its index): a folder changed within the clock's
+        # granularity of this listing could change again with the same modification time.
+        if time.time_ns() - st.st_mtime_ns > RACY_NS:
+            with _LISTINGS_LOCK:
+                _LISTINGS[key] = hit
+                while len(_LISTINGS) > 8:
+                    _LISTINGS.popitem(last=False)
+    return list(hit)
 
 
 class SiteDataError(ValueError):
