@@ -147,8 +147,11 @@ def timing_mod(msg, context, call_next):
             rnd = int(msg.content.config_records["config"]["server-round"])
         except Exception:  # noqa: BLE001 - a message without the round config (secure-aggregation stages)
             rnd = -1
+        # process_time stamps (the whole actor process) at entry and exit: the CPU an actor spends between two
+        # handler calls (outer mods, Flower's and Ray's per-task work) is the gap from one exit to the next entry
         line = {"type": msg.metadata.message_type, "round": rnd, "wall": time.perf_counter() - t0,
-                "cpu": time.process_time() - c0, "site_cpu": app._bench_site_cpu}
+                "cpu": time.process_time() - c0, "site_cpu": app._bench_site_cpu,
+                "cpu_in": c0, "cpu_out": time.process_time(), "t_in": t0, "pid": os.getpid()}
         with open(Path(folder) / f"actor-{os.getpid()}.jsonl", "a") as fh:
             fh.write(json.dumps(line) + "\n")
     return reply
@@ -226,6 +229,12 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
     calls = [json.loads(line) for f in timing.glob("actor-*.jsonl") for line in f.read_text().splitlines()]
     this_round = [c for c in calls if c["round"] == last["round"] and not c["type"].startswith("evaluate")]
     app_total = sum(c["wall"] for c in this_round) / concurrency
+    between = 0.0  # actors' CPU from one handler exit to their next entry within the round
+    for pid in {c["pid"] for c in this_round}:
+        mine = sorted((c for c in calls if c.get("pid") == pid), key=lambda c: c["t_in"])
+        for prev, cur in zip(mine, mine[1:]):
+            if cur in this_round and prev in this_round:
+                between += cur["cpu_in"] - prev["cpu_out"]
     at = max(i for i, m in enumerate(cpu.marks) if m[1] == "train")  # the last train round's end
     instrument = cpu.marks[at][4] - (cpu.marks[at - 1][4] if at else 0.0)
     driver_cpu = cpu.marks[at][2] - (cpu.marks[at - 1][2] if at else 0.0) - instrument
@@ -247,6 +256,7 @@ def run_variant(variant: str, n_sites: int, data: Path, rounds: int, local_steps
         "instrument_cpu_s": round(instrument, 2),  # this bench's sampler and /proc scans: left out of the above
         "site_cpu_s": round(site_cpu, 2),
         "handler_cpu_s": round(sum(c["cpu"] for c in this_round), 2),  # the ClientApp calls, site work included
+        "between_calls_cpu_s": round(between, 2),  # actors between two calls: outer mods, Flower's and Ray's task work
         "cpu_overhead": round(1 - site_cpu / tree_cpu, 4) if tree_cpu > 0 else None,
         "aggregate_s": round(last["metrics"].get("server-aggregate-seconds", 0.0), 3),
         "checkpoint_s": round(last.get("checkpoint_seconds", 0.0), 3),

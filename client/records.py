@@ -50,7 +50,8 @@ def torch_state_dict(record: ArrayRecord) -> dict[str, torch.Tensor]:
     for name, arr in record.items():
         if arr.stype != NUMPY_STYPE:
             raise TypeError(f"Unsupported serialization type for numpy conversion: '{arr.stype}'")
-        out[name] = torch.from_numpy(npy_view(arr.data).copy())
+        # the view's memory order is the image's (Fortran or C), as np.load returns it; the copy keeps it
+        out[name] = torch.from_numpy(npy_view(arr.data).copy(order="K"))
     return out
 
 

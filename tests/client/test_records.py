@@ -54,3 +54,49 @@ def test_resolve_site_deployment_and_simulation(tmp_path):
     assert resolve_site({"partition-id": 1, "num-partitions": 2}, sim).name == "b_site"
     with pytest.raises(SiteConfigError, match="no hospital folder"):
         resolve_site({"partition-id": 5, "num-partitions": 6}, sim)
+
+
+def test_reply_records_are_exactly_what_flowers_own_arrayrecord_holds():
+    from client.records import torch_state_dict
+
+    shared = {"w": torch.randn(3, 5), "b": torch.randn(5), "s": torch.tensor(2.5), "e": torch.zeros(0, 4),
+              "t": torch.randn(4, 6).t()}  # a non-contiguous tensor (sent C-ordered)
+    ours = train_reply_content(shared, {"num-examples": 3})[keys.ARRAYS]
+    flower = ArrayRecord({k: v.contiguous() for k, v in shared.items()})
+    assert list(ours) == list(flower)
+    for k in flower:
+        assert (ours[k].data, ours[k].dtype, ours[k].shape, ours[k].stype) == \
+            (flower[k].data, flower[k].dtype, flower[k].shape, flower[k].stype)
+    # reading back: what Flower's to_torch_state_dict gives (values, dtype, layout), in writable memory of its own
+    back, ref = torch_state_dict(ours), flower.to_torch_state_dict()
+    assert list(back) == list(ref)
+    for k in ref:
+        assert back[k].dtype == ref[k].dtype and back[k].shape == ref[k].shape
+        assert back[k].is_contiguous() == ref[k].is_contiguous()
+        if back[k].numel():  # (an empty tensor's strides mean nothing: numpy 2 gives zeros for a fresh one)
+            assert back[k].stride() == ref[k].stride()
+        assert torch.equal(back[k], ref[k])
+    back["w"] += 1  # its own memory: the record's bytes are unchanged
+    assert torch.equal(torch_state_dict(ours)["w"], ref["w"])
+
+
+def test_weights_that_are_not_numpy_serialized_are_refused_as_flower_refuses_them():
+    from flwr.app import Array
+
+    from client.records import torch_state_dict
+
+    record = ArrayRecord({"w": Array(dtype="float32", shape=(2,), stype="torch.raw", data=b"\0" * 8)})
+    with pytest.raises(TypeError, match="Unsupported serialization type"):
+        torch_state_dict(record)
+    with pytest.raises(TypeError, match="Unsupported serialization type"):
+        record.to_torch_state_dict()
+
+
+def test_a_fortran_order_image_reads_back_as_flower_reads_it():
+    from flwr.app import Array
+
+    from client.records import torch_state_dict
+
+    record = ArrayRecord({"f": Array(np.asfortranarray(np.arange(12.0, dtype=np.float32).reshape(3, 4)))})
+    ours, ref = torch_state_dict(record)["f"], record.to_torch_state_dict()["f"]
+    assert torch.equal(ours, ref) and ours.stride() == ref.stride() == (1, 3)

@@ -63,3 +63,21 @@ def test_pyproject_run_config_declares_only_known_keys():
     declared = set(project["tool"]["flwr"]["app"]["config"])
     assert declared == set(known_keys()), "regenerate the table with `python -m xr0_core.config`"
     from_flat(project["tool"]["flwr"]["app"]["config"])  # and it builds
+
+
+def test_from_flat_remembers_a_parse_but_never_across_values_python_calls_equal():
+    from xr0_core import config as config_module
+
+    a = from_flat({"train.local-steps": 2, "train.lr": 0.5})
+    assert from_flat({"train.lr": 0.5, "train.local-steps": 2}) is a  # same keys and values: the kept result
+    # 2 == 2.0 == True in Python, yet True is refused where 2 is accepted: the key tells them apart
+    with pytest.raises(ConfigError, match="expects an integer"):
+        from_flat({"train.local-steps": True, "train.lr": 0.5})
+    with pytest.raises(ConfigError, match="expects an integer"):  # and an error is never kept
+        from_flat({"train.local-steps": True, "train.lr": 0.5})
+    assert config_module._flat_key({"x": 0.0}) != config_module._flat_key({"x": -0.0})
+    # the memo is bounded
+    for i in range(config_module.FROM_FLAT_CACHE + 5):
+        from_flat({"seed": i})
+    assert len(config_module._FROM_FLAT) <= config_module.FROM_FLAT_CACHE
+    assert from_flat({"seed": 3}).seed == 3 and from_flat({"train.local-steps": 2, "train.lr": 0.5}) == a
