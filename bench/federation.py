@@ -23,7 +23,7 @@ Per run it reads the last train round (the first pays Ray start-up and image dec
   own memory sampler and /proc scans, reported on its own);
 - ``cpu_overhead = 1 - site_cpu_s / tree_cpu_s``: the same question in CPU seconds, which a loaded machine
   does not distort: ``tree_cpu_s`` is every CPU second of this process and its Ray processes (GCS, raylet,
-  agents, actors) during the round, ``site_cpu_s`` the hospitals' ``train_site`` calls' own;
+  log and autoscaler monitors, agents, actors) during the round, ``site_cpu_s`` the hospitals' ``train_site`` calls' own;
 - ``peak_rss_mb``: the largest summed resident memory of this process and its Ray workers (sampled).
 
 The machine is shared: wall times drift between runs, so the variants alternate and the least overhead of
@@ -73,7 +73,9 @@ def _ray_pids() -> list[int]:
         except OSError:
             continue
         mine = f"{TIMING_DIR_VAR}=".encode() in env  # only this bench's Ray (other sessions run their own)
-        if mine and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "default_worker.py" in cmd):
+        # every process of this Ray session: GCS, raylet, workers and actors, and its Python helpers (log
+        # monitor, autoscaler monitor, dashboard and runtime-env agents), which serve the simulation too
+        if mine and int(entry) != os.getpid() and ("ray" in cmd or "default_worker.py" in cmd):
             pids.append(int(entry))
     return pids
 
