@@ -40,19 +40,14 @@ def torch_state_dict(record: ArrayRecord) -> dict[str, torch.Tensor]:
     Raises
     ------
     TypeError
-        An entry that is not numpy-serialized (as ``Array.numpy`` raises).
+        An entry that is not numpy-serialized (``Array.numpy``'s own refusal).
     ValueError
         An entry whose bytes are not a ``.npy`` image of a plain numeric dtype.
     """
-    from xr0_core.secagg.wire import NUMPY_STYPE, npy_view
+    from xr0_core.secagg.wire import array_view
 
-    out = {}
-    for name, arr in record.items():
-        if arr.stype != NUMPY_STYPE:
-            raise TypeError(f"Unsupported serialization type for numpy conversion: '{arr.stype}'")
-        # the view's memory order is the image's (Fortran or C), as np.load returns it; the copy keeps it
-        out[name] = torch.from_numpy(npy_view(arr.data).copy(order="K"))
-    return out
+    # the view's memory order is the image's (Fortran or C), as np.load returns it; the copy keeps it
+    return {name: torch.from_numpy(array_view(arr).copy(order="K")) for name, arr in record.items()}
 
 
 def parse_instruction(content: RecordDict) -> tuple[dict[str, torch.Tensor], RoundInstruction]:
@@ -98,8 +93,7 @@ def train_reply_content(shared: Mapping[str, torch.Tensor], metrics: Mapping[str
         values = t.detach().to("cpu", torch.float32).contiguous().numpy()
         # What ArrayRecord(tensors) stores (np.save's bytes, dtype, shape), with one copy of the values instead
         # of np.save's three into fresh memory (xr0_core.secagg.wire.npy_bytes; tests/client: equal records).
-        arrays[name] = Array(dtype=str(values.dtype), shape=tuple(int(d) for d in values.shape), stype=NUMPY_STYPE,
-                             data=npy_bytes(values))
+        arrays[name] = Array(dtype=str(values.dtype), shape=values.shape, stype=NUMPY_STYPE, data=npy_bytes(values))
     return RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: scalar_metrics(metrics)})
 
 

@@ -88,8 +88,9 @@ def test_a_remembered_header_never_stands_for_other_bytes():
         npy_view(a + b"\0" * 4)
     with pytest.raises(ValueError):  # a header whose declared length runs past the data
         npy_view(a[:12])
-    with pytest.raises(ValueError, match="version"):
-        npy_view(a[:6] + b"\x07\x00" + a[8:])
+    for version in (b"\x03\x00", b"\x07\x00"):  # 3.0 (utf-8 names) and unknown versions are refused
+        with pytest.raises(ValueError, match="version"):
+            npy_view(a[:6] + version + a[8:])
     for n in range(wire.HEADER_CACHE + 10):  # bounded
         npy_view(Array(np.zeros(n + 1, np.float32)).data)
     assert len(wire._HEADERS) <= wire.HEADER_CACHE

@@ -61,7 +61,7 @@ def _npy_header(data: memoryview) -> tuple[tuple[int, ...], bool, np.dtype, int]
     major = data[6]
     if major == 1:
         end = 10 + int.from_bytes(data[8:10], "little")
-    elif major in (2, 3):
+    elif major == 2:  # (3.0, utf-8 field names, is refused as before: numpy reads it with another encoding)
         if len(data) < 12:
             raise ValueError("not a .npy image (truncated header)")
         end = 12 + int.from_bytes(data[8:12], "little")
@@ -75,7 +75,7 @@ def _npy_header(data: memoryview) -> tuple[tuple[int, ...], bool, np.dtype, int]
         head = io.BytesIO(key)
         npy_format.read_magic(head)
         reader = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
-        shape, fortran, dtype = reader(head)  # numpy's own checks (3.0 headers are utf-8: read as 2.0 does)
+        shape, fortran, dtype = reader(head)  # numpy's own parse and checks
         if head.tell() != end:
             raise ValueError("not a .npy image (header length)")
         hit = (tuple(shape), bool(fortran), dtype)
@@ -130,18 +130,15 @@ def npy_bytes(arr: np.ndarray) -> bytes:
         Any shape; C-contiguous arrays of a plain dtype take the one-copy path (the header numpy's own
         ``write_array_header_1_0`` writes), anything else goes through ``np.save`` itself.
     """
-    if not (arr.flags.c_contiguous and not arr.dtype.hasobject and arr.dtype.itemsize > 0):
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        return buf.getvalue()
     head = io.BytesIO()
-    try:
-        npy_format.write_array_header_1_0(head, npy_format.header_data_from_array_1_0(arr))
-    except ValueError:  # a header too long for format 1.0: np.save picks 2.0 itself
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        return buf.getvalue()
-    return b"".join((head.getvalue(), arr.reshape(-1).view(np.uint8)))  # the values' bytes, C order
+    if arr.flags.c_contiguous and not arr.dtype.hasobject and arr.dtype.itemsize > 0:
+        try:
+            npy_format.write_array_header_1_0(head, npy_format.header_data_from_array_1_0(arr))
+            return b"".join((head.getvalue(), arr.reshape(-1).view(np.uint8)))  # the values' bytes, C order
+        except ValueError:  # a header too long for format 1.0: np.save picks another version itself
+            head = io.BytesIO()
+    np.save(head, arr, allow_pickle=False)
+    return head.getvalue()
 
 
 class NpyWriter:
